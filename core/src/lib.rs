@@ -1,0 +1,16 @@
+//! fedmark-core: the pure heart of fedmark.
+//!
+//! Everything that the coordinator and the partners must agree on lives here once, with no
+//! I/O: the job spec, the feature pipeline, the models and their training, the metrics, the
+//! fixed-point codec and the layout of what a partner contributes to a round. Randomness is
+//! always passed in, so every function is deterministic under a seeded generator and testable
+//! without a network.
+
+pub mod aggregate;
+pub mod codec;
+pub mod features;
+pub mod matrix;
+pub mod metrics;
+pub mod model;
+pub mod spec;
+pub mod train;

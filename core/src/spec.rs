@@ -1,0 +1,585 @@
+//! The job spec: what a data scientist submits and every partner checks before taking part.
+//!
+//! A spec is TOML. Parsing rejects unknown keys (a typo must not silently fall back to a
+//! default), and [`JobSpec::validate`] rejects values that parse but make no sense, naming the
+//! offending field. The coordinator and every client parse the same text with the same code, so
+//! they agree on the model, the features and the aggregation layout.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a spec was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpecError {
+    /// The text is not valid TOML for a spec (syntax, unknown key, missing key, wrong type).
+    #[error("job spec: {0}")]
+    Parse(String),
+    /// A field parsed but its value is not acceptable.
+    #[error("job spec: `{field}` {reason}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `training.learning_rate`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> SpecError {
+    SpecError::Invalid {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// A complete job spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Name, purpose and length of the job.
+    pub job: JobSection,
+    /// Which column is the label and which value is the positive class.
+    pub label: LabelSection,
+    /// The declared feature columns: nothing else is read from a partner's data.
+    pub features: FeatureSection,
+    /// Model family and size.
+    pub model: ModelSection,
+    /// Local training and the server optimiser.
+    #[serde(default)]
+    pub training: TrainingSection,
+    /// Cohort, threshold and secure aggregation.
+    #[serde(default)]
+    pub aggregation: AggregationSection,
+    /// Federated evaluation settings.
+    #[serde(default)]
+    pub evaluation: EvaluationSection,
+}
+
+/// `[job]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSection {
+    /// Human-readable job name.
+    pub name: String,
+    /// The processing purpose partners consent to, e.g. `campaign_response`.
+    pub purpose: String,
+    /// Number of training rounds.
+    pub rounds: u32,
+    /// Seed for model initialisation and cohort sampling.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// `[label]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelSection {
+    /// Column holding the label.
+    pub column: String,
+    /// Value of that column that marks a positive example; every other value is negative.
+    pub positive: String,
+}
+
+/// `[features]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureSection {
+    /// Numeric columns, standardised with federated means and standard deviations.
+    #[serde(default)]
+    pub numeric: Vec<String>,
+    /// Categorical columns, one-hot encoded.
+    #[serde(default)]
+    pub categorical: Vec<String>,
+    /// Declared vocabularies of categorical columns. A value outside the vocabulary goes to
+    /// one extra "other" slot. A categorical column without a vocabulary is hashed (SHA-256 of
+    /// the value) into `hash_buckets` slots, so no partner reveals which values it holds.
+    #[serde(default)]
+    pub vocabulary: BTreeMap<String, Vec<String>>,
+    /// Slots for a hashed categorical column.
+    #[serde(default = "default_hash_buckets")]
+    pub hash_buckets: u32,
+}
+
+fn default_hash_buckets() -> u32 {
+    32
+}
+
+/// Model families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKindName {
+    /// L2-regularised logistic regression.
+    Logistic,
+    /// One hidden ReLU layer, sigmoid output.
+    Mlp,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// `logistic` or `mlp`.
+    pub kind: ModelKindName,
+    /// Hidden units of the MLP.
+    #[serde(default)]
+    pub hidden: Option<u32>,
+    /// L2 regularisation strength (on weights, not biases).
+    #[serde(default = "default_l2")]
+    pub l2: f64,
+}
+
+fn default_l2() -> f64 {
+    1e-4
+}
+
+/// Server optimisers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerOptimizerName {
+    /// Example-weighted average of the partners' model deltas.
+    Fedavg,
+    /// Adam on the averaged delta (Reddi et al., "Adaptive Federated Optimization").
+    Fedadam,
+}
+
+/// `[training]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSection {
+    /// Passes over the local training rows per round.
+    #[serde(default = "one")]
+    pub local_epochs: u32,
+    /// Minibatch size of local SGD.
+    #[serde(default = "default_batch")]
+    pub batch_size: u32,
+    /// Local SGD step size.
+    #[serde(default = "default_lr")]
+    pub learning_rate: f64,
+    /// `fedavg` or `fedadam`.
+    #[serde(default = "default_server_optimizer")]
+    pub server_optimizer: ServerOptimizerName,
+    /// Server step size (1.0 for FedAvg reproduces plain averaging).
+    #[serde(default)]
+    pub server_learning_rate: Option<f64>,
+    /// FedProx proximal coefficient μ (0 disables it).
+    #[serde(default)]
+    pub fedprox_mu: f64,
+    /// L2 bound on each partner's model delta; it also bounds the fixed-point range.
+    #[serde(default = "default_clip")]
+    pub clip_norm: f64,
+    /// A partner's update is weighted by its training rows, capped at this many.
+    #[serde(default = "default_max_weight")]
+    pub max_weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_batch() -> u32 {
+    64
+}
+fn default_lr() -> f64 {
+    0.1
+}
+fn default_server_optimizer() -> ServerOptimizerName {
+    ServerOptimizerName::Fedavg
+}
+fn default_clip() -> f64 {
+    10.0
+}
+fn default_max_weight() -> u32 {
+    65_536
+}
+
+impl Default for TrainingSection {
+    fn default() -> Self {
+        Self {
+            local_epochs: one(),
+            batch_size: default_batch(),
+            learning_rate: default_lr(),
+            server_optimizer: default_server_optimizer(),
+            server_learning_rate: None,
+            fedprox_mu: 0.0,
+            clip_norm: default_clip(),
+            max_weight: default_max_weight(),
+        }
+    }
+}
+
+impl TrainingSection {
+    /// The server step size, defaulting by optimiser (1.0 for FedAvg, 0.05 for FedAdam).
+    pub fn server_lr(&self) -> f64 {
+        self.server_learning_rate
+            .unwrap_or(match self.server_optimizer {
+                ServerOptimizerName::Fedavg => 1.0,
+                ServerOptimizerName::Fedadam => 0.05,
+            })
+    }
+}
+
+/// `[aggregation]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregationSection {
+    /// Partners sampled per round; 0 means every partner that accepted the job.
+    #[serde(default)]
+    pub cohort_size: u32,
+    /// Minimum number of partners whose input must arrive for a round to count.
+    #[serde(default = "default_min_participants")]
+    pub min_participants: u32,
+    /// Mask every partner's input (secure aggregation).
+    #[serde(default = "yes")]
+    pub secure: bool,
+    /// Attempts per round before the job fails (a failed attempt is retried with a new cohort).
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_min_participants() -> u32 {
+    2
+}
+fn yes() -> bool {
+    true
+}
+fn default_attempts() -> u32 {
+    5
+}
+
+impl Default for AggregationSection {
+    fn default() -> Self {
+        Self {
+            cohort_size: 0,
+            min_participants: default_min_participants(),
+            secure: true,
+            max_attempts: default_attempts(),
+        }
+    }
+}
+
+/// `[evaluation]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationSection {
+    /// Bins of the score histograms from which AUC and lift are derived.
+    #[serde(default = "default_bins")]
+    pub histogram_bins: u32,
+}
+
+fn default_bins() -> u32 {
+    1000
+}
+
+impl Default for EvaluationSection {
+    fn default() -> Self {
+        Self {
+            histogram_bins: default_bins(),
+        }
+    }
+}
+
+/// Upper bounds that keep a hostile or mistaken spec from exhausting memory.
+const MAX_ROUNDS: u32 = 100_000;
+const MAX_COLUMNS: usize = 10_000;
+const MAX_VOCAB: usize = 100_000;
+const MAX_HASH_BUCKETS: u32 = 1 << 22;
+const MAX_HIDDEN: u32 = 4096;
+const MAX_BINS: u32 = 100_000;
+
+impl JobSpec {
+    /// Parses and validates a spec from TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        let spec: JobSpec = toml::from_str(text).map_err(|e| SpecError::Parse(e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Serialises the spec back to TOML (what the coordinator offers to partners).
+    pub fn to_toml(&self) -> Result<String, SpecError> {
+        toml::to_string(self).map_err(|e| SpecError::Parse(e.to_string()))
+    }
+
+    /// Checks every value; the first problem found is returned, naming its field.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        check_name("job.name", &self.job.name)?;
+        check_name("job.purpose", &self.job.purpose)?;
+        if self.job.rounds == 0 || self.job.rounds > MAX_ROUNDS {
+            return Err(invalid("job.rounds", format!("must be 1..={MAX_ROUNDS}")));
+        }
+        if self.label.column.trim().is_empty() {
+            return Err(invalid("label.column", "must name a column"));
+        }
+        if self.label.positive.is_empty() {
+            return Err(invalid("label.positive", "must not be empty"));
+        }
+        let f = &self.features;
+        if f.numeric.is_empty() && f.categorical.is_empty() {
+            return Err(invalid(
+                "features",
+                "declares no feature: list at least one numeric or categorical column",
+            ));
+        }
+        if f.numeric.len() + f.categorical.len() > MAX_COLUMNS {
+            return Err(invalid(
+                "features",
+                format!("declares more than {MAX_COLUMNS} columns"),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (field, col) in f
+            .numeric
+            .iter()
+            .map(|c| ("features.numeric", c))
+            .chain(f.categorical.iter().map(|c| ("features.categorical", c)))
+        {
+            if col.trim().is_empty() {
+                return Err(invalid(field, "contains an empty column name"));
+            }
+            if col == &self.label.column {
+                return Err(invalid(
+                    field,
+                    format!("lists the label column `{col}` as a feature"),
+                ));
+            }
+            if !seen.insert(col.as_str()) {
+                return Err(invalid(field, format!("lists column `{col}` twice")));
+            }
+        }
+        for (col, vocab) in &f.vocabulary {
+            let field = format!("features.vocabulary.{col}");
+            if !f.categorical.contains(col) {
+                return Err(invalid(&field, "is not a declared categorical column"));
+            }
+            if vocab.is_empty() || vocab.len() > MAX_VOCAB {
+                return Err(invalid(&field, format!("must hold 1..={MAX_VOCAB} values")));
+            }
+            let distinct: std::collections::BTreeSet<_> = vocab.iter().collect();
+            if distinct.len() != vocab.len() {
+                return Err(invalid(&field, "lists a value twice"));
+            }
+        }
+        if f.hash_buckets == 0 || f.hash_buckets > MAX_HASH_BUCKETS {
+            return Err(invalid(
+                "features.hash_buckets",
+                format!("must be 1..={MAX_HASH_BUCKETS}"),
+            ));
+        }
+        match (self.model.kind, self.model.hidden) {
+            (ModelKindName::Mlp, None) => {
+                return Err(invalid("model.hidden", "is required for kind = \"mlp\""));
+            }
+            (ModelKindName::Mlp, Some(h)) if h == 0 || h > MAX_HIDDEN => {
+                return Err(invalid("model.hidden", format!("must be 1..={MAX_HIDDEN}")));
+            }
+            (ModelKindName::Logistic, Some(_)) => {
+                return Err(invalid("model.hidden", "only applies to kind = \"mlp\""));
+            }
+            _ => {}
+        }
+        check_range("model.l2", self.model.l2, 0.0, 10.0)?;
+        let t = &self.training;
+        if t.local_epochs == 0 || t.local_epochs > 1000 {
+            return Err(invalid("training.local_epochs", "must be 1..=1000"));
+        }
+        if t.batch_size == 0 || t.batch_size > 1_000_000 {
+            return Err(invalid("training.batch_size", "must be 1..=1000000"));
+        }
+        check_positive("training.learning_rate", t.learning_rate, 100.0)?;
+        if let Some(lr) = t.server_learning_rate {
+            check_positive("training.server_learning_rate", lr, 100.0)?;
+        }
+        check_range("training.fedprox_mu", t.fedprox_mu, 0.0, 1000.0)?;
+        check_positive("training.clip_norm", t.clip_norm, 1e6)?;
+        if t.max_weight == 0 || t.max_weight > 1 << 24 {
+            return Err(invalid("training.max_weight", "must be 1..=16777216"));
+        }
+        let a = &self.aggregation;
+        if a.min_participants == 0 {
+            return Err(invalid(
+                "aggregation.min_participants",
+                "must be at least 1",
+            ));
+        }
+        if a.cohort_size != 0 && a.cohort_size < a.min_participants {
+            return Err(invalid(
+                "aggregation.cohort_size",
+                format!(
+                    "({}) is below aggregation.min_participants ({})",
+                    a.cohort_size, a.min_participants
+                ),
+            ));
+        }
+        if a.max_attempts == 0 || a.max_attempts > 100 {
+            return Err(invalid("aggregation.max_attempts", "must be 1..=100"));
+        }
+        let bins = self.evaluation.histogram_bins;
+        if !(2..=MAX_BINS).contains(&bins) {
+            return Err(invalid(
+                "evaluation.histogram_bins",
+                format!("must be 2..={MAX_BINS}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every column a partner must read: the features, then the label.
+    pub fn declared_columns(&self) -> Vec<&str> {
+        self.features
+            .numeric
+            .iter()
+            .chain(&self.features.categorical)
+            .chain(std::iter::once(&self.label.column))
+            .map(String::as_str)
+            .collect()
+    }
+}
+
+fn check_name(field: &str, value: &str) -> Result<(), SpecError> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("`{value}` must be 1-128 characters of letters, digits, `_`, `-`, `.`"),
+        ))
+    }
+}
+
+fn check_positive(field: &str, v: f64, max: f64) -> Result<(), SpecError> {
+    if v.is_finite() && v > 0.0 && v <= max {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("must be a number in (0, {max}], got {v}"),
+        ))
+    }
+}
+
+fn check_range(field: &str, v: f64, min: f64, max: f64) -> Result<(), SpecError> {
+    if v.is_finite() && (min..=max).contains(&v) {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("must be in [{min}, {max}], got {v}"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[job]
+name = "campaign-response"
+purpose = "campaign_response"
+rounds = 20
+[label]
+column = "y"
+positive = "yes"
+[features]
+numeric = ["age", "balance"]
+categorical = ["job"]
+[model]
+kind = "logistic"
+[training]
+local_epochs = 1
+batch_size = 64
+learning_rate = 0.1
+server_optimizer = "fedavg"
+"#;
+
+    fn with(find: &str, replace: &str) -> Result<JobSpec, SpecError> {
+        assert!(
+            GOOD.contains(find),
+            "test edits a line the spec lacks: {find}"
+        );
+        JobSpec::from_toml(&GOOD.replace(find, replace))
+    }
+
+    #[test]
+    fn good_spec_parses_with_defaults() -> Result<(), SpecError> {
+        let s = JobSpec::from_toml(GOOD)?;
+        assert_eq!(s.job.rounds, 20);
+        assert!(s.aggregation.secure);
+        assert_eq!(s.declared_columns(), ["age", "balance", "job", "y"]);
+        // round trip through the text partners receive
+        assert_eq!(JobSpec::from_toml(&s.to_toml()?)?, s);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = with("rounds = 20", "rounds = 20\nround = 3").unwrap_err();
+        assert!(e.to_string().contains("unknown field `round`"), "{e}");
+    }
+
+    #[test]
+    fn missing_label_is_named() {
+        let e = with("[label]\ncolumn = \"y\"\npositive = \"yes\"", "").unwrap_err();
+        assert!(e.to_string().contains("missing field `label`"), "{e}");
+    }
+
+    #[test]
+    fn empty_features_refused() {
+        let e = with(
+            "numeric = [\"age\", \"balance\"]\ncategorical = [\"job\"]",
+            "numeric = []",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("`features` declares no feature"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_numbers_name_their_field() {
+        for (find, replace, field) in [
+            ("rounds = 20", "rounds = 0", "job.rounds"),
+            (
+                "learning_rate = 0.1",
+                "learning_rate = -1.0",
+                "training.learning_rate",
+            ),
+            (
+                "learning_rate = 0.1",
+                "learning_rate = nan",
+                "training.learning_rate",
+            ),
+            ("batch_size = 64", "batch_size = 0", "training.batch_size"),
+            ("kind = \"logistic\"", "kind = \"mlp\"", "model.hidden"),
+        ] {
+            let e = with(find, replace).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("`{field}`")),
+                "{field}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn label_as_feature_and_duplicates_refused() {
+        let e = with("categorical = [\"job\"]", "categorical = [\"job\", \"y\"]").unwrap_err();
+        assert!(e.to_string().contains("label column"), "{e}");
+        let e = with("categorical = [\"job\"]", "categorical = [\"age\"]").unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn vocabulary_must_belong_to_a_categorical() {
+        let e = with(
+            "categorical = [\"job\"]",
+            "categorical = [\"job\"]\nvocabulary = { age = [\"a\"] }",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("features.vocabulary.age"), "{e}");
+    }
+}

@@ -1,0 +1,249 @@
+//! Local training and server optimisers.
+//!
+//! A partner runs [`train_local`] (minibatch SGD with L2 weight decay and an optional FedProx
+//! proximal term) from the global model; the difference is its update. The coordinator feeds
+//! the example-weighted average of the updates to a [`ServerOptimizer`].
+
+use rand::Rng;
+use rand::seq::SliceRandom;
+
+use crate::matrix::Dataset;
+use crate::model::Model;
+use crate::spec::{JobSpec, ServerOptimizerName};
+
+/// Settings of one partner's local training.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LocalTraining {
+    /// Passes over the data.
+    pub epochs: u32,
+    /// Minibatch size.
+    pub batch_size: usize,
+    /// SGD step size.
+    pub learning_rate: f64,
+    /// L2 strength on weights.
+    pub l2: f64,
+    /// FedProx μ: pulls the local model towards the global one.
+    pub prox_mu: f64,
+}
+
+impl LocalTraining {
+    /// The settings a spec declares.
+    pub fn from_spec(spec: &JobSpec) -> Self {
+        Self {
+            epochs: spec.training.local_epochs,
+            batch_size: spec.training.batch_size as usize,
+            learning_rate: spec.training.learning_rate,
+            l2: spec.model.l2,
+            prox_mu: spec.training.fedprox_mu,
+        }
+    }
+}
+
+/// Trains `model` in place on `data` and returns the mean minibatch loss of the last epoch.
+pub fn train_local<R: Rng + ?Sized>(
+    model: &mut Model,
+    data: &Dataset,
+    cfg: &LocalTraining,
+    rng: &mut R,
+) -> f64 {
+    if data.is_empty() {
+        return 0.0;
+    }
+    let anchor = (cfg.prox_mu > 0.0).then(|| model.params.clone());
+    let decay = model.decay_ranges();
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    let mut grad = vec![0.0; model.params.len()];
+    let mut last_epoch_loss = 0.0;
+    for _ in 0..cfg.epochs {
+        order.shuffle(rng);
+        let mut loss = 0.0;
+        for batch in order.chunks(cfg.batch_size.max(1)) {
+            grad.iter_mut().for_each(|g| *g = 0.0);
+            loss += model.accumulate_gradient(data, batch, &mut grad);
+            let step = cfg.learning_rate / batch.len() as f64;
+            for (p, g) in model.params.iter_mut().zip(&grad) {
+                *p -= step * g;
+            }
+            // Weight decay and the proximal pull act on every parameter they cover, so they are
+            // applied as separate passes rather than through the (sparse) data gradient.
+            if cfg.l2 > 0.0 {
+                let shrink = 1.0 - cfg.learning_rate * cfg.l2;
+                for r in &decay {
+                    model.params[r.clone()]
+                        .iter_mut()
+                        .for_each(|p| *p *= shrink);
+                }
+            }
+            if let Some(anchor) = &anchor {
+                let k = cfg.learning_rate * cfg.prox_mu;
+                for (p, a) in model.params.iter_mut().zip(anchor) {
+                    *p -= k * (*p - a);
+                }
+            }
+        }
+        last_epoch_loss = loss / data.len() as f64;
+    }
+    last_epoch_loss
+}
+
+/// Scales `v` down to L2 norm at most `bound`; returns the norm before clipping.
+pub fn clip_l2(v: &mut [f64], bound: f64) -> f64 {
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if norm > bound && norm > 0.0 {
+        let s = bound / norm;
+        v.iter_mut().for_each(|x| *x *= s);
+    }
+    norm
+}
+
+/// The coordinator's optimiser over averaged partner deltas.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerOptimizer {
+    /// `w += lr · Δ̄` (lr = 1 is plain federated averaging).
+    FedAvg {
+        /// Server step size.
+        lr: f64,
+    },
+    /// Adam on `Δ̄` as a pseudo-gradient (Reddi et al. 2021), with adaptivity `tau`.
+    FedAdam {
+        /// Server step size.
+        lr: f64,
+        /// First-moment decay.
+        beta1: f64,
+        /// Second-moment decay.
+        beta2: f64,
+        /// Adaptivity (the ε of Adam; larger is closer to momentum SGD).
+        tau: f64,
+        /// First moment.
+        m: Vec<f64>,
+        /// Second moment.
+        v: Vec<f64>,
+    },
+}
+
+impl ServerOptimizer {
+    /// The optimiser a spec declares, for a model of `params` parameters.
+    pub fn from_spec(spec: &JobSpec, params: usize) -> Self {
+        let lr = spec.training.server_lr();
+        match spec.training.server_optimizer {
+            ServerOptimizerName::Fedavg => ServerOptimizer::FedAvg { lr },
+            ServerOptimizerName::Fedadam => ServerOptimizer::FedAdam {
+                lr,
+                beta1: 0.9,
+                beta2: 0.99,
+                tau: 1e-3,
+                m: vec![0.0; params],
+                v: vec![0.0; params],
+            },
+        }
+    }
+
+    /// Applies one server step with the averaged delta.
+    pub fn step(&mut self, params: &mut [f64], delta: &[f64]) {
+        match self {
+            ServerOptimizer::FedAvg { lr } => {
+                for (p, d) in params.iter_mut().zip(delta) {
+                    *p += *lr * d;
+                }
+            }
+            ServerOptimizer::FedAdam {
+                lr,
+                beta1,
+                beta2,
+                tau,
+                m,
+                v,
+            } => {
+                for i in 0..params.len() {
+                    m[i] = *beta1 * m[i] + (1.0 - *beta1) * delta[i];
+                    v[i] = *beta2 * v[i] + (1.0 - *beta2) * delta[i] * delta[i];
+                    params[i] += *lr * m[i] / (v[i].sqrt() + *tau);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matrix::CsrMatrix;
+    use crate::model::Architecture;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn separable() -> Dataset {
+        let mut x = CsrMatrix::with_capacity(2, 200, 400);
+        let mut y = Vec::new();
+        for i in 0..200 {
+            let v = (i as f64 / 100.0) - 1.0;
+            x.push_row(&[(0, v), (1, 1.0)]);
+            y.push(if v > 0.0 { 1.0 } else { 0.0 });
+        }
+        Dataset { x, y }
+    }
+
+    #[test]
+    fn sgd_decreases_the_objective() {
+        let data = separable();
+        let mut m = Model::zeros(Architecture::Logistic, 2);
+        let before = m.objective(&data, 0.0).0;
+        let cfg = LocalTraining {
+            epochs: 5,
+            batch_size: 16,
+            learning_rate: 0.5,
+            l2: 0.0,
+            prox_mu: 0.0,
+        };
+        train_local(&mut m, &data, &cfg, &mut StdRng::seed_from_u64(1));
+        assert!(m.objective(&data, 0.0).0 < 0.5 * before);
+        assert!(m.params[0] > 1.0, "learns the positive slope");
+    }
+
+    #[test]
+    fn prox_term_keeps_the_model_closer_to_the_anchor() {
+        let data = separable();
+        let run = |mu| {
+            let mut m = Model::zeros(Architecture::Logistic, 2);
+            let cfg = LocalTraining {
+                epochs: 3,
+                batch_size: 8,
+                learning_rate: 0.5,
+                l2: 0.0,
+                prox_mu: mu,
+            };
+            train_local(&mut m, &data, &cfg, &mut StdRng::seed_from_u64(2));
+            m.params.iter().map(|p| p * p).sum::<f64>()
+        };
+        assert!(run(1.0) < run(0.0));
+    }
+
+    #[test]
+    fn clipping_bounds_the_norm() {
+        let mut v = vec![3.0, 4.0];
+        assert_eq!(clip_l2(&mut v, 1.0), 5.0);
+        assert!((v[0] - 0.6).abs() < 1e-12 && (v[1] - 0.8).abs() < 1e-12);
+        let mut w = vec![0.3, 0.4];
+        clip_l2(&mut w, 1.0);
+        assert_eq!(w, vec![0.3, 0.4]);
+    }
+
+    #[test]
+    fn fedadam_first_step_is_sign_like() {
+        // With zero moments, Adam's first step is lr · Δ / (|Δ| + τ/(1-β1)·...) — computed by
+        // hand: m = 0.1Δ, v = 0.01Δ², step = lr · 0.1Δ / (0.1|Δ| + τ).
+        let mut opt = ServerOptimizer::FedAdam {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 1e-3,
+            m: vec![0.0; 2],
+            v: vec![0.0; 2],
+        };
+        let mut p = vec![0.0, 0.0];
+        opt.step(&mut p, &[2.0, -0.5]);
+        let expect = |d: f64| 0.1 * 0.1 * d / ((0.01f64 * d * d).sqrt() + 1e-3);
+        assert!((p[0] - expect(2.0)).abs() < 1e-12);
+        assert!((p[1] - expect(-0.5)).abs() < 1e-12);
+    }
+}

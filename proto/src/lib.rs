@@ -1,0 +1,17 @@
+//! Wire types of the fedmark protocol, generated from `proto/fedmark.proto`.
+//!
+//! Only types live here: what the messages mean and how they are validated is the business of
+//! `fedmark-core` (the protocol logic) and of the coordinator and client crates (the I/O glue).
+
+#![allow(missing_docs)]
+#![allow(clippy::large_enum_variant)]
+
+/// Version 1 of the protocol: the `Coordinator` service and its messages.
+pub mod v1 {
+    tonic::include_proto!("fedmark.v1");
+}
+
+pub use v1::*;
+
+/// The protocol version a client announces in its `Hello`; the coordinator refuses others.
+pub const PROTOCOL_VERSION: u32 = 1;
