@@ -1,1 +1,12 @@
-//! placeholder
+//! fedmark-client: the node a partner runs beside its own data.
+//!
+//! It dials the coordinator (outbound only), checks each offered job, reads only the job's
+//! declared columns, trains locally and sends nothing but encoded round vectors. Modules:
+//! [`config`] (the partner's `client.toml`), [`data`] (CSV loading with bad-row accounting),
+//! [`contribution`] (what the partner computes per round, no I/O) and [`node`] (the protocol
+//! driver).
+
+pub mod config;
+pub mod contribution;
+pub mod data;
+pub mod node;

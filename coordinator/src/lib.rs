@@ -1,1 +1,77 @@
-//! placeholder
+//! fedmark-coordinator: runs training jobs across partners over gRPC.
+//!
+//! Partners dial in ([`service`]); one task per job ([`job`]) drives the rounds ([`round`])
+//! and sees only running sums of the partners' vectors. [`config`] holds the operator's
+//! settings and [`report`] what a finished job says. [`run`] wires them together for one job on
+//! a listener the caller bound, so tests and the simulator bind `127.0.0.1:0`.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+
+use fedmark_core::spec::JobSpec;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+pub mod config;
+pub mod job;
+pub mod report;
+pub mod round;
+pub mod service;
+
+use job::{Hub, JobError, JobOutcome, RunSettings};
+use report::RoundRecord;
+use service::{CoordinatorService, Sessions};
+
+/// How long a stopping server waits for partners to close their sessions.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A job id derived from the spec text, so resubmitting the same spec names the same job.
+pub fn job_id(spec_toml: &str) -> String {
+    let digest = Sha256::digest(spec_toml.as_bytes());
+    format!("job-{}", hex::encode(&digest[..6]))
+}
+
+/// Serves partners on `listener` and runs `spec` to its end, then stops serving. `roster`
+/// limits who may join; `progress` receives each completed round.
+pub async fn run(
+    listener: TcpListener,
+    spec: JobSpec,
+    roster: BTreeSet<String>,
+    settings: RunSettings,
+    progress: Option<mpsc::UnboundedSender<RoundRecord>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<JobOutcome, JobError> {
+    let spec_toml = spec.to_toml().map_err(|_| JobError::ServerStopped)?;
+    let id = job_id(&spec_toml);
+    let sessions = Sessions::default();
+    let (events_tx, events_rx) = mpsc::channel(1024);
+    let service = CoordinatorService::new(
+        "fedmark-coordinator".into(),
+        sessions.clone(),
+        events_tx,
+        Some(roster),
+    );
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let mut server = tokio::spawn(async move {
+        let stop = async move {
+            tokio::select! {
+                _ = stop_rx => {}
+                () = shutdown => {}
+            }
+        };
+        service::serve(listener, service, stop).await
+    });
+    let hub = Hub::new(sessions, events_rx, id, spec_toml);
+    let outcome = job::run_job(hub, spec, settings, progress).await;
+    // Graceful stop: partners close their sessions after `JobFinished`; one that does not is
+    // cut off after a bounded grace period.
+    let _ = stop_tx.send(());
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+        .await
+        .is_err()
+    {
+        server.abort();
+    }
+    outcome
+}

@@ -1,1 +1,126 @@
-fn main() {}
+//! `fedmark-coordinator`: runs a federated training job and writes its model and report.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fedmark_coordinator::config::CoordinatorConfig;
+use fedmark_coordinator::job::RunSettings;
+use fedmark_core::spec::JobSpec;
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for configuration or spec errors (BSD EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fedmark-coordinator",
+    version,
+    about = "Coordinate fedmark federated training jobs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve partners and run one job to its end; writes model.json and report.json.
+    Serve {
+        /// Path of coordinator.toml.
+        #[arg(long, env = "FEDMARK_COORDINATOR_CONFIG")]
+        config: PathBuf,
+        /// Path of the job spec (TOML).
+        #[arg(long)]
+        job: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, job } => {
+            let (cfg, spec) = match load(&config, &job) {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match serve(cfg, spec) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn load(config: &Path, job: &Path) -> anyhow::Result<(CoordinatorConfig, JobSpec)> {
+    let cfg = CoordinatorConfig::load(config)?;
+    let text = std::fs::read_to_string(job)
+        .with_context(|| format!("reading job spec {}", job.display()))?;
+    let spec = JobSpec::from_toml(&text).with_context(|| format!("in {}", job.display()))?;
+    Ok((cfg, spec))
+}
+
+fn serve(cfg: CoordinatorConfig, spec: JobSpec) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        std::fs::create_dir_all(&cfg.out_dir).with_context(|| format!("creating {}", cfg.out_dir.display()))?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("binding {}", cfg.listen))?;
+        let roster: BTreeSet<String> = cfg.partners.iter().cloned().collect();
+        let settings = RunSettings {
+            expected_partners: roster.len(),
+            join_timeout: cfg.join_timeout(),
+            phase_timeout: cfg.phase_timeout(),
+        };
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        let outcome = fedmark_coordinator::run(listener, spec, roster, settings, None, shutdown)
+            .await
+            .context("running the job")?;
+        let model = serde_json::json!({
+            "model_kind": outcome.report.model_kind,
+            "input_dim": outcome.model.dim,
+            "params": outcome.model.params,
+            "feature_mean": outcome.standardizer.mean,
+            "feature_std": outcome.standardizer.std,
+        });
+        write_json(&cfg.out_dir.join("model.json"), &model)?;
+        write_json(&cfg.out_dir.join("report.json"), &serde_json::to_value(&outcome.report)?)?;
+        info!(out = %cfg.out_dir.display(), auc = outcome.report.final_metrics.auc, "wrote model.json and report.json");
+        println!(
+            "job {} finished: {} rounds, final AUC {:.4}, log-loss {:.4}; results in {}",
+            outcome.report.job_id,
+            outcome.report.rounds.len(),
+            outcome.report.final_metrics.auc,
+            outcome.report.final_metrics.log_loss,
+            cfg.out_dir.display()
+        );
+        Ok(())
+    })
+}
+
+/// Writes through a temporary file and a rename, so a crash never leaves half a file.
+fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}

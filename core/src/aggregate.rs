@@ -12,6 +12,42 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{CodecError, FixedPoint, WideInt};
 use crate::metrics::EvalStats;
+use crate::spec::JobSpec;
+
+/// What a round aggregates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoundKind {
+    /// Per numeric feature: count, sum, sum of squares (for standardisation).
+    Statistics,
+    /// Weighted model delta, its weight, and evaluation statistics of the incoming model.
+    Training,
+    /// Evaluation statistics of the current model only.
+    Evaluation,
+}
+
+impl RoundKind {
+    /// The vector layout of this round kind for a job, a model of `num_params` parameters and
+    /// a cohort of `parties`. Coordinator and partners compute it independently and compare.
+    pub fn layout(
+        self,
+        spec: &JobSpec,
+        num_params: usize,
+        parties: usize,
+    ) -> Result<VectorLayout, CodecError> {
+        let bins = spec.evaluation.histogram_bins as usize;
+        match self {
+            RoundKind::Statistics => {
+                VectorLayout::new(parties, 0, 0.0, 3 * spec.features.numeric.len())
+            }
+            RoundKind::Training => {
+                let bound = f64::from(spec.training.max_weight) * spec.training.clip_norm;
+                VectorLayout::new(parties, num_params, bound, 1 + eval_stats_len(bins))
+            }
+            RoundKind::Evaluation => VectorLayout::new(parties, 0, 0.0, eval_stats_len(bins)),
+        }
+    }
+}
 
 /// Layout of a round's vector.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -1,1 +1,9 @@
-//! placeholder
+//! fedmark-tests: the multi-party simulator (`fedmark-sim`) and the end-to-end test helpers.
+//!
+//! [`partition`] splits a CSV among simulated partners, [`synthetic`] makes scale workloads,
+//! and [`sim`] runs a coordinator and N clients over real gRPC on loopback and writes the
+//! report with its baselines.
+
+pub mod partition;
+pub mod sim;
+pub mod synthetic;

@@ -1,0 +1,177 @@
+//! The partner's client configuration (`client.toml`), loaded once and validated before the
+//! client dials anyone.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why a client configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read client config {path}: {source}")]
+    Io {
+        /// Path of the file.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for a client config.
+    #[error("client config {path}: {reason}")]
+    Parse {
+        /// Path of the file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A value is out of range.
+    #[error("client config: `{field}` {reason}")]
+    Invalid {
+        /// Field name.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// `client.toml`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Coordinator URL, e.g. `http://127.0.0.1:7070`.
+    pub coordinator: String,
+    /// This partner's id, as listed in the coordinator's roster.
+    pub partner_id: String,
+    /// The partner's CSV file (relative paths are relative to the config file).
+    pub data: PathBuf,
+    /// Share of rows held out for federated evaluation.
+    #[serde(default = "default_holdout")]
+    pub holdout_fraction: f64,
+    /// Seed of the holdout split.
+    #[serde(default)]
+    pub holdout_seed: u64,
+    /// Seed of local training randomness (batch order, stochastic rounding); random if absent.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// How long to keep trying to reach the coordinator.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+fn default_holdout() -> f64 {
+    0.2
+}
+fn default_connect_timeout() -> u64 {
+    60
+}
+
+impl ClientConfig {
+    /// Reads and validates a config file; relative data paths are resolved against its folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        let mut cfg: ClientConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: shown,
+            reason: e.to_string(),
+        })?;
+        if cfg.data.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            cfg.data = dir.join(&cfg.data);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
+            return Err(ConfigError::Invalid {
+                field: "coordinator",
+                reason: format!("`{}` must be an http:// or https:// URL", self.coordinator),
+            });
+        }
+        if !valid_partner_id(&self.partner_id) {
+            return Err(ConfigError::Invalid {
+                field: "partner_id",
+                reason: format!(
+                    "`{}` must be 1-64 characters of letters, digits, `_`, `-`, `.`",
+                    self.partner_id
+                ),
+            });
+        }
+        if !(0.0..1.0).contains(&self.holdout_fraction) {
+            return Err(ConfigError::Invalid {
+                field: "holdout_fraction",
+                reason: format!("must be in [0, 1), got {}", self.holdout_fraction),
+            });
+        }
+        if self.connect_timeout_secs == 0 {
+            return Err(ConfigError::Invalid {
+                field: "connect_timeout_secs",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Partner ids are short and plain so they are safe in logs, file names and reports.
+pub fn valid_partner_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_and_resolves_relative_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("client.toml");
+        std::fs::write(
+            &p,
+            "coordinator = \"http://127.0.0.1:1\"\npartner_id = \"bank\"\ndata = \"d.csv\"\n",
+        )
+        .unwrap();
+        let c = ClientConfig::load(&p).unwrap();
+        assert_eq!(c.data, dir.path().join("d.csv"));
+        assert_eq!(c.holdout_fraction, 0.2);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("client.toml");
+        for (text, needle) in [
+            (
+                "coordinator = \"127.0.0.1:1\"\npartner_id = \"b\"\ndata = \"d\"\n",
+                "`coordinator`",
+            ),
+            (
+                "coordinator = \"http://x\"\npartner_id = \"a b\"\ndata = \"d\"\n",
+                "`partner_id`",
+            ),
+            (
+                "coordinator = \"http://x\"\npartner_id = \"b\"\ndata = \"d\"\nholdout_fraction = 1.5\n",
+                "`holdout_fraction`",
+            ),
+            (
+                "coordinator = \"http://x\"\npartner_id = \"b\"\ndata = \"d\"\nport = 3\n",
+                "unknown field `port`",
+            ),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = ClientConfig::load(&p).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+    }
+}

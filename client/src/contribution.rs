@@ -1,0 +1,132 @@
+//! What a partner computes for each round, from its own records: no I/O, no network.
+//!
+//! The protocol driver ([`crate::node`]) hands in the global model and the federated
+//! standardisation; this module evaluates, trains, clips and weights, and returns the values
+//! of the round's vector (see [`fedmark_core::aggregate`]). Encoding and masking happen after.
+
+use fedmark_core::aggregate::eval_stats_to_vec;
+use fedmark_core::features::{FeatureSchema, Standardizer};
+use fedmark_core::matrix::Dataset;
+use fedmark_core::metrics::EvalStats;
+use fedmark_core::model::{Architecture, Model};
+use fedmark_core::spec::JobSpec;
+use fedmark_core::train::{LocalTraining, clip_l2, train_local};
+use rand::Rng;
+
+use crate::data::LocalData;
+
+/// A job this partner accepted, with its records for it.
+#[derive(Debug)]
+pub struct JobContext {
+    /// The accepted spec.
+    pub spec: JobSpec,
+    /// Input layout.
+    pub schema: FeatureSchema,
+    /// Model family.
+    pub arch: Architecture,
+    /// The partner's rows (declared columns only).
+    pub data: LocalData,
+    encoded: Option<(Standardizer, Dataset, Dataset)>,
+}
+
+/// The values of one round's vector before encoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundValues {
+    /// Update part (weighted, clipped model delta; empty outside training).
+    pub update: Vec<f64>,
+    /// Statistics part.
+    pub stats: Vec<f64>,
+}
+
+impl JobContext {
+    /// A context for an accepted job.
+    pub fn new(spec: JobSpec, data: LocalData) -> Self {
+        Self {
+            schema: FeatureSchema::from_spec(&spec),
+            arch: Architecture::from_spec(&spec),
+            spec,
+            data,
+            encoded: None,
+        }
+    }
+
+    /// Number of model parameters of the job.
+    pub fn num_params(&self) -> usize {
+        self.arch.num_params(self.schema.dim())
+    }
+
+    /// Statistics round: (count, sum, sum of squares) per numeric feature over training rows.
+    pub fn statistics(&self) -> RoundValues {
+        RoundValues {
+            update: Vec::new(),
+            stats: self.data.train.moments().into_iter().flatten().collect(),
+        }
+    }
+
+    fn datasets(&mut self, standardizer: &Standardizer) -> (&Dataset, &Dataset) {
+        let stale = self
+            .encoded
+            .as_ref()
+            .is_none_or(|(s, _, _)| s != standardizer);
+        if stale {
+            let encode = |rows: &fedmark_core::features::RawRows| Dataset {
+                x: self.schema.encode(rows, standardizer),
+                y: rows.labels.clone(),
+            };
+            let train = encode(&self.data.train);
+            let holdout = encode(&self.data.holdout);
+            self.encoded = Some((standardizer.clone(), train, holdout));
+        }
+        match &self.encoded {
+            Some((_, train, holdout)) => (train, holdout),
+            None => unreachable!("encoded datasets were just set"),
+        }
+    }
+
+    fn evaluate(&mut self, model: &Model, standardizer: &Standardizer) -> EvalStats {
+        let bins = self.spec.evaluation.histogram_bins as usize;
+        let (_, holdout) = self.datasets(standardizer);
+        let scores = model.predict_all(&holdout.x);
+        EvalStats::from_predictions(&scores, &holdout.y, bins)
+    }
+
+    /// Evaluation round: statistics of `model` on the holdout rows.
+    pub fn evaluation(&mut self, model: &Model, standardizer: &Standardizer) -> RoundValues {
+        let eval = self.evaluate(model, standardizer);
+        let mut stats = Vec::new();
+        eval_stats_to_vec(&eval, &mut stats);
+        RoundValues {
+            update: Vec::new(),
+            stats,
+        }
+    }
+
+    /// Training round: evaluates the incoming global model, trains from it, and returns the
+    /// clipped delta weighted by the (capped) number of training rows.
+    pub fn training<R: Rng + ?Sized>(
+        &mut self,
+        global: &Model,
+        standardizer: &Standardizer,
+        rng: &mut R,
+    ) -> RoundValues {
+        let eval = self.evaluate(global, standardizer);
+        let cfg = LocalTraining::from_spec(&self.spec);
+        let clip = self.spec.training.clip_norm;
+        let max_weight = f64::from(self.spec.training.max_weight);
+        let (train, _) = self.datasets(standardizer);
+        let mut local = global.clone();
+        train_local(&mut local, train, &cfg, rng);
+        let weight = (train.len() as f64).min(max_weight);
+        let mut update: Vec<f64> = local
+            .params
+            .iter()
+            .zip(&global.params)
+            .map(|(l, g)| l - g)
+            .collect();
+        clip_l2(&mut update, clip);
+        update.iter_mut().for_each(|v| *v *= weight);
+        let mut stats = vec![weight];
+        eval_stats_to_vec(&eval, &mut stats);
+        RoundValues { update, stats }
+    }
+}

@@ -1,0 +1,141 @@
+//! The coordinator's configuration (`coordinator.toml`), validated before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a coordinator configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read coordinator config {path}: {source}")]
+    Io {
+        /// Path.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for a coordinator config.
+    #[error("coordinator config {path}: {reason}")]
+    Parse {
+        /// Path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A value is out of range.
+    #[error("coordinator config: `{field}` {reason}")]
+    Invalid {
+        /// Field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// `coordinator.toml`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Address to listen on, e.g. `127.0.0.1:7070`.
+    pub listen: SocketAddr,
+    /// Folder for the model and report (relative to the config file).
+    #[serde(default = "default_out")]
+    pub out_dir: PathBuf,
+    /// The roster: ids of the partners allowed to join. The job waits for all of them.
+    pub partners: Vec<String>,
+    /// How long to wait for the partners to join and answer the offer.
+    #[serde(default = "default_join")]
+    pub join_timeout_secs: u64,
+    /// Deadline of each round's input phase (covers local training).
+    #[serde(default = "default_phase")]
+    pub phase_timeout_secs: u64,
+}
+
+fn default_out() -> PathBuf {
+    PathBuf::from("out")
+}
+fn default_join() -> u64 {
+    120
+}
+fn default_phase() -> u64 {
+    120
+}
+
+impl CoordinatorConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        let mut cfg: CoordinatorConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: shown,
+            reason: e.to_string(),
+        })?;
+        if cfg.out_dir.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            cfg.out_dir = dir.join(&cfg.out_dir);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.partners.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "partners",
+                reason: "must list at least one partner id".into(),
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &self.partners {
+            let ok = !p.is_empty()
+                && p.len() <= 64
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    field: "partners",
+                    reason: format!(
+                        "`{p}` must be 1-64 characters of letters, digits, `_`, `-`, `.`"
+                    ),
+                });
+            }
+            if !seen.insert(p) {
+                return Err(ConfigError::Invalid {
+                    field: "partners",
+                    reason: format!("lists `{p}` twice"),
+                });
+            }
+        }
+        for (field, v) in [
+            ("join_timeout_secs", self.join_timeout_secs),
+            ("phase_timeout_secs", self.phase_timeout_secs),
+        ] {
+            if v == 0 || v > 86_400 {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: format!("must be 1..=86400, got {v}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The join deadline.
+    pub fn join_timeout(&self) -> Duration {
+        Duration::from_secs(self.join_timeout_secs)
+    }
+
+    /// The per-phase deadline.
+    pub fn phase_timeout(&self) -> Duration {
+        Duration::from_secs(self.phase_timeout_secs)
+    }
+}

@@ -1,0 +1,393 @@
+//! The multi-party simulation: one coordinator and N partner clients in one process, talking
+//! real gRPC over 127.0.0.1, plus the baselines a federated model should be judged against.
+//!
+//! The report's `final` metrics are exact, computed on the pooled test rows (the union of
+//! every partner's holdout rows) with the final global model; `final_federated` is what the
+//! coordinator derived from the secure sum of the partners' evaluation statistics. Baselines use
+//! the same model family, features and trainer on the same pooled test rows: centralised
+//! training on the pooled training rows, and each partner training alone.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use fedmark_client::config::ClientConfig;
+use fedmark_client::data::{HoldoutSplit, LocalData, load_csv};
+use fedmark_client::node::{self, Dropout, NodeOptions};
+use fedmark_coordinator::job::RunSettings;
+use fedmark_coordinator::report::{FinalMetrics, JobReport, RoundRecord};
+use fedmark_core::features::{FeatureSchema, RawRows, Standardizer};
+use fedmark_core::matrix::Dataset;
+use fedmark_core::metrics::{self, Metrics};
+use fedmark_core::model::{Architecture, Model};
+use fedmark_core::spec::JobSpec;
+use fedmark_core::train::{LocalTraining, train_local};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::partition::{Split, partition_csv};
+use crate::synthetic;
+
+/// Everything a simulation run needs.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Source CSV (ignored with a synthetic workload).
+    pub data: PathBuf,
+    /// Job spec (ignored with a synthetic workload).
+    pub spec: PathBuf,
+    /// Number of partners.
+    pub partners: usize,
+    /// How rows are split among partners.
+    pub split: Split,
+    /// Overrides the spec's round count.
+    pub rounds: Option<u32>,
+    /// Seed of the split, the holdouts and local training.
+    pub seed: u64,
+    /// Share of each partner's rows held out for evaluation.
+    pub holdout_fraction: f64,
+    /// Overrides the spec's secure-aggregation switch.
+    pub secure_agg: Option<bool>,
+    /// Synthetic workload: (dimension, rows per partner).
+    pub synthetic: Option<(usize, usize)>,
+    /// Scripted dropouts: (partner index, dropout).
+    pub dropouts: Vec<(usize, Dropout)>,
+    /// Deadline of each round's input phase.
+    pub phase_timeout: Duration,
+    /// Skip the baselines (scale runs).
+    pub skip_baselines: bool,
+    /// Print a line per round to stderr.
+    pub show_progress: bool,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        let root = workspace_root();
+        Self {
+            data: root.join("data/bank_marketing.csv"),
+            spec: root.join("examples/bank-job.toml"),
+            partners: 5,
+            split: Split::ByColumn("job".into()),
+            rounds: None,
+            seed: 42,
+            holdout_fraction: 0.2,
+            secure_agg: None,
+            synthetic: None,
+            dropouts: Vec::new(),
+            phase_timeout: Duration::from_secs(120),
+            skip_baselines: false,
+            show_progress: true,
+        }
+    }
+}
+
+/// The folder holding the workspace's `Cargo.toml`, from this crate's manifest location.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// One partner's baseline.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartnerBaseline {
+    /// Partner id.
+    pub partner: String,
+    /// Training rows.
+    pub rows: usize,
+    /// AUC on the pooled test rows.
+    pub auc: f64,
+}
+
+/// Centralised baseline.
+#[derive(Debug, Clone, Serialize)]
+pub struct CentralBaseline {
+    /// AUC on the pooled test rows.
+    pub auc: f64,
+    /// Log-loss on the pooled test rows.
+    pub log_loss: f64,
+}
+
+/// Baselines.
+#[derive(Debug, Clone, Serialize)]
+pub struct Baselines {
+    /// Training on all pooled training rows.
+    pub centralized: CentralBaseline,
+    /// Each partner alone.
+    pub partners_alone: Vec<PartnerBaseline>,
+}
+
+/// Per-partner data facts.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartnerInfo {
+    /// Partner id.
+    pub partner: String,
+    /// Training rows.
+    pub train_rows: usize,
+    /// Holdout rows.
+    pub holdout_rows: usize,
+    /// Rows skipped as bad.
+    pub skipped_rows: u64,
+}
+
+/// The simulation report (`--report`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SimReport {
+    /// Exact metrics of the final model on the pooled test rows.
+    #[serde(rename = "final")]
+    pub final_metrics: Metrics,
+    /// The coordinator's federated metrics of the final model.
+    pub final_federated: FinalMetrics,
+    /// Training rounds.
+    pub rounds: Vec<RoundRecord>,
+    /// Baselines (absent with `--no-baselines`).
+    pub baselines: Option<Baselines>,
+    /// Partners.
+    pub partners: Vec<PartnerInfo>,
+    /// The coordinator's job report.
+    pub job: JobReport,
+    /// Seconds from start to the coordinator's last round.
+    pub seconds: f64,
+}
+
+/// Partner id of partner `i`.
+pub fn partner_id(i: usize) -> String {
+    format!("partner-{i}")
+}
+
+/// Runs a simulation to its report.
+pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
+    let started = Instant::now();
+    let work = tempfile::tempdir().context("creating a work folder")?;
+    let (files, spec_text) = match opts.synthetic {
+        Some((dim, rows)) => {
+            let rounds = opts.rounds.unwrap_or(5);
+            synthetic::generate(work.path(), dim, opts.partners, rows, rounds, opts.seed)?
+        }
+        None => {
+            let spec_text = std::fs::read_to_string(&opts.spec)
+                .with_context(|| format!("reading job spec {}", opts.spec.display()))?;
+            (
+                partition_csv(
+                    &opts.data,
+                    work.path(),
+                    opts.partners,
+                    &opts.split,
+                    opts.seed,
+                )?,
+                spec_text,
+            )
+        }
+    };
+    let mut spec = JobSpec::from_toml(&spec_text).context("in the job spec")?;
+    if let Some(r) = opts.rounds {
+        spec.job.rounds = r;
+    }
+    if let Some(s) = opts.secure_agg {
+        spec.aggregation.secure = s;
+    }
+    spec.validate()
+        .context("in the job spec after command-line overrides")?;
+    if opts.partners < spec.aggregation.min_participants as usize {
+        bail!(
+            "--partners {} is below the spec's aggregation.min_participants ({})",
+            opts.partners,
+            spec.aggregation.min_participants
+        );
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding 127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let roster: BTreeSet<String> = (0..opts.partners).map(partner_id).collect();
+    let settings = RunSettings {
+        expected_partners: opts.partners,
+        join_timeout: Duration::from_secs(60),
+        phase_timeout: opts.phase_timeout,
+    };
+    let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
+    let coordinator = tokio::spawn(fedmark_coordinator::run(
+        listener,
+        spec.clone(),
+        roster,
+        settings,
+        Some(progress_tx),
+        std::future::pending(),
+    ));
+
+    let mut clients = Vec::new();
+    for (i, (path, _)) in files.iter().enumerate() {
+        let cfg = ClientConfig {
+            coordinator: format!("http://{addr}"),
+            partner_id: partner_id(i),
+            data: path.clone(),
+            holdout_fraction: opts.holdout_fraction,
+            holdout_seed: opts.seed + i as u64,
+            seed: Some(opts.seed.wrapping_mul(31).wrapping_add(i as u64)),
+            connect_timeout_secs: 30,
+        };
+        let dropouts: Vec<Dropout> = opts
+            .dropouts
+            .iter()
+            .filter(|(p, _)| *p == i)
+            .map(|(_, d)| *d)
+            .collect();
+        clients.push(tokio::spawn(run_partner(cfg, dropouts)));
+    }
+
+    let total = spec.job.rounds;
+    let show = opts.show_progress;
+    let printer = tokio::spawn(async move {
+        while let Some(r) = progress_rx.recv().await {
+            if show {
+                eprintln!(
+                    "round {:>3}/{total}  auc {:.4}  log-loss {:.4}  participants {}  dropped {}  {:.2}s",
+                    r.round, r.auc, r.log_loss, r.participants, r.dropped, r.seconds
+                );
+            }
+        }
+    });
+    let outcome = coordinator
+        .await
+        .context("coordinator task")?
+        .context("running the job")?;
+    let seconds = started.elapsed().as_secs_f64();
+    for c in clients {
+        if let Err(e) = c.await.context("client task")? {
+            warn!(error = %format!("{e:#}"), "a partner ended with an error");
+        }
+    }
+    let _ = printer.await;
+
+    // Pooled test rows and baselines from the same files and splits the partners used.
+    let mut locals = Vec::new();
+    for (i, (path, _)) in files.iter().enumerate() {
+        let split = HoldoutSplit {
+            fraction: opts.holdout_fraction,
+            seed: opts.seed + i as u64,
+        };
+        locals.push(
+            load_csv(path, &spec, split)
+                .with_context(|| format!("reloading {}", path.display()))?,
+        );
+    }
+    let schema = FeatureSchema::from_spec(&spec);
+    let test_rows = concat(locals.iter().map(|l| &l.holdout), &schema);
+    let test = encode(&schema, &test_rows, &outcome.standardizer);
+    let final_metrics = metrics::exact(&outcome.model.predict_all(&test.x), &test.y);
+    let baselines = if opts.skip_baselines {
+        None
+    } else {
+        Some(baselines(&spec, &schema, &locals, &test_rows, opts.seed))
+    };
+    let partners = locals
+        .iter()
+        .enumerate()
+        .map(|(i, l)| PartnerInfo {
+            partner: partner_id(i),
+            train_rows: l.train.len(),
+            holdout_rows: l.holdout.len(),
+            skipped_rows: l.skipped_total(),
+        })
+        .collect();
+    info!(auc = final_metrics.auc, "simulation finished");
+    Ok(SimReport {
+        final_metrics,
+        final_federated: outcome.report.final_metrics.clone(),
+        rounds: outcome.report.rounds.clone(),
+        baselines,
+        partners,
+        job: outcome.report,
+        seconds,
+    })
+}
+
+/// Runs one partner; after a scripted dropout it reconnects, as a restarted client would.
+async fn run_partner(cfg: ClientConfig, dropouts: Vec<Dropout>) -> anyhow::Result<()> {
+    let mut remaining = dropouts;
+    loop {
+        let options = NodeOptions {
+            dropouts: remaining.clone(),
+        };
+        match node::run(&cfg, options).await {
+            Ok(_) => return Ok(()),
+            Err(node::ClientError::Closed) if !remaining.is_empty() => {
+                // This session was the scripted dropout; the next one runs without it.
+                remaining.remove(0);
+            }
+            Err(e) => return Err(e).with_context(|| format!("partner {}", cfg.partner_id)),
+        }
+    }
+}
+
+fn concat<'a>(parts: impl Iterator<Item = &'a RawRows>, schema: &FeatureSchema) -> RawRows {
+    let mut all = RawRows::new(schema);
+    for p in parts {
+        for r in 0..p.len() {
+            all.push(p.numeric_row(r), p.slot_row(r), p.labels[r] > 0.5);
+        }
+    }
+    all
+}
+
+fn encode(schema: &FeatureSchema, rows: &RawRows, s: &Standardizer) -> Dataset {
+    Dataset {
+        x: schema.encode(rows, s),
+        y: rows.labels.clone(),
+    }
+}
+
+/// Trains a model the way a single party would: standardised with its own statistics, for as
+/// many epochs as the federated job ran local epochs in total.
+fn train_alone(
+    spec: &JobSpec,
+    schema: &FeatureSchema,
+    rows: &RawRows,
+    seed: u64,
+) -> (Model, Standardizer) {
+    let standardizer = Standardizer::from_moments(&rows.moments());
+    let data = encode(schema, rows, &standardizer);
+    let mut rng = StdRng::seed_from_u64(spec.job.seed);
+    let mut model = Model::init(Architecture::from_spec(spec), schema.dim(), &mut rng);
+    let mut cfg = LocalTraining::from_spec(spec);
+    cfg.epochs = spec.job.rounds * spec.training.local_epochs;
+    cfg.prox_mu = 0.0;
+    train_local(&mut model, &data, &cfg, &mut StdRng::seed_from_u64(seed));
+    (model, standardizer)
+}
+
+fn baselines(
+    spec: &JobSpec,
+    schema: &FeatureSchema,
+    locals: &[LocalData],
+    test_rows: &RawRows,
+    seed: u64,
+) -> Baselines {
+    let pooled = concat(locals.iter().map(|l| &l.train), schema);
+    let score = |(model, s): (Model, Standardizer)| {
+        let test = encode(schema, test_rows, &s);
+        metrics::exact(&model.predict_all(&test.x), &test.y)
+    };
+    let central = score(train_alone(spec, schema, &pooled, seed));
+    let partners_alone = locals
+        .iter()
+        .enumerate()
+        .map(|(i, l)| PartnerBaseline {
+            partner: partner_id(i),
+            rows: l.train.len(),
+            auc: score(train_alone(spec, schema, &l.train, seed)).auc,
+        })
+        .collect();
+    Baselines {
+        centralized: CentralBaseline {
+            auc: central.auc,
+            log_loss: central.log_loss,
+        },
+        partners_alone,
+    }
+}
