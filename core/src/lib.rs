@@ -6,6 +6,7 @@
 //! always passed in, so every function is deterministic under a seeded generator and testable
 //! without a network.
 
+pub mod accountant;
 pub mod aggregate;
 pub mod codec;
 pub mod features;
