@@ -9,6 +9,7 @@
 pub mod accountant;
 pub mod aggregate;
 pub mod codec;
+pub mod dp;
 pub mod features;
 pub mod matrix;
 pub mod metrics;
