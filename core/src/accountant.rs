@@ -910,6 +910,55 @@ mod tests {
         }
     }
 
+    #[test]
+    fn rdp_is_monotone_over_the_default_grid() {
+        let orders = default_orders();
+        for q in [1e-4, 1e-3, 0.01, 0.05, 0.2, 0.5, 0.9, 0.999] {
+            for sigma in [0.3, 0.5, 0.8, 1.0, 2.0, 5.0, 20.0, 100.0] {
+                let rdp: Vec<f64> = orders
+                    .iter()
+                    .map(|&a| rdp_subsampled_gaussian(q, sigma, a).unwrap())
+                    .collect();
+                for (k, w) in rdp.windows(2).enumerate() {
+                    assert!(
+                        w[0] <= w[1] * (1.0 + 1e-9) + 1e-300,
+                        "q={q} sigma={sigma}: rdp({}) = {} > rdp({}) = {}",
+                        orders[k],
+                        w[0],
+                        orders[k + 1],
+                        w[1]
+                    );
+                }
+                // Never above the unsubsampled Gaussian.
+                for (&a, &r) in orders.iter().zip(&rdp) {
+                    assert!(r <= a / (2.0 * sigma * sigma) * (1.0 + 1e-9));
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[ignore = "slow sweep; run by hand"]
+    fn fractional_orders_sweep_against_quadrature() {
+        // Compares ln A_α, with an absolute floor for the quadrature's rounding near A_α = 1.
+        let mut worst: f64 = 0.0;
+        for q in [1e-3, 0.01, 0.1, 0.5, 0.9] {
+            for sigma in [0.5, 0.8, 1.0, 2.0, 5.0] {
+                for alpha in [1.1, 1.5, 2.3, 3.7, 5.5, 7.9, 10.9] {
+                    let want = log_a_by_quadrature(q, sigma, alpha);
+                    let got = rdp_subsampled_gaussian(q, sigma, alpha).unwrap() * (alpha - 1.0);
+                    let err = (got - want).abs() / (want.abs() + 1e-6);
+                    worst = worst.max(err);
+                    assert!(
+                        err < 1e-7,
+                        "q={q} sigma={sigma} alpha={alpha}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+        eprintln!("worst error {worst:e}");
+    }
+
     fn reference_rows() -> Vec<(f64, f64, u64, f64, f64, f64)> {
         REFERENCE_CSV
             .lines()
