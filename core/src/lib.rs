@@ -6,8 +6,10 @@
 //! always passed in, so every function is deterministic under a seeded generator and testable
 //! without a network.
 
+pub mod accountant;
 pub mod aggregate;
 pub mod codec;
+pub mod dp;
 pub mod features;
 pub mod matrix;
 pub mod metrics;
