@@ -30,16 +30,23 @@
 //! server: unmask(&mut sum)   // sum is now Σ_{i∈U3} x_i
 //! ```
 
+pub mod client;
 pub mod error;
 pub mod graph;
 pub mod keys;
 pub mod message;
 pub mod params;
 pub mod prg;
+pub mod server;
 pub mod shamir;
 
+pub use client::{ClientPhase, ClientPolicy, ClientRound};
 pub use error::SecAggError;
 pub use graph::{GraphSpec, NeighbourGraph, recommended_degree, recommended_threshold};
 pub use keys::{Roster, RosterError, RoundId, generate_identity, parse_public_key, public_key_hex};
 pub use message::{Envelope, KeyAdvertisement, RevealedShare, ShareKind, SignedKeys};
 pub use params::RoundParams;
+pub use server::{ServerPhase, ServerRound};
+
+#[cfg(test)]
+mod tests;
