@@ -29,7 +29,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use hkdf::Hkdf;
 use rand::CryptoRng;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
 
@@ -201,14 +201,14 @@ pub enum RosterError {
     },
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RosterFile {
     #[serde(default)]
     partner: Vec<RosterEntry>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RosterEntry {
     id: String,
@@ -254,16 +254,18 @@ impl Roster {
     }
 
     /// The roster as TOML text that [`Roster::from_toml`] reads back.
-    pub fn to_toml(&self) -> String {
-        let mut out = String::new();
-        for (id, key) in &self.partners {
-            // Debug-formatting a str gives a quoted, escaped TOML basic string.
-            out.push_str(&format!(
-                "[[partner]]\nid = {id:?}\npublic_key = \"{}\"\n\n",
-                public_key_hex(key)
-            ));
-        }
-        out
+    pub fn to_toml(&self) -> Result<String, RosterError> {
+        let file = RosterFile {
+            partner: self
+                .partners
+                .iter()
+                .map(|(id, key)| RosterEntry {
+                    id: id.clone(),
+                    public_key: public_key_hex(key),
+                })
+                .collect(),
+        };
+        toml::to_string(&file).map_err(|e| RosterError::Toml(e.to_string()))
     }
 
     /// Adds a partner, refusing a second entry for one id.
@@ -561,7 +563,13 @@ mod tests {
         assert_eq!(roster.len(), 2);
         assert_eq!(roster.get("bank"), Some(&a));
         assert_eq!(roster.get("nobody"), None);
-        assert_eq!(Roster::from_toml(&roster.to_toml()), Ok(roster));
+        assert_eq!(
+            Roster::from_toml(&roster.to_toml().unwrap()),
+            Ok(roster.clone())
+        );
+        let mut odd = Roster::new();
+        odd.insert("quote\"and\u{7}bell".into(), a).unwrap();
+        assert_eq!(Roster::from_toml(&odd.to_toml().unwrap()), Ok(odd));
         assert!(Roster::from_toml("").unwrap().is_empty());
     }
 

@@ -16,8 +16,8 @@ use chacha20::cipher::{KeyIvInit, StreamCipher};
 
 /// Bytes in a mask seed.
 pub const SEED_LEN: usize = 32;
-/// Longest vector a mask may cover (2^32 words, 16 GiB).
-pub const MAX_WORDS: usize = 1 << 32;
+/// Longest vector a round may mask (2^31 words, 8 GiB; ChaCha20's counter allows 2^36).
+pub const MAX_WORDS: usize = 1 << 31;
 
 /// Keystream bytes produced per step: a multiple of the 64-byte ChaCha block, small enough for
 /// the stack.
@@ -42,11 +42,20 @@ fn combine(seed: &[u8; SEED_LEN], v: &mut [u32], op: impl Fn(u32, u32) -> u32) {
 }
 
 /// Adds the mask expanded from `seed` into `v`, word by word, wrapping mod 2^32.
+///
+/// # Panics
+///
+/// If `v` is longer than 2^36 words, where the ChaCha20 block counter would wrap
+/// ([`crate::secagg::RoundParams`] allows at most [`MAX_WORDS`]).
 pub fn add_mask(seed: &[u8; SEED_LEN], v: &mut [u32]) {
     combine(seed, v, u32::wrapping_add);
 }
 
 /// Subtracts the mask expanded from `seed` from `v`, word by word, wrapping mod 2^32.
+///
+/// # Panics
+///
+/// As [`add_mask`].
 pub fn sub_mask(seed: &[u8; SEED_LEN], v: &mut [u32]) {
     combine(seed, v, u32::wrapping_sub);
 }
@@ -54,6 +63,10 @@ pub fn sub_mask(seed: &[u8; SEED_LEN], v: &mut [u32]) {
 /// Fills `buf` with the raw ChaCha20 keystream of `seed` (zero nonce, counter 0): the same
 /// bytes [`add_mask`] reads as words, for comparing mask expansion with raw ChaCha20
 /// throughput.
+///
+/// # Panics
+///
+/// As [`add_mask`], for buffers over 2^38 bytes.
 pub fn keystream(seed: &[u8; SEED_LEN], buf: &mut [u8]) {
     buf.fill(0);
     cipher(seed).apply_keystream(buf);
