@@ -14,5 +14,6 @@ pub mod features;
 pub mod matrix;
 pub mod metrics;
 pub mod model;
+pub mod secagg;
 pub mod spec;
 pub mod train;

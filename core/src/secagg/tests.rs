@@ -1,0 +1,771 @@
+//! Whole rounds between [`ClientRound`]s and a [`ServerRound`], with dropouts injected at every
+//! phase and a coordinator that misbehaves.
+
+use ed25519_dalek::SigningKey;
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use super::keys::{ENVELOPE_LEN, sign_keys};
+use super::*;
+use crate::aggregate::RunningSum;
+
+/// When a client stops taking part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    /// Never advertises keys.
+    BeforeKeys,
+    /// Advertises keys, sends no shares.
+    AfterKeys,
+    /// Sends shares, sends no masked input.
+    AfterShares,
+    /// Sends its masked input, reveals nothing.
+    AfterInput,
+    /// Takes part throughout.
+    Never,
+}
+
+fn stage_of(code: u8) -> Stage {
+    match code {
+        0 => Stage::BeforeKeys,
+        1 => Stage::AfterKeys,
+        2 => Stage::AfterShares,
+        3 => Stage::AfterInput,
+        _ => Stage::Never,
+    }
+}
+
+struct Cohort {
+    ids: Vec<String>,
+    identities: Vec<SigningKey>,
+    roster: Roster,
+}
+
+fn cohort(n: usize, rng: &mut StdRng) -> Cohort {
+    let ids: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+    let identities: Vec<SigningKey> = (0..n).map(|_| generate_identity(rng)).collect();
+    let mut roster = Roster::new();
+    for (id, key) in ids.iter().zip(&identities) {
+        roster.insert(id.clone(), key.verifying_key()).unwrap();
+    }
+    Cohort {
+        ids,
+        identities,
+        roster,
+    }
+}
+
+fn params(c: &Cohort, t: usize, degree: usize, d: usize) -> RoundParams {
+    let round = RoundId::new("job-1", 7, 0);
+    RoundParams::new(
+        round,
+        c.ids.clone(),
+        t,
+        GraphSpec::for_round(&round, degree),
+        d,
+    )
+    .unwrap()
+}
+
+const POLICY: ClientPolicy = ClientPolicy { min_partners: 1 };
+
+/// What a simulated round produced.
+struct Outcome {
+    /// The unmasked sum, or why the round failed.
+    result: Result<Vec<u32>, SecAggError>,
+    /// The plain wrapping sum of the inputs of the partners in U3.
+    expected: Vec<u32>,
+    /// Partners that revealed shares (U4).
+    revealers: usize,
+}
+
+/// Runs one round with each client dropping at `stages[i]`; a client that refuses a step
+/// drops there.
+fn run_round(n: usize, t: usize, degree: usize, d: usize, stages: &[Stage], seed: u64) -> Outcome {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let c = cohort(n, &mut rng);
+    let p = params(&c, t, degree, d);
+    let mut clients: Vec<Option<ClientRound>> = Vec::with_capacity(n);
+    let mut server = ServerRound::new(p.clone());
+    let fail = |result, expected: Vec<u32>| Outcome {
+        result: Err(result),
+        expected,
+        revealers: 0,
+    };
+
+    // Phase 1: advertise keys.
+    for i in 0..n {
+        let (client, advert) =
+            ClientRound::new(p.clone(), &c.ids[i], &c.identities[i], POLICY, &mut rng).unwrap();
+        if stages[i] > Stage::BeforeKeys {
+            let signed = SignedKeys {
+                partner_id: c.ids[i].clone(),
+                keys: advert,
+            };
+            server.on_keys(signed, &c.roster).unwrap();
+            clients.push(Some(client));
+        } else {
+            clients.push(None);
+        }
+    }
+    if let Err(e) = server.close_keys() {
+        return fail(e, vec![0; d]);
+    }
+
+    // Phase 2: share keys.
+    for i in 0..n {
+        let Some(client) = clients[i].as_mut() else {
+            continue;
+        };
+        let keys = server.keys_for(&c.ids[i]).unwrap();
+        match client.on_keys(&keys, &c.roster, &mut rng) {
+            Ok(envelopes) if stages[i] > Stage::AfterKeys => {
+                server.on_shares(&c.ids[i], envelopes).unwrap();
+            }
+            _ => clients[i] = None,
+        }
+    }
+    if let Err(e) = server.close_shares() {
+        return fail(e, vec![0; d]);
+    }
+
+    // Phase 3: masked input.
+    let mut sum = RunningSum::new(d);
+    let mut expected = vec![0u32; d];
+    let mut survivors = Vec::new();
+    for i in 0..n {
+        let Some(client) = clients[i].as_mut() else {
+            continue;
+        };
+        let envelopes = server.envelopes_for(&c.ids[i]).unwrap();
+        if client.on_shares(&envelopes).is_err() || stages[i] <= Stage::AfterShares {
+            clients[i] = None;
+            continue;
+        }
+        let x: Vec<u32> = (0..d).map(|_| rng.random()).collect();
+        let mut y = x.clone();
+        client.mask(&mut y).unwrap();
+        sum.add_all(&y);
+        for (e, v) in expected.iter_mut().zip(&x) {
+            *e = e.wrapping_add(*v);
+        }
+        survivors.push(c.ids[i].clone());
+    }
+    let u3 = match server.close_inputs(&survivors) {
+        Ok(u3) => u3,
+        Err(e) => {
+            // A coordinator that pressed on anyway gets nothing from any survivor.
+            for client in clients.iter_mut().flatten() {
+                assert!(client.on_unmask(&survivors).is_err());
+            }
+            return fail(e, expected);
+        }
+    };
+
+    // Phase 4: unmask.
+    let mut revealers = 0;
+    for i in 0..n {
+        let Some(client) = clients[i].as_mut() else {
+            continue;
+        };
+        if let Ok(shares) = client.on_unmask(&u3)
+            && stages[i] > Stage::AfterInput
+        {
+            server.on_revealed(&c.ids[i], shares).unwrap();
+            revealers += 1;
+        }
+    }
+    let mut total = sum.into_inner();
+    let before = total.clone();
+    let result = server.unmask(&mut total).map(|()| total.clone());
+    if result.is_err() {
+        assert_eq!(total, before, "a failed unmask removes nothing");
+    }
+    Outcome {
+        result,
+        expected,
+        revealers,
+    }
+}
+
+fn stages_strategy(max_n: usize) -> impl Strategy<Value = (usize, usize, usize, Vec<Stage>, u64)> {
+    (1usize..=max_n).prop_flat_map(|n| {
+        (
+            Just(n),
+            n / 2 + 1..=n,
+            0usize..300,
+            proptest::collection::vec((0u8..12).prop_map(stage_of), n),
+            any::<u64>(),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Complete graph: with dropouts at every phase the round succeeds exactly when at least t
+    /// partners take part to the end, and then the result is the plain sum of the survivors'
+    /// inputs, bit for bit; otherwise it aborts with nothing removed from the sum.
+    #[test]
+    fn complete_graph_sum_is_exact_under_dropouts((n, t, d, stages, seed) in stages_strategy(16)) {
+        let out = run_round(n, t, n - 1, d, &stages, seed);
+        let finishers = stages.iter().filter(|&&s| s == Stage::Never).count();
+        prop_assert_eq!(out.result.is_ok(), finishers >= t, "{:?}", out.result);
+        if let Ok(sum) = out.result {
+            prop_assert_eq!(out.revealers, finishers);
+            prop_assert_eq!(sum, out.expected);
+        }
+    }
+
+    /// Sparse graph: whenever the round succeeds, the result is exact; with few dropouts it
+    /// succeeds.
+    #[test]
+    fn sparse_graph_sum_is_exact_under_dropouts(
+        n in 8usize..=40,
+        half in 1usize..=3,
+        d in 0usize..100,
+        codes in proptest::collection::vec(0u8..40, 40),
+        seed in any::<u64>(),
+    ) {
+        let degree = 2 * half; // neighbourhoods of 3, 5 or 7
+        let t = recommended_threshold(degree);
+        let stages: Vec<Stage> = codes[..n].iter().map(|&c| stage_of(c)).collect();
+        let out = run_round(n, t, degree, d, &stages, seed);
+        if let Ok(sum) = &out.result {
+            prop_assert_eq!(sum, &out.expected);
+        }
+        if stages.iter().all(|&s| s == Stage::Never) {
+            prop_assert!(out.result.is_ok(), "{:?}", out.result);
+        }
+    }
+}
+
+#[test]
+fn sparse_graph_survives_spread_dropouts() {
+    // Degree 8: neighbourhoods of 9 with t = 7, so any two dropouts leave at least 7 of every
+    // neighbourhood; drop two at different phases.
+    let n = 30;
+    let mut stages = vec![Stage::Never; n];
+    stages[3] = Stage::AfterShares;
+    stages[17] = Stage::AfterInput;
+    let out = run_round(n, 7, 8, 50, &stages, 11);
+    assert_eq!(out.result, Ok(out.expected));
+}
+
+#[test]
+fn two_hundred_partners_with_the_sparse_graph() {
+    let n = 200;
+    let degree = recommended_degree(n);
+    let t = recommended_threshold(degree);
+    let mut stages = vec![Stage::Never; n];
+    for (k, stage) in [
+        Stage::BeforeKeys,
+        Stage::AfterKeys,
+        Stage::AfterShares,
+        Stage::AfterInput,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for j in 0..3 {
+            stages[k * 50 + j * 13 + 1] = stage;
+        }
+    }
+    let out = run_round(n, t, degree, 64, &stages, 200);
+    assert_eq!(out.result, Ok(out.expected));
+    assert_eq!(out.revealers, n - 12);
+}
+
+/// Drives a round for `n` partners up to the point where every client has masked its input.
+struct Masked {
+    c: Cohort,
+    clients: Vec<ClientRound>,
+    server: ServerRound,
+    inputs: Vec<Vec<u32>>,
+    masked: Vec<Vec<u32>>,
+}
+
+fn masked_round(n: usize, t: usize, d: usize, seed: u64) -> Masked {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let c = cohort(n, &mut rng);
+    let p = params(&c, t, n - 1, d);
+    let mut server = ServerRound::new(p.clone());
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let (client, keys) =
+            ClientRound::new(p.clone(), &c.ids[i], &c.identities[i], POLICY, &mut rng).unwrap();
+        let signed = SignedKeys {
+            partner_id: c.ids[i].clone(),
+            keys,
+        };
+        server.on_keys(signed, &c.roster).unwrap();
+        clients.push(client);
+    }
+    server.close_keys().unwrap();
+    for (i, client) in clients.iter_mut().enumerate() {
+        let keys = server.keys_for(&c.ids[i]).unwrap();
+        let envelopes = client.on_keys(&keys, &c.roster, &mut rng).unwrap();
+        server.on_shares(&c.ids[i], envelopes).unwrap();
+    }
+    server.close_shares().unwrap();
+    let mut inputs = Vec::new();
+    let mut masked = Vec::new();
+    for (i, client) in clients.iter_mut().enumerate() {
+        client
+            .on_shares(&server.envelopes_for(&c.ids[i]).unwrap())
+            .unwrap();
+        let x: Vec<u32> = (0..d).map(|k| (k as u32 * 7 + i as u32) % 11).collect();
+        let mut y = x.clone();
+        client.mask(&mut y).unwrap();
+        inputs.push(x);
+        masked.push(y);
+    }
+    Masked {
+        c,
+        clients,
+        server,
+        inputs,
+        masked,
+    }
+}
+
+#[test]
+fn a_masked_vector_looks_uniform() {
+    let d = 4096;
+    let m = masked_round(3, 2, d, 5);
+    let (x, y) = (&m.inputs[0], &m.masked[0]);
+    assert_ne!(x, y);
+    let differing = x.iter().zip(y).filter(|(a, b)| a != b).count();
+    assert!(differing > d - 5, "only {differing} words changed");
+    let chi2 = |v: &[u32]| {
+        let mut counts = [0u32; 256];
+        for w in v {
+            for b in w.to_le_bytes() {
+                counts[usize::from(b)] += 1;
+            }
+        }
+        let expected = (v.len() * 4) as f64 / 256.0;
+        counts
+            .iter()
+            .map(|&c| (f64::from(c) - expected).powi(2) / expected)
+            .sum::<f64>()
+    };
+    // 255 degrees of freedom: P(chi2 > 330.5) = 0.001 for uniform bytes.
+    assert!(chi2(y) < 330.5, "masked chi2 = {}", chi2(y));
+    assert!(chi2(x) > 330.5, "the input itself is far from uniform");
+}
+
+#[test]
+fn masking_twice_is_refused() {
+    let mut m = masked_round(3, 2, 8, 6);
+    let mut again = m.inputs[0].clone();
+    assert_eq!(
+        m.clients[0].mask(&mut again),
+        Err(SecAggError::WrongPhase {
+            call: "mask",
+            phase: "masked"
+        })
+    );
+    assert_eq!(again, m.inputs[0], "nothing masked");
+}
+
+#[test]
+fn a_client_reveals_once_whatever_the_survivor_sets() {
+    let mut m = masked_round(5, 3, 8, 7);
+    let all = m.c.ids.clone();
+    let first = m.clients[0].on_unmask(&all).unwrap();
+    assert!(first.iter().all(|s| s.kind == ShareKind::SelfMask));
+    // A coordinator that now claims p4 dropped would get p4's mask key share too.
+    let fewer: Vec<String> = all[..4].to_vec();
+    assert_eq!(
+        m.clients[0].on_unmask(&fewer),
+        Err(SecAggError::AlreadyRevealed)
+    );
+    assert_eq!(
+        m.clients[0].on_unmask(&all),
+        Err(SecAggError::AlreadyRevealed)
+    );
+}
+
+#[test]
+fn dishonest_survivor_lists_are_refused_without_revealing() {
+    let mut m = masked_round(5, 3, 8, 8);
+    let ids = m.c.ids.clone();
+    let client = &mut m.clients[0];
+    assert_eq!(client.on_unmask(&ids[1..]), Err(SecAggError::NotASurvivor));
+    assert_eq!(
+        client.on_unmask(&[ids[0].clone(), ids[1].clone()]),
+        Err(SecAggError::BelowThreshold {
+            phase: "inputs",
+            partner: "p0".into(),
+            got: 2,
+            need: 3
+        })
+    );
+    assert_eq!(
+        client.on_unmask(&[ids[0].clone(), ids[1].clone(), ids[1].clone()]),
+        Err(SecAggError::DuplicateSurvivor("p1".into()))
+    );
+    assert_eq!(
+        client.on_unmask(&[ids[0].clone(), "mallory".into()]),
+        Err(SecAggError::NotInCohort("mallory".into()))
+    );
+    // Policy: the survivors must be at least the partner's own minimum.
+    // (Refusals above changed nothing: an honest list still works, once.)
+    let shares = client.on_unmask(&ids[..3]).unwrap();
+    let kinds: Vec<ShareKind> = shares.iter().map(|s| s.kind).collect();
+    assert_eq!(
+        kinds.iter().filter(|&&k| k == ShareKind::SelfMask).count(),
+        3
+    );
+    assert_eq!(
+        kinds.iter().filter(|&&k| k == ShareKind::MaskKey).count(),
+        2
+    );
+}
+
+#[test]
+fn survivors_that_never_shared_are_refused() {
+    // p4 advertises keys but sends no shares: it is not in U2.
+    let mut rng = StdRng::seed_from_u64(9);
+    let c = cohort(5, &mut rng);
+    let p = params(&c, 3, 4, 4);
+    let mut clients = Vec::new();
+    let mut keys = Vec::new();
+    for i in 0..5 {
+        let (client, advert) =
+            ClientRound::new(p.clone(), &c.ids[i], &c.identities[i], POLICY, &mut rng).unwrap();
+        keys.push(SignedKeys {
+            partner_id: c.ids[i].clone(),
+            keys: advert,
+        });
+        clients.push(client);
+    }
+    let mut outboxes: Vec<Vec<Envelope>> = Vec::new();
+    for client in clients.iter_mut() {
+        outboxes.push(client.on_keys(&keys, &c.roster, &mut rng).unwrap());
+    }
+    let to_p0: Vec<Envelope> = outboxes[1..4]
+        .iter()
+        .flatten()
+        .filter(|e| e.to == "p0")
+        .cloned()
+        .collect();
+    clients[0].on_shares(&to_p0).unwrap();
+    clients[0].mask(&mut [0; 4]).unwrap();
+    assert_eq!(
+        clients[0].on_unmask(&c.ids),
+        Err(SecAggError::SurvivorWithoutShares("p4".into()))
+    );
+    assert_eq!(clients[0].on_unmask(&c.ids[..4]).map(|s| s.len()), Ok(4));
+}
+
+#[test]
+fn forged_foreign_and_unknown_keys_are_rejected() {
+    let mut rng = StdRng::seed_from_u64(10);
+    let c = cohort(4, &mut rng);
+    let p = params(&c, 3, 3, 4);
+    let mut keys = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let (client, advert) =
+            ClientRound::new(p.clone(), &c.ids[i], &c.identities[i], POLICY, &mut rng).unwrap();
+        keys.push(SignedKeys {
+            partner_id: c.ids[i].clone(),
+            keys: advert,
+        });
+        clients.push(client);
+    }
+    let client = &mut clients[0];
+    let with = |f: &dyn Fn(&mut Vec<SignedKeys>)| {
+        let mut k = keys.clone();
+        f(&mut k);
+        k
+    };
+
+    // A mask key swapped in by the coordinator.
+    let forged = with(&|k| k[1].keys.mask_public = [9; 32]);
+    assert_eq!(
+        client.on_keys(&forged, &c.roster, &mut rng),
+        Err(SecAggError::BadSignature("p1".into()))
+    );
+    // Keys for p1, properly signed, but by p2's identity.
+    let foreign = with(&|k| {
+        let adv = &mut k[1].keys;
+        adv.signature = sign_keys(
+            &c.identities[2],
+            p.round(),
+            "p1",
+            &adv.cipher_public,
+            &adv.mask_public,
+        );
+    });
+    assert_eq!(
+        client.on_keys(&foreign, &c.roster, &mut rng),
+        Err(SecAggError::BadSignature("p1".into()))
+    );
+    // Keys signed for another round.
+    let replayed = with(&|k| {
+        let adv = &mut k[1].keys;
+        adv.signature = sign_keys(
+            &c.identities[1],
+            &RoundId::new("job-1", 6, 0),
+            "p1",
+            &adv.cipher_public,
+            &adv.mask_public,
+        );
+    });
+    assert_eq!(
+        client.on_keys(&replayed, &c.roster, &mut rng),
+        Err(SecAggError::BadSignature("p1".into()))
+    );
+    // A partner this client's roster does not know.
+    let mut small_roster = Roster::new();
+    for i in [0, 1, 3] {
+        small_roster
+            .insert(c.ids[i].clone(), c.identities[i].verifying_key())
+            .unwrap();
+    }
+    assert_eq!(
+        client.on_keys(&keys, &small_roster, &mut rng),
+        Err(SecAggError::UnknownPartner("p2".into()))
+    );
+    // Someone outside the cohort, a partner twice, this client's own keys replaced.
+    let outsider = with(&|k| k[3].partner_id = "mallory".into());
+    assert_eq!(
+        client.on_keys(&outsider, &c.roster, &mut rng),
+        Err(SecAggError::NotInCohort("mallory".into()))
+    );
+    let twice = with(&|k| k.push(k[2].clone()));
+    assert_eq!(
+        client.on_keys(&twice, &c.roster, &mut rng),
+        Err(SecAggError::DuplicateKeys("p2".into()))
+    );
+    let replaced = with(&|k| k[0] = k[1].clone());
+    assert_eq!(
+        client.on_keys(&replaced, &c.roster, &mut rng),
+        Err(SecAggError::DuplicateKeys("p1".into()))
+    );
+    let mut own = keys.clone();
+    own[0].keys = clients_advert_for_other(&c, &p, &mut rng);
+    assert_eq!(
+        clients[0].on_keys(&own, &c.roster, &mut rng),
+        Err(SecAggError::OwnKeysAltered)
+    );
+    // Too few partners left in the neighbourhood.
+    assert!(matches!(
+        clients[0].on_keys(&keys[..2], &c.roster, &mut rng),
+        Err(SecAggError::BelowThreshold {
+            phase: "keys",
+            got: 2,
+            need: 3,
+            ..
+        })
+    ));
+    // None of this changed the client: the honest key list still works.
+    assert_eq!(clients[0].phase(), ClientPhase::AdvertisedKeys);
+    assert_eq!(
+        clients[0]
+            .on_keys(&keys, &c.roster, &mut rng)
+            .map(|e| e.len()),
+        Ok(3)
+    );
+
+    // The coordinator checks signatures too.
+    let mut server = ServerRound::new(p.clone());
+    assert_eq!(
+        server.on_keys(forged[1].clone(), &c.roster),
+        Err(SecAggError::BadSignature("p1".into()))
+    );
+    assert_eq!(
+        server.on_keys(outsider[3].clone(), &c.roster),
+        Err(SecAggError::NotInCohort("mallory".into()))
+    );
+}
+
+/// A validly signed advertisement for p0 that p0's client did not make.
+fn clients_advert_for_other(c: &Cohort, p: &RoundParams, rng: &mut StdRng) -> KeyAdvertisement {
+    ClientRound::new(p.clone(), &c.ids[0], &c.identities[0], POLICY, rng)
+        .unwrap()
+        .1
+}
+
+#[test]
+fn tampered_and_misrouted_envelopes_are_refused() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let c = cohort(3, &mut rng);
+    let p = params(&c, 2, 2, 4);
+    let mut clients = Vec::new();
+    let mut keys = Vec::new();
+    for i in 0..3 {
+        let (client, advert) =
+            ClientRound::new(p.clone(), &c.ids[i], &c.identities[i], POLICY, &mut rng).unwrap();
+        keys.push(SignedKeys {
+            partner_id: c.ids[i].clone(),
+            keys: advert,
+        });
+        clients.push(client);
+    }
+    let out: Vec<Vec<Envelope>> = clients
+        .iter_mut()
+        .map(|cl| cl.on_keys(&keys, &c.roster, &mut rng).unwrap())
+        .collect();
+    let to_p0: Vec<Envelope> = out
+        .iter()
+        .flatten()
+        .filter(|e| e.to == "p0")
+        .cloned()
+        .collect();
+    assert_eq!(to_p0.len(), 2);
+
+    let mut tampered = to_p0.clone();
+    tampered[0].ciphertext[30] ^= 1;
+    assert_eq!(
+        clients[0].on_shares(&tampered),
+        Err(SecAggError::Decrypt("p1".into()))
+    );
+    let mut relabelled = to_p0.clone();
+    relabelled[0].from = "p2".into();
+    relabelled[1].from = "p1".into();
+    assert!(matches!(
+        clients[0].on_shares(&relabelled),
+        Err(SecAggError::Decrypt(_))
+    ));
+    let not_mine: Vec<Envelope> = out[1].iter().filter(|e| e.to == "p2").cloned().collect();
+    assert_eq!(
+        clients[0].on_shares(&not_mine),
+        Err(SecAggError::Misrouted {
+            from: "p1".into(),
+            to: "p2".into()
+        })
+    );
+    let twice = vec![to_p0[0].clone(), to_p0[0].clone()];
+    assert!(matches!(
+        clients[0].on_shares(&twice),
+        Err(SecAggError::DuplicateEnvelope { .. })
+    ));
+    let mut short = to_p0.clone();
+    short[1].ciphertext.truncate(ENVELOPE_LEN - 1);
+    assert!(matches!(
+        clients[0].on_shares(&short),
+        Err(SecAggError::WrongLength {
+            field: "ciphertext",
+            ..
+        })
+    ));
+    assert_eq!(clients[0].phase(), ClientPhase::SharedKeys);
+    clients[0].on_shares(&to_p0).unwrap();
+    assert_eq!(clients[0].phase(), ClientPhase::ReadyToMask);
+
+    // The coordinator refuses an upload that misses a neighbour or is addressed wrongly.
+    let mut server = ServerRound::new(p.clone());
+    for k in &keys {
+        server.on_keys(k.clone(), &c.roster).unwrap();
+    }
+    server.close_keys().unwrap();
+    assert_eq!(
+        server.on_shares("p1", out[1][..1].to_vec()),
+        Err(SecAggError::MissingEnvelope {
+            from: "p1".into(),
+            to: "p2".into()
+        })
+    );
+    assert!(matches!(
+        server.on_shares("p1", out[2].clone()),
+        Err(SecAggError::Misrouted { .. })
+    ));
+    server.on_shares("p1", out[1].clone()).unwrap();
+    assert_eq!(
+        server.on_shares("p1", out[1].clone()),
+        Err(SecAggError::DuplicateUpload("p1".into()))
+    );
+}
+
+#[test]
+fn the_coordinator_checks_revealed_shares_and_refuses_to_unmask_without_enough() {
+    let mut m = masked_round(4, 3, 16, 13);
+    let ids = m.c.ids.clone();
+    let mut sum = RunningSum::new(16);
+    for y in &m.masked[..3] {
+        sum.add_all(y);
+    }
+    // p3 sent its shares but not its input.
+    let u3 = m.server.close_inputs(&ids[..3]).unwrap();
+    let mut reveals: Vec<Vec<RevealedShare>> = m.clients[..3]
+        .iter_mut()
+        .map(|cl| cl.on_unmask(&u3).unwrap())
+        .collect();
+    // Wrong kind for p3 (dropped): the self mask would unmask its input if it arrived late.
+    let mut wrong = reveals[0].clone();
+    let p3 = wrong.iter_mut().find(|s| s.owner == "p3").unwrap();
+    p3.kind = ShareKind::SelfMask;
+    assert!(matches!(
+        m.server.on_revealed("p0", wrong),
+        Err(SecAggError::WrongShareKind { .. })
+    ));
+    let mut moved = reveals[0].clone();
+    moved[0].x = 2;
+    assert!(matches!(
+        m.server.on_revealed("p0", moved),
+        Err(SecAggError::WrongSharePoint {
+            expected: 1,
+            got: 2,
+            ..
+        })
+    ));
+    assert_eq!(
+        m.server.on_revealed("p3", reveals[0].clone()),
+        Err(SecAggError::UnexpectedSender("p3".into()))
+    );
+    m.server.on_revealed("p0", reveals.remove(0)).unwrap();
+    m.server.on_revealed("p1", reveals.remove(0)).unwrap();
+
+    let mut total = sum.clone().into_inner();
+    assert!(matches!(
+        m.server.unmask(&mut total),
+        Err(SecAggError::NotEnoughShares {
+            got: 2,
+            need: 3,
+            ..
+        })
+    ));
+    assert_eq!(total, sum.as_slice(), "nothing removed");
+
+    m.server.on_revealed("p2", reveals.remove(0)).unwrap();
+    m.server.unmask(&mut total).unwrap();
+    let mut expected = vec![0u32; 16];
+    for x in &m.inputs[..3] {
+        for (e, v) in expected.iter_mut().zip(x) {
+            *e = e.wrapping_add(*v);
+        }
+    }
+    assert_eq!(total, expected);
+}
+
+#[test]
+fn clients_refuse_a_graph_not_derived_from_the_round() {
+    let mut rng = StdRng::seed_from_u64(14);
+    let c = cohort(5, &mut rng);
+    let round = RoundId::new("job-1", 7, 0);
+    let chosen = GraphSpec {
+        seed: [1; 32],
+        degree: 2,
+    };
+    let p = RoundParams::new(round, c.ids.clone(), 2, chosen, 4).unwrap();
+    assert_eq!(
+        ClientRound::new(p, "p0", &c.identities[0], POLICY, &mut rng).err(),
+        Some(SecAggError::GraphSeedMismatch)
+    );
+    let p = params(&c, 3, 4, 4);
+    assert_eq!(
+        ClientRound::new(
+            p,
+            "p0",
+            &c.identities[0],
+            ClientPolicy { min_partners: 6 },
+            &mut rng
+        )
+        .err(),
+        Some(SecAggError::BelowMinimum { got: 5, minimum: 6 })
+    );
+}
