@@ -222,6 +222,8 @@ impl Node {
             Body::Welcome(w) => info!(coordinator = %w.coordinator_id, "session open"),
             Body::Offer(offer) => {
                 let reply = self.consider(&offer.job_id, &offer.spec_toml);
+                // On a refusal the coordinator answers with `JobFinished`, which ends the session;
+                // leaving at once could lose the reply with the stream.
                 send(&self.tx, client_message::Body::OfferReply(reply)).await?;
             }
             Body::RoundStart(start) => self.start_round(start).await?,
@@ -289,10 +291,16 @@ impl Node {
         };
         let spec = match JobSpec::from_toml(spec_toml) {
             Ok(s) => s,
-            Err(e) => return refuse(e.to_string()),
+            Err(e) => {
+                let r = refuse(e.to_string());
+                self.summary.refused = Some(r.reason.clone());
+                return r;
+            }
         };
         if spec.aggregation.secure {
-            return refuse("secure aggregation is not available in this client build".into());
+            let r = refuse("secure aggregation is not available in this client build".into());
+            self.summary.refused = Some(r.reason.clone());
+            return r;
         }
         let split = HoldoutSplit {
             fraction: self.cfg.holdout_fraction,

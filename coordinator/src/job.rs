@@ -180,6 +180,13 @@ impl Hub {
                         } else {
                             warn!(partner = %partner, reason = %r.reason, "partner refused the job");
                             self.accepted.remove(&partner);
+                            let fin = JobFinished {
+                                job_id: self.job_id.clone(),
+                                reason: "refused by the partner".into(),
+                            };
+                            self.sessions
+                                .send(&partner, server_message::Body::Finished(fin))
+                                .await;
                             self.refused.insert(partner, r.reason);
                         }
                         return Some(RoundEvent::OfferAnswered);
@@ -329,7 +336,7 @@ pub async fn run_job(
     .await?;
     let final_metrics = eval_stats_from_slice(&out.stats, bins).metrics();
     info!(job = %job_id, auc = final_metrics.auc, log_loss = final_metrics.log_loss, "job finished");
-    for p in hub.accepted.clone() {
+    for p in hub.sessions.connected() {
         let fin = JobFinished {
             job_id: job_id.clone(),
             reason: format!("completed {} rounds", spec.job.rounds),

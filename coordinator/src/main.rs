@@ -82,6 +82,8 @@ fn serve(cfg: CoordinatorConfig, spec: JobSpec) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
+        // The first stdout line names the bound address, so `listen = "127.0.0.1:0"` works.
+        println!("fedmark-coordinator listening on {}", listener.local_addr().context("reading the bound address")?);
         let roster: BTreeSet<String> = cfg.partners.iter().cloned().collect();
         let settings = RunSettings {
             expected_partners: roster.len(),

@@ -1,6 +1,9 @@
 //! Whole rounds between [`ClientRound`]s and a [`ServerRound`], with dropouts injected at every
 //! phase and a coordinator that misbehaves.
 
+// Parallel per-partner arrays read clearest with an index.
+#![allow(clippy::needless_range_loop)]
+
 use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
 use rand::rngs::StdRng;
