@@ -57,6 +57,20 @@ pub struct ClientConfig {
     /// How long to keep trying to reach the coordinator.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
+    /// This partner's Ed25519 identity key (hex), for secure aggregation.
+    #[serde(default)]
+    pub identity_key: Option<PathBuf>,
+    /// The consortium roster (`[[partner]] id, public_key`), for checking the other
+    /// partners' key signatures.
+    #[serde(default)]
+    pub roster: Option<PathBuf>,
+    /// Fewest partners this partner will aggregate with (cohort and survivors).
+    #[serde(default = "default_min_cohort")]
+    pub min_cohort: usize,
+}
+
+fn default_min_cohort() -> usize {
+    2
 }
 
 fn default_holdout() -> f64 {
@@ -67,6 +81,22 @@ fn default_connect_timeout() -> u64 {
 }
 
 impl ClientConfig {
+    /// A config with the defaults for everything but the three required fields.
+    pub fn new(coordinator: String, partner_id: String, data: PathBuf) -> Self {
+        Self {
+            coordinator,
+            partner_id,
+            data,
+            holdout_fraction: default_holdout(),
+            holdout_seed: 0,
+            seed: None,
+            connect_timeout_secs: default_connect_timeout(),
+            identity_key: None,
+            roster: None,
+            min_cohort: default_min_cohort(),
+        }
+    }
+
     /// Reads and validates a config file; relative data paths are resolved against its folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
@@ -78,6 +108,16 @@ impl ClientConfig {
             path: shown,
             reason: e.to_string(),
         })?;
+        for p in [&mut cfg.identity_key, &mut cfg.roster]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative()
+                && let Some(dir) = path.parent()
+            {
+                *p = dir.join(&*p);
+            }
+        }
         if cfg.data.is_relative()
             && let Some(dir) = path.parent()
         {
@@ -108,6 +148,12 @@ impl ClientConfig {
             return Err(ConfigError::Invalid {
                 field: "holdout_fraction",
                 reason: format!("must be in [0, 1), got {}", self.holdout_fraction),
+            });
+        }
+        if self.min_cohort == 0 {
+            return Err(ConfigError::Invalid {
+                field: "min_cohort",
+                reason: "must be at least 1".into(),
             });
         }
         if self.connect_timeout_secs == 0 {

@@ -15,14 +15,20 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ed25519_dalek::SigningKey;
 use fedmark_core::aggregate::{RoundKind, VectorLayout};
 use fedmark_core::features::Standardizer;
 use fedmark_core::model::Model;
+use fedmark_core::secagg::keys::parse_signing_key;
+use fedmark_core::secagg::{
+    ClientPolicy, ClientRound, Envelope, GraphSpec, KeyAdvertisement, Roster, RoundId, RoundParams,
+    ShareKind, SignedKeys,
+};
 use fedmark_core::spec::JobSpec;
 use fedmark_proto::coordinator_client::CoordinatorClient;
 use fedmark_proto::{
-    ClientMessage, Hello, InputChunk, OfferReply, PROTOCOL_VERSION, RoundRef, RoundStart,
-    client_message, server_message,
+    ClientMessage, EncryptedShares, Hello, InputChunk, OfferReply, PROTOCOL_VERSION, RevealedShare,
+    RoundRef, RoundStart, UnmaskReply, client_message, server_message,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -61,6 +67,9 @@ pub enum ClientError {
     /// The coordinator closed the session before the job finished.
     #[error("coordinator closed the session before the job finished")]
     Closed,
+    /// The identity key or roster could not be loaded.
+    #[error("identity: {0}")]
+    Identity(String),
 }
 
 /// What a client did, for its operator.
@@ -74,13 +83,33 @@ pub struct ClientSummary {
     pub refused: Option<String>,
 }
 
-/// Fault injection for simulations: drop out of the session at a given point.
+/// Fault injection for simulations: where in a round a partner leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropPoint {
-    /// Close the session when a round starts, before sending anything for it.
-    BeforeInput,
-    /// Close the session after sending half of the round's input.
+    /// When the round starts: it advertises no keys and sends nothing.
+    Start,
+    /// After advertising its keys, when the others' keys arrive (secure rounds).
+    AfterKeys,
+    /// After sending its shares, when the shares for it arrive, before any input.
+    AfterShares,
+    /// In the middle of streaming its input.
     MidInput,
+    /// After its whole input, when asked to help unmask (secure rounds).
+    AfterInput,
+}
+
+impl DropPoint {
+    /// Parses a phase name as the simulator's `--dropout-phase` takes it.
+    pub fn from_phase(name: &str) -> Option<Self> {
+        Some(match name {
+            "keys" => DropPoint::Start,
+            "shares" => DropPoint::AfterKeys,
+            "input" => DropPoint::AfterShares,
+            "mid-input" => DropPoint::MidInput,
+            "unmask" => DropPoint::AfterInput,
+            _ => return None,
+        })
+    }
 }
 
 /// A scripted dropout: leave at `point` of round `round`.
@@ -92,11 +121,60 @@ pub struct Dropout {
     pub point: DropPoint,
 }
 
+/// The partner's long-term identity for secure aggregation.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Ed25519 key that signs this partner's round keys.
+    pub key: SigningKey,
+    /// Every partner's public identity key.
+    pub roster: Arc<Roster>,
+}
+
+impl Identity {
+    /// Loads the key and roster files named in the config, if both are set.
+    pub fn from_config(cfg: &ClientConfig) -> Result<Option<Self>, ClientError> {
+        let (Some(key_path), Some(roster_path)) = (&cfg.identity_key, &cfg.roster) else {
+            return Ok(None);
+        };
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p)
+                .map_err(|e| ClientError::Identity(format!("cannot read {}: {e}", p.display())))
+        };
+        let key = parse_signing_key(read(key_path)?.trim())
+            .map_err(|e| ClientError::Identity(format!("{}: {e}", key_path.display())))?;
+        let roster = Roster::from_toml(&read(roster_path)?)
+            .map_err(|e| ClientError::Identity(format!("{}: {e}", roster_path.display())))?;
+        match roster.get(&cfg.partner_id) {
+            Some(k) if *k == key.verifying_key() => {}
+            Some(_) => {
+                return Err(ClientError::Identity(format!(
+                    "the roster's key for `{}` is not the public half of {}",
+                    cfg.partner_id,
+                    key_path.display()
+                )));
+            }
+            None => {
+                return Err(ClientError::Identity(format!(
+                    "the roster does not list `{}`",
+                    cfg.partner_id
+                )));
+            }
+        }
+        Ok(Some(Self {
+            key,
+            roster: Arc::new(roster),
+        }))
+    }
+}
+
 /// Options that tests and the simulator set; real deployments use the defaults.
 #[derive(Debug, Clone, Default)]
 pub struct NodeOptions {
-    /// Scripted dropouts.
-    pub dropouts: Vec<Dropout>,
+    /// Scripted dropouts, shared by the sessions of one partner: each fires once and is then
+    /// removed, so a partner that reconnects goes on with the rest.
+    pub dropouts: Arc<Mutex<Vec<Dropout>>>,
+    /// Identity to use instead of the config's key and roster files.
+    pub identity: Option<Identity>,
 }
 
 /// Dials the coordinator, retrying with exponential backoff and jitter until the configured
@@ -143,6 +221,10 @@ pub async fn connect(cfg: &ClientConfig) -> Result<CoordinatorClient<Channel>, C
 
 /// Runs one session: from `Hello` to `JobFinished`.
 pub async fn run(cfg: &ClientConfig, options: NodeOptions) -> Result<ClientSummary, ClientError> {
+    let identity = match options.identity.clone() {
+        Some(i) => Some(i),
+        None => Identity::from_config(cfg)?,
+    };
     let mut client = connect(cfg).await?;
     let (tx, rx) = mpsc::channel::<ClientMessage>(16);
     send(
@@ -154,10 +236,13 @@ pub async fn run(cfg: &ClientConfig, options: NodeOptions) -> Result<ClientSumma
     )
     .await?;
     let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    let (done_tx, mut done_rx) = mpsc::channel::<Computed>(1);
     let mut node = Node {
         cfg: cfg.clone(),
         options,
+        identity,
         tx,
+        done_tx,
         job: None,
         round: None,
         rng: match cfg.seed {
@@ -166,15 +251,26 @@ pub async fn run(cfg: &ClientConfig, options: NodeOptions) -> Result<ClientSumma
         },
         summary: ClientSummary::default(),
     };
-    while let Some(msg) = inbound.message().await? {
-        let Some(body) = msg.body else {
-            return Err(ClientError::Protocol("empty server message".into()));
+    loop {
+        let flow = tokio::select! {
+            msg = inbound.message() => match msg? {
+                Some(m) => {
+                    let Some(body) = m.body else {
+                        return Err(ClientError::Protocol("empty server message".into()));
+                    };
+                    node.handle(body).await?
+                }
+                None => return Err(ClientError::Closed),
+            },
+            Some(done) = done_rx.recv() => {
+                node.on_computed(done).await?;
+                Flow::Continue
+            }
         };
-        if node.handle(body).await? == Flow::Finished {
+        if flow == Flow::Finished {
             return Ok(node.summary);
         }
     }
-    Err(ClientError::Closed)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -183,23 +279,39 @@ enum Flow {
     Finished,
 }
 
+/// A round's vector, computed on a blocking thread.
+struct Computed {
+    rref: RoundRef,
+    words: Result<Vec<u32>, String>,
+}
+
 struct Node {
     cfg: ClientConfig,
     options: NodeOptions,
+    identity: Option<Identity>,
     tx: mpsc::Sender<ClientMessage>,
+    done_tx: mpsc::Sender<Computed>,
     job: Option<(String, Arc<Mutex<JobContext>>)>,
-    round: Option<PendingRound>,
+    round: Option<ActiveRound>,
     rng: StdRng,
     summary: ClientSummary,
 }
 
-/// A round that has started and whose model is still arriving.
-struct PendingRound {
+/// The round in progress, from `RoundStart` to its result or abort.
+struct ActiveRound {
+    rref: RoundRef,
     start: RoundStart,
     kind: RoundKind,
     layout: VectorLayout,
     model: Vec<f64>,
     model_len: usize,
+    /// Secure-aggregation state (secure rounds).
+    secagg: Option<ClientRound>,
+    /// Shares for this partner arrived (or the round is not secure).
+    shares_done: bool,
+    /// The encoded vector, once computed.
+    words: Option<Vec<u32>>,
+    input_sent: bool,
 }
 
 async fn send(
@@ -211,8 +323,15 @@ async fn send(
         .map_err(|_| ClientError::Closed)
 }
 
-fn same_round(a: &Option<RoundRef>, b: &Option<RoundRef>) -> bool {
-    a.is_some() && a == b
+fn kind_of(start: &RoundStart) -> Result<RoundKind, ClientError> {
+    match start.kind() {
+        fedmark_proto::RoundKind::Statistics => Ok(RoundKind::Statistics),
+        fedmark_proto::RoundKind::Training => Ok(RoundKind::Training),
+        fedmark_proto::RoundKind::Evaluation => Ok(RoundKind::Evaluation),
+        fedmark_proto::RoundKind::Unspecified => {
+            Err(ClientError::Protocol("round of unspecified kind".into()))
+        }
+    }
 }
 
 impl Node {
@@ -231,7 +350,7 @@ impl Node {
                 let Some(round) = self.round.as_mut() else {
                     return Err(ClientError::Protocol("model chunk outside a round".into()));
                 };
-                if !same_round(&chunk.round, &round.start.round) {
+                if chunk.round.as_ref() != Some(&round.rref) {
                     return Err(ClientError::Protocol(
                         "model chunk for another round".into(),
                     ));
@@ -251,7 +370,116 @@ impl Node {
                     if round.model.len() != round.model_len {
                         return Err(ClientError::Protocol("model ended early".into()));
                     }
-                    self.contribute().await?;
+                    self.compute();
+                }
+            }
+            Body::Keys(keys) => {
+                if !self.in_round(&keys.round) {
+                    return Ok(Flow::Continue);
+                }
+                self.leave_if(DropPoint::AfterKeys)?;
+                let signed: Vec<SignedKeys> = keys
+                    .keys
+                    .into_iter()
+                    .filter_map(|k| {
+                        KeyAdvertisement::from_slices(
+                            &k.cipher_public,
+                            &k.mask_public,
+                            &k.signature,
+                        )
+                        .ok()
+                        .map(|keys| SignedKeys {
+                            partner_id: k.partner_id,
+                            keys,
+                        })
+                    })
+                    .collect();
+                let (Some(round), Some(identity)) = (self.round.as_mut(), self.identity.as_ref())
+                else {
+                    return Ok(Flow::Continue);
+                };
+                let Some(secagg) = round.secagg.as_mut() else {
+                    return Err(ClientError::Protocol(
+                        "keys for a round without secure aggregation".into(),
+                    ));
+                };
+                match secagg.on_keys(&signed, &identity.roster, &mut self.rng) {
+                    Ok(envelopes) => {
+                        let msg = EncryptedShares {
+                            round: Some(round.rref.clone()),
+                            envelopes: envelopes
+                                .into_iter()
+                                .map(|e| fedmark_proto::Envelope {
+                                    from: e.from,
+                                    to: e.to,
+                                    ciphertext: e.ciphertext,
+                                })
+                                .collect(),
+                        };
+                        send(&self.tx, client_message::Body::Shares(msg)).await?;
+                    }
+                    Err(e) => self.abandon(&e.to_string()),
+                }
+            }
+            Body::Shares(delivery) => {
+                if !self.in_round(&delivery.round) {
+                    return Ok(Flow::Continue);
+                }
+                self.leave_if(DropPoint::AfterShares)?;
+                let envelopes: Result<Vec<Envelope>, _> = delivery
+                    .envelopes
+                    .into_iter()
+                    .map(|e| Envelope::new(e.from, e.to, e.ciphertext))
+                    .collect();
+                let Some(round) = self.round.as_mut() else {
+                    return Ok(Flow::Continue);
+                };
+                let Some(secagg) = round.secagg.as_mut() else {
+                    return Err(ClientError::Protocol(
+                        "shares for a round without secure aggregation".into(),
+                    ));
+                };
+                match envelopes.and_then(|env| secagg.on_shares(&env)) {
+                    Ok(()) => {
+                        round.shares_done = true;
+                        self.send_input().await?;
+                    }
+                    Err(e) => self.abandon(&e.to_string()),
+                }
+            }
+            Body::Unmask(request) => {
+                if !self.in_round(&request.round) {
+                    return Ok(Flow::Continue);
+                }
+                self.leave_if(DropPoint::AfterInput)?;
+                let Some(round) = self.round.as_mut() else {
+                    return Ok(Flow::Continue);
+                };
+                let Some(secagg) = round.secagg.as_mut() else {
+                    return Err(ClientError::Protocol(
+                        "unmask request for a round without secure aggregation".into(),
+                    ));
+                };
+                match secagg.on_unmask(&request.survivors) {
+                    Ok(shares) => {
+                        let msg = UnmaskReply {
+                            round: Some(round.rref.clone()),
+                            shares: shares
+                                .into_iter()
+                                .map(|s| RevealedShare {
+                                    owner: s.owner,
+                                    kind: match s.kind {
+                                        ShareKind::SelfMask => fedmark_proto::ShareKind::SelfMask,
+                                        ShareKind::MaskKey => fedmark_proto::ShareKind::MaskKey,
+                                    } as i32,
+                                    x: s.x,
+                                    value: s.value,
+                                })
+                                .collect(),
+                        };
+                        send(&self.tx, client_message::Body::Unmask(msg)).await?;
+                    }
+                    Err(e) => self.abandon(&e.to_string()),
                 }
             }
             Body::RoundResult(r) => {
@@ -260,6 +488,7 @@ impl Node {
                     participants = r.participants,
                     "round complete"
                 );
+                self.round = None;
             }
             Body::RoundAbort(a) => {
                 warn!(round = a.round.as_ref().map_or(0, |r| r.round), reason = %a.reason, "round aborted");
@@ -270,63 +499,99 @@ impl Node {
                 self.summary.finish_reason = f.reason;
                 return Ok(Flow::Finished);
             }
-            Body::Keys(_) | Body::Shares(_) | Body::Unmask(_) => {
-                return Err(ClientError::Protocol(
-                    "secure-aggregation message in a round without it".into(),
-                ));
-            }
         }
         Ok(Flow::Continue)
     }
 
+    fn in_round(&self, rref: &Option<RoundRef>) -> bool {
+        let current = self
+            .round
+            .as_ref()
+            .is_some_and(|r| rref.as_ref() == Some(&r.rref));
+        if !current {
+            debug!("message for a round this partner is not in; ignored");
+        }
+        current
+    }
+
+    /// Gives up on the current round after the coordinator asked for something this partner
+    /// refuses (a forged key, a cohort below the threshold, a second unmask request …).
+    fn abandon(&mut self, reason: &str) {
+        warn!(reason = %reason, "refusing to continue this round");
+        self.round = None;
+    }
+
+    fn leave_if(&self, point: DropPoint) -> Result<(), ClientError> {
+        let round = self.round.as_ref().map_or(0, |r| r.rref.round);
+        if self.take_dropout(round, point) {
+            warn!(round, ?point, "injected dropout: leaving the session");
+            return Err(ClientError::Closed);
+        }
+        Ok(())
+    }
+
+    fn take_dropout(&self, round: u64, point: DropPoint) -> bool {
+        let Ok(mut list) = self.options.dropouts.lock() else {
+            return false;
+        };
+        match list
+            .iter()
+            .position(|d| d.round == round && d.point == point)
+        {
+            Some(i) => {
+                list.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Checks an offered job and loads the data for it; the reply says why on refusal.
     fn consider(&mut self, job_id: &str, spec_toml: &str) -> OfferReply {
-        let refuse = |reason: String| {
-            warn!(job = %job_id, reason = %reason, "refusing job");
-            OfferReply {
-                job_id: job_id.to_owned(),
-                accept: false,
-                reason,
+        match self.check_offer(spec_toml) {
+            Ok(ctx) => {
+                info!(job = %job_id, train_rows = ctx.data.train.len(), holdout_rows = ctx.data.holdout.len(), "accepted job");
+                self.job = Some((job_id.to_owned(), Arc::new(Mutex::new(ctx))));
+                OfferReply {
+                    job_id: job_id.to_owned(),
+                    accept: true,
+                    reason: String::new(),
+                }
             }
-        };
-        let spec = match JobSpec::from_toml(spec_toml) {
-            Ok(s) => s,
-            Err(e) => {
-                let r = refuse(e.to_string());
-                self.summary.refused = Some(r.reason.clone());
-                return r;
+            Err(reason) => {
+                warn!(job = %job_id, reason = %reason, "refusing job");
+                self.summary.refused = Some(reason.clone());
+                OfferReply {
+                    job_id: job_id.to_owned(),
+                    accept: false,
+                    reason,
+                }
             }
-        };
-        if spec.aggregation.secure {
-            let r = refuse("secure aggregation is not available in this client build".into());
-            self.summary.refused = Some(r.reason.clone());
-            return r;
+        }
+    }
+
+    fn check_offer(&self, spec_toml: &str) -> Result<JobContext, String> {
+        let spec = JobSpec::from_toml(spec_toml).map_err(|e| e.to_string())?;
+        if spec.aggregation.secure && self.identity.is_none() {
+            return Err(
+                "secure aggregation needs identity_key and roster in the client config".into(),
+            );
+        }
+        if (spec.aggregation.min_participants as usize) < self.cfg.min_cohort {
+            return Err(format!(
+                "aggregation.min_participants {} is below this partner's minimum cohort {}",
+                spec.aggregation.min_participants, self.cfg.min_cohort
+            ));
         }
         let split = HoldoutSplit {
             fraction: self.cfg.holdout_fraction,
             seed: self.cfg.holdout_seed,
         };
-        let data = match load_csv(&self.cfg.data, &spec, split) {
-            Ok(d) => d,
-            Err(e) => {
-                let r = refuse(e.to_string());
-                self.summary.refused = Some(r.reason.clone());
-                return r;
-            }
-        };
+        let data = load_csv(&self.cfg.data, &spec, split).map_err(|e| e.to_string())?;
         for (reason, count) in &data.skipped {
             warn!(reason = reason.as_str(), rows = count, "skipped bad rows");
         }
-        info!(job = %job_id, train_rows = data.train.len(), holdout_rows = data.holdout.len(), "accepted job");
-        self.job = Some((
-            job_id.to_owned(),
-            Arc::new(Mutex::new(JobContext::new(spec, data))),
-        ));
-        OfferReply {
-            job_id: job_id.to_owned(),
-            accept: true,
-            reason: String::new(),
-        }
+        Ok(JobContext::new(spec, data))
     }
 
     async fn start_round(&mut self, start: RoundStart) -> Result<(), ClientError> {
@@ -351,28 +616,26 @@ impl Node {
                 "round started for a cohort without this partner".into(),
             ));
         }
-        if start.secure {
-            return Err(ClientError::Protocol(
-                "secure round in a job accepted without secure aggregation".into(),
-            ));
-        }
-        let kind = match start.kind() {
-            fedmark_proto::RoundKind::Statistics => RoundKind::Statistics,
-            fedmark_proto::RoundKind::Training => RoundKind::Training,
-            fedmark_proto::RoundKind::Evaluation => RoundKind::Evaluation,
-            fedmark_proto::RoundKind::Unspecified => {
-                return Err(ClientError::Protocol("round of unspecified kind".into()));
-            }
-        };
-        let (layout, num_params, numeric) = {
+        let kind = kind_of(&start)?;
+        let (layout, num_params, numeric, secure) = {
             let ctx = ctx
                 .lock()
                 .map_err(|_| ClientError::Protocol("job state poisoned".into()))?;
             let layout = kind
                 .layout(&ctx.spec, ctx.num_params(), start.cohort.len())
                 .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            (layout, ctx.num_params(), ctx.spec.features.numeric.len())
+            (
+                layout,
+                ctx.num_params(),
+                ctx.spec.features.numeric.len(),
+                ctx.spec.aggregation.secure,
+            )
         };
+        if start.secure != secure {
+            return Err(ClientError::Protocol(
+                "round's secure-aggregation setting differs from the accepted job".into(),
+            ));
+        }
         if start.vector_len as usize != layout.len() {
             return Err(ClientError::Protocol(format!(
                 "round asks for a vector of {} words; this job's layout has {}",
@@ -397,61 +660,106 @@ impl Node {
                 "standardisation does not match the numeric features".into(),
             ));
         }
-        if self.drops_at(rref.round, DropPoint::BeforeInput) {
-            warn!(round = rref.round, "injected dropout: leaving before input");
-            return Err(ClientError::Closed);
-        }
         debug!(
             round = rref.round,
             attempt = rref.attempt,
             ?kind,
             "round started"
         );
-        self.round = Some(PendingRound {
+        self.round = Some(ActiveRound {
+            rref: rref.clone(),
             start,
             kind,
             layout,
             model: Vec::with_capacity(model_len),
             model_len,
+            secagg: None,
+            shares_done: !secure,
+            words: None,
+            input_sent: false,
         });
-        if model_len == 0 {
-            self.contribute().await?;
+        self.leave_if(DropPoint::Start)?;
+        if secure {
+            self.advertise_keys().await?;
+        }
+        if model_len == 0 && self.round.is_some() {
+            self.compute();
         }
         Ok(())
     }
 
-    fn drops_at(&self, round: u64, point: DropPoint) -> bool {
-        self.options
-            .dropouts
-            .iter()
-            .any(|d| d.round == round && d.point == point)
+    /// Phase 1: fresh keys for this round, signed with the identity key.
+    async fn advertise_keys(&mut self) -> Result<(), ClientError> {
+        let (Some(round), Some(identity)) = (self.round.as_mut(), self.identity.as_ref()) else {
+            return Err(ClientError::Protocol(
+                "secure round without an identity".into(),
+            ));
+        };
+        let rid = RoundId::new(&round.rref.job_id, round.rref.round, round.rref.attempt);
+        let graph = GraphSpec::for_round(&rid, round.start.graph_degree as usize);
+        if graph.seed.as_slice() != round.start.graph_seed.as_slice() {
+            self.abandon("the announced neighbour graph does not derive from the round id");
+            return Ok(());
+        }
+        let policy = ClientPolicy {
+            min_partners: self.cfg.min_cohort,
+        };
+        let created = RoundParams::new(
+            rid,
+            round.start.cohort.clone(),
+            round.start.threshold as usize,
+            graph,
+            round.layout.len(),
+        )
+        .and_then(|params| {
+            ClientRound::new(
+                params,
+                &self.cfg.partner_id,
+                &identity.key,
+                policy,
+                &mut self.rng,
+            )
+        });
+        match created {
+            Ok((secagg, advert)) => {
+                let msg = fedmark_proto::KeyAdvertisement {
+                    round: Some(round.rref.clone()),
+                    cipher_public: advert.cipher_public.to_vec(),
+                    mask_public: advert.mask_public.to_vec(),
+                    signature: advert.signature.to_vec(),
+                };
+                round.secagg = Some(secagg);
+                send(&self.tx, client_message::Body::Keys(msg)).await?;
+            }
+            Err(e) => self.abandon(&e.to_string()),
+        }
+        Ok(())
     }
 
-    /// Computes this round's vector on a blocking thread and streams it.
-    async fn contribute(&mut self) -> Result<(), ClientError> {
-        let (Some(round), Some((_, ctx))) = (self.round.take(), self.job.as_ref()) else {
-            return Ok(());
+    /// Starts computing this round's vector on a blocking thread; the result comes back
+    /// through `done_tx` so the session keeps answering in the meantime.
+    fn compute(&mut self) {
+        let (Some(round), Some((_, ctx))) = (self.round.as_mut(), self.job.as_ref()) else {
+            return;
         };
         let ctx = Arc::clone(ctx);
         let seed = self.rng.random::<u64>();
-        let PendingRound {
-            start,
-            kind,
-            layout,
-            model,
-            ..
-        } = round;
+        let kind = round.kind;
+        let layout = round.layout;
+        let params = std::mem::take(&mut round.model);
         let standardizer = Standardizer {
-            mean: start.feature_mean.clone(),
-            std: start.feature_std.clone(),
+            mean: round.start.feature_mean.clone(),
+            std: round.start.feature_std.clone(),
         };
-        let words = tokio::task::spawn_blocking(move || -> Result<Vec<u32>, String> {
+        let rref = round.rref.clone();
+        let done = self.done_tx.clone();
+        let task = tokio::task::spawn_blocking(move || -> Result<Vec<u32>, String> {
             let mut rng = StdRng::seed_from_u64(seed);
             let mut ctx = ctx.lock().map_err(|_| "job state poisoned".to_string())?;
             let model = Model {
                 arch: ctx.arch,
                 dim: ctx.schema.dim(),
-                params: model,
+                params,
             };
             let RoundValues { update, stats } = match kind {
                 RoundKind::Statistics => ctx.statistics(),
@@ -459,13 +767,47 @@ impl Node {
                 RoundKind::Evaluation => ctx.evaluation(&model, &standardizer),
             };
             Ok(layout.encode(&update, &stats, &mut rng))
-        })
-        .await
-        .map_err(|e| ClientError::Protocol(format!("local computation failed: {e}")))?
-        .map_err(ClientError::Protocol)?;
-        let rref = start.round.clone();
-        let round_no = rref.as_ref().map_or(0, |r| r.round);
-        let drop_mid = self.drops_at(round_no, DropPoint::MidInput);
+        });
+        tokio::spawn(async move {
+            let words = task
+                .await
+                .unwrap_or_else(|e| Err(format!("local computation failed: {e}")));
+            let _ = done.send(Computed { rref, words }).await;
+        });
+    }
+
+    async fn on_computed(&mut self, done: Computed) -> Result<(), ClientError> {
+        let Some(round) = self.round.as_mut() else {
+            return Ok(());
+        };
+        if round.rref != done.rref {
+            return Ok(());
+        }
+        round.words = Some(done.words.map_err(ClientError::Protocol)?);
+        self.send_input().await
+    }
+
+    /// Phase 3: once the vector is computed and (in a secure round) the shares are in, mask
+    /// the vector and stream it.
+    async fn send_input(&mut self) -> Result<(), ClientError> {
+        let Some(round) = self.round.as_mut() else {
+            return Ok(());
+        };
+        if round.input_sent || !round.shares_done {
+            return Ok(());
+        }
+        let Some(mut words) = round.words.take() else {
+            return Ok(());
+        };
+        if let Some(secagg) = round.secagg.as_mut()
+            && let Err(e) = secagg.mask(&mut words)
+        {
+            self.abandon(&e.to_string());
+            return Ok(());
+        }
+        round.input_sent = true;
+        let rref = round.rref.clone();
+        let drop_mid = self.take_dropout(rref.round, DropPoint::MidInput);
         // A scripted mid-input dropout needs at least two chunks to leave between them.
         let chunk_words = if drop_mid {
             words.len().div_ceil(2).max(1)
@@ -473,30 +815,20 @@ impl Node {
             INPUT_CHUNK_WORDS
         };
         let chunks = words.len().div_ceil(chunk_words).max(1);
-        for (i, chunk) in words.chunks(chunk_words).enumerate() {
+        for i in 0..chunks {
             if drop_mid && i == chunks / 2 && i > 0 {
-                warn!(round = round_no, "injected dropout: leaving mid-input");
+                warn!(round = rref.round, "injected dropout: leaving mid-input");
                 return Err(ClientError::Closed);
             }
+            let a = (i * chunk_words).min(words.len());
+            let b = (a + chunk_words).min(words.len());
             send(
                 &self.tx,
                 client_message::Body::Input(InputChunk {
-                    round: rref.clone(),
-                    offset: (i * chunk_words) as u64,
-                    values: chunk.to_vec(),
+                    round: Some(rref.clone()),
+                    offset: a as u64,
+                    values: words[a..b].to_vec(),
                     last: i + 1 == chunks,
-                }),
-            )
-            .await?;
-        }
-        if words.is_empty() {
-            send(
-                &self.tx,
-                client_message::Body::Input(InputChunk {
-                    round: rref,
-                    offset: 0,
-                    values: Vec::new(),
-                    last: true,
                 }),
             )
             .await?;

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fedmark_core::secagg::Roster;
 use serde::Deserialize;
 
 /// Why a coordinator configuration was refused.
@@ -45,8 +46,9 @@ pub struct CoordinatorConfig {
     /// Folder for the model and report (relative to the config file).
     #[serde(default = "default_out")]
     pub out_dir: PathBuf,
-    /// The roster: ids of the partners allowed to join. The job waits for all of them.
-    pub partners: Vec<String>,
+    /// The roster file (`[[partner]] id, public_key`): the partners allowed to join, with their
+    /// Ed25519 identity keys. The job waits for all of them. Relative to the config file.
+    pub roster: PathBuf,
     /// How long to wait for the partners to join and answer the offer.
     #[serde(default = "default_join")]
     pub join_timeout_secs: u64,
@@ -77,6 +79,11 @@ impl CoordinatorConfig {
             path: shown,
             reason: e.to_string(),
         })?;
+        if cfg.roster.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            cfg.roster = dir.join(&cfg.roster);
+        }
         if cfg.out_dir.is_relative()
             && let Some(dir) = path.parent()
         {
@@ -88,33 +95,6 @@ impl CoordinatorConfig {
 
     /// Checks every value.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.partners.is_empty() {
-            return Err(ConfigError::Invalid {
-                field: "partners",
-                reason: "must list at least one partner id".into(),
-            });
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for p in &self.partners {
-            let ok = !p.is_empty()
-                && p.len() <= 64
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-            if !ok {
-                return Err(ConfigError::Invalid {
-                    field: "partners",
-                    reason: format!(
-                        "`{p}` must be 1-64 characters of letters, digits, `_`, `-`, `.`"
-                    ),
-                });
-            }
-            if !seen.insert(p) {
-                return Err(ConfigError::Invalid {
-                    field: "partners",
-                    reason: format!("lists `{p}` twice"),
-                });
-            }
-        }
         for (field, v) in [
             ("join_timeout_secs", self.join_timeout_secs),
             ("phase_timeout_secs", self.phase_timeout_secs),
@@ -127,6 +107,26 @@ impl CoordinatorConfig {
             }
         }
         Ok(())
+    }
+
+    /// Reads the roster file.
+    pub fn load_roster(&self) -> Result<Roster, ConfigError> {
+        let shown = self.roster.display().to_string();
+        let text = std::fs::read_to_string(&self.roster).map_err(|source| ConfigError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        let roster = Roster::from_toml(&text).map_err(|e| ConfigError::Parse {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        if roster.is_empty() {
+            return Err(ConfigError::Parse {
+                path: shown,
+                reason: "lists no partner".into(),
+            });
+        }
+        Ok(roster)
     }
 
     /// The join deadline.

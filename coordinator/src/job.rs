@@ -22,6 +22,7 @@ use fedmark_core::codec::CodecError;
 use fedmark_core::features::{FeatureSchema, Standardizer};
 use fedmark_core::metrics::Metrics;
 use fedmark_core::model::{Architecture, Model};
+use fedmark_core::secagg::{Roster, recommended_degree, recommended_threshold};
 use fedmark_core::spec::JobSpec;
 use fedmark_core::train::ServerOptimizer;
 use fedmark_proto::{JobFinished, JobOffer, RoundRef, client_message, server_message};
@@ -33,7 +34,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::report::{FinalMetrics, JobReport, RoundRecord};
-use crate::round::{RoundError, RoundOutput, RoundPlan, run_round};
+use crate::round::{RoundError, RoundOutput, RoundPlan, SecureSetup, run_round};
 use crate::service::{Event, Sessions};
 
 /// Why a job could not complete.
@@ -65,6 +66,9 @@ pub enum JobError {
     /// The fixed-point layout cannot be built for this cohort.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// The spec could not be serialised for the partners.
+    #[error(transparent)]
+    Spec(#[from] fedmark_core::spec::SpecError),
     /// The event stream ended (the server stopped).
     #[error("the coordinator's server stopped during the job")]
     ServerStopped,
@@ -77,8 +81,10 @@ pub struct RunSettings {
     pub expected_partners: usize,
     /// How long to wait for them.
     pub join_timeout: Duration,
-    /// Deadline of each round's input phase.
+    /// Deadline of each round phase.
     pub phase_timeout: Duration,
+    /// Every partner's identity key (checked in secure aggregation).
+    pub roster: Arc<Roster>,
 }
 
 /// A round-relevant event, after the hub has handled joins and offer replies.
@@ -112,6 +118,8 @@ pub struct Hub {
     pub accepted: BTreeSet<String>,
     /// Partners that refused, with their reasons.
     pub refused: BTreeMap<String, String>,
+    /// The latest session of each partner that connected.
+    sessions_seen: BTreeMap<String, u64>,
     stopped: bool,
 }
 
@@ -130,6 +138,7 @@ impl Hub {
             spec_toml,
             accepted: BTreeSet::new(),
             refused: BTreeMap::new(),
+            sessions_seen: BTreeMap::new(),
             stopped: false,
         }
     }
@@ -153,7 +162,7 @@ impl Hub {
                 Err(_) => return None,
             };
             match event {
-                Event::Connected { partner, .. } => {
+                Event::Connected { partner, session } => {
                     let offer = JobOffer {
                         job_id: self.job_id.clone(),
                         spec_toml: self.spec_toml.clone(),
@@ -161,6 +170,15 @@ impl Hub {
                     self.sessions
                         .send(&partner, server_message::Body::Offer(offer))
                         .await;
+                    // A new session replaces the old one: whatever the old one was doing in a
+                    // round is over, even if its close has not been seen yet.
+                    if self
+                        .sessions_seen
+                        .insert(partner.clone(), session)
+                        .is_some()
+                    {
+                        return Some(RoundEvent::Closed { partner });
+                    }
                 }
                 Event::Message {
                     partner,
@@ -352,7 +370,7 @@ pub async fn run_job(
         model_kind: format!("{:?}", spec.model.kind).to_lowercase(),
         model_params: model.params.len(),
         input_dim: schema.dim(),
-        secure_aggregation: false,
+        secure_aggregation: spec.aggregation.secure,
         partners_accepted: hub.accepted.iter().cloned().collect(),
         partners_refused: hub.refused.clone(),
         training_rows,
@@ -411,29 +429,43 @@ async fn run_with_retries(
     model: Option<Arc<Vec<f64>>>,
     standardizer: Option<Standardizer>,
 ) -> Result<(fedmark_core::aggregate::DecodedSum, RoundOutput, u32), JobError> {
-    let threshold = spec.aggregation.min_participants as usize;
+    let min = spec.aggregation.min_participants as usize;
     let num_params = model.as_ref().map_or(0, |m| m.len());
     let mut last = RoundError::BelowThreshold {
         survivors: 0,
         cohort: 0,
-        threshold,
+        threshold: min,
     };
     for attempt in 0..spec.aggregation.max_attempts {
-        let mut cohort = wait_for_available(hub, settings, threshold).await?;
+        let mut cohort = wait_for_available(hub, settings, min).await?;
         cohort.shuffle(rng);
         if spec.aggregation.cohort_size > 0 {
             cohort.truncate(spec.aggregation.cohort_size as usize);
         }
         cohort.sort();
-        if cohort.len() < threshold {
+        if cohort.len() < min {
             last = RoundError::BelowThreshold {
                 survivors: 0,
                 cohort: cohort.len(),
-                threshold,
+                threshold: min,
             };
             continue;
         }
-        let layout = kind.layout(spec, num_params, cohort.len())?;
+        let n = cohort.len();
+        let secure = spec.aggregation.secure.then(|| {
+            let degree = if n > spec.aggregation.sparse_graph_above as usize {
+                recommended_degree(n)
+            } else {
+                n - 1
+            };
+            SecureSetup {
+                roster: Arc::clone(&settings.roster),
+                degree,
+                threshold: recommended_threshold(degree),
+            }
+        });
+        let threshold = secure.as_ref().map_or(min, |s| s.threshold.max(min));
+        let layout = kind.layout(spec, num_params, n)?;
         let plan = RoundPlan {
             rref: RoundRef {
                 job_id: hub.job_id.clone(),
@@ -447,6 +479,7 @@ async fn run_with_retries(
             model: model.clone(),
             standardizer: standardizer.clone(),
             phase_timeout: settings.phase_timeout,
+            secure,
         };
         match run_round(hub, &plan).await {
             Ok(output) => {

@@ -32,20 +32,24 @@ pub fn job_id(spec_toml: &str) -> String {
     format!("job-{}", hex::encode(&digest[..6]))
 }
 
-/// Serves partners on `listener` and runs `spec` to its end, then stops serving. `roster`
-/// limits who may join; `progress` receives each completed round.
+/// Serves partners on `listener` and runs `spec` to its end, then stops serving. Only the
+/// partners of `settings.roster` may join; `progress` receives each completed round.
 pub async fn run(
     listener: TcpListener,
     spec: JobSpec,
-    roster: BTreeSet<String>,
     settings: RunSettings,
     progress: Option<mpsc::UnboundedSender<RoundRecord>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<JobOutcome, JobError> {
-    let spec_toml = spec.to_toml().map_err(|_| JobError::ServerStopped)?;
+    let spec_toml = spec.to_toml()?;
     let id = job_id(&spec_toml);
     let sessions = Sessions::default();
     let (events_tx, events_rx) = mpsc::channel(1024);
+    let roster: BTreeSet<String> = settings
+        .roster
+        .iter()
+        .map(|(id, _)| id.to_owned())
+        .collect();
     let service = CoordinatorService::new(
         "fedmark-coordinator".into(),
         sessions.clone(),

@@ -1,6 +1,5 @@
 //! `fedmark-coordinator`: runs a federated training job and writes its model and report.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -37,6 +36,25 @@ enum Command {
         #[arg(long)]
         job: PathBuf,
     },
+    /// Development setup: make an identity key for each partner and the roster listing them.
+    /// In production each partner makes its own key and sends only the public half.
+    Roster {
+        #[command(subcommand)]
+        command: RosterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RosterCommand {
+    /// Write DIR/roster.toml and DIR/<partner>.key for the given partner ids.
+    Init {
+        /// Comma-separated partner ids.
+        #[arg(long, value_delimiter = ',', required = true)]
+        partners: Vec<String>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +66,15 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Roster {
+            command: RosterCommand::Init { partners, out },
+        } => match roster_init(&partners, &out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         Command::Serve { config, job } => {
             let (cfg, spec) = match load(&config, &job) {
                 Ok(x) => x,
@@ -67,8 +94,48 @@ fn main() -> ExitCode {
     }
 }
 
+fn roster_init(partners: &[String], out: &Path) -> anyhow::Result<()> {
+    use fedmark_core::secagg::{Roster, generate_identity, keys::signing_key_hex};
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut roster = Roster::new();
+    let mut rng = rand::rng();
+    for id in partners {
+        let key = generate_identity(&mut rng);
+        roster
+            .insert(id.clone(), key.verifying_key())
+            .with_context(|| format!("partner `{id}`"))?;
+        let path = out.join(format!("{id}.key"));
+        write_secret(&path, &signing_key_hex(&key))?;
+    }
+    let path = out.join("roster.toml");
+    std::fs::write(&path, roster.to_toml()?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "wrote {} and {} identity keys in {}",
+        path.display(),
+        partners.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// Writes a secret key readable by its owner only.
+fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "{text}").with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 fn load(config: &Path, job: &Path) -> anyhow::Result<(CoordinatorConfig, JobSpec)> {
     let cfg = CoordinatorConfig::load(config)?;
+    cfg.load_roster()?;
     let text = std::fs::read_to_string(job)
         .with_context(|| format!("reading job spec {}", job.display()))?;
     let spec = JobSpec::from_toml(&text).with_context(|| format!("in {}", job.display()))?;
@@ -84,16 +151,17 @@ fn serve(cfg: CoordinatorConfig, spec: JobSpec) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}", cfg.listen))?;
         // The first stdout line names the bound address, so `listen = "127.0.0.1:0"` works.
         println!("fedmark-coordinator listening on {}", listener.local_addr().context("reading the bound address")?);
-        let roster: BTreeSet<String> = cfg.partners.iter().cloned().collect();
+        let roster = cfg.load_roster()?;
         let settings = RunSettings {
             expected_partners: roster.len(),
             join_timeout: cfg.join_timeout(),
             phase_timeout: cfg.phase_timeout(),
+            roster: std::sync::Arc::new(roster),
         };
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        let outcome = fedmark_coordinator::run(listener, spec, roster, settings, None, shutdown)
+        let outcome = fedmark_coordinator::run(listener, spec, settings, None, shutdown)
             .await
             .context("running the job")?;
         let model = serde_json::json!({

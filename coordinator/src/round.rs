@@ -1,13 +1,25 @@
 //! One aggregation round, as the coordinator runs it.
 //!
-//! Phases and what moves them on:
+//! Phases and what moves them on (the bracketed ones run only with secure aggregation, the
+//! protocol of Bonawitz et al. with the SecAgg+ graph, see [`fedmark_core::secagg`]):
 //!
 //! 1. **Start.** `RoundStart` (and, for training and evaluation, the global model in
 //!    `ModelChunk`s) goes to every cohort member. A member whose session is gone is dropped.
-//! 2. **Input.** Members stream their vectors in `InputChunk`s; each chunk is added into one
+//! 2. [**Advertise keys.**] Each member sends two fresh public keys signed with its identity
+//!    key; the signatures are checked against the roster. When all have answered (or at the
+//!    deadline) the advertisers are U1, at least `threshold` of them, and each gets its
+//!    neighbours' signed keys.
+//! 3. [**Share keys.**] Each member of U1 sends its encrypted shares; the coordinator only
+//!    routes them. The senders are U2, and each gets the envelopes addressed to it.
+//! 4. **Input.** Members stream their vectors in `InputChunk`s; each chunk is added into one
 //!    [`RunningSum`] as it arrives, so memory is one vector whatever the cohort size. The phase
 //!    ends when every member has finished or dropped, or at the phase deadline.
-//! 3. **Result.** With at least `threshold` complete members the sum is the round's result.
+//!    With secure aggregation each vector is masked, and only members of U2 may send one.
+//! 5. [**Unmask.**] The complete members are U3. Each gets U3 and answers with its shares of
+//!    the survivors' self-mask seeds and of the dropped members' mask keys; from `threshold`
+//!    answers per neighbourhood the masks are removed from the sum, leaving exactly the sum of
+//!    U3's vectors.
+//! 6. **Result.** With at least `threshold` complete members the sum is the round's result.
 //!    Otherwise — or if a member left after part of its vector was summed, which would corrupt
 //!    the sum — the round is aborted (`RoundAbort` to the cohort) and the job retries it with a
 //!    fresh cohort.
@@ -21,7 +33,14 @@ use std::time::Duration;
 
 use fedmark_core::aggregate::{Progress, RoundKind, RunningSum, VectorLayout};
 use fedmark_core::features::Standardizer;
-use fedmark_proto::{ModelChunk, RoundAbort, RoundRef, RoundStart, client_message, server_message};
+use fedmark_core::secagg::{
+    Envelope, GraphSpec, KeyAdvertisement, RevealedShare, Roster, RoundId, RoundParams,
+    SecAggError, ServerRound, ShareKind, SignedKeys,
+};
+use fedmark_proto::{
+    KeyBroadcast, ModelChunk, RoundAbort, RoundRef, RoundStart, SharesDelivery, UnmaskRequest,
+    client_message, server_message,
+};
 use tokio::time::Instant;
 use tonic::Status;
 use tracing::{debug, info, warn};
@@ -48,8 +67,21 @@ pub struct RoundPlan {
     pub model: Option<Arc<Vec<f64>>>,
     /// Standardisation (training and evaluation).
     pub standardizer: Option<Standardizer>,
-    /// Deadline of the input phase, from the start.
+    /// Deadline of each phase, from its start.
     pub phase_timeout: Duration,
+    /// Secure aggregation, when on.
+    pub secure: Option<SecureSetup>,
+}
+
+/// What secure aggregation needs beyond the plan.
+#[derive(Debug, Clone)]
+pub struct SecureSetup {
+    /// Every partner's identity key.
+    pub roster: Arc<Roster>,
+    /// Neighbours per member (cohort size − 1 for the complete graph).
+    pub degree: usize,
+    /// Survivors needed in every closed neighbourhood to unmask.
+    pub threshold: usize,
 }
 
 /// A round that produced its sum.
@@ -80,6 +112,9 @@ pub enum RoundError {
     /// A member left after part of its vector was summed.
     #[error("partner `{0}` left after sending part of its input")]
     PartialInput(String),
+    /// Secure aggregation could not complete (too few advertisers, sharers or unmaskers).
+    #[error("secure aggregation: {0}")]
+    SecAgg(String),
 }
 
 fn start_message(plan: &RoundPlan) -> RoundStart {
@@ -97,14 +132,27 @@ fn start_message(plan: &RoundPlan) -> RoundStart {
         } as i32,
         cohort: plan.cohort.clone(),
         threshold: plan.threshold as u32,
-        secure: false,
+        secure: plan.secure.is_some(),
         vector_len: plan.layout.len() as u64,
         feature_mean: mean,
         feature_std: std,
         model_len: plan.model.as_ref().map_or(0, |m| m.len() as u64),
-        graph_seed: Vec::new(),
-        graph_degree: 0,
+        graph_seed: plan
+            .secure
+            .as_ref()
+            .map(|sec| {
+                GraphSpec::for_round(&round_id(&plan.rref), sec.degree)
+                    .seed
+                    .to_vec()
+            })
+            .unwrap_or_default(),
+        graph_degree: plan.secure.as_ref().map_or(0, |sec| sec.degree as u32),
     }
+}
+
+/// The secure-aggregation id of a round instance; a retried round is a new instance.
+pub fn round_id(rref: &RoundRef) -> RoundId {
+    RoundId::new(&rref.job_id, rref.round, rref.attempt)
 }
 
 /// Sends the round start and the model to every member, each on its own task so one slow
@@ -152,38 +200,327 @@ fn broadcast_start(hub: &Hub, plan: &RoundPlan) {
 
 /// Runs one round to its sum or its abort.
 pub async fn run_round(hub: &mut Hub, plan: &RoundPlan) -> Result<RoundOutput, RoundError> {
-    let cohort: BTreeSet<&str> = plan.cohort.iter().map(String::as_str).collect();
     broadcast_start(hub, plan);
-    let deadline = Instant::now() + plan.phase_timeout;
-    let mut sum = RunningSum::new(plan.layout.len());
-    let mut progress: BTreeMap<String, Progress> = BTreeMap::new();
     let mut dropped: BTreeSet<String> = plan
         .cohort
         .iter()
         .filter(|m| hub.sessions.sender(m).is_none())
         .cloned()
         .collect();
+    let result = match &plan.secure {
+        None => {
+            let senders: BTreeSet<String> = plan.cohort.iter().cloned().collect();
+            input_phase(hub, plan, &senders, &mut dropped)
+                .await
+                .and_then(|(sum, survivors)| finish(plan, sum.into_inner(), survivors))
+        }
+        Some(setup) => secure_round(hub, plan, setup, &mut dropped).await,
+    };
+    if let Err(e) = &result {
+        warn!(round = plan.rref.round, attempt = plan.rref.attempt, reason = %e, "round aborted");
+        for member in &plan.cohort {
+            let abort = RoundAbort {
+                round: Some(plan.rref.clone()),
+                reason: e.to_string(),
+            };
+            hub.sessions
+                .send(member, server_message::Body::RoundAbort(abort))
+                .await;
+        }
+    }
+    result
+}
+
+fn finish(
+    plan: &RoundPlan,
+    sum: Vec<u32>,
+    survivors: Vec<String>,
+) -> Result<RoundOutput, RoundError> {
+    if survivors.len() < plan.threshold {
+        return Err(RoundError::BelowThreshold {
+            survivors: survivors.len(),
+            cohort: plan.cohort.len(),
+            threshold: plan.threshold,
+        });
+    }
+    let dropped = plan
+        .cohort
+        .iter()
+        .filter(|m| !survivors.contains(m))
+        .cloned()
+        .collect();
+    Ok(RoundOutput {
+        sum,
+        survivors,
+        dropped,
+    })
+}
+
+fn secagg_failed(e: SecAggError) -> RoundError {
+    RoundError::SecAgg(e.to_string())
+}
+
+/// The secure phases around the input phase.
+async fn secure_round(
+    hub: &mut Hub,
+    plan: &RoundPlan,
+    setup: &SecureSetup,
+    dropped: &mut BTreeSet<String>,
+) -> Result<RoundOutput, RoundError> {
+    let rid = round_id(&plan.rref);
+    let graph = GraphSpec::for_round(&rid, setup.degree);
+    let params = RoundParams::new(
+        rid,
+        plan.cohort.clone(),
+        setup.threshold,
+        graph,
+        plan.layout.len(),
+    )
+    .map_err(secagg_failed)?;
+    let mut server = ServerRound::new(params);
+
+    // Advertise keys (U1).
+    let mut waiting: BTreeSet<String> = plan
+        .cohort
+        .iter()
+        .filter(|m| !dropped.contains(*m))
+        .cloned()
+        .collect();
+    collect(
+        hub,
+        plan,
+        &mut waiting,
+        dropped,
+        |partner, body| match body {
+            client_message::Body::Keys(k) if k.round.as_ref() == Some(&plan.rref) => {
+                let keys =
+                    KeyAdvertisement::from_slices(&k.cipher_public, &k.mask_public, &k.signature)?;
+                server.on_keys(
+                    SignedKeys {
+                        partner_id: partner.to_owned(),
+                        keys,
+                    },
+                    &setup.roster,
+                )?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        },
+    )
+    .await;
+    let u1 = server.close_keys().map_err(secagg_failed)?;
+    for member in &u1 {
+        let keys = server.keys_for(member).map_err(secagg_failed)?;
+        let msg = KeyBroadcast {
+            round: Some(plan.rref.clone()),
+            keys: keys
+                .into_iter()
+                .map(|k| fedmark_proto::SignedKeys {
+                    partner_id: k.partner_id,
+                    cipher_public: k.keys.cipher_public.to_vec(),
+                    mask_public: k.keys.mask_public.to_vec(),
+                    signature: k.keys.signature.to_vec(),
+                })
+                .collect(),
+        };
+        hub.sessions
+            .send(member, server_message::Body::Keys(msg))
+            .await;
+    }
+
+    // Share keys (U2).
+    let mut waiting: BTreeSet<String> = u1
+        .iter()
+        .filter(|m| !dropped.contains(*m))
+        .cloned()
+        .collect();
+    collect(
+        hub,
+        plan,
+        &mut waiting,
+        dropped,
+        |partner, body| match body {
+            client_message::Body::Shares(sh) if sh.round.as_ref() == Some(&plan.rref) => {
+                let envelopes = sh
+                    .envelopes
+                    .into_iter()
+                    .map(|e| Envelope::new(e.from, e.to, e.ciphertext))
+                    .collect::<Result<Vec<_>, _>>()?;
+                server.on_shares(partner, envelopes)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        },
+    )
+    .await;
+    let u2 = server.close_shares().map_err(secagg_failed)?;
+    for member in &u2 {
+        let envelopes = server.envelopes_for(member).map_err(secagg_failed)?;
+        let msg = SharesDelivery {
+            round: Some(plan.rref.clone()),
+            envelopes: envelopes
+                .into_iter()
+                .map(|e| fedmark_proto::Envelope {
+                    from: e.from,
+                    to: e.to,
+                    ciphertext: e.ciphertext,
+                })
+                .collect(),
+        };
+        hub.sessions
+            .send(member, server_message::Body::Shares(msg))
+            .await;
+    }
+
+    // Masked input (U3).
+    let senders: BTreeSet<String> = u2.iter().cloned().collect();
+    let (mut sum, survivors) = input_phase(hub, plan, &senders, dropped).await?;
+
+    // Unmask.
+    let u3 = server.close_inputs(&survivors).map_err(secagg_failed)?;
+    for member in &u3 {
+        let msg = UnmaskRequest {
+            round: Some(plan.rref.clone()),
+            survivors: u3.clone(),
+        };
+        hub.sessions
+            .send(member, server_message::Body::Unmask(msg))
+            .await;
+    }
+    let mut waiting: BTreeSet<String> = u3
+        .iter()
+        .filter(|m| !dropped.contains(*m))
+        .cloned()
+        .collect();
+    let mut unmask_dropped = dropped.clone();
+    collect(
+        hub,
+        plan,
+        &mut waiting,
+        &mut unmask_dropped,
+        |partner, body| match body {
+            client_message::Body::Unmask(u) if u.round.as_ref() == Some(&plan.rref) => {
+                let shares = u
+                    .shares
+                    .into_iter()
+                    .map(|s| {
+                        let kind = match s.kind() {
+                            fedmark_proto::ShareKind::SelfMask => ShareKind::SelfMask,
+                            fedmark_proto::ShareKind::MaskKey => ShareKind::MaskKey,
+                            fedmark_proto::ShareKind::Unspecified => {
+                                return Err(SecAggError::UnspecifiedShareKind { owner: s.owner });
+                            }
+                        };
+                        RevealedShare::new(s.owner, kind, s.x, s.value)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                server.on_revealed(partner, shares)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        },
+    )
+    .await;
+    let mut words = std::mem::replace(&mut sum, RunningSum::new(0)).into_inner();
+    server.unmask(&mut words).map_err(secagg_failed)?;
+    // A member that left during unmasking still had its input summed: it counts as a survivor.
+    finish(plan, words, u3)
+}
+
+/// Gathers one answer from each partner in `waiting` (until all answered, left, or the phase
+/// deadline). `on_message` returns Ok(true) when the message was the partner's answer,
+/// Ok(false) for a message to ignore, and an error for a message that breaks the protocol,
+/// which ends the partner's session and drops it from the round.
+async fn collect<F>(
+    hub: &mut Hub,
+    plan: &RoundPlan,
+    waiting: &mut BTreeSet<String>,
+    dropped: &mut BTreeSet<String>,
+    mut on_message: F,
+) where
+    F: FnMut(&str, client_message::Body) -> Result<bool, SecAggError>,
+{
+    let deadline = Instant::now() + plan.phase_timeout;
+    while !waiting.is_empty() {
+        let Some(event) = hub.next(deadline).await else {
+            debug!(
+                round = plan.rref.round,
+                waiting = waiting.len(),
+                "phase deadline passed"
+            );
+            break;
+        };
+        match event {
+            RoundEvent::Message { partner, body } => {
+                if !waiting.contains(&partner) {
+                    debug!(partner = %partner, "message from a partner not expected in this phase; ignored");
+                    continue;
+                }
+                match on_message(&partner, body) {
+                    Ok(true) => {
+                        waiting.remove(&partner);
+                    }
+                    Ok(false) => {
+                        warn!(partner = %partner, "message of the wrong phase or round; ignored")
+                    }
+                    Err(e) => {
+                        warn!(partner = %partner, error = %e, "refused a protocol message; closing the partner's session");
+                        let status = if e.is_bad_input() {
+                            Status::invalid_argument(e.to_string())
+                        } else {
+                            Status::failed_precondition(e.to_string())
+                        };
+                        hub.sessions.kick(&partner, status).await;
+                        waiting.remove(&partner);
+                        dropped.insert(partner);
+                    }
+                }
+            }
+            RoundEvent::OfferAnswered => {}
+            RoundEvent::Closed { partner } => {
+                if waiting.remove(&partner) {
+                    info!(round = plan.rref.round, partner = %partner, "partner dropped out");
+                    dropped.insert(partner);
+                }
+            }
+        }
+    }
+    // Whoever has not answered by now is out of the round.
+    dropped.extend(std::mem::take(waiting));
+}
+
+/// The input phase: vectors from `senders` summed chunk by chunk. Returns the sum and the
+/// members whose whole vector is in it.
+async fn input_phase(
+    hub: &mut Hub,
+    plan: &RoundPlan,
+    senders: &BTreeSet<String>,
+    dropped: &mut BTreeSet<String>,
+) -> Result<(RunningSum, Vec<String>), RoundError> {
+    let deadline = Instant::now() + plan.phase_timeout;
+    let mut sum = RunningSum::new(plan.layout.len());
+    let mut progress: BTreeMap<String, Progress> = BTreeMap::new();
     let pending = |progress: &BTreeMap<String, Progress>, dropped: &BTreeSet<String>| {
-        cohort
+        senders
             .iter()
-            .filter(|m| !dropped.contains(**m) && !progress.get(**m).is_some_and(|p| p.complete))
+            .filter(|m| !dropped.contains(*m) && !progress.get(*m).is_some_and(|p| p.complete))
             .count()
     };
-    let outcome = loop {
-        if pending(&progress, &dropped) == 0 {
-            break Ok(());
+    loop {
+        if pending(&progress, dropped) == 0 {
+            break;
         }
         let Some(event) = hub.next(deadline).await else {
             debug!(round = plan.rref.round, "input phase deadline passed");
-            break Ok(());
+            break;
         };
         match event {
             RoundEvent::Message {
                 partner,
                 body: client_message::Body::Input(chunk),
             } => {
-                if !cohort.contains(partner.as_str()) || dropped.contains(&partner) {
-                    warn!(partner = %partner, "input from a partner outside this round's cohort; ignored");
+                if !senders.contains(&partner) || dropped.contains(&partner) {
+                    warn!(partner = %partner, "input from a partner not admitted to this phase; ignored");
                     continue;
                 }
                 if chunk.round.as_ref() != Some(&plan.rref) {
@@ -201,7 +538,7 @@ pub async fn run_round(hub: &mut Hub, plan: &RoundPlan) -> Result<RoundOutput, R
                         )
                         .await;
                     if partial {
-                        break Err(RoundError::PartialInput(partner));
+                        return Err(RoundError::PartialInput(partner));
                     }
                     dropped.insert(partner);
                 }
@@ -211,12 +548,12 @@ pub async fn run_round(hub: &mut Hub, plan: &RoundPlan) -> Result<RoundOutput, R
             }
             RoundEvent::OfferAnswered => {}
             RoundEvent::Closed { partner } => {
-                if !cohort.contains(partner.as_str()) {
+                if !senders.contains(&partner) {
                     continue;
                 }
                 match progress.get(&partner) {
                     Some(p) if p.complete => {}
-                    Some(p) if p.received > 0 => break Err(RoundError::PartialInput(partner)),
+                    Some(p) if p.received > 0 => return Err(RoundError::PartialInput(partner)),
                     _ => {
                         info!(round = plan.rref.round, partner = %partner, "partner dropped out");
                         dropped.insert(partner);
@@ -224,46 +561,14 @@ pub async fn run_round(hub: &mut Hub, plan: &RoundPlan) -> Result<RoundOutput, R
                 }
             }
         }
-    };
-    let result = outcome.and_then(|()| {
-        if let Some((p, _)) = progress.iter().find(|(_, p)| !p.complete && p.received > 0) {
-            return Err(RoundError::PartialInput(p.clone()));
-        }
-        let survivors: Vec<String> = progress
-            .iter()
-            .filter(|(_, p)| p.complete)
-            .map(|(m, _)| m.clone())
-            .collect();
-        if survivors.len() < plan.threshold {
-            return Err(RoundError::BelowThreshold {
-                survivors: survivors.len(),
-                cohort: plan.cohort.len(),
-                threshold: plan.threshold,
-            });
-        }
-        let dropped = plan
-            .cohort
-            .iter()
-            .filter(|m| !survivors.contains(m))
-            .cloned()
-            .collect();
-        Ok(RoundOutput {
-            sum: sum.into_inner(),
-            survivors,
-            dropped,
-        })
-    });
-    if let Err(e) = &result {
-        warn!(round = plan.rref.round, attempt = plan.rref.attempt, reason = %e, "round aborted");
-        for member in &plan.cohort {
-            let abort = RoundAbort {
-                round: Some(plan.rref.clone()),
-                reason: e.to_string(),
-            };
-            hub.sessions
-                .send(member, server_message::Body::RoundAbort(abort))
-                .await;
-        }
     }
-    result
+    if let Some((p, _)) = progress.iter().find(|(_, p)| !p.complete && p.received > 0) {
+        return Err(RoundError::PartialInput(p.clone()));
+    }
+    let survivors: Vec<String> = progress
+        .iter()
+        .filter(|(_, p)| p.complete)
+        .map(|(m, _)| m.clone())
+        .collect();
+    Ok((sum, survivors))
 }

@@ -13,7 +13,8 @@ fn coordinator() -> Command {
 fn bad_spec_exits_64_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\npartners = [\"a\"]\n").unwrap();
+    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nroster = \"roster.toml\"\n").unwrap();
+    std::fs::write(dir.path().join("roster.toml"), "[[partner]]\nid = \"a\"\npublic_key = \"d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a\"\n").unwrap();
     let job = dir.path().join("job.toml");
     std::fs::write(
         &job,
@@ -37,9 +38,11 @@ fn bad_spec_exits_64_naming_the_field() {
 fn bad_config_exits_64_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nroster = \"roster.toml\"\n").unwrap();
+    // a roster whose key is not hex
     std::fs::write(
-        &cfg,
-        "listen = \"127.0.0.1:0\"\npartners = [\"a\", \"a\"]\n",
+        dir.path().join("roster.toml"),
+        "[[partner]]\nid = \"a\"\npublic_key = \"zz\"\n",
     )
     .unwrap();
     let out = coordinator()
@@ -51,5 +54,5 @@ fn bad_config_exits_64_naming_the_field() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("`partners` lists `a` twice"), "{err}");
+    assert!(err.contains("roster.toml"), "{err}");
 }

@@ -234,6 +234,14 @@ pub struct AggregationSection {
     /// Attempts per round before the job fails (a failed attempt is retried with a new cohort).
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+    /// Cohorts larger than this mask over a sparse random graph of O(log n) neighbours
+    /// (SecAgg+) instead of the complete graph.
+    #[serde(default = "default_sparse_above")]
+    pub sparse_graph_above: u32,
+}
+
+fn default_sparse_above() -> u32 {
+    64
 }
 
 fn default_min_participants() -> u32 {
@@ -253,6 +261,7 @@ impl Default for AggregationSection {
             min_participants: default_min_participants(),
             secure: true,
             max_attempts: default_attempts(),
+            sparse_graph_above: default_sparse_above(),
         }
     }
 }

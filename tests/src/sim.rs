@@ -7,24 +7,24 @@
 //! the same model family, features and trainer on the same pooled test rows: centralised
 //! training on the pooled training rows, and each partner training alone.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use fedmark_client::config::ClientConfig;
 use fedmark_client::data::{HoldoutSplit, LocalData, load_csv};
-use fedmark_client::node::{self, Dropout, NodeOptions};
+use fedmark_client::node::{self, DropPoint, Dropout, Identity, NodeOptions};
 use fedmark_coordinator::job::RunSettings;
 use fedmark_coordinator::report::{FinalMetrics, JobReport, RoundRecord};
 use fedmark_core::features::{FeatureSchema, RawRows, Standardizer};
 use fedmark_core::matrix::Dataset;
 use fedmark_core::metrics::{self, Metrics};
 use fedmark_core::model::{Architecture, Model};
+use fedmark_core::secagg::{Roster, generate_identity};
 use fedmark_core::spec::JobSpec;
 use fedmark_core::train::{LocalTraining, train_local};
-use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -55,6 +55,10 @@ pub struct SimOptions {
     pub synthetic: Option<(usize, usize)>,
     /// Scripted dropouts: (partner index, dropout).
     pub dropouts: Vec<(usize, Dropout)>,
+    /// Each partner drops out of each training round with this probability.
+    pub dropout_rate: f64,
+    /// Where random dropouts happen (random phase when absent).
+    pub dropout_phase: Option<DropPoint>,
     /// Deadline of each round's input phase.
     pub phase_timeout: Duration,
     /// Skip the baselines (scale runs).
@@ -77,6 +81,8 @@ impl Default for SimOptions {
             secure_agg: None,
             synthetic: None,
             dropouts: Vec::new(),
+            dropout_rate: 0.0,
+            dropout_phase: None,
             phase_timeout: Duration::from_secs(120),
             skip_baselines: false,
             show_progress: true,
@@ -204,17 +210,29 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         .await
         .context("binding 127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    let roster: BTreeSet<String> = (0..opts.partners).map(partner_id).collect();
+    // Each simulated partner gets its identity key; the roster lists their public halves.
+    let mut key_rng = rand::rng();
+    let keys: Vec<_> = (0..opts.partners)
+        .map(|_| generate_identity(&mut key_rng))
+        .collect();
+    let mut roster = Roster::new();
+    for (i, k) in keys.iter().enumerate() {
+        roster
+            .insert(partner_id(i), k.verifying_key())
+            .context("building the roster")?;
+    }
+    let roster = std::sync::Arc::new(roster);
     let settings = RunSettings {
         expected_partners: opts.partners,
         join_timeout: Duration::from_secs(60),
         phase_timeout: opts.phase_timeout,
+        roster: std::sync::Arc::clone(&roster),
     };
+    let mut dropouts = scheduled_dropouts(opts, spec.job.rounds);
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
     let coordinator = tokio::spawn(fedmark_coordinator::run(
         listener,
         spec.clone(),
-        roster,
         settings,
         Some(progress_tx),
         std::future::pending(),
@@ -222,22 +240,20 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
 
     let mut clients = Vec::new();
     for (i, (path, _)) in files.iter().enumerate() {
-        let cfg = ClientConfig {
-            coordinator: format!("http://{addr}"),
-            partner_id: partner_id(i),
-            data: path.clone(),
-            holdout_fraction: opts.holdout_fraction,
-            holdout_seed: opts.seed + i as u64,
-            seed: Some(opts.seed.wrapping_mul(31).wrapping_add(i as u64)),
-            connect_timeout_secs: 30,
+        let mut cfg = ClientConfig::new(format!("http://{addr}"), partner_id(i), path.clone());
+        cfg.holdout_fraction = opts.holdout_fraction;
+        cfg.holdout_seed = opts.seed + i as u64;
+        cfg.seed = Some(opts.seed.wrapping_mul(31).wrapping_add(i as u64));
+        cfg.connect_timeout_secs = 30;
+        let identity = Identity {
+            key: keys[i].clone(),
+            roster: std::sync::Arc::clone(&roster),
         };
-        let dropouts: Vec<Dropout> = opts
-            .dropouts
-            .iter()
-            .filter(|(p, _)| *p == i)
-            .map(|(_, d)| *d)
-            .collect();
-        clients.push(tokio::spawn(run_partner(cfg, dropouts)));
+        let options = NodeOptions {
+            dropouts: std::sync::Arc::new(std::sync::Mutex::new(std::mem::take(&mut dropouts[i]))),
+            identity: Some(identity),
+        };
+        clients.push(tokio::spawn(run_partner(cfg, options)));
     }
 
     let total = spec.job.rounds;
@@ -307,18 +323,47 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     })
 }
 
-/// Runs one partner; after a scripted dropout it reconnects, as a restarted client would.
-async fn run_partner(cfg: ClientConfig, dropouts: Vec<Dropout>) -> anyhow::Result<()> {
-    let mut remaining = dropouts;
+/// The dropouts of each partner: the scripted ones plus, with `dropout_rate`, a random draw
+/// per partner and training round (at `dropout_phase`, or a phase drawn at random).
+fn scheduled_dropouts(opts: &SimOptions, rounds: u32) -> Vec<Vec<Dropout>> {
+    let mut per_partner = vec![Vec::new(); opts.partners];
+    for (p, d) in &opts.dropouts {
+        if let Some(list) = per_partner.get_mut(*p) {
+            list.push(*d);
+        }
+    }
+    if opts.dropout_rate > 0.0 {
+        let mut rng = StdRng::seed_from_u64(opts.seed ^ 0xD80F);
+        let phases = [
+            DropPoint::Start,
+            DropPoint::AfterKeys,
+            DropPoint::AfterShares,
+            DropPoint::AfterInput,
+        ];
+        for round in 1..=u64::from(rounds) {
+            for list in per_partner.iter_mut() {
+                if rng.random_bool(opts.dropout_rate.clamp(0.0, 1.0)) {
+                    let point = opts
+                        .dropout_phase
+                        .unwrap_or_else(|| phases[rng.random_range(0..phases.len())]);
+                    list.push(Dropout { round, point });
+                }
+            }
+        }
+    }
+    per_partner
+}
+
+/// Runs one partner; after an injected dropout it reconnects, as a restarted client would.
+async fn run_partner(cfg: ClientConfig, options: NodeOptions) -> anyhow::Result<()> {
+    let pending = |o: &NodeOptions| o.dropouts.lock().map(|l| l.len()).unwrap_or(0);
+    let mut left = pending(&options);
     loop {
-        let options = NodeOptions {
-            dropouts: remaining.clone(),
-        };
-        match node::run(&cfg, options).await {
+        match node::run(&cfg, options.clone()).await {
             Ok(_) => return Ok(()),
-            Err(node::ClientError::Closed) if !remaining.is_empty() => {
-                // This session was the scripted dropout; the next one runs without it.
-                remaining.remove(0);
+            Err(node::ClientError::Closed) if pending(&options) < left => {
+                // That session ended with an injected dropout; rejoin.
+                left = pending(&options);
             }
             Err(e) => return Err(e).with_context(|| format!("partner {}", cfg.partner_id)),
         }

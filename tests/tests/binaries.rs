@@ -65,9 +65,24 @@ fn coordinator_and_three_clients_complete_a_job() {
         .unwrap()
         .replace("rounds = 20", "rounds = 5");
     std::fs::write(dir.path().join("job.toml"), job).unwrap();
+    // Development keys: an identity per partner and the roster listing them.
+    let status = Command::new(binary("fedmark-coordinator"))
+        .args([
+            "roster",
+            "init",
+            "--partners",
+            "bank,retailer,platform",
+            "--out",
+            "keys",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
     std::fs::write(
         dir.path().join("coordinator.toml"),
-        "listen = \"127.0.0.1:0\"\nout_dir = \"out\"\npartners = [\"bank\", \"retailer\", \"platform\"]\njoin_timeout_secs = 60\nphase_timeout_secs = 60\n",
+        "listen = \"127.0.0.1:0\"\nout_dir = \"out\"\nroster = \"keys/roster.toml\"\njoin_timeout_secs = 60\nphase_timeout_secs = 60\n",
     )
     .unwrap();
     let mut coordinator = Guard(
@@ -94,10 +109,12 @@ fn coordinator_and_three_clients_complete_a_job() {
         .zip(&files)
         .map(|(id, (path, _))| {
             let cfg = dir.path().join(format!("{id}.toml"));
+            // Relative key paths resolve against the config file's folder.
             std::fs::write(
                 &cfg,
                 format!(
-                    "coordinator = \"http://{addr}\"\npartner_id = \"{id}\"\ndata = \"{}\"\n",
+                    "coordinator = \"http://{addr}\"\npartner_id = \"{id}\"\ndata = \"{}\"\n\
+                     identity_key = \"keys/{id}.key\"\nroster = \"keys/roster.toml\"\n",
                     path.display()
                 ),
             )

@@ -1,17 +1,18 @@
-//! The coordinator against a hand-driven partner speaking raw gRPC: who may connect, and what
-//! happens to a round when a partner's input breaks off after part of it was summed.
+//! The coordinator against hand-driven partners speaking raw gRPC: who may connect, what
+//! happens to a round when a partner's input breaks off after part of it was summed, and a
+//! secure round that a partner leaves in the middle of unmasking.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use fedmark_client::config::ClientConfig;
-use fedmark_client::node::{self, NodeOptions};
-use fedmark_coordinator::job::RunSettings;
+use fedmark_client::node::{self, DropPoint, Dropout};
 use fedmark_proto::coordinator_client::CoordinatorClient;
 use fedmark_proto::{
     ClientMessage, Hello, InputChunk, OfferReply, PROTOCOL_VERSION, client_message, server_message,
+};
+use fedmark_tests::harness::{
+    bank_spec, client_config, consortium, start_coordinator, with_identity,
 };
 use fedmark_tests::partition::{Split, partition_csv};
 use fedmark_tests::sim::SimOptions;
@@ -29,46 +30,13 @@ fn hello(id: &str) -> ClientMessage {
     }))
 }
 
-async fn start(
-    roster: &[&str],
-    rounds: u32,
-    phase_timeout: Duration,
-) -> (
-    std::net::SocketAddr,
-    tokio::task::JoinHandle<
-        Result<fedmark_coordinator::job::JobOutcome, fedmark_coordinator::job::JobError>,
-    >,
-) {
-    let defaults = SimOptions::default();
-    let mut spec =
-        fedmark_core::spec::JobSpec::from_toml(&std::fs::read_to_string(&defaults.spec).unwrap())
-            .unwrap();
-    spec.job.rounds = rounds;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let roster: BTreeSet<String> = roster.iter().map(|s| s.to_string()).collect();
-    let settings = RunSettings {
-        expected_partners: roster.len(),
-        join_timeout: Duration::from_secs(30),
-        phase_timeout,
-    };
-    (
-        addr,
-        tokio::spawn(fedmark_coordinator::run(
-            listener,
-            spec,
-            roster,
-            settings,
-            None,
-            std::future::pending(),
-        )),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_and_bad_openings_are_refused() {
-    let (addr, job) = start(&["a", "b"], 1, Duration::from_secs(30)).await;
-    let mut client = CoordinatorClient::connect(format!("http://{addr}"))
+    let (roster, _) = consortium(&["a", "b"]).unwrap();
+    let coordinator = start_coordinator(bank_spec(1).unwrap(), roster, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut client = CoordinatorClient::connect(format!("http://{}", coordinator.addr))
         .await
         .unwrap();
     // not in the roster
@@ -78,13 +46,14 @@ async fn strangers_and_bad_openings_are_refused() {
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     // first message is not hello
     let (tx, rx) = mpsc::channel(4);
-    tx.send(msg(client_message::Body::OfferReply(OfferReply {
+    let reply = OfferReply {
         job_id: "x".into(),
         accept: true,
         reason: String::new(),
-    })))
-    .await
-    .unwrap();
+    };
+    tx.send(msg(client_message::Body::OfferReply(reply)))
+        .await
+        .unwrap();
     let status = client.session(ReceiverStream::new(rx)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     // wrong protocol version
@@ -97,20 +66,25 @@ async fn strangers_and_bad_openings_are_refused() {
     .unwrap();
     let status = client.session(ReceiverStream::new(rx)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
-    job.abort();
+    coordinator.job.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partner_breaking_off_mid_input_makes_the_round_retry_without_it() {
     let dir = tempfile::tempdir().unwrap();
-    let defaults = SimOptions::default();
-    let files = partition_csv(&defaults.data, dir.path(), 2, &Split::Iid, 3).unwrap();
-    // The flaky partner ignores round 0 (statistics), so that round ends at its deadline
-    // without it; keep the deadline short.
-    let (addr, job) = start(&["good-0", "good-1", "flaky"], 2, Duration::from_secs(3)).await;
+    let files = partition_csv(&SimOptions::default().data, dir.path(), 2, &Split::Iid, 3).unwrap();
+    // Plain aggregation, so the hand-driven partner can send unmasked chunks. It ignores
+    // round 0 (statistics), which then ends at its deadline without it: keep that short.
+    let mut spec = bank_spec(2).unwrap();
+    spec.aggregation.secure = false;
+    let (roster, identities) = consortium(&["good-0", "good-1", "flaky"]).unwrap();
+    let coordinator = start_coordinator(spec, roster, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let addr = coordinator.addr;
 
-    // The flaky partner: accepts, sends a stale chunk (ignored), then half a vector, then a
-    // chunk at a wrong offset, which gets its session closed.
+    // The flaky partner: accepts, then in round 1 sends a stale chunk (ignored), half a
+    // vector, and a chunk at a wrong offset, which gets its session closed.
     let mut client = CoordinatorClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
@@ -122,11 +96,11 @@ async fn a_partner_breaking_off_mid_input_makes_the_round_retry_without_it() {
         .unwrap()
         .into_inner();
     let flaky = tokio::spawn(async move {
-        let mut ended_with = None;
-        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(60), inbound.message())
-            .await
-            .unwrap_or(Ok(None))
-        {
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(60), inbound.message()).await;
+            let Ok(Ok(Some(m))) = next else {
+                return next.ok().and_then(|r| r.err());
+            };
             match m.body {
                 Some(server_message::Body::Offer(o)) => {
                     let reply = OfferReply {
@@ -141,45 +115,32 @@ async fn a_partner_breaking_off_mid_input_makes_the_round_retry_without_it() {
                 Some(server_message::Body::RoundStart(s))
                     if s.round.as_ref().is_some_and(|r| r.round == 1) =>
                 {
-                    let mut stale = s.round.clone().unwrap();
+                    let rref = s.round.clone().unwrap();
+                    let mut stale = rref.clone();
                     stale.attempt += 7;
-                    let chunk = |round, offset, n: usize, last| {
+                    let chunk = |round, offset, last| {
                         msg(client_message::Body::Input(InputChunk {
                             round: Some(round),
                             offset,
-                            values: vec![1; n],
+                            values: vec![1; 10],
                             last,
                         }))
                     };
-                    tx.send(chunk(stale, 0, 10, false)).await.unwrap();
-                    let rref = s.round.clone().unwrap();
-                    tx.send(chunk(rref.clone(), 0, 10, false)).await.unwrap();
-                    tx.send(chunk(rref, 999, 10, false)).await.unwrap();
+                    tx.send(chunk(stale, 0, false)).await.unwrap();
+                    tx.send(chunk(rref.clone(), 0, false)).await.unwrap();
+                    tx.send(chunk(rref, 999, false)).await.unwrap();
                 }
                 _ => {}
             }
         }
-        if let Err(status) = inbound.message().await {
-            ended_with = Some(status);
-        }
-        ended_with
     });
     let mut partners = Vec::new();
     for (i, (path, _)) in files.iter().enumerate() {
-        let cfg = ClientConfig {
-            coordinator: format!("http://{addr}"),
-            partner_id: format!("good-{i}"),
-            data: path.clone(),
-            holdout_fraction: 0.2,
-            holdout_seed: 0,
-            seed: Some(1),
-            connect_timeout_secs: 10,
-        };
-        partners.push(tokio::spawn(async move {
-            node::run(&cfg, NodeOptions::default()).await
-        }));
+        let cfg = client_config(addr, &format!("good-{i}"), path.clone(), 1);
+        let options = with_identity(&identities[i]);
+        partners.push(tokio::spawn(async move { node::run(&cfg, options).await }));
     }
-    let outcome = job.await.unwrap().unwrap();
+    let outcome = coordinator.job.await.unwrap().unwrap();
     let r1 = &outcome.report.rounds[0];
     assert_eq!(
         r1.attempts, 2,
@@ -190,5 +151,81 @@ async fn a_partner_breaking_off_mid_input_makes_the_round_retry_without_it() {
     for p in partners {
         p.await.unwrap().unwrap();
     }
-    let _ = flaky.await.unwrap();
+    let status = flaky
+        .await
+        .unwrap()
+        .expect("the flaky session ends with an error status");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_round_survives_dropouts_at_every_phase() {
+    // Seven partners (threshold 5 of the complete graph): in round 1 one partner leaves after
+    // advertising keys and another after sending its input, before unmasking; in round 2 one
+    // leaves after sharing keys. Every round must still produce the survivors' exact sum,
+    // which shows in the metrics being those of a model that keeps learning.
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = (0..7).map(|i| format!("p{i}")).collect();
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let files = partition_csv(&SimOptions::default().data, dir.path(), 7, &Split::Iid, 5).unwrap();
+    let (roster, identities) = consortium(&id_refs).unwrap();
+    let coordinator = start_coordinator(bank_spec(3).unwrap(), roster, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let drops = [
+        (
+            1,
+            Dropout {
+                round: 1,
+                point: DropPoint::AfterKeys,
+            },
+        ),
+        (
+            2,
+            Dropout {
+                round: 1,
+                point: DropPoint::AfterInput,
+            },
+        ),
+        (
+            3,
+            Dropout {
+                round: 2,
+                point: DropPoint::AfterShares,
+            },
+        ),
+    ];
+    let mut partners = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let cfg = client_config(coordinator.addr, id, files[i].0.clone(), i as u64);
+        let options = with_identity(&identities[i]);
+        if let Some((_, d)) = drops.iter().find(|(p, _)| *p == i) {
+            options.dropouts.lock().unwrap().push(*d);
+        }
+        partners.push(tokio::spawn(async move { node::run(&cfg, options).await }));
+    }
+    let outcome = coordinator.job.await.unwrap().unwrap();
+    assert!(outcome.report.secure_aggregation);
+    let r = &outcome.report.rounds;
+    // Round 1: p1 left before sharing (not in the sum); p2 left after its input was summed:
+    // its input counts and its mask is removed with the others' shares.
+    assert_eq!((r[0].participants, r[0].attempts), (6, 1), "{:?}", r[0]);
+    assert_eq!((r[1].participants, r[1].attempts), (4, 1), "{:?}", r[1]);
+    assert!(
+        r[2].auc > 0.6,
+        "a correctly unmasked sum trains a useful model: {:?}",
+        r[2]
+    );
+    assert!(outcome.report.final_metrics.auc > 0.65);
+    for (i, p) in partners.into_iter().enumerate() {
+        let result = p.await.unwrap();
+        if drops.iter().any(|(d, _)| *d == i) {
+            assert!(
+                matches!(result, Err(node::ClientError::Closed)),
+                "p{i}: {result:?}"
+            );
+        } else {
+            assert!(result.is_ok(), "p{i}: {result:?}");
+        }
+    }
 }

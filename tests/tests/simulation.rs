@@ -122,7 +122,7 @@ async fn partners_that_drop_out_do_not_stop_the_job() {
             1,
             Dropout {
                 round: 2,
-                point: DropPoint::BeforeInput,
+                point: DropPoint::Start,
             },
         ),
         // partner 3 leaves in the middle of streaming its input in round 3
@@ -152,16 +152,14 @@ async fn partners_that_drop_out_do_not_stop_the_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partner_missing_a_declared_column_refuses_and_the_job_goes_on() {
-    use std::collections::BTreeSet;
-
-    use fedmark_client::config::ClientConfig;
-    use fedmark_client::node::{self, NodeOptions};
-    use fedmark_coordinator::job::RunSettings;
+    use fedmark_client::node;
+    use fedmark_tests::harness::{
+        bank_spec, client_config, consortium, start_coordinator, with_identity,
+    };
     use fedmark_tests::partition::partition_csv;
 
     let dir = tempfile::tempdir().unwrap();
-    let defaults = SimOptions::default();
-    let files = partition_csv(&defaults.data, dir.path(), 3, &Split::Iid, 1).unwrap();
+    let files = partition_csv(&SimOptions::default().data, dir.path(), 3, &Split::Iid, 1).unwrap();
     // Partner 2's export lacks the declared `loan` column.
     let text = std::fs::read_to_string(&files[2].0).unwrap();
     let loan = text
@@ -185,43 +183,18 @@ async fn partner_missing_a_declared_column_refuses_and_the_job_goes_on() {
         .collect();
     std::fs::write(&files[2].0, stripped).unwrap();
 
-    let mut spec =
-        fedmark_core::spec::JobSpec::from_toml(&std::fs::read_to_string(&defaults.spec).unwrap())
-            .unwrap();
-    spec.job.rounds = 2;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let ids = ["bank", "retailer", "platform"];
-    let roster: BTreeSet<String> = ids.iter().map(|s| s.to_string()).collect();
-    let settings = RunSettings {
-        expected_partners: 3,
-        join_timeout: Duration::from_secs(30),
-        phase_timeout: Duration::from_secs(30),
-    };
-    let coordinator = tokio::spawn(fedmark_coordinator::run(
-        listener,
-        spec,
-        roster,
-        settings,
-        None,
-        std::future::pending(),
-    ));
+    let (roster, identities) = consortium(&ids).unwrap();
+    let coordinator = start_coordinator(bank_spec(2).unwrap(), roster, Duration::from_secs(30))
+        .await
+        .unwrap();
     let mut clients = Vec::new();
     for (i, id) in ids.iter().enumerate() {
-        let cfg = ClientConfig {
-            coordinator: format!("http://{addr}"),
-            partner_id: id.to_string(),
-            data: files[i].0.clone(),
-            holdout_fraction: 0.2,
-            holdout_seed: 0,
-            seed: Some(i as u64),
-            connect_timeout_secs: 10,
-        };
-        clients.push(tokio::spawn(async move {
-            node::run(&cfg, NodeOptions::default()).await
-        }));
+        let cfg = client_config(coordinator.addr, id, files[i].0.clone(), i as u64);
+        let options = with_identity(&identities[i]);
+        clients.push(tokio::spawn(async move { node::run(&cfg, options).await }));
     }
-    let outcome = coordinator.await.unwrap().unwrap();
+    let outcome = coordinator.job.await.unwrap().unwrap();
     let refusal = &outcome.report.partners_refused["platform"];
     assert!(
         refusal.ends_with("lacks the declared column `loan`"),

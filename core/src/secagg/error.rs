@@ -193,6 +193,12 @@ pub enum SecAggError {
     /// survivor set) could expose both secrets of one partner.
     #[error("shares were already revealed in this round")]
     AlreadyRevealed,
+    /// A revealed share whose kind is missing on the wire.
+    #[error("a revealed share of {owner:?}'s secret names no kind")]
+    UnspecifiedShareKind {
+        /// Owner of the secret.
+        owner: String,
+    },
     /// A revealed share of the wrong kind for its owner (a self-mask share for a dropped
     /// partner, or a mask-key share for a survivor).
     #[error("partner {from:?} revealed a share of the wrong kind ({kind:?}) for {owner:?}")]

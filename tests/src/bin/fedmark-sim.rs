@@ -51,6 +51,12 @@ struct Cli {
     /// Rows per partner of the synthetic workload.
     #[arg(long)]
     rows_per_partner: Option<usize>,
+    /// Each partner drops out of each training round with this probability, at a random phase.
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
+    /// Force the phase of random dropouts: keys, shares, input, mid-input or unmask.
+    #[arg(long)]
+    dropout_phase: Option<String>,
     /// Skip the centralised and partner-alone baselines.
     #[arg(long)]
     no_baselines: bool,
@@ -100,6 +106,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     opts.secure_agg = cli.secure_agg.map(|s| s == "on");
     opts.synthetic = cli.synthetic_dim.zip(cli.rows_per_partner);
     opts.skip_baselines = cli.no_baselines;
+    if !(0.0..=1.0).contains(&cli.dropout) {
+        bail!(
+            "--dropout must be a probability in [0, 1], got {}",
+            cli.dropout
+        );
+    }
+    opts.dropout_rate = cli.dropout;
+    opts.dropout_phase = match cli.dropout_phase.as_deref() {
+        None => None,
+        Some(name) => Some(
+            fedmark_client::node::DropPoint::from_phase(name).with_context(|| {
+                format!(
+                    "--dropout-phase takes keys, shares, input, mid-input or unmask, not `{name}`"
+                )
+            })?,
+        ),
+    };
     opts.phase_timeout = Duration::from_secs(cli.phase_timeout);
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = rt.block_on(sim::run(&opts))?;
