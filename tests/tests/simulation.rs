@@ -220,3 +220,56 @@ async fn partner_missing_a_declared_column_refuses_and_the_job_goes_on() {
         "statistics + 2 training + evaluation"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_aggregation_costs_no_accuracy() {
+    let mut secure = quick(8);
+    secure.secure_agg = Some(true);
+    secure.skip_baselines = true;
+    let mut plain = secure.clone();
+    plain.secure_agg = Some(false);
+    let s = sim::run(&secure).await.unwrap();
+    let p = sim::run(&plain).await.unwrap();
+    assert!(s.job.secure_aggregation && !p.job.secure_aggregation);
+    assert!(
+        (s.final_metrics.auc - p.final_metrics.auc).abs() < 0.002,
+        "secure {} vs plain {}",
+        s.final_metrics.auc,
+        p.final_metrics.auc
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_rounds_with_twenty_percent_dropout_complete() {
+    let mut opts = quick(20);
+    opts.secure_agg = Some(true);
+    opts.dropout_rate = 0.2;
+    opts.skip_baselines = true;
+    opts.phase_timeout = Duration::from_secs(20);
+    let report = sim::run(&opts).await.unwrap();
+    assert_eq!(report.rounds.len(), 20);
+    let dropped: u32 = report.rounds.iter().map(|r| r.dropped).sum();
+    assert!(dropped > 0, "some partners dropped out");
+    assert!(
+        report.final_metrics.auc > 0.75,
+        "{}",
+        report.final_metrics.auc
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_partners_with_secagg_plus_complete_a_round() {
+    let opts = SimOptions {
+        partners: 200,
+        split: Split::Iid,
+        rounds: Some(1),
+        secure_agg: Some(true),
+        skip_baselines: true,
+        show_progress: false,
+        ..SimOptions::default()
+    };
+    let report = sim::run(&opts).await.unwrap();
+    assert_eq!(report.rounds.len(), 1);
+    assert_eq!(report.rounds[0].participants, 200);
+    assert!(report.job.secure_aggregation);
+}
