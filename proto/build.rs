@@ -10,6 +10,9 @@ fn main() -> anyhow::Result<()> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Model chunks are slices of one shared buffer, so broadcasting a model to many
+        // partners does not copy it once per partner.
+        .bytes(".fedmark.v1.ModelChunk.values")
         .compile_fds(descriptors)
         .context("generating Rust code for fedmark.proto")?;
     Ok(())

@@ -41,8 +41,9 @@ use crate::config::ClientConfig;
 use crate::contribution::{JobContext, RoundValues};
 use crate::data::{HoldoutSplit, load_csv};
 
-/// Words per `InputChunk`: 1 MiB, well under gRPC's 4 MiB message ceiling.
-pub const INPUT_CHUNK_WORDS: usize = 256 * 1024;
+/// Words per `InputChunk`: 64 KiB, well under gRPC's 4 MiB message ceiling and small enough
+/// that the coordinator's queue of pending chunks stays small.
+pub const INPUT_CHUNK_WORDS: usize = 16 * 1024;
 /// Largest message the client accepts (model chunks are 1 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -356,7 +357,7 @@ impl Node {
                     ));
                 }
                 if chunk.offset as usize != round.model.len()
-                    || round.model.len() + chunk.values.len() > round.model_len
+                    || round.model.len() + chunk.values.len() / 8 > round.model_len
                 {
                     return Err(ClientError::Protocol(format!(
                         "model chunk at offset {} does not continue {} of {} values",
@@ -365,7 +366,17 @@ impl Node {
                         round.model_len
                     )));
                 }
-                round.model.extend_from_slice(&chunk.values);
+                if chunk.values.len() % 8 != 0 {
+                    return Err(ClientError::Protocol(
+                        "model chunk is not a whole number of f64 values".into(),
+                    ));
+                }
+                round.model.extend(
+                    chunk
+                        .values
+                        .chunks_exact(8)
+                        .map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8]))),
+                );
                 if chunk.last {
                     if round.model.len() != round.model_len {
                         return Err(ClientError::Protocol("model ended early".into()));

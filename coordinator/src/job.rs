@@ -378,6 +378,7 @@ pub async fn run_job(
         rounds: records,
         final_metrics: FinalMetrics::from(&final_metrics),
         seconds: started.elapsed().as_secs_f64(),
+        peak_rss_bytes: None,
     };
     Ok(JobOutcome {
         report,

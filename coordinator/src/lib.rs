@@ -44,7 +44,9 @@ pub async fn run(
     let spec_toml = spec.to_toml()?;
     let id = job_id(&spec_toml);
     let sessions = Sessions::default();
-    let (events_tx, events_rx) = mpsc::channel(1024);
+    // Bounded so that partners streaming faster than the job task sums wait (HTTP/2 flow
+    // control then holds them back) instead of piling chunks up in memory.
+    let (events_tx, events_rx) = mpsc::channel(64);
     let roster: BTreeSet<String> = settings
         .roster
         .iter()

@@ -161,9 +161,10 @@ fn serve(cfg: CoordinatorConfig, spec: JobSpec) -> anyhow::Result<()> {
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        let outcome = fedmark_coordinator::run(listener, spec, settings, None, shutdown)
+        let mut outcome = fedmark_coordinator::run(listener, spec, settings, None, shutdown)
             .await
             .context("running the job")?;
+        outcome.report.peak_rss_bytes = fedmark_coordinator::report::peak_rss_bytes();
         let model = serde_json::json!({
             "model_kind": outcome.report.model_kind,
             "input_dim": outcome.model.dim,

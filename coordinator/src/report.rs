@@ -100,4 +100,15 @@ pub struct JobReport {
     pub final_metrics: FinalMetrics,
     /// Wall-clock seconds of the whole job.
     pub seconds: f64,
+    /// Peak resident memory of the coordinator process (Linux; set by the binary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Peak resident set size of this process (`VmHWM`), where the OS reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

@@ -47,8 +47,8 @@ use tracing::{debug, info, warn};
 
 use crate::job::{Hub, RoundEvent};
 
-/// Model values per `ModelChunk`: 1 MiB of f64.
-pub const MODEL_CHUNK_VALUES: usize = 128 * 1024;
+/// Model values per `ModelChunk`: 64 KiB of f64 (what is in flight per partner stays small).
+pub const MODEL_CHUNK_VALUES: usize = 8 * 1024;
 
 /// Everything a round needs to start.
 #[derive(Debug, Clone)]
@@ -159,12 +159,20 @@ pub fn round_id(rref: &RoundRef) -> RoundId {
 /// member does not hold up the others.
 fn broadcast_start(hub: &Hub, plan: &RoundPlan) {
     let start = start_message(plan);
+    // One little-endian copy of the model; every partner's chunks are slices of it.
+    let model = plan.model.as_ref().map(|m| {
+        let mut bytes = Vec::with_capacity(m.len() * 8);
+        for v in m.iter() {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        fedmark_proto::Bytes::from(bytes)
+    });
     for member in &plan.cohort {
         let Some((_, tx)) = hub.sessions.sender(member) else {
             continue;
         };
         let start = start.clone();
-        let model = plan.model.clone();
+        let model = model.clone();
         let rref = plan.rref.clone();
         tokio::spawn(async move {
             let msg = |b| Ok(fedmark_proto::ServerMessage { body: Some(b) });
@@ -176,14 +184,15 @@ fn broadcast_start(hub: &Hub, plan: &RoundPlan) {
                 return;
             }
             let Some(model) = model else { return };
-            let chunks = model.len().div_ceil(MODEL_CHUNK_VALUES).max(1);
+            let values = model.len() / 8;
+            let chunks = values.div_ceil(MODEL_CHUNK_VALUES).max(1);
             for i in 0..chunks {
                 let a = i * MODEL_CHUNK_VALUES;
-                let b = (a + MODEL_CHUNK_VALUES).min(model.len());
+                let b = (a + MODEL_CHUNK_VALUES).min(values);
                 let chunk = ModelChunk {
                     round: Some(rref.clone()),
                     offset: a as u64,
-                    values: model[a..b].to_vec(),
+                    values: model.slice(a * 8..b * 8),
                     last: i + 1 == chunks,
                 };
                 if tx

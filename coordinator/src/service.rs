@@ -27,7 +27,7 @@ pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 /// How long a new session may take to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Outbound messages buffered per session before sending waits.
-const OUTBOUND_BUFFER: usize = 16;
+const OUTBOUND_BUFFER: usize = 4;
 
 /// What the job task hears from the sessions.
 #[derive(Debug)]

@@ -13,5 +13,8 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// Shared byte buffers of the generated messages.
+pub use bytes::Bytes;
+
 /// The protocol version a client announces in its `Hello`; the coordinator refuses others.
 pub const PROTOCOL_VERSION: u32 = 1;

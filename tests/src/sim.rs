@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use fedmark_client::config::ClientConfig;
 use fedmark_client::data::{HoldoutSplit, LocalData, load_csv};
 use fedmark_client::node::{self, DropPoint, Dropout, Identity, NodeOptions};
-use fedmark_coordinator::job::RunSettings;
+use fedmark_coordinator::job::{JobOutcome, RunSettings};
 use fedmark_coordinator::report::{FinalMetrics, JobReport, RoundRecord};
 use fedmark_core::features::{FeatureSchema, RawRows, Standardizer};
 use fedmark_core::matrix::Dataset;
@@ -65,6 +65,9 @@ pub struct SimOptions {
     pub skip_baselines: bool,
     /// Print a line per round to stderr.
     pub show_progress: bool,
+    /// Run the coordinator as this binary in its own process (so its memory is measured
+    /// alone) instead of in this process.
+    pub coordinator_binary: Option<PathBuf>,
 }
 
 impl Default for SimOptions {
@@ -86,6 +89,7 @@ impl Default for SimOptions {
             phase_timeout: Duration::from_secs(120),
             skip_baselines: false,
             show_progress: true,
+            coordinator_binary: None,
         }
     }
 }
@@ -206,10 +210,6 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         );
     }
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("binding 127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
     // Each simulated partner gets its identity key; the roster lists their public halves.
     let mut key_rng = rand::rng();
     let keys: Vec<_> = (0..opts.partners)
@@ -222,21 +222,34 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
             .context("building the roster")?;
     }
     let roster = std::sync::Arc::new(roster);
-    let settings = RunSettings {
-        expected_partners: opts.partners,
-        join_timeout: Duration::from_secs(60),
-        phase_timeout: opts.phase_timeout,
-        roster: std::sync::Arc::clone(&roster),
-    };
     let mut dropouts = scheduled_dropouts(opts, spec.job.rounds);
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
-    let coordinator = tokio::spawn(fedmark_coordinator::run(
-        listener,
-        spec.clone(),
-        settings,
-        Some(progress_tx),
-        std::future::pending(),
-    ));
+    let (addr, coordinator) = match &opts.coordinator_binary {
+        None => {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("binding 127.0.0.1:0")?;
+            let addr = listener.local_addr()?;
+            let settings = RunSettings {
+                expected_partners: opts.partners,
+                join_timeout: Duration::from_secs(60),
+                phase_timeout: opts.phase_timeout,
+                roster: std::sync::Arc::clone(&roster),
+            };
+            let task = tokio::spawn(fedmark_coordinator::run(
+                listener,
+                spec.clone(),
+                settings,
+                Some(progress_tx),
+                std::future::pending(),
+            ));
+            (addr, CoordinatorRun::InProcess(task))
+        }
+        Some(binary) => {
+            drop(progress_tx);
+            external_coordinator(binary, work.path(), &spec, &roster, opts.phase_timeout)?
+        }
+    };
 
     let mut clients = Vec::new();
     for (i, (path, _)) in files.iter().enumerate() {
@@ -268,10 +281,7 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
             }
         }
     });
-    let outcome = coordinator
-        .await
-        .context("coordinator task")?
-        .context("running the job")?;
+    let outcome = coordinator.finish().await?;
     let seconds = started.elapsed().as_secs_f64();
     for c in clients {
         if let Err(e) = c.await.context("client task")? {
@@ -321,6 +331,115 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         job: outcome.report,
         seconds,
     })
+}
+
+/// The coordinator of a simulation: a task here, or a child process.
+enum CoordinatorRun {
+    InProcess(tokio::task::JoinHandle<Result<JobOutcome, fedmark_coordinator::job::JobError>>),
+    Process {
+        child: std::process::Child,
+        out: PathBuf,
+    },
+}
+
+impl CoordinatorRun {
+    async fn finish(self) -> anyhow::Result<JobOutcome> {
+        match self {
+            CoordinatorRun::InProcess(task) => Ok(task
+                .await
+                .context("coordinator task")?
+                .context("running the job")?),
+            CoordinatorRun::Process { mut child, out } => {
+                let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+                if !status.success() {
+                    bail!("the coordinator process failed ({status})");
+                }
+                let report: JobReport =
+                    serde_json::from_str(&std::fs::read_to_string(out.join("report.json"))?)
+                        .context("reading the coordinator's report.json")?;
+                let model: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(out.join("model.json"))?)
+                        .context("reading the coordinator's model.json")?;
+                let floats = |key: &str| -> anyhow::Result<Vec<f64>> {
+                    model[key]
+                        .as_array()
+                        .with_context(|| format!("model.json lacks `{key}`"))?
+                        .iter()
+                        .map(|v| {
+                            v.as_f64()
+                                .with_context(|| format!("model.json: `{key}` holds a non-number"))
+                        })
+                        .collect()
+                };
+                let params = floats("params")?;
+                let dim = model["input_dim"]
+                    .as_u64()
+                    .context("model.json lacks `input_dim`")? as usize;
+                let arch = if params.len() == dim + 1 {
+                    Architecture::Logistic
+                } else {
+                    Architecture::Mlp {
+                        hidden: (params.len() - 1) / (dim + 2),
+                    }
+                };
+                let standardizer = Standardizer {
+                    mean: floats("feature_mean")?,
+                    std: floats("feature_std")?,
+                };
+                Ok(JobOutcome {
+                    report,
+                    model: Model { arch, dim, params },
+                    standardizer,
+                })
+            }
+        }
+    }
+}
+
+/// Starts `fedmark-coordinator serve` in its own process with a roster of the simulated
+/// partners, and reads the address it bound from its first line of output.
+fn external_coordinator(
+    binary: &Path,
+    work: &Path,
+    spec: &JobSpec,
+    roster: &Roster,
+    phase_timeout: Duration,
+) -> anyhow::Result<(std::net::SocketAddr, CoordinatorRun)> {
+    use std::io::BufRead;
+    std::fs::write(work.join("roster.toml"), roster.to_toml()?)?;
+    std::fs::write(work.join("job.toml"), spec.to_toml()?)?;
+    std::fs::write(
+        work.join("coordinator.toml"),
+        format!(
+            "listen = \"127.0.0.1:0\"\nout_dir = \"out\"\nroster = \"roster.toml\"\njoin_timeout_secs = 60\nphase_timeout_secs = {}\n",
+            phase_timeout.as_secs().max(1)
+        ),
+    )?;
+    let mut child = std::process::Command::new(binary)
+        .args(["serve", "--config", "coordinator.toml", "--job", "job.toml"])
+        .current_dir(work)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let stdout = child.stdout.take().context("coordinator stdout")?;
+    let mut reader = std::io::BufReader::new(stdout);
+    let mut first = String::new();
+    reader.read_line(&mut first)?;
+    // Keep draining so the coordinator never writes into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    let addr = first
+        .trim()
+        .strip_prefix("fedmark-coordinator listening on ")
+        .with_context(|| format!("unexpected first line from the coordinator: {first:?}"))?
+        .parse()?;
+    Ok((
+        addr,
+        CoordinatorRun::Process {
+            child,
+            out: work.join("out"),
+        },
+    ))
 }
 
 /// The dropouts of each partner: the scripted ones plus, with `dropout_rate`, a random draw

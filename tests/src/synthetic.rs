@@ -6,7 +6,7 @@
 //! - Beyond: sparse rows like hashed one-hot marketing data — [`TOKEN_COLUMNS`] categorical
 //!   columns each holding one token id, hashed into `dim / TOKEN_COLUMNS` slots, so the model
 //!   has `dim` inputs of which a few dozen are active per row. Each partner draws half its
-//!   tokens from its own slice of the token space.
+//!   tokens from its own slice of the token space, with power-law token popularity.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -60,10 +60,13 @@ pub fn generate(
                 line.clear();
                 let mut z = -1.0;
                 for _ in 0..TOKEN_COLUMNS {
+                    // Token popularity follows a power law (u^4), as item and page ids do, so
+                    // popular tokens recur across rows and the model has something to learn.
+                    let u: f64 = prng.random();
                     let id = if prng.random_bool(0.5) {
-                        p * slice + prng.random_range(0..slice.max(1))
+                        p * slice + (u.powi(4) * slice as f64) as usize
                     } else {
-                        prng.random_range(0..dim)
+                        (u.powi(4) * dim as f64) as usize
                     };
                     z += truth[id.min(dim - 1)] * 2.0 / (TOKEN_COLUMNS as f64).sqrt();
                     line.push_str(&format!("t{id},"));

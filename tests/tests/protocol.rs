@@ -73,12 +73,11 @@ async fn strangers_and_bad_openings_are_refused() {
 async fn a_partner_breaking_off_mid_input_makes_the_round_retry_without_it() {
     let dir = tempfile::tempdir().unwrap();
     let files = partition_csv(&SimOptions::default().data, dir.path(), 2, &Split::Iid, 3).unwrap();
-    // Plain aggregation, so the hand-driven partner can send unmasked chunks. It ignores
-    // round 0 (statistics), which then ends at its deadline without it: keep that short.
+    // Plain aggregation, so the hand-driven partner can send unmasked chunks.
     let mut spec = bank_spec(2).unwrap();
     spec.aggregation.secure = false;
     let (roster, identities) = consortium(&["good-0", "good-1", "flaky"]).unwrap();
-    let coordinator = start_coordinator(spec, roster, Duration::from_secs(3))
+    let coordinator = start_coordinator(spec, roster, Duration::from_secs(60))
         .await
         .unwrap();
     let addr = coordinator.addr;
@@ -109,6 +108,20 @@ async fn a_partner_breaking_off_mid_input_makes_the_round_retry_without_it() {
                         reason: String::new(),
                     };
                     tx.send(msg(client_message::Body::OfferReply(reply)))
+                        .await
+                        .unwrap();
+                }
+                Some(server_message::Body::RoundStart(s))
+                    if s.round.as_ref().is_some_and(|r| r.round == 0) =>
+                {
+                    // Statistics: zeros are a valid encoding of "no rows".
+                    let zeros = InputChunk {
+                        round: s.round.clone(),
+                        offset: 0,
+                        values: vec![0; s.vector_len as usize],
+                        last: true,
+                    };
+                    tx.send(msg(client_message::Body::Input(zeros)))
                         .await
                         .unwrap();
                 }

@@ -63,6 +63,11 @@ struct Cli {
     /// Deadline of each round's input phase, in seconds.
     #[arg(long, default_value_t = 120)]
     phase_timeout: u64,
+    /// Benchmark: run the job with plain and then with secure aggregation, the coordinator in
+    /// its own process, and report seconds per round, their ratio, and the coordinator's peak
+    /// memory. Implies --no-baselines.
+    #[arg(long)]
+    bench: bool,
     /// Where to write the JSON report.
     #[arg(long, default_value = "fedmark-report.json")]
     report: PathBuf,
@@ -125,6 +130,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     opts.phase_timeout = Duration::from_secs(cli.phase_timeout);
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    if cli.bench {
+        return bench(&rt, opts, &cli.report);
+    }
     let report = rt.block_on(sim::run(&opts))?;
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(&cli.report, json)
@@ -152,5 +160,64 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         report.seconds,
         cli.report.display()
     );
+    Ok(())
+}
+
+/// Seconds per round (mean over the rounds) and the coordinator's peak memory of one run.
+fn bench(
+    rt: &tokio::runtime::Runtime,
+    mut opts: SimOptions,
+    report_path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating fedmark-sim")?;
+    let binary = exe.with_file_name(format!(
+        "fedmark-coordinator{}",
+        std::env::consts::EXE_SUFFIX
+    ));
+    if !binary.exists() {
+        bail!(
+            "--bench runs {} as its own process: build it first (cargo build --release)",
+            binary.display()
+        );
+    }
+    opts.coordinator_binary = Some(binary);
+    opts.skip_baselines = true;
+    opts.show_progress = false;
+    let mut runs = Vec::new();
+    for secure in [false, true] {
+        opts.secure_agg = Some(secure);
+        let report = rt.block_on(sim::run(&opts))?;
+        let rounds = report.rounds.len().max(1) as f64;
+        let per_round = report.rounds.iter().map(|r| r.seconds).sum::<f64>() / rounds;
+        let rss = report
+            .job
+            .peak_rss_bytes
+            .map(|b| b as f64 / (1024.0 * 1024.0));
+        println!(
+            "{:<6} partners {}  params {}  rounds {}  s/round {:.3}  coordinator peak RSS {}  final auc {:.4}",
+            if secure { "secure" } else { "plain" },
+            opts.partners,
+            report.job.model_params,
+            report.rounds.len(),
+            per_round,
+            rss.map_or("n/a".to_string(), |m| format!("{m:.1} MiB")),
+            report.final_metrics.auc
+        );
+        runs.push(serde_json::json!({
+            "secure_aggregation": secure,
+            "partners": opts.partners,
+            "model_params": report.job.model_params,
+            "rounds": report.rounds.len(),
+            "seconds_per_round": per_round,
+            "coordinator_peak_rss_bytes": report.job.peak_rss_bytes,
+            "final_auc": report.final_metrics.auc,
+        }));
+    }
+    let ratio = runs[1]["seconds_per_round"].as_f64().unwrap_or(f64::NAN)
+        / runs[0]["seconds_per_round"].as_f64().unwrap_or(f64::NAN);
+    println!("secure/plain seconds per round: {ratio:.3}");
+    let json = serde_json::json!({ "bench": runs, "secure_over_plain": ratio });
+    std::fs::write(report_path, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("writing {}", report_path.display()))?;
     Ok(())
 }
