@@ -36,11 +36,56 @@ enum Command {
         #[arg(long)]
         job: PathBuf,
     },
+    /// Privacy planning with the RDP accountant (Poisson-subsampled Gaussian mechanism).
+    Privacy {
+        #[command(subcommand)]
+        command: PrivacyCommand,
+    },
     /// Development setup: make an identity key for each partner and the roster listing them.
     /// In production each partner makes its own key and sends only the public half.
     Roster {
         #[command(subcommand)]
         command: RosterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PrivacyCommand {
+    /// ε of T steps of the Gaussian mechanism with noise multiplier σ at sampling rate q.
+    Epsilon {
+        /// Noise multiplier σ (noise standard deviation over the clipping norm).
+        #[arg(long)]
+        noise_multiplier: f64,
+        /// Poisson sampling rate q per step (1 = no subsampling).
+        #[arg(long)]
+        sampling_rate: f64,
+        /// Number of composed steps T.
+        #[arg(long)]
+        steps: u64,
+        /// δ of the (ε, δ) guarantee.
+        #[arg(long)]
+        delta: f64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The smallest noise multiplier σ whose T steps at rate q stay within (ε, δ).
+    Calibrate {
+        /// Target ε.
+        #[arg(long)]
+        epsilon: f64,
+        /// δ of the guarantee.
+        #[arg(long)]
+        delta: f64,
+        /// Poisson sampling rate q per step.
+        #[arg(long)]
+        sampling_rate: f64,
+        /// Number of composed steps T.
+        #[arg(long)]
+        steps: u64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -66,6 +111,13 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Privacy { command } => match privacy(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         Command::Roster {
             command: RosterCommand::Init { partners, out },
         } => match roster_init(&partners, &out) {
@@ -92,6 +144,56 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn privacy(command: PrivacyCommand) -> anyhow::Result<()> {
+    use fedmark_core::accountant::{Accountant, calibrate_noise_multiplier};
+    match command {
+        PrivacyCommand::Epsilon {
+            noise_multiplier,
+            sampling_rate,
+            steps,
+            delta,
+            json,
+        } => {
+            let mut acc = Accountant::new();
+            acc.compose_subsampled_gaussian(sampling_rate, noise_multiplier, steps)?;
+            let (epsilon, order) = acc.epsilon(delta)?;
+            if json {
+                let out = serde_json::json!({
+                    "epsilon": epsilon, "delta": delta, "order": order,
+                    "noise_multiplier": noise_multiplier, "sampling_rate": sampling_rate, "steps": steps,
+                });
+                println!("{out}");
+            } else {
+                println!("epsilon = {epsilon:.6} at delta = {delta:e} (best RDP order {order})");
+            }
+        }
+        PrivacyCommand::Calibrate {
+            epsilon,
+            delta,
+            sampling_rate,
+            steps,
+            json,
+        } => {
+            let sigma = calibrate_noise_multiplier(epsilon, delta, sampling_rate, steps)?;
+            let mut acc = Accountant::new();
+            acc.compose_subsampled_gaussian(sampling_rate, sigma, steps)?;
+            let (achieved, _) = acc.epsilon(delta)?;
+            if json {
+                let out = serde_json::json!({
+                    "noise_multiplier": sigma, "epsilon": achieved, "target_epsilon": epsilon,
+                    "delta": delta, "sampling_rate": sampling_rate, "steps": steps,
+                });
+                println!("{out}");
+            } else {
+                println!(
+                    "noise multiplier = {sigma:.6} (epsilon {achieved:.6} <= {epsilon} at delta = {delta:e})"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn roster_init(partners: &[String], out: &Path) -> anyhow::Result<()> {

@@ -56,3 +56,78 @@ fn bad_config_exits_64_naming_the_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("roster.toml"), "{err}");
 }
+
+/// dp-accounting (Google, 0.6.0) gives ε = 0.947 (PLD) and 1.035 (RDP) for this setting.
+#[test]
+fn privacy_epsilon_matches_dp_accounting() {
+    let out = coordinator()
+        .args([
+            "privacy",
+            "epsilon",
+            "--noise-multiplier",
+            "4",
+            "--sampling-rate",
+            "0.01",
+            "--steps",
+            "10000",
+        ])
+        .args(["--delta", "1e-5", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let eps = v["epsilon"].as_f64().unwrap();
+    assert!((0.946..=1.06).contains(&eps), "epsilon {eps}");
+}
+
+#[test]
+fn privacy_calibrate_round_trips_and_bad_arguments_exit_64() {
+    let out = coordinator()
+        .args([
+            "privacy",
+            "calibrate",
+            "--epsilon",
+            "1",
+            "--delta",
+            "1e-5",
+            "--sampling-rate",
+            "0.01",
+        ])
+        .args(["--steps", "10000", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sigma = v["noise_multiplier"].as_f64().unwrap();
+    // ε(σ=4) ≈ 1.035 > 1, so the calibrated σ for ε = 1 is a little above 4
+    assert!(sigma > 4.0 && sigma < 4.5, "sigma {sigma}");
+    assert!(v["epsilon"].as_f64().unwrap() <= 1.0);
+    let bad = coordinator()
+        .args([
+            "privacy",
+            "epsilon",
+            "--noise-multiplier",
+            "1",
+            "--sampling-rate",
+            "1.5",
+            "--steps",
+            "10",
+        ])
+        .args(["--delta", "1e-5"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("sampling"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
