@@ -67,6 +67,9 @@ pub struct ClientConfig {
     /// Fewest partners this partner will aggregate with (cohort and survivors).
     #[serde(default = "default_min_cohort")]
     pub min_cohort: usize,
+    /// Largest ε budget of a differentially private job this partner takes part in.
+    #[serde(default)]
+    pub max_epsilon: Option<f64>,
 }
 
 fn default_min_cohort() -> usize {
@@ -94,6 +97,7 @@ impl ClientConfig {
             identity_key: None,
             roster: None,
             min_cohort: default_min_cohort(),
+            max_epsilon: None,
         }
     }
 
@@ -148,6 +152,14 @@ impl ClientConfig {
             return Err(ConfigError::Invalid {
                 field: "holdout_fraction",
                 reason: format!("must be in [0, 1), got {}", self.holdout_fraction),
+            });
+        }
+        if let Some(cap) = self.max_epsilon
+            && !(cap.is_finite() && cap > 0.0)
+        {
+            return Err(ConfigError::Invalid {
+                field: "max_epsilon",
+                reason: format!("must be a positive number, got {cap}"),
             });
         }
         if self.min_cohort == 0 {

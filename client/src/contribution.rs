@@ -5,12 +5,14 @@
 //! of the round's vector (see [`fedmark_core::aggregate`]). Encoding and masking happen after.
 
 use fedmark_core::aggregate::eval_stats_to_vec;
+use fedmark_core::budget::PrivacyPlan;
 use fedmark_core::features::{FeatureSchema, Standardizer};
 use fedmark_core::matrix::Dataset;
 use fedmark_core::metrics::EvalStats;
 use fedmark_core::model::{Architecture, Model};
 use fedmark_core::spec::JobSpec;
-use fedmark_core::train::{LocalTraining, clip_l2, train_local};
+use fedmark_core::spec::PrivacyMode;
+use fedmark_core::train::{DpSgd, LocalTraining, clip_l2, train_dp_sgd, train_local};
 use rand::Rng;
 
 use crate::data::LocalData;
@@ -26,6 +28,8 @@ pub struct JobContext {
     pub arch: Architecture,
     /// The partner's rows (declared columns only).
     pub data: LocalData,
+    /// The job's privacy plan as this partner computes it from the spec.
+    pub privacy: Option<PrivacyPlan>,
     encoded: Option<(Standardizer, Dataset, Dataset)>,
 }
 
@@ -40,12 +44,13 @@ pub struct RoundValues {
 
 impl JobContext {
     /// A context for an accepted job.
-    pub fn new(spec: JobSpec, data: LocalData) -> Self {
+    pub fn new(spec: JobSpec, data: LocalData, privacy: Option<PrivacyPlan>) -> Self {
         Self {
             schema: FeatureSchema::from_spec(&spec),
             arch: Architecture::from_spec(&spec),
             spec,
             data,
+            privacy,
             encoded: None,
         }
     }
@@ -102,21 +107,40 @@ impl JobContext {
     }
 
     /// Training round: evaluates the incoming global model, trains from it, and returns the
-    /// clipped delta weighted by the (capped) number of training rows.
+    /// clipped delta weighted by the (capped) number of training rows — or, under
+    /// partner-level DP, the delta clipped to the privacy norm with unit weight.
     pub fn training<R: Rng + ?Sized>(
         &mut self,
         global: &Model,
         standardizer: &Standardizer,
         rng: &mut R,
-    ) -> RoundValues {
+    ) -> Result<RoundValues, String> {
         let eval = self.evaluate(global, standardizer);
         let cfg = LocalTraining::from_spec(&self.spec);
-        let clip = self.spec.training.clip_norm;
         let max_weight = f64::from(self.spec.training.max_weight);
+        let privacy = self.privacy;
+        let mut clip = self.spec.training.clip_norm;
         let (train, _) = self.datasets(standardizer);
         let mut local = global.clone();
-        train_local(&mut local, train, &cfg, rng);
-        let weight = (train.len() as f64).min(max_weight);
+        let mut weight = (train.len() as f64).min(max_weight);
+        match privacy {
+            Some(plan) if plan.mode == PrivacyMode::Record => {
+                let dp = DpSgd {
+                    q: plan.sampling_rate,
+                    clip: plan.clip,
+                    noise_multiplier: plan.noise_multiplier,
+                };
+                train_dp_sgd(&mut local, train, &cfg, &dp, rng).map_err(|e| e.to_string())?;
+            }
+            Some(plan) if plan.mode == PrivacyMode::PartnerCentral => {
+                train_local(&mut local, train, &cfg, rng);
+                clip = plan.clip;
+                weight = 1.0;
+            }
+            _ => {
+                train_local(&mut local, train, &cfg, rng);
+            }
+        }
         let mut update: Vec<f64> = local
             .params
             .iter()
@@ -127,6 +151,6 @@ impl JobContext {
         update.iter_mut().for_each(|v| *v *= weight);
         let mut stats = vec![weight];
         eval_stats_to_vec(&eval, &mut stats);
-        RoundValues { update, stats }
+        Ok(RoundValues { update, stats })
     }
 }

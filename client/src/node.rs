@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use fedmark_core::aggregate::{RoundKind, VectorLayout};
+use fedmark_core::budget::PrivacyPlan;
 use fedmark_core::features::Standardizer;
 use fedmark_core::model::Model;
 use fedmark_core::secagg::keys::parse_signing_key;
@@ -24,7 +25,7 @@ use fedmark_core::secagg::{
     ClientPolicy, ClientRound, Envelope, GraphSpec, KeyAdvertisement, Roster, RoundId, RoundParams,
     ShareKind, SignedKeys,
 };
-use fedmark_core::spec::JobSpec;
+use fedmark_core::spec::{JobSpec, PrivacyMode};
 use fedmark_proto::coordinator_client::CoordinatorClient;
 use fedmark_proto::{
     ClientMessage, EncryptedShares, Hello, InputChunk, OfferReply, PROTOCOL_VERSION, RevealedShare,
@@ -594,6 +595,16 @@ impl Node {
                 spec.aggregation.min_participants, self.cfg.min_cohort
             ));
         }
+        if spec.privacy.mode != PrivacyMode::None
+            && let Some(cap) = self.cfg.max_epsilon
+            && spec.privacy.epsilon > cap
+        {
+            return Err(format!(
+                "the job's privacy budget epsilon = {} exceeds this partner's cap of {cap}",
+                spec.privacy.epsilon
+            ));
+        }
+        let privacy = PrivacyPlan::from_spec(&spec).map_err(|e| format!("privacy plan: {e}"))?;
         let split = HoldoutSplit {
             fraction: self.cfg.holdout_fraction,
             seed: self.cfg.holdout_seed,
@@ -602,7 +613,7 @@ impl Node {
         for (reason, count) in &data.skipped {
             warn!(reason = reason.as_str(), rows = count, "skipped bad rows");
         }
-        Ok(JobContext::new(spec, data))
+        Ok(JobContext::new(spec, data, privacy))
     }
 
     async fn start_round(&mut self, start: RoundStart) -> Result<(), ClientError> {
@@ -774,7 +785,7 @@ impl Node {
             };
             let RoundValues { update, stats } = match kind {
                 RoundKind::Statistics => ctx.statistics(),
-                RoundKind::Training => ctx.training(&model, &standardizer, &mut rng),
+                RoundKind::Training => ctx.training(&model, &standardizer, &mut rng)?,
                 RoundKind::Evaluation => ctx.evaluation(&model, &standardizer),
             };
             Ok(layout.encode(&update, &stats, &mut rng))

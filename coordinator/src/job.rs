@@ -17,13 +17,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fedmark_core::accountant::{Accountant, AccountantError};
 use fedmark_core::aggregate::{RoundKind, eval_stats_from_slice};
+use fedmark_core::budget::PrivacyPlan;
 use fedmark_core::codec::CodecError;
+use fedmark_core::dp::{DpError, add_gaussian_noise};
 use fedmark_core::features::{FeatureSchema, Standardizer};
 use fedmark_core::metrics::Metrics;
 use fedmark_core::model::{Architecture, Model};
 use fedmark_core::secagg::{Roster, recommended_degree, recommended_threshold};
 use fedmark_core::spec::JobSpec;
+use fedmark_core::spec::PrivacyMode;
 use fedmark_core::train::ServerOptimizer;
 use fedmark_proto::{JobFinished, JobOffer, RoundRef, client_message, server_message};
 use rand::SeedableRng;
@@ -33,7 +37,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::report::{FinalMetrics, JobReport, RoundRecord};
+use crate::report::{FinalMetrics, JobReport, PrivacyReport, RoundRecord};
 use crate::round::{RoundError, RoundOutput, RoundPlan, SecureSetup, run_round};
 use crate::service::{Event, Sessions};
 
@@ -66,6 +70,12 @@ pub enum JobError {
     /// The fixed-point layout cannot be built for this cohort.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// The privacy plan or ledger failed (e.g. an unreachable ε target).
+    #[error("privacy accounting: {0}")]
+    Privacy(#[from] AccountantError),
+    /// Noise could not be drawn.
+    #[error("privacy noise: {0}")]
+    Noise(#[from] DpError),
     /// The spec could not be serialised for the partners.
     #[error(transparent)]
     Spec(#[from] fedmark_core::spec::SpecError),
@@ -286,7 +296,26 @@ pub async fn run_job(
     info!(job = %job_id, training_rows, "feature statistics agreed");
 
     let bins = spec.evaluation.histogram_bins as usize;
+    let privacy = PrivacyPlan::from_spec(&spec)?;
+    if let Some(plan) = &privacy {
+        info!(job = %job_id, mode = ?plan.mode, noise_multiplier = plan.noise_multiplier, epsilon = plan.epsilon, delta = plan.delta, "privacy plan");
+    }
+    let mut ledger = Accountant::new();
+    // Central noise must be unpredictable to everyone, the job's seed included.
+    let mut noise_rng = StdRng::from_rng(&mut rand::rng());
+    let mut stop_reason = format!("completed {} rounds", spec.job.rounds);
     for round in 1..=u64::from(spec.job.rounds) {
+        if let Some(plan) = &privacy {
+            let next = plan.epsilon_after_round(&ledger)?;
+            if next > plan.epsilon {
+                stop_reason = format!(
+                    "privacy budget exhausted: round {round} would bring epsilon to {next:.4}, above the budget of {}",
+                    plan.epsilon
+                );
+                warn!(job = %job_id, round, reason = %stop_reason, "stopping early");
+                break;
+            }
+        }
         let t0 = Instant::now();
         let shared = Some(Arc::new(model.params.clone()));
         let (out, output, attempts) = run_with_retries(
@@ -302,11 +331,28 @@ pub async fn run_job(
         .await?;
         let weight = out.stats[0];
         let eval = eval_stats_from_slice(&out.stats[1..], bins).metrics();
+        let mut update = out.update;
+        let mut epsilon = None;
+        if let Some(plan) = &privacy {
+            if plan.mode == PrivacyMode::PartnerCentral {
+                add_gaussian_noise(
+                    &mut update,
+                    plan.noise_multiplier,
+                    plan.clip,
+                    &mut noise_rng,
+                )?;
+            }
+            // Charged with the release of this round's result.
+            plan.charge_round(&mut ledger)?;
+            epsilon = Some(ledger.epsilon(plan.delta)?.0);
+        }
         if weight > 0.0 {
-            let avg: Vec<f64> = out.update.iter().map(|u| u / weight).collect();
+            let avg: Vec<f64> = update.iter().map(|u| u / weight).collect();
             optimizer.step(&mut model.params, &avg);
         }
-        let record = RoundRecord::new(round, attempts, &output, &eval, t0.elapsed().as_secs_f64());
+        let mut record =
+            RoundRecord::new(round, attempts, &output, &eval, t0.elapsed().as_secs_f64());
+        record.epsilon = epsilon;
         info!(
             round,
             participants = record.participants,
@@ -357,7 +403,7 @@ pub async fn run_job(
     for p in hub.sessions.connected() {
         let fin = JobFinished {
             job_id: job_id.clone(),
-            reason: format!("completed {} rounds", spec.job.rounds),
+            reason: stop_reason.clone(),
         };
         hub.sessions
             .send(&p, server_message::Body::Finished(fin))
@@ -379,6 +425,15 @@ pub async fn run_job(
         final_metrics: FinalMetrics::from(&final_metrics),
         seconds: started.elapsed().as_secs_f64(),
         peak_rss_bytes: None,
+        stop_reason,
+        privacy: privacy.map(|plan| PrivacyReport {
+            mode: format!("{:?}", plan.mode),
+            noise_multiplier: plan.noise_multiplier,
+            clip: plan.clip,
+            epsilon_budget: plan.epsilon,
+            epsilon_spent: ledger.epsilon(plan.delta).map(|e| e.0).unwrap_or(f64::NAN),
+            delta: plan.delta,
+        }),
     };
     Ok(JobOutcome {
         report,

@@ -28,6 +28,9 @@ pub struct RoundRecord {
     pub lift_top_decile: f64,
     /// Wall-clock seconds of the round, retries included.
     pub seconds: f64,
+    /// Cumulative ε after this round (differentially private jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
 }
 
 impl RoundRecord {
@@ -49,6 +52,7 @@ impl RoundRecord {
             accuracy: eval.accuracy,
             lift_top_decile: eval.lift_top_decile,
             seconds,
+            epsilon: None,
         }
     }
 }
@@ -100,9 +104,31 @@ pub struct JobReport {
     pub final_metrics: FinalMetrics,
     /// Wall-clock seconds of the whole job.
     pub seconds: f64,
+    /// Why the job ended (its round count, or an exhausted privacy budget).
+    pub stop_reason: String,
+    /// The privacy guarantee (differentially private jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<PrivacyReport>,
     /// Peak resident memory of the coordinator process (Linux; set by the binary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_rss_bytes: Option<u64>,
+}
+
+/// The (ε, δ) guarantee a job gave.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrivacyReport {
+    /// `Record` or `PartnerCentral`.
+    pub mode: String,
+    /// Noise multiplier σ used.
+    pub noise_multiplier: f64,
+    /// Clipping norm C.
+    pub clip: f64,
+    /// The job's ε budget.
+    pub epsilon_budget: f64,
+    /// ε spent by the released rounds.
+    pub epsilon_spent: f64,
+    /// δ.
+    pub delta: f64,
 }
 
 /// Peak resident set size of this process (`VmHWM`), where the OS reports it.

@@ -41,7 +41,12 @@ impl RoundKind {
                 VectorLayout::new(parties, 0, 0.0, 3 * spec.features.numeric.len())
             }
             RoundKind::Training => {
-                let bound = f64::from(spec.training.max_weight) * spec.training.clip_norm;
+                // Partner-level DP bounds each partner's whole contribution: unit weight and
+                // the privacy clipping norm.
+                let bound = match spec.privacy.mode {
+                    crate::spec::PrivacyMode::PartnerCentral => spec.privacy.clip,
+                    _ => f64::from(spec.training.max_weight) * spec.training.clip_norm,
+                };
                 VectorLayout::new(parties, num_params, bound, 1 + eval_stats_len(bins))
             }
             RoundKind::Evaluation => VectorLayout::new(parties, 0, 0.0, eval_stats_len(bins)),

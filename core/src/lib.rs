@@ -8,6 +8,7 @@
 
 pub mod accountant;
 pub mod aggregate;
+pub mod budget;
 pub mod codec;
 pub mod dp;
 pub mod features;

@@ -54,6 +54,76 @@ pub struct JobSpec {
     /// Federated evaluation settings.
     #[serde(default)]
     pub evaluation: EvaluationSection,
+    /// Differential privacy: the guarantee and its budget.
+    #[serde(default)]
+    pub privacy: PrivacySection,
+}
+
+/// Which differential-privacy guarantee a job gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrivacyMode {
+    /// No formal guarantee (secure aggregation still hides each partner's update).
+    #[default]
+    None,
+    /// Each customer record: DP-SGD on every partner (per-example clipping, Gaussian noise,
+    /// Poisson-sampled batches).
+    Record,
+    /// Each partner's whole contribution: updates clipped by the partners, Gaussian noise
+    /// added by the coordinator to the unmasked sum.
+    PartnerCentral,
+}
+
+/// `[privacy]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySection {
+    /// The guarantee.
+    #[serde(default)]
+    pub mode: PrivacyMode,
+    /// Total ε budget of the job.
+    #[serde(default = "default_epsilon")]
+    pub epsilon: f64,
+    /// δ of the guarantee.
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+    /// Clipping norm C: of each example's gradient (record) or each partner's update
+    /// (partner-central).
+    #[serde(default = "default_dp_clip")]
+    pub clip: f64,
+    /// Noise multiplier σ (noise std = σ·C). When absent, the smallest σ that fits the whole
+    /// job's plan in the budget is calibrated and recorded in the report.
+    #[serde(default)]
+    pub noise_multiplier: Option<f64>,
+    /// Record mode: Poisson sampling rate q of each local step (expected batch = q × rows).
+    #[serde(default = "default_sampling_rate")]
+    pub sampling_rate: f64,
+}
+
+fn default_epsilon() -> f64 {
+    1.0
+}
+fn default_delta() -> f64 {
+    1e-5
+}
+fn default_dp_clip() -> f64 {
+    1.0
+}
+fn default_sampling_rate() -> f64 {
+    0.01
+}
+
+impl Default for PrivacySection {
+    fn default() -> Self {
+        Self {
+            mode: PrivacyMode::None,
+            epsilon: default_epsilon(),
+            delta: default_delta(),
+            clip: default_dp_clip(),
+            noise_multiplier: None,
+            sampling_rate: default_sampling_rate(),
+        }
+    }
 }
 
 /// `[job]`.
@@ -420,6 +490,24 @@ impl JobSpec {
         }
         if a.max_attempts == 0 || a.max_attempts > 100 {
             return Err(invalid("aggregation.max_attempts", "must be 1..=100"));
+        }
+        let p = &self.privacy;
+        check_positive("privacy.epsilon", p.epsilon, 1e6)?;
+        if !(p.delta > 0.0 && p.delta < 1.0) {
+            return Err(invalid(
+                "privacy.delta",
+                format!("must be in (0, 1), got {}", p.delta),
+            ));
+        }
+        check_positive("privacy.clip", p.clip, 1e6)?;
+        if let Some(sigma) = p.noise_multiplier {
+            check_positive("privacy.noise_multiplier", sigma, 1e6)?;
+        }
+        if !(p.sampling_rate > 0.0 && p.sampling_rate <= 1.0) {
+            return Err(invalid(
+                "privacy.sampling_rate",
+                format!("must be in (0, 1], got {}", p.sampling_rate),
+            ));
         }
         let bins = self.evaluation.histogram_bins;
         if !(2..=MAX_BINS).contains(&bins) {

@@ -51,6 +51,14 @@ pub struct SimOptions {
     pub holdout_fraction: f64,
     /// Overrides the spec's secure-aggregation switch.
     pub secure_agg: Option<bool>,
+    /// Overrides the spec's privacy mode.
+    pub dp_mode: Option<fedmark_core::spec::PrivacyMode>,
+    /// Overrides the spec's ε budget.
+    pub epsilon: Option<f64>,
+    /// Overrides the spec's δ.
+    pub delta: Option<f64>,
+    /// Overrides the spec's DP clipping norm.
+    pub clip: Option<f64>,
     /// Synthetic workload: (dimension, rows per partner).
     pub synthetic: Option<(usize, usize)>,
     /// Scripted dropouts: (partner index, dropout).
@@ -82,6 +90,10 @@ impl Default for SimOptions {
             seed: 42,
             holdout_fraction: 0.2,
             secure_agg: None,
+            dp_mode: None,
+            epsilon: None,
+            delta: None,
+            clip: None,
             synthetic: None,
             dropouts: Vec::new(),
             dropout_rate: 0.0,
@@ -144,12 +156,31 @@ pub struct PartnerInfo {
     pub skipped_rows: u64,
 }
 
+/// Final metrics of the simulation: exact, on the pooled test rows, with the privacy spent.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimFinal {
+    /// ROC AUC.
+    pub auc: f64,
+    /// Mean log-loss.
+    pub log_loss: f64,
+    /// Accuracy at 0.5.
+    pub accuracy: f64,
+    /// Lift at the top decile.
+    pub lift_top_decile: f64,
+    /// Rows evaluated.
+    pub count: u64,
+    /// ε spent (differentially private jobs).
+    pub epsilon: Option<f64>,
+    /// δ of the guarantee (differentially private jobs).
+    pub delta: Option<f64>,
+}
+
 /// The simulation report (`--report`).
 #[derive(Debug, Clone, Serialize)]
 pub struct SimReport {
     /// Exact metrics of the final model on the pooled test rows.
     #[serde(rename = "final")]
-    pub final_metrics: Metrics,
+    pub final_metrics: SimFinal,
     /// The coordinator's federated metrics of the final model.
     pub final_federated: FinalMetrics,
     /// Training rounds.
@@ -199,6 +230,19 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     }
     if let Some(s) = opts.secure_agg {
         spec.aggregation.secure = s;
+    }
+    if let Some(m) = opts.dp_mode {
+        spec.privacy.mode = m;
+    }
+    if let Some(e) = opts.epsilon {
+        spec.privacy.epsilon = e;
+        spec.privacy.noise_multiplier = None;
+    }
+    if let Some(d) = opts.delta {
+        spec.privacy.delta = d;
+    }
+    if let Some(c) = opts.clip {
+        spec.privacy.clip = c;
     }
     spec.validate()
         .context("in the job spec after command-line overrides")?;
@@ -305,7 +349,16 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     let schema = FeatureSchema::from_spec(&spec);
     let test_rows = concat(locals.iter().map(|l| &l.holdout), &schema);
     let test = encode(&schema, &test_rows, &outcome.standardizer);
-    let final_metrics = metrics::exact(&outcome.model.predict_all(&test.x), &test.y);
+    let exact: Metrics = metrics::exact(&outcome.model.predict_all(&test.x), &test.y);
+    let final_metrics = SimFinal {
+        auc: exact.auc,
+        log_loss: exact.log_loss,
+        accuracy: exact.accuracy,
+        lift_top_decile: exact.lift_top_decile,
+        count: exact.count,
+        epsilon: outcome.report.privacy.as_ref().map(|p| p.epsilon_spent),
+        delta: outcome.report.privacy.as_ref().map(|p| p.delta),
+    };
     let baselines = if opts.skip_baselines {
         None
     } else {

@@ -273,3 +273,86 @@ async fn two_hundred_partners_with_secagg_plus_complete_a_round() {
     assert_eq!(report.rounds[0].participants, 200);
     assert!(report.job.secure_aggregation);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_level_dp_at_epsilon_one_keeps_a_useful_model() {
+    let mut opts = quick(20);
+    opts.dp_mode = Some(fedmark_core::spec::PrivacyMode::Record);
+    opts.epsilon = Some(1.0);
+    opts.delta = Some(1e-5);
+    opts.skip_baselines = true;
+    let report = sim::run(&opts).await.unwrap();
+    let eps = report.final_metrics.epsilon.unwrap();
+    assert!(eps <= 1.0 && eps > 0.99, "spent {eps}");
+    assert_eq!(report.final_metrics.delta, Some(1e-5));
+    assert!(
+        report.final_metrics.auc >= 0.74,
+        "auc {}",
+        report.final_metrics.auc
+    );
+    // ε grows round by round and is reported with each round
+    let spent: Vec<f64> = report.rounds.iter().map(|r| r.epsilon.unwrap()).collect();
+    assert!(spent.windows(2).all(|w| w[1] > w[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_budget_stops_early_and_a_capped_partner_refuses() {
+    use fedmark_client::node;
+    use fedmark_tests::harness::{
+        bank_spec, client_config, consortium, start_coordinator, with_identity,
+    };
+    use fedmark_tests::partition::partition_csv;
+
+    let dir = tempfile::tempdir().unwrap();
+    let files = partition_csv(&SimOptions::default().data, dir.path(), 3, &Split::Iid, 2).unwrap();
+    // A fixed σ = 1.5 at q = 0.01 (100 DP-SGD steps a round) passes ε = 1 after 9 rounds
+    // (`fedmark-coordinator privacy epsilon --noise-multiplier 1.5 --sampling-rate 0.01
+    // --steps 1000 --delta 1e-5` gives 1.013).
+    let mut spec = bank_spec(20).unwrap();
+    spec.privacy.mode = fedmark_core::spec::PrivacyMode::Record;
+    spec.privacy.noise_multiplier = Some(1.5);
+    spec.privacy.epsilon = 1.0;
+    let ids = ["a", "b", "capped"];
+    let (roster, identities) = consortium(&ids).unwrap();
+    let coordinator = start_coordinator(spec, roster, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut clients = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let mut cfg = client_config(coordinator.addr, id, files[i].0.clone(), i as u64);
+        if *id == "capped" {
+            cfg.max_epsilon = Some(0.5);
+        }
+        let options = with_identity(&identities[i]);
+        clients.push(tokio::spawn(async move { node::run(&cfg, options).await }));
+    }
+    let outcome = coordinator.job.await.unwrap().unwrap();
+    let report = &outcome.report;
+    assert!(
+        report.partners_refused["capped"].contains("exceeds this partner's cap of 0.5"),
+        "{:?}",
+        report.partners_refused
+    );
+    assert_eq!(
+        report.rounds.len(),
+        9,
+        "rounds 1-9 fit the budget, round 10 would not"
+    );
+    assert!(
+        report.stop_reason.starts_with("privacy budget exhausted"),
+        "{}",
+        report.stop_reason
+    );
+    let privacy = report.privacy.as_ref().unwrap();
+    assert!(privacy.epsilon_spent <= 1.0);
+    for c in clients {
+        let summary = c.await.unwrap().unwrap();
+        assert!(
+            summary.refused.is_some()
+                || summary
+                    .finish_reason
+                    .starts_with("privacy budget exhausted"),
+            "{summary:?}"
+        );
+    }
+}

@@ -45,6 +45,18 @@ struct Cli {
     /// Secure aggregation on or off (overrides the spec).
     #[arg(long, value_parser = ["on", "off"])]
     secure_agg: Option<String>,
+    /// Differential privacy: none, record or partner-central (overrides the spec).
+    #[arg(long, value_parser = ["none", "record", "partner-central"])]
+    dp: Option<String>,
+    /// Total ε budget (overrides the spec; the noise is calibrated to it).
+    #[arg(long)]
+    epsilon: Option<f64>,
+    /// δ of the guarantee (overrides the spec).
+    #[arg(long)]
+    delta: Option<f64>,
+    /// DP clipping norm C (overrides the spec).
+    #[arg(long)]
+    clip: Option<f64>,
     /// Synthetic workload of this many model inputs instead of --data.
     #[arg(long, requires = "rows_per_partner")]
     synthetic_dim: Option<usize>,
@@ -109,6 +121,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     opts.seed = cli.seed;
     opts.holdout_fraction = cli.holdout;
     opts.secure_agg = cli.secure_agg.map(|s| s == "on");
+    opts.dp_mode = cli.dp.as_deref().map(|m| match m {
+        "record" => fedmark_core::spec::PrivacyMode::Record,
+        "partner-central" => fedmark_core::spec::PrivacyMode::PartnerCentral,
+        _ => fedmark_core::spec::PrivacyMode::None,
+    });
+    opts.epsilon = cli.epsilon;
+    opts.delta = cli.delta;
+    opts.clip = cli.clip;
     opts.synthetic = cli.synthetic_dim.zip(cli.rows_per_partner);
     opts.skip_baselines = cli.no_baselines;
     if !(0.0..=1.0).contains(&cli.dropout) {
@@ -153,6 +173,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             b.centralized.auc,
             alone.join(", ")
         );
+    }
+    if let (Some(e), Some(d)) = (f.epsilon, f.delta) {
+        println!("privacy: ({e:.4}, {d:e})-DP; {}", report.job.stop_reason);
     }
     println!(
         "{} rounds in {:.1}s; report written to {}",
