@@ -67,9 +67,12 @@ pub struct ClientConfig {
     /// Fewest partners this partner will aggregate with (cohort and survivors).
     #[serde(default = "default_min_cohort")]
     pub min_cohort: usize,
-    /// Largest ε budget of a differentially private job this partner takes part in.
+    /// Cap on the ε this partner's records may spend per purpose, across jobs.
     #[serde(default)]
     pub max_epsilon: Option<f64>,
+    /// The partner's privacy ledger file (per purpose, across jobs); in memory when absent.
+    #[serde(default)]
+    pub ledger: Option<PathBuf>,
 }
 
 fn default_min_cohort() -> usize {
@@ -98,6 +101,7 @@ impl ClientConfig {
             roster: None,
             min_cohort: default_min_cohort(),
             max_epsilon: None,
+            ledger: None,
         }
     }
 

@@ -3,10 +3,11 @@
 //! It dials the coordinator (outbound only), checks each offered job, reads only the job's
 //! declared columns, trains locally and sends nothing but encoded round vectors. Modules:
 //! [`config`] (the partner's `client.toml`), [`data`] (CSV loading with bad-row accounting),
-//! [`contribution`] (what the partner computes per round, no I/O) and [`node`] (the protocol
-//! driver).
+//! [`contribution`] (what the partner computes per round, no I/O), [`ledger`] (the
+//! partner's own privacy ledger) and [`node`] (the protocol driver).
 
 pub mod config;
 pub mod contribution;
 pub mod data;
+pub mod ledger;
 pub mod node;

@@ -41,6 +41,7 @@ use tracing::{debug, info, warn};
 use crate::config::ClientConfig;
 use crate::contribution::{JobContext, RoundValues};
 use crate::data::{HoldoutSplit, load_csv};
+use crate::ledger::{Ledger, LedgerError};
 
 /// Words per `InputChunk`: 64 KiB, well under gRPC's 4 MiB message ceiling and small enough
 /// that the coordinator's queue of pending chunks stays small.
@@ -72,6 +73,9 @@ pub enum ClientError {
     /// The identity key or roster could not be loaded.
     #[error("identity: {0}")]
     Identity(String),
+    /// The privacy ledger could not be opened.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
 }
 
 /// What a client did, for its operator.
@@ -227,6 +231,7 @@ pub async fn run(cfg: &ClientConfig, options: NodeOptions) -> Result<ClientSumma
         Some(i) => Some(i),
         None => Identity::from_config(cfg)?,
     };
+    let ledger = Ledger::open(cfg.ledger.as_deref())?;
     let mut client = connect(cfg).await?;
     let (tx, rx) = mpsc::channel::<ClientMessage>(16);
     send(
@@ -243,6 +248,7 @@ pub async fn run(cfg: &ClientConfig, options: NodeOptions) -> Result<ClientSumma
         cfg: cfg.clone(),
         options,
         identity,
+        ledger,
         tx,
         done_tx,
         job: None,
@@ -291,6 +297,7 @@ struct Node {
     cfg: ClientConfig,
     options: NodeOptions,
     identity: Option<Identity>,
+    ledger: Ledger,
     tx: mpsc::Sender<ClientMessage>,
     done_tx: mpsc::Sender<Computed>,
     job: Option<(String, Arc<Mutex<JobContext>>)>,
@@ -605,6 +612,11 @@ impl Node {
             ));
         }
         let privacy = PrivacyPlan::from_spec(&spec).map_err(|e| format!("privacy plan: {e}"))?;
+        if let (Some(plan), Some(cap)) = (&privacy, self.cfg.max_epsilon) {
+            self.ledger
+                .check(&spec.job.purpose, plan, u64::from(spec.job.rounds), cap)
+                .map_err(|e| e.to_string())?;
+        }
         let split = HoldoutSplit {
             fraction: self.cfg.holdout_fraction,
             seed: self.cfg.holdout_seed,
@@ -821,6 +833,30 @@ impl Node {
         let Some(mut words) = round.words.take() else {
             return Ok(());
         };
+        // The partner's own ledger is charged before a training update leaves; a round that
+        // would pass its cap is not sent, whatever the coordinator's plan says.
+        if round.kind == RoundKind::Training
+            && let Some((_, ctx)) = &self.job
+        {
+            let (purpose, plan) = match ctx.lock() {
+                Ok(ctx) => (ctx.spec.job.purpose.clone(), ctx.privacy),
+                Err(_) => return Err(ClientError::Protocol("job state poisoned".into())),
+            };
+            if let Some(plan) = plan {
+                match self
+                    .ledger
+                    .charge_round(&purpose, &plan, self.cfg.max_epsilon)
+                {
+                    Ok(eps) => {
+                        debug!(purpose = %purpose, epsilon = eps, "charged the privacy ledger")
+                    }
+                    Err(e) => {
+                        self.abandon(&e.to_string());
+                        return Ok(());
+                    }
+                }
+            }
+        }
         if let Some(secagg) = round.secagg.as_mut()
             && let Err(e) = secagg.mask(&mut words)
         {

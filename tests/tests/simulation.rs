@@ -356,3 +356,55 @@ async fn exhausted_budget_stops_early_and_a_capped_partner_refuses() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_ledger_carries_spent_privacy_into_the_next_job() {
+    use fedmark_client::node;
+    use fedmark_tests::harness::{
+        bank_spec, client_config, consortium, start_coordinator, with_identity,
+    };
+    use fedmark_tests::partition::partition_csv;
+
+    let dir = tempfile::tempdir().unwrap();
+    let files = partition_csv(&SimOptions::default().data, dir.path(), 3, &Split::Iid, 4).unwrap();
+    let ledger = dir.path().join("ledger-b.json");
+    // σ = 1.5 at q = 0.01: 5 rounds (500 steps) spend ε ≈ 0.72, 10 rounds ≈ 1.01.
+    let mut spec = bank_spec(5).unwrap();
+    spec.privacy.mode = fedmark_core::spec::PrivacyMode::Record;
+    spec.privacy.noise_multiplier = Some(1.5);
+    spec.privacy.epsilon = 1.0;
+    let ids = ["a", "b", "c"];
+    let (roster, identities) = consortium(&ids).unwrap();
+    let mut refusals = Vec::new();
+    for job in 0..2 {
+        let mut spec = spec.clone();
+        spec.job.name = format!("campaign-{job}"); // another job, same purpose
+        let coordinator = start_coordinator(spec, roster.clone(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        let mut clients = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let mut cfg = client_config(coordinator.addr, id, files[i].0.clone(), i as u64);
+            if *id == "b" {
+                cfg.max_epsilon = Some(1.0);
+                cfg.ledger = Some(ledger.clone());
+            }
+            let options = with_identity(&identities[i]);
+            clients.push(tokio::spawn(async move { node::run(&cfg, options).await }));
+        }
+        let outcome = coordinator.job.await.unwrap().unwrap();
+        assert_eq!(outcome.report.rounds.len(), 5);
+        refusals.push(outcome.report.partners_refused.get("b").cloned());
+        for c in clients {
+            c.await.unwrap().unwrap();
+        }
+    }
+    assert_eq!(refusals[0], None, "the first job fits b's cap");
+    let reason = refusals[1].clone().unwrap();
+    assert!(
+        reason.contains("purpose `campaign_response`") && reason.contains("cap of 1"),
+        "{reason}"
+    );
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    assert!(text.contains("campaign_response"));
+}
