@@ -132,7 +132,12 @@ impl JobContext {
                 };
                 train_dp_sgd(&mut local, train, &cfg, &dp, rng).map_err(|e| e.to_string())?;
             }
-            Some(plan) if plan.mode == PrivacyMode::PartnerCentral => {
+            Some(plan)
+                if matches!(
+                    plan.mode,
+                    PrivacyMode::PartnerCentral | PrivacyMode::PartnerDistributed
+                ) =>
+            {
                 train_local(&mut local, train, &cfg, rng);
                 clip = plan.clip;
                 weight = 1.0;

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use fedmark_core::aggregate::{RoundKind, VectorLayout};
-use fedmark_core::budget::PrivacyPlan;
+use fedmark_core::budget::{PrivacyPlan, noise_threshold, secure_shape};
+use fedmark_core::dp::add_skellam_noise;
 use fedmark_core::features::Standardizer;
 use fedmark_core::model::Model;
 use fedmark_core::secagg::keys::parse_signing_key;
@@ -729,10 +730,32 @@ impl Node {
                 "secure round without an identity".into(),
             ));
         };
+        // The graph and the threshold follow from the spec and the cohort size; the partner
+        // computes them itself and refuses a round that announces anything else.
+        let spec_shape = match &self.job {
+            Some((_, ctx)) => ctx
+                .lock()
+                .map(|c| secure_shape(&c.spec, round.start.cohort.len()))
+                .ok(),
+            None => None,
+        };
+        let Some((degree, threshold)) = spec_shape else {
+            return Err(ClientError::Protocol(
+                "secure round without an accepted job".into(),
+            ));
+        };
         let rid = RoundId::new(&round.rref.job_id, round.rref.round, round.rref.attempt);
-        let graph = GraphSpec::for_round(&rid, round.start.graph_degree as usize);
-        if graph.seed.as_slice() != round.start.graph_seed.as_slice() {
-            self.abandon("the announced neighbour graph does not derive from the round id");
+        let graph = GraphSpec::for_round(&rid, degree);
+        if round.start.graph_degree as usize != degree
+            || graph.seed.as_slice() != round.start.graph_seed.as_slice()
+        {
+            self.abandon(
+                "the announced neighbour graph is not the one the job's spec and cohort give",
+            );
+            return Ok(());
+        }
+        if (round.start.threshold as usize) < threshold {
+            self.abandon("the announced threshold is below the one the job's spec and cohort give");
             return Ok(());
         }
         let policy = ClientPolicy {
@@ -741,7 +764,7 @@ impl Node {
         let created = RoundParams::new(
             rid,
             round.start.cohort.clone(),
-            round.start.threshold as usize,
+            threshold,
             graph,
             round.layout.len(),
         )
@@ -786,10 +809,16 @@ impl Node {
             std: round.start.feature_std.clone(),
         };
         let rref = round.rref.clone();
+        let cohort = round.start.cohort.len();
         let done = self.done_tx.clone();
         let task = tokio::task::spawn_blocking(move || -> Result<Vec<u32>, String> {
-            let mut rng = StdRng::seed_from_u64(seed);
             let mut ctx = ctx.lock().map_err(|_| "job state poisoned".to_string())?;
+            // Differential-privacy noise must be unpredictable to everyone, so DP jobs draw
+            // from the OS; others stay reproducible under the configured seed.
+            let mut rng = match ctx.privacy {
+                Some(_) => StdRng::from_rng(&mut rand::rng()),
+                None => StdRng::seed_from_u64(seed),
+            };
             let model = Model {
                 arch: ctx.arch,
                 dim: ctx.schema.dim(),
@@ -800,7 +829,24 @@ impl Node {
                 RoundKind::Training => ctx.training(&model, &standardizer, &mut rng)?,
                 RoundKind::Evaluation => ctx.evaluation(&model, &standardizer),
             };
-            Ok(layout.encode(&update, &stats, &mut rng))
+            let mut words = layout.encode(&update, &stats, &mut rng);
+            if kind == RoundKind::Training
+                && let Some(plan) = ctx.privacy
+                && plan.mode == PrivacyMode::PartnerDistributed
+                && let Some(codec) = layout.update_codec
+            {
+                // The partner's share of the round's noise, added before masking; the threshold
+                // is this partner's own computation, not the coordinator's word.
+                let t = noise_threshold(&ctx.spec, cohort);
+                let skellam = plan.skellam_round(codec.scale, layout.update_len, t);
+                add_skellam_noise(
+                    &mut words[..layout.update_len],
+                    skellam.mu_per_partner,
+                    &mut rng,
+                )
+                .map_err(|e| e.to_string())?;
+            }
+            Ok(words)
         });
         tokio::spawn(async move {
             let words = task

@@ -18,14 +18,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fedmark_core::accountant::{Accountant, AccountantError};
+use fedmark_core::aggregate::VectorLayout;
 use fedmark_core::aggregate::{RoundKind, eval_stats_from_slice};
 use fedmark_core::budget::PrivacyPlan;
+use fedmark_core::budget::{noise_threshold, secure_shape};
 use fedmark_core::codec::CodecError;
 use fedmark_core::dp::{DpError, add_gaussian_noise};
 use fedmark_core::features::{FeatureSchema, Standardizer};
 use fedmark_core::metrics::Metrics;
 use fedmark_core::model::{Architecture, Model};
-use fedmark_core::secagg::{Roster, recommended_degree, recommended_threshold};
+use fedmark_core::secagg::Roster;
 use fedmark_core::spec::JobSpec;
 use fedmark_core::spec::PrivacyMode;
 use fedmark_core::train::ServerOptimizer;
@@ -279,7 +281,7 @@ pub async fn run_job(
     let mut records = Vec::new();
 
     // Round 0: feature statistics.
-    let (out, _, _) = run_with_retries(
+    let (out, _, _, _, _) = run_with_retries(
         &mut hub,
         &spec,
         &settings,
@@ -306,7 +308,26 @@ pub async fn run_job(
     let mut stop_reason = format!("completed {} rounds", spec.job.rounds);
     for round in 1..=u64::from(spec.job.rounds) {
         if let Some(plan) = &privacy {
-            let next = plan.epsilon_after_round(&ledger)?;
+            let next = match plan.mode {
+                PrivacyMode::PartnerDistributed => {
+                    // The exact charge depends on the round's encoding, i.e. its cohort size;
+                    // estimate it with the partners available now.
+                    let mut n = hub.available().len().max(1);
+                    if spec.aggregation.cohort_size > 0 {
+                        n = n.min(spec.aggregation.cohort_size as usize);
+                    }
+                    let layout = RoundKind::Training.layout(&spec, model.params.len(), n)?;
+                    let t = noise_threshold(&spec, n);
+                    let scale = layout.update_codec.map_or(1.0, |c| c.scale);
+                    let mut next = ledger.clone();
+                    plan.charge_skellam(
+                        &mut next,
+                        &plan.skellam_round(scale, layout.update_len, t),
+                    )?;
+                    next.epsilon(plan.delta)?.0
+                }
+                _ => plan.epsilon_after_round(&ledger)?,
+            };
             if next > plan.epsilon {
                 stop_reason = format!(
                     "privacy budget exhausted: round {round} would bring epsilon to {next:.4}, above the budget of {}",
@@ -318,7 +339,7 @@ pub async fn run_job(
         }
         let t0 = Instant::now();
         let shared = Some(Arc::new(model.params.clone()));
-        let (out, output, attempts) = run_with_retries(
+        let (out, output, attempts, layout, cohort) = run_with_retries(
             &mut hub,
             &spec,
             &settings,
@@ -343,7 +364,16 @@ pub async fn run_job(
                 )?;
             }
             // Charged with the release of this round's result.
-            plan.charge_round(&mut ledger)?;
+            match (plan.mode, layout.update_codec) {
+                (PrivacyMode::PartnerDistributed, Some(codec)) => {
+                    let t = noise_threshold(&spec, cohort);
+                    plan.charge_skellam(
+                        &mut ledger,
+                        &plan.skellam_round(codec.scale, layout.update_len, t),
+                    )?;
+                }
+                _ => plan.charge_round(&mut ledger)?,
+            }
             epsilon = Some(ledger.epsilon(plan.delta)?.0);
         }
         if weight > 0.0 {
@@ -387,7 +417,7 @@ pub async fn run_job(
     // Final evaluation of the last model.
     let final_round = u64::from(spec.job.rounds) + 1;
     let shared = Some(Arc::new(model.params.clone()));
-    let (out, output, _) = run_with_retries(
+    let (out, output, _, _, _) = run_with_retries(
         &mut hub,
         &spec,
         &settings,
@@ -484,7 +514,16 @@ async fn run_with_retries(
     kind: RoundKind,
     model: Option<Arc<Vec<f64>>>,
     standardizer: Option<Standardizer>,
-) -> Result<(fedmark_core::aggregate::DecodedSum, RoundOutput, u32), JobError> {
+) -> Result<
+    (
+        fedmark_core::aggregate::DecodedSum,
+        RoundOutput,
+        u32,
+        VectorLayout,
+        usize,
+    ),
+    JobError,
+> {
     let min = spec.aggregation.min_participants as usize;
     let num_params = model.as_ref().map_or(0, |m| m.len());
     let mut last = RoundError::BelowThreshold {
@@ -509,18 +548,19 @@ async fn run_with_retries(
         }
         let n = cohort.len();
         let secure = spec.aggregation.secure.then(|| {
-            let degree = if n > spec.aggregation.sparse_graph_above as usize {
-                recommended_degree(n)
-            } else {
-                n - 1
-            };
+            let (degree, threshold) = secure_shape(spec, n);
             SecureSetup {
                 roster: Arc::clone(&settings.roster),
                 degree,
-                threshold: recommended_threshold(degree),
+                threshold,
             }
         });
-        let threshold = secure.as_ref().map_or(min, |s| s.threshold.max(min));
+        let mut threshold = secure.as_ref().map_or(min, |s| s.threshold.max(min));
+        if kind == RoundKind::Training && spec.privacy.mode == PrivacyMode::PartnerDistributed {
+            // The partners sized their noise for this many survivors; fewer would carry too
+            // little noise, so such a round is aborted.
+            threshold = threshold.max(noise_threshold(spec, n));
+        }
         let layout = kind.layout(spec, num_params, n)?;
         let plan = RoundPlan {
             rref: RoundRef {
@@ -540,7 +580,7 @@ async fn run_with_retries(
         match run_round(hub, &plan).await {
             Ok(output) => {
                 let decoded = plan.layout.decode(&output.sum);
-                return Ok((decoded, output, attempt + 1));
+                return Ok((decoded, output, attempt + 1, plan.layout, plan.cohort.len()));
             }
             Err(e) => {
                 if hub.stopped {

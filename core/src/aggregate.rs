@@ -45,6 +45,15 @@ impl RoundKind {
                 // the privacy clipping norm.
                 let bound = match spec.privacy.mode {
                     crate::spec::PrivacyMode::PartnerCentral => spec.privacy.clip,
+                    crate::spec::PrivacyMode::PartnerDistributed => {
+                        // Leave room for the noise the partners add after encoding.
+                        let t = crate::budget::noise_threshold(spec, parties);
+                        let headroom = crate::budget::PrivacyPlan::from_spec(spec)
+                            .ok()
+                            .flatten()
+                            .map_or(1.0, |plan| plan.headroom(parties, t));
+                        spec.privacy.clip * headroom
+                    }
                     _ => f64::from(spec.training.max_weight) * spec.training.clip_norm,
                 };
                 VectorLayout::new(parties, num_params, bound, 1 + eval_stats_len(bins))

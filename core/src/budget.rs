@@ -6,7 +6,50 @@
 //! whole planned job fits the budget, so the budget lasts exactly the planned rounds.
 
 use crate::accountant::{Accountant, AccountantError, calibrate_noise_multiplier};
+use crate::secagg::{recommended_degree, recommended_threshold};
 use crate::spec::{JobSpec, PrivacyMode};
+
+/// Standard deviations of the summed distributed noise the fixed-point range keeps free, so
+/// the noised sum wraps with probability far below 1e-9 (see
+/// [`crate::dp::skellam_wrap_probability`]).
+pub const NOISE_MARGIN_STD: f64 = 10.0;
+
+/// The secure-aggregation shape of a cohort of `n`: neighbours per partner and the threshold
+/// within each closed neighbourhood. Coordinator and partners compute it alike.
+pub fn secure_shape(spec: &JobSpec, n: usize) -> (usize, usize) {
+    let degree = if n > spec.aggregation.sparse_graph_above as usize {
+        recommended_degree(n)
+    } else {
+        n.saturating_sub(1)
+    };
+    (degree, recommended_threshold(degree))
+}
+
+/// Survivors a distributed-DP round needs, and for which each partner sizes its noise share:
+/// the secure-aggregation threshold, and at least two thirds of the cohort overall (with a
+/// sparse graph the per-neighbourhood threshold alone would let each partner's share shrink
+/// to ~1/t of the target and the sum carry n/t times the noise it needs).
+pub fn noise_threshold(spec: &JobSpec, n: usize) -> usize {
+    let (_, t) = secure_shape(spec, n);
+    t.max(2 * n / 3 + 1).min(n.max(1))
+}
+
+/// Integer-domain parameters of distributed Skellam noise for one round.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SkellamRound {
+    /// L2 sensitivity in encoded units (clip · scale, plus √d for stochastic rounding).
+    pub l2: f64,
+    /// L1 sensitivity in encoded units.
+    pub l1: f64,
+    /// Noise variance the `t` guaranteed survivors carry together.
+    pub variance: f64,
+    /// Poisson mean each partner draws (its Skellam variance is twice this).
+    pub mu_per_partner: f64,
+}
+
+/// Representative L2 sensitivity (encoded units) used to calibrate σ for distributed noise;
+/// real rounds have larger ones, where Skellam is closer still to the Gaussian.
+const CALIBRATION_L2: f64 = 1000.0;
 
 /// What one round of a job costs in privacy, and with which noise.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,13 +84,27 @@ impl PrivacyPlan {
                     per_epoch * u64::from(spec.training.local_epochs),
                 )
             }
-            PrivacyMode::PartnerCentral => (1.0, 1),
+            PrivacyMode::PartnerCentral | PrivacyMode::PartnerDistributed => (1.0, 1),
         };
         let total_steps = steps_per_round * u64::from(spec.job.rounds);
-        let noise_multiplier = match p.noise_multiplier {
+        let mut noise_multiplier = match p.noise_multiplier {
             Some(s) => s,
             None => calibrate_noise_multiplier(p.epsilon, p.delta, sampling_rate, total_steps)?,
         };
+        if p.mode == PrivacyMode::PartnerDistributed && p.noise_multiplier.is_none() {
+            // Skellam costs a little more than the Gaussian at the same variance: raise σ in
+            // 1 % steps until the whole job fits at the calibration sensitivity.
+            for _ in 0..200 {
+                let mut acc = Accountant::new();
+                let l2 = CALIBRATION_L2;
+                let variance = (noise_multiplier * l2).powi(2);
+                acc.compose_skellam(l2, l2 * l2, variance, u64::from(spec.job.rounds))?;
+                if acc.epsilon(p.delta)?.0 <= p.epsilon {
+                    break;
+                }
+                noise_multiplier *= 1.01;
+            }
+        }
         Ok(Some(Self {
             mode: p.mode,
             noise_multiplier,
@@ -59,13 +116,51 @@ impl PrivacyPlan {
         }))
     }
 
-    /// Charges one round to `ledger`.
+    /// Charges one round to `ledger`. Distributed rounds are charged with
+    /// [`Self::charge_skellam`] where the round's encoding is known (the coordinator); the
+    /// partner's own ledger charges them as the Gaussian of the same σ, which they approach
+    /// at the sensitivities fixed point gives.
     pub fn charge_round(&self, ledger: &mut Accountant) -> Result<(), AccountantError> {
         ledger.compose_subsampled_gaussian(
             self.sampling_rate,
             self.noise_multiplier,
             self.steps_per_round,
         )
+    }
+
+    /// Fixed-point headroom factor of a distributed round with `n` partners and threshold
+    /// `t`: the update bound grows by this factor so that signal plus noise cannot wrap.
+    pub fn headroom(&self, n: usize, t: usize) -> f64 {
+        match self.mode {
+            PrivacyMode::PartnerDistributed => {
+                1.0 + NOISE_MARGIN_STD * self.noise_multiplier
+                    / ((n.max(1) * t.max(1)) as f64).sqrt()
+            }
+            _ => 1.0,
+        }
+    }
+
+    /// The integer noise of a distributed round with encoding `scale`, `dim` coordinates and
+    /// threshold `t`.
+    pub fn skellam_round(&self, scale: f64, dim: usize, t: usize) -> SkellamRound {
+        let l2 = self.clip * scale + (dim as f64).sqrt();
+        let l1 = (dim as f64).sqrt() * l2;
+        let variance = (self.noise_multiplier * l2).powi(2);
+        SkellamRound {
+            l2,
+            l1,
+            variance,
+            mu_per_partner: variance / (2.0 * t.max(1) as f64),
+        }
+    }
+
+    /// Charges one distributed round (see [`Self::skellam_round`]).
+    pub fn charge_skellam(
+        &self,
+        ledger: &mut Accountant,
+        round: &SkellamRound,
+    ) -> Result<(), AccountantError> {
+        ledger.compose_skellam(round.l2, round.l1, round.variance, 1)
     }
 
     /// ε after charging one more round to a copy of `ledger`.
@@ -111,6 +206,81 @@ mod tests {
                 "one more round would pass the budget"
             );
         }
+    }
+
+    /// What the coordinator can unmask in a distributed round — the wrapping sum of the
+    /// partners' encoded, noised vectors (secure aggregation returns exactly that sum, see
+    /// `secagg::tests`) — already carries noise of the planned scale: at least σ·C on the sum
+    /// when only the threshold survives, about √(n/t)·σ·C with everyone, and never wraps.
+    #[test]
+    fn distributed_noise_reaches_the_sum_at_the_planned_scale() {
+        use crate::aggregate::{Progress, RoundKind, RunningSum};
+        use rand::SeedableRng;
+        use rand::rngs::StdRng;
+
+        let s =
+            spec("[privacy]\nmode = \"partner-distributed\"\nnoise_multiplier = 2.0\nclip = 1.0\n");
+        let plan = PrivacyPlan::from_spec(&s).unwrap().unwrap();
+        let (n, dim) = (6, 4000);
+        let layout = RoundKind::Training.layout(&s, dim, n).unwrap();
+        let codec = layout.update_codec.unwrap();
+        let t = noise_threshold(&s, n);
+        assert_eq!(t, 5);
+        let round = plan.skellam_round(codec.scale, layout.update_len, t);
+        let mut rng = StdRng::seed_from_u64(8);
+        let mut sum = RunningSum::new(layout.len());
+        let mut exact = vec![0.0; dim];
+        for k in 0..n {
+            // each partner's update: unit weight, L2 norm exactly C = 1
+            let update: Vec<f64> = (0..dim)
+                .map(|j| if (j + k) % 2 == 0 { 1.0 } else { -1.0 } / (dim as f64).sqrt())
+                .collect();
+            for (e, u) in exact.iter_mut().zip(&update) {
+                *e += u;
+            }
+            let mut stats = vec![1.0];
+            stats.extend(vec![
+                0.0;
+                crate::aggregate::eval_stats_len(
+                    s.evaluation.histogram_bins as usize
+                )
+            ]);
+            let mut words = layout.encode(&update, &stats, &mut rng);
+            crate::dp::add_skellam_noise(
+                &mut words[..layout.update_len],
+                round.mu_per_partner,
+                &mut rng,
+            )
+            .unwrap();
+            let mut p = Progress::default();
+            sum.add(&mut p, 0, &words, true).unwrap();
+        }
+        let decoded = layout.decode(sum.as_slice());
+        let diffs: Vec<f64> = decoded
+            .update
+            .iter()
+            .zip(&exact)
+            .map(|(d, e)| d - e)
+            .collect();
+        let var = diffs.iter().map(|d| d * d).sum::<f64>() / dim as f64;
+        // n partners each add variance σ²·l2²/t (l2 in encoded units), i.e. σ²C²·n/t decoded
+        let l2_decoded = round.l2 / codec.scale;
+        let expected = plan.noise_multiplier.powi(2) * l2_decoded.powi(2) * n as f64 / t as f64;
+        assert!(
+            (var / expected - 1.0).abs() < 0.1,
+            "noise variance {var}, expected {expected}"
+        );
+        assert!(
+            var >= plan.noise_multiplier.powi(2),
+            "at least σ²C² on the sum"
+        );
+        // no coordinate wrapped: every difference is a plausible noise draw
+        let max = diffs.iter().fold(0.0f64, |m, d| m.max(d.abs()));
+        assert!(max < 8.0 * expected.sqrt(), "largest deviation {max}");
+        // and the coordinator's charge is a real Skellam charge
+        let mut ledger = Accountant::new();
+        plan.charge_skellam(&mut ledger, &round).unwrap();
+        assert!(ledger.epsilon(1e-5).unwrap().0 > 0.0);
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub enum PrivacyMode {
     /// Each partner's whole contribution: updates clipped by the partners, Gaussian noise
     /// added by the coordinator to the unmasked sum.
     PartnerCentral,
+    /// Each partner's whole contribution, trusting no one: every partner adds integer Skellam
+    /// noise to its fixed-point update before masking, scaled so that any `t` survivors
+    /// together carry the target noise; the coordinator only ever sees the noised sum.
+    PartnerDistributed,
 }
 
 /// `[privacy]`.
@@ -507,6 +511,12 @@ impl JobSpec {
             return Err(invalid(
                 "privacy.sampling_rate",
                 format!("must be in (0, 1], got {}", p.sampling_rate),
+            ));
+        }
+        if p.mode == PrivacyMode::PartnerDistributed && !self.aggregation.secure {
+            return Err(invalid(
+                "privacy.mode",
+                "\"partner-distributed\" needs aggregation.secure = true (each partner's noise alone is too small to hide its update)",
             ));
         }
         let bins = self.evaluation.histogram_bins;

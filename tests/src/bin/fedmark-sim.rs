@@ -45,8 +45,9 @@ struct Cli {
     /// Secure aggregation on or off (overrides the spec).
     #[arg(long, value_parser = ["on", "off"])]
     secure_agg: Option<String>,
-    /// Differential privacy: none, record or partner-central (overrides the spec).
-    #[arg(long, value_parser = ["none", "record", "partner-central"])]
+    /// Differential privacy: none, record, partner-central or partner-distributed (overrides
+    /// the spec).
+    #[arg(long, value_parser = ["none", "record", "partner-central", "partner-distributed"])]
     dp: Option<String>,
     /// Total ε budget (overrides the spec; the noise is calibrated to it).
     #[arg(long)]
@@ -124,6 +125,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     opts.dp_mode = cli.dp.as_deref().map(|m| match m {
         "record" => fedmark_core::spec::PrivacyMode::Record,
         "partner-central" => fedmark_core::spec::PrivacyMode::PartnerCentral,
+        "partner-distributed" => fedmark_core::spec::PrivacyMode::PartnerDistributed,
         _ => fedmark_core::spec::PrivacyMode::None,
     });
     opts.epsilon = cli.epsilon;
