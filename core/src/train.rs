@@ -60,26 +60,14 @@ pub fn train_local<R: Rng + ?Sized>(
         for batch in order.chunks(cfg.batch_size.max(1)) {
             grad.iter_mut().for_each(|g| *g = 0.0);
             loss += model.accumulate_gradient(data, batch, &mut grad);
-            let step = cfg.learning_rate / batch.len() as f64;
-            for (p, g) in model.params.iter_mut().zip(&grad) {
-                *p -= step * g;
-            }
-            // Weight decay and the proximal pull act on every parameter they cover, so they are
-            // applied as separate passes rather than through the (sparse) data gradient.
-            if cfg.l2 > 0.0 {
-                let shrink = 1.0 - cfg.learning_rate * cfg.l2;
-                for r in &decay {
-                    model.params[r.clone()]
-                        .iter_mut()
-                        .for_each(|p| *p *= shrink);
-                }
-            }
-            if let Some(anchor) = &anchor {
-                let k = cfg.learning_rate * cfg.prox_mu;
-                for (p, a) in model.params.iter_mut().zip(anchor) {
-                    *p -= k * (*p - a);
-                }
-            }
+            apply_step(
+                model,
+                &grad,
+                cfg.learning_rate / batch.len() as f64,
+                cfg,
+                &decay,
+                anchor.as_deref(),
+            );
         }
         last_epoch_loss = loss / data.len() as f64;
     }
@@ -141,26 +129,46 @@ pub fn train_dp_sgd<R: Rng + ?Sized>(
         if dp.noise_multiplier > 0.0 {
             crate::dp::add_gaussian_noise(&mut sum, dp.noise_multiplier, dp.clip, rng)?;
         }
-        let step = cfg.learning_rate / expected_batch;
-        for (w, g) in model.params.iter_mut().zip(&sum) {
-            *w -= step * g;
-        }
-        if cfg.l2 > 0.0 {
-            let shrink = 1.0 - cfg.learning_rate * cfg.l2;
-            for range in &decay {
-                model.params[range.clone()]
-                    .iter_mut()
-                    .for_each(|w| *w *= shrink);
-            }
-        }
-        if let Some(anchor) = &anchor {
-            let k = cfg.learning_rate * cfg.prox_mu;
-            for (w, a) in model.params.iter_mut().zip(anchor) {
-                *w -= k * (*w - a);
-            }
-        }
+        apply_step(
+            model,
+            &sum,
+            cfg.learning_rate / expected_batch,
+            cfg,
+            &decay,
+            anchor.as_deref(),
+        );
     }
     Ok(if seen > 0 { loss / seen as f64 } else { 0.0 })
+}
+
+/// One SGD step `w −= step · grad`, then L2 weight decay and the FedProx pull towards
+/// `anchor`. Decay and pull act on every parameter they cover, so they are applied as separate
+/// passes rather than through the (sparse) data gradient.
+fn apply_step(
+    model: &mut Model,
+    grad: &[f64],
+    step: f64,
+    cfg: &LocalTraining,
+    decay: &[std::ops::Range<usize>],
+    anchor: Option<&[f64]>,
+) {
+    for (w, g) in model.params.iter_mut().zip(grad) {
+        *w -= step * g;
+    }
+    if cfg.l2 > 0.0 {
+        let shrink = 1.0 - cfg.learning_rate * cfg.l2;
+        for range in decay {
+            model.params[range.clone()]
+                .iter_mut()
+                .for_each(|w| *w *= shrink);
+        }
+    }
+    if let Some(anchor) = anchor {
+        let k = cfg.learning_rate * cfg.prox_mu;
+        for (w, a) in model.params.iter_mut().zip(anchor) {
+            *w -= k * (*w - a);
+        }
+    }
 }
 
 /// Scales `v` down to L2 norm at most `bound`; returns the norm before clipping.
