@@ -26,6 +26,8 @@ use tracing::{debug, info, warn};
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 /// How long a new session may take to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 receive window per stream and per connection (eight 64 KiB input chunks).
+const RECEIVE_WINDOW: u32 = 512 * 1024;
 /// Outbound messages buffered per session before sending waits.
 const OUTBOUND_BUFFER: usize = 4;
 
@@ -160,6 +162,10 @@ pub async fn serve(
     info!(addr = ?addr, "coordinator listening");
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // Small HTTP/2 receive windows bound what a partner can have in flight unread, so the
+        // coordinator's memory stays one vector plus a small constant per partner.
+        .initial_stream_window_size(RECEIVE_WINDOW)
+        .initial_connection_window_size(RECEIVE_WINDOW)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
