@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use fedmark_core::secagg::valid_partner_id;
 use serde::Deserialize;
 
 /// Why a client configuration was refused.
@@ -180,15 +181,6 @@ impl ClientConfig {
         }
         Ok(())
     }
-}
-
-/// Partner ids are short and plain so they are safe in logs, file names and reports.
-pub fn valid_partner_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fedmark_core::secagg::valid_partner_id;
 use fedmark_proto::coordinator_server::{Coordinator, CoordinatorServer};
 use fedmark_proto::{
     ClientMessage, PROTOCOL_VERSION, ServerMessage, Welcome, client_message, server_message,
@@ -170,14 +171,6 @@ pub async fn serve(
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
-}
-
-fn valid_partner_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 #[tonic::async_trait]

@@ -272,13 +272,6 @@ impl RunningSum {
         }
     }
 
-    /// Subtracts a whole vector.
-    pub fn sub_all(&mut self, v: &[u32]) {
-        for (s, &w) in self.sum.iter_mut().zip(v) {
-            *s = s.wrapping_sub(w);
-        }
-    }
-
     /// The current sum.
     pub fn as_slice(&self) -> &[u32] {
         &self.sum

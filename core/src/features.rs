@@ -176,21 +176,6 @@ impl RawRows {
         &self.slots[r * self.n_categorical..(r + 1) * self.n_categorical]
     }
 
-    /// The rows at `indices`, in that order.
-    pub fn select(&self, indices: &[usize]) -> RawRows {
-        let mut out = RawRows {
-            n_numeric: self.n_numeric,
-            n_categorical: self.n_categorical,
-            ..RawRows::default()
-        };
-        for &r in indices {
-            out.numeric.extend_from_slice(self.numeric_row(r));
-            out.slots.extend_from_slice(self.slot_row(r));
-            out.labels.push(self.labels[r]);
-        }
-        out
-    }
-
     /// Per numeric column: (count, sum, sum of squares) — this partner's share of the
     /// federated statistics.
     pub fn moments(&self) -> Vec<[f64; 3]> {
@@ -231,14 +216,6 @@ impl Standardizer {
             })
             .unzip();
         Self { mean, std }
-    }
-
-    /// The identity transform for `n` columns.
-    pub fn identity(n: usize) -> Self {
-        Self {
-            mean: vec![0.0; n],
-            std: vec![1.0; n],
-        }
     }
 
     fn apply(&self, j: usize, x: f64) -> f64 {

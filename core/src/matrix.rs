@@ -65,18 +65,6 @@ impl CsrMatrix {
             out[j as usize] += alpha * v;
         }
     }
-
-    /// The rows at `indices`, in that order.
-    pub fn select(&self, indices: &[usize]) -> CsrMatrix {
-        let mut m = CsrMatrix::with_capacity(self.cols, indices.len(), 0);
-        for &r in indices {
-            let (idx, val) = self.row(r);
-            m.indices.extend_from_slice(idx);
-            m.values.extend_from_slice(val);
-            m.row_start.push(m.indices.len());
-        }
-        m
-    }
 }
 
 /// Inputs with their 0/1 labels.
@@ -98,14 +86,6 @@ impl Dataset {
     pub fn is_empty(&self) -> bool {
         self.y.is_empty()
     }
-
-    /// The examples at `indices`.
-    pub fn select(&self, indices: &[usize]) -> Dataset {
-        Dataset {
-            x: self.x.select(indices),
-            y: indices.iter().map(|&i| self.y[i]).collect(),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -126,8 +106,6 @@ mod tests {
         m.add_row_scaled(0, 0.5, &mut g);
         m.add_row_scaled(2, 2.0, &mut g);
         assert_eq!(g, [0.5, -2.0, 0.0, 1.0]);
-        let s = m.select(&[2, 0]);
-        assert_eq!(s.row(0), (&[1u32][..], &[-1.0][..]));
-        assert_eq!(s.row(1).0, &[0, 3]);
+        assert_eq!(m.row(2), (&[1u32][..], &[-1.0][..]));
     }
 }

@@ -147,6 +147,16 @@ fn from_hex32(s: &str) -> Result<[u8; 32], HexKeyError> {
     Ok(out)
 }
 
+/// Partner ids are short and plain so they are safe in logs, file names and reports; every
+/// side (roster, client config, coordinator sessions) applies this one rule.
+pub fn valid_partner_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 /// Makes a new long-term identity key.
 pub fn generate_identity<R: CryptoRng + ?Sized>(rng: &mut R) -> SigningKey {
     SigningKey::generate(rng)
@@ -191,6 +201,9 @@ pub enum RosterError {
     /// Two entries with one id.
     #[error("partner {0:?} appears twice in the roster")]
     DuplicateId(String),
+    /// An id that is not 1-64 letters, digits, `_`, `-`, `.`.
+    #[error("partner id {0:?} must be 1-64 characters of letters, digits, `_`, `-`, `.`")]
+    BadId(String),
     /// An entry whose public key cannot be read.
     #[error("public_key of partner {partner:?}: {source}")]
     Key {
@@ -272,6 +285,9 @@ impl Roster {
     pub fn insert(&mut self, id: String, key: VerifyingKey) -> Result<(), RosterError> {
         if id.is_empty() {
             return Err(RosterError::EmptyId(self.partners.len()));
+        }
+        if !valid_partner_id(&id) {
+            return Err(RosterError::BadId(id));
         }
         if self.partners.contains_key(&id) {
             return Err(RosterError::DuplicateId(id));
@@ -567,9 +583,12 @@ mod tests {
             Roster::from_toml(&roster.to_toml().unwrap()),
             Ok(roster.clone())
         );
+        // An id no client or coordinator would accept is refused by the roster too.
         let mut odd = Roster::new();
-        odd.insert("quote\"and\u{7}bell".into(), a).unwrap();
-        assert_eq!(Roster::from_toml(&odd.to_toml().unwrap()), Ok(odd));
+        assert_eq!(
+            odd.insert("quote\"and\u{7}bell".into(), a),
+            Err(RosterError::BadId("quote\"and\u{7}bell".into()))
+        );
         assert!(Roster::from_toml("").unwrap().is_empty());
     }
 
@@ -597,6 +616,11 @@ mod tests {
             Roster::from_toml(&roster_text(&[("shop", format!("zz{}", &key[2..]))])),
             Err(RosterError::Key { partner, source: HexKeyError::BadHex { position: 0 } }) if partner == "shop"
         ));
+        assert_eq!(
+            Roster::from_toml(&roster_text(&[("a b", key.clone())])),
+            Err(RosterError::BadId("a b".into())),
+            "ids with spaces are refused at the roster, as by clients and the coordinator"
+        );
         assert_eq!(
             Roster::from_toml(&roster_text(&[("", key.clone())])),
             Err(RosterError::EmptyId(0))

@@ -43,7 +43,10 @@ pub mod shamir;
 pub use client::{ClientPhase, ClientPolicy, ClientRound};
 pub use error::SecAggError;
 pub use graph::{GraphSpec, NeighbourGraph, recommended_degree, recommended_threshold};
-pub use keys::{Roster, RosterError, RoundId, generate_identity, parse_public_key, public_key_hex};
+pub use keys::{
+    Roster, RosterError, RoundId, generate_identity, parse_public_key, public_key_hex,
+    valid_partner_id,
+};
 pub use message::{Envelope, KeyAdvertisement, RevealedShare, ShareKind, SignedKeys};
 pub use params::RoundParams;
 pub use server::{ServerPhase, ServerRound};
