@@ -933,6 +933,7 @@ impl Node {
                     offset: a as u64,
                     values: words[a..b].to_vec(),
                     last: i + 1 == chunks,
+                    consent_snapshot: String::new(),
                 }),
             )
             .await?;

@@ -2,12 +2,13 @@
 //!
 //! Everything that the coordinator and the partners must agree on lives here once, with no
 //! I/O: the job spec, the feature pipeline, the models and their training, the metrics, the
-//! fixed-point codec and the layout of what a partner contributes to a round. Randomness is
-//! always passed in, so every function is deterministic under a seeded generator and testable
-//! without a network.
+//! fixed-point codec, the layout of what a partner contributes to a round, and the hash-chained
+//! audit record both sides keep. Randomness is always passed in, so every function is
+//! deterministic under a seeded generator and testable without a network.
 
 pub mod accountant;
 pub mod aggregate;
+pub mod audit;
 pub mod budget;
 pub mod codec;
 pub mod dp;

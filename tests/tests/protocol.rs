@@ -120,6 +120,7 @@ async fn a_partner_breaking_off_mid_input_makes_the_round_retry_without_it() {
                         offset: 0,
                         values: vec![0; s.vector_len as usize],
                         last: true,
+                        consent_snapshot: String::new(),
                     };
                     tx.send(msg(client_message::Body::Input(zeros)))
                         .await
@@ -137,6 +138,7 @@ async fn a_partner_breaking_off_mid_input_makes_the_round_retry_without_it() {
                             offset,
                             values: vec![1; 10],
                             last,
+                            consent_snapshot: String::new(),
                         }))
                     };
                     tx.send(chunk(stale, 0, false)).await.unwrap();
