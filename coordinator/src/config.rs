@@ -46,6 +46,10 @@ pub struct CoordinatorConfig {
     /// Folder for the model and report (relative to the config file).
     #[serde(default = "default_out")]
     pub out_dir: PathBuf,
+    /// The durable store's folder (relative to the config file); made by
+    /// `fedmark-coordinator init`, only opened by `serve`.
+    #[serde(default = "default_data")]
+    pub data_dir: PathBuf,
     /// The roster file (`[[partner]] id, public_key`): the partners allowed to join, with their
     /// Ed25519 identity keys. The job waits for all of them. Relative to the config file.
     pub roster: PathBuf,
@@ -59,6 +63,9 @@ pub struct CoordinatorConfig {
 
 fn default_out() -> PathBuf {
     PathBuf::from("out")
+}
+fn default_data() -> PathBuf {
+    PathBuf::from("data")
 }
 fn default_join() -> u64 {
     120
@@ -79,15 +86,12 @@ impl CoordinatorConfig {
             path: shown,
             reason: e.to_string(),
         })?;
-        if cfg.roster.is_relative()
-            && let Some(dir) = path.parent()
-        {
-            cfg.roster = dir.join(&cfg.roster);
-        }
-        if cfg.out_dir.is_relative()
-            && let Some(dir) = path.parent()
-        {
-            cfg.out_dir = dir.join(&cfg.out_dir);
+        for p in [&mut cfg.roster, &mut cfg.out_dir, &mut cfg.data_dir] {
+            if p.is_relative()
+                && let Some(dir) = path.parent()
+            {
+                *p = dir.join(&*p);
+            }
         }
         cfg.validate()?;
         Ok(cfg)

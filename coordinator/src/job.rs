@@ -40,8 +40,10 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::report::{FinalMetrics, JobReport, PrivacyReport, RoundRecord};
-use crate::round::{RoundError, RoundOutput, RoundPlan, SecureSetup, run_round};
+use crate::round::{PausePoint, RoundError, RoundOutput, RoundPlan, SecureSetup, run_round};
 use crate::service::{Event, Sessions};
+use crate::store::{AuditEvent, Checkpoint, JobRecord, JobStatus, Store, StoreError, model_sha256};
+use serde_json::json;
 
 /// Why a job could not complete.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +86,19 @@ pub enum JobError {
     /// The event stream ended (the server stopped).
     #[error("the coordinator's server stopped during the job")]
     ServerStopped,
+    /// The durable store failed; nothing past its last commit was released.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store holds this job already ended.
+    #[error("job {id} already ended ({status:?}): {reason}")]
+    AlreadyEnded {
+        /// Job id.
+        id: String,
+        /// How it ended.
+        status: JobStatus,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Timing and membership settings of a run.
@@ -97,6 +112,12 @@ pub struct RunSettings {
     pub phase_timeout: Duration,
     /// Every partner's identity key (checked in secure aggregation).
     pub roster: Arc<Roster>,
+    /// The durable store the job commits to (in memory for simulations).
+    pub store: Store,
+    /// Who submitted the job, for the audit record.
+    pub submitted_by: String,
+    /// Crash-test fault injection (`FEDMARK_TEST_PAUSE_AT`); None in normal runs.
+    pub pause_at: Option<PausePoint>,
 }
 
 /// A round-relevant event, after the hub has handled joins and offer replies.
@@ -133,6 +154,8 @@ pub struct Hub {
     /// The latest session of each partner that connected.
     sessions_seen: BTreeMap<String, u64>,
     stopped: bool,
+    /// Where offer answers are audited.
+    store: Option<Store>,
 }
 
 impl Hub {
@@ -152,6 +175,34 @@ impl Hub {
             refused: BTreeMap::new(),
             sessions_seen: BTreeMap::new(),
             stopped: false,
+            store: None,
+        }
+    }
+
+    /// Audits offer answers to `store` from now on.
+    pub fn audit_to(&mut self, store: Store) {
+        self.store = Some(store);
+    }
+
+    fn audit_offer(&self, partner: &str, accepted: bool, reason: &str) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let event = if accepted {
+            (
+                "offer_accepted",
+                json!({"job": self.job_id, "partner": partner}),
+            )
+        } else {
+            (
+                "offer_refused",
+                json!({"job": self.job_id, "partner": partner, "reason": reason}),
+            )
+        };
+        // The audit write failing must not hide the answer; the error is logged and the
+        // job's commits (which do fail hard) follow.
+        if let Err(e) = store.audit(vec![event]) {
+            warn!(error = %e, "could not audit an offer answer");
         }
     }
 
@@ -205,10 +256,12 @@ impl Hub {
                             warn!(partner = %partner, "offer reply for another job; ignored");
                         } else if r.accept {
                             info!(partner = %partner, "partner accepted the job");
+                            self.audit_offer(&partner, true, "");
                             self.refused.remove(&partner);
                             self.accepted.insert(partner);
                         } else {
                             warn!(partner = %partner, reason = %r.reason, "partner refused the job");
+                            self.audit_offer(&partner, false, &r.reason);
                             self.accepted.remove(&partner);
                             let fin = JobFinished {
                                 job_id: self.job_id.clone(),
@@ -260,7 +313,176 @@ pub struct JobOutcome {
     pub standardizer: Standardizer,
 }
 
-/// Runs a job to its end.
+/// Where a job starts: fresh, or from its last committed round.
+struct JobState {
+    model: Model,
+    optimizer: ServerOptimizer,
+    standardizer: Standardizer,
+    training_rows: f64,
+    ledger: Accountant,
+    records: Vec<RoundRecord>,
+    /// The first training round still to run.
+    next_round: u64,
+}
+
+/// The outcome of a job the store holds as finished, rebuilt from its report and its last
+/// checkpoint (a coordinator restarted after the job ended writes its results again).
+pub fn stored_outcome(
+    store: &Store,
+    spec: &JobSpec,
+    id: &str,
+) -> Result<Option<JobOutcome>, JobError> {
+    let Some(job) = store.job(id)? else {
+        return Ok(None);
+    };
+    if job.status != JobStatus::Finished {
+        return Ok(None);
+    }
+    let corrupt = |reason: String| {
+        JobError::Store(StoreError::Corrupt {
+            path: "store".into(),
+            what: format!("job {id}"),
+            reason,
+        })
+    };
+    let report: JobReport = serde_json::from_value(job.report.unwrap_or_default())
+        .map_err(|e| corrupt(format!("report: {e}")))?;
+    let restored = store
+        .checkpoint(id, None)?
+        .ok_or_else(|| corrupt("finished without a checkpoint".into()))?;
+    let arch = Architecture::from_spec(spec);
+    let dim = FeatureSchema::from_spec(spec).dim();
+    let mut model = Model::zeros(arch, dim);
+    if model.params.len() != restored.model.len() {
+        return Err(corrupt(
+            "the checkpoint's model does not fit the spec".into(),
+        ));
+    }
+    model.params = restored.model;
+    Ok(Some(JobOutcome {
+        report,
+        model,
+        standardizer: Standardizer {
+            mean: restored.checkpoint.feature_mean,
+            std: restored.checkpoint.feature_std,
+        },
+    }))
+}
+
+/// Registers the job in the store, or finds where a restarted coordinator left it.
+fn register(
+    hub: &Hub,
+    spec: &JobSpec,
+    settings: &RunSettings,
+) -> Result<Option<JobState>, JobError> {
+    let store = &settings.store;
+    let id = &hub.job_id;
+    match store.job(id)? {
+        None => {
+            let record = JobRecord {
+                id: id.clone(),
+                spec_toml: hub.spec_toml.clone(),
+                submitted_by: settings.submitted_by.clone(),
+                submitted_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                status: JobStatus::Running,
+                reason: None,
+                report: None,
+            };
+            store.submit_job(
+                &record,
+                vec![(
+                    "job_submitted",
+                    json!({
+                        "job": id, "by": settings.submitted_by, "name": spec.job.name,
+                        "purpose": spec.job.purpose, "rounds": spec.job.rounds,
+                        "spec_sha256": fedmark_core::audit::sha256_hex(hub.spec_toml.as_bytes()),
+                        "privacy_mode": format!("{:?}", spec.privacy.mode),
+                    }),
+                )],
+            )?;
+            Ok(None)
+        }
+        Some(job) if job.status == JobStatus::Running => {
+            let Some(restored) = store.checkpoint(id, None)? else {
+                store.audit(vec![("job_resumed", json!({"job": id, "from_round": 0}))])?;
+                return Ok(None);
+            };
+            let cp = restored.checkpoint;
+            let arch = Architecture::from_spec(spec);
+            let mut model = Model::zeros(arch, FeatureSchema::from_spec(spec).dim());
+            let mut optimizer = ServerOptimizer::from_spec(spec, model.params.len());
+            if model.params.len() != restored.model.len() || !optimizer.restore(&restored.optimizer)
+            {
+                return Err(JobError::Store(StoreError::Corrupt {
+                    path: "store".into(),
+                    what: format!("checkpoint of job {id} round {}", cp.round),
+                    reason: "its vectors do not fit the spec".into(),
+                }));
+            }
+            model.params = restored.model;
+            info!(job = %id, round = cp.round, "resuming after the last committed round");
+            store.audit(vec![(
+                "job_resumed",
+                json!({"job": id, "from_round": cp.round + 1, "model_sha256": cp.model_sha256}),
+            )])?;
+            Ok(Some(JobState {
+                model,
+                optimizer,
+                standardizer: Standardizer {
+                    mean: cp.feature_mean,
+                    std: cp.feature_std,
+                },
+                training_rows: cp.training_rows,
+                ledger: cp.ledger,
+                records: cp.records,
+                next_round: cp.round + 1,
+            }))
+        }
+        Some(job) => Err(JobError::AlreadyEnded {
+            id: id.clone(),
+            status: job.status,
+            reason: job.reason.unwrap_or_default(),
+        }),
+    }
+}
+
+/// Commits round `state.next_round - 1` with its audit events: the only way a round's result
+/// becomes part of the job.
+fn commit(
+    store: &Store,
+    job_id: &str,
+    state: &JobState,
+    mut event: serde_json::Value,
+) -> Result<(), JobError> {
+    let round = state.next_round - 1;
+    let model_hash = model_sha256(&state.model.params);
+    event["job"] = json!(job_id);
+    event["round"] = json!(round);
+    event["model_sha256"] = json!(model_hash);
+    let checkpoint = Checkpoint {
+        round,
+        model_len: state.model.params.len(),
+        model_sha256: model_hash,
+        feature_mean: state.standardizer.mean.clone(),
+        feature_std: state.standardizer.std.clone(),
+        training_rows: state.training_rows,
+        ledger: state.ledger.clone(),
+        records: state.records.clone(),
+    };
+    store.commit_round(
+        job_id,
+        &checkpoint,
+        &state.model.params,
+        &state.optimizer.state(),
+        vec![("round_committed", event)],
+    )?;
+    Ok(())
+}
+
+/// Runs a job to its end, committing every round to the store; a job the store holds as
+/// running resumes after its last committed round.
 pub async fn run_job(
     mut hub: Hub,
     spec: JobSpec,
@@ -269,44 +491,71 @@ pub async fn run_job(
 ) -> Result<JobOutcome, JobError> {
     let started = Instant::now();
     let job_id = hub.job_id.clone();
+    let store = settings.store.clone();
+    let resumed = register(&hub, &spec, &settings)?;
+    hub.audit_to(store.clone());
     let min = spec.aggregation.min_participants as usize;
     wait_for_partners(&mut hub, &settings, min).await?;
     info!(job = %job_id, partners = hub.accepted.len(), "job starting");
 
     let schema = FeatureSchema::from_spec(&spec);
-    let arch = Architecture::from_spec(&spec);
-    let mut rng = StdRng::seed_from_u64(spec.job.seed);
-    let mut model = Model::init(arch, schema.dim(), &mut rng);
-    let mut optimizer = ServerOptimizer::from_spec(&spec, model.params.len());
-    let mut records = Vec::new();
-
-    // Round 0: feature statistics.
-    let (out, _, _, _, _) = run_with_retries(
-        &mut hub,
-        &spec,
-        &settings,
-        &mut rng,
-        0,
-        RoundKind::Statistics,
-        None,
-        None,
-    )
-    .await?;
-    let moments: Vec<[f64; 3]> = out.stats.chunks(3).map(|c| [c[0], c[1], c[2]]).collect();
-    let standardizer = Standardizer::from_moments(&moments);
-    let training_rows = moments.first().map_or(0.0, |m| m[0]);
-    info!(job = %job_id, training_rows, "feature statistics agreed");
+    let mut state = match resumed {
+        Some(state) => state,
+        None => {
+            let arch = Architecture::from_spec(&spec);
+            let mut rng = StdRng::seed_from_u64(spec.job.seed);
+            let model = Model::init(arch, schema.dim(), &mut rng);
+            let optimizer = ServerOptimizer::from_spec(&spec, model.params.len());
+            // Round 0: feature statistics.
+            let done = run_with_retries(
+                &mut hub,
+                &spec,
+                &settings,
+                0,
+                RoundKind::Statistics,
+                None,
+                None,
+            )
+            .await?;
+            let moments: Vec<[f64; 3]> = done
+                .sum
+                .stats
+                .chunks(3)
+                .map(|c| [c[0], c[1], c[2]])
+                .collect();
+            let state = JobState {
+                model,
+                optimizer,
+                standardizer: Standardizer::from_moments(&moments),
+                training_rows: moments.first().map_or(0.0, |m| m[0]),
+                ledger: Accountant::new(),
+                records: Vec::new(),
+                next_round: 1,
+            };
+            commit(
+                &store,
+                &job_id,
+                &state,
+                json!({
+                    "kind": "statistics", "attempt": done.attempt,
+                    "participants": done.output.survivors, "dropped": done.output.dropped,
+                    "consent_snapshots": done.output.consent,
+                }),
+            )?;
+            info!(job = %job_id, training_rows = state.training_rows, "feature statistics agreed");
+            state
+        }
+    };
 
     let bins = spec.evaluation.histogram_bins as usize;
     let privacy = PrivacyPlan::from_spec(&spec)?;
     if let Some(plan) = &privacy {
         info!(job = %job_id, mode = ?plan.mode, noise_multiplier = plan.noise_multiplier, epsilon = plan.epsilon, delta = plan.delta, "privacy plan");
     }
-    let mut ledger = Accountant::new();
     // Central noise must be unpredictable to everyone, the job's seed included.
     let mut noise_rng = StdRng::from_rng(&mut rand::rng());
     let mut stop_reason = format!("completed {} rounds", spec.job.rounds);
-    for round in 1..=u64::from(spec.job.rounds) {
+    for round in state.next_round..=u64::from(spec.job.rounds) {
         if let Some(plan) = &privacy {
             let next = match plan.mode {
                 PrivacyMode::PartnerDistributed => {
@@ -316,17 +565,17 @@ pub async fn run_job(
                     if spec.aggregation.cohort_size > 0 {
                         n = n.min(spec.aggregation.cohort_size as usize);
                     }
-                    let layout = RoundKind::Training.layout(&spec, model.params.len(), n)?;
+                    let layout = RoundKind::Training.layout(&spec, state.model.params.len(), n)?;
                     let t = noise_threshold(&spec, n);
                     let scale = layout.update_codec.map_or(1.0, |c| c.scale);
-                    let mut next = ledger.clone();
+                    let mut next = state.ledger.clone();
                     plan.charge_skellam(
                         &mut next,
                         &plan.skellam_round(scale, layout.update_len, t),
                     )?;
                     next.epsilon(plan.delta)?.0
                 }
-                _ => plan.epsilon_after_round(&ledger)?,
+                _ => plan.epsilon_after_round(&state.ledger)?,
             };
             if next > plan.epsilon {
                 stop_reason = format!(
@@ -338,21 +587,20 @@ pub async fn run_job(
             }
         }
         let t0 = Instant::now();
-        let shared = Some(Arc::new(model.params.clone()));
-        let (out, output, attempts, layout, cohort) = run_with_retries(
+        let shared = Some(Arc::new(state.model.params.clone()));
+        let done = run_with_retries(
             &mut hub,
             &spec,
             &settings,
-            &mut rng,
             round,
             RoundKind::Training,
             shared,
-            Some(standardizer.clone()),
+            Some(state.standardizer.clone()),
         )
         .await?;
-        let weight = out.stats[0];
-        let eval = eval_stats_from_slice(&out.stats[1..], bins).metrics();
-        let mut update = out.update;
+        let weight = done.sum.stats[0];
+        let eval = eval_stats_from_slice(&done.sum.stats[1..], bins).metrics();
+        let mut update = done.sum.update;
         let mut epsilon = None;
         if let Some(plan) = &privacy {
             if plan.mode == PrivacyMode::PartnerCentral {
@@ -363,26 +611,44 @@ pub async fn run_job(
                     &mut noise_rng,
                 )?;
             }
-            // Charged with the release of this round's result.
-            match (plan.mode, layout.update_codec) {
+            // Charged with the release of this round's result (one commit below).
+            match (plan.mode, done.layout.update_codec) {
                 (PrivacyMode::PartnerDistributed, Some(codec)) => {
-                    let t = noise_threshold(&spec, cohort);
+                    let t = noise_threshold(&spec, done.cohort);
                     plan.charge_skellam(
-                        &mut ledger,
-                        &plan.skellam_round(codec.scale, layout.update_len, t),
+                        &mut state.ledger,
+                        &plan.skellam_round(codec.scale, done.layout.update_len, t),
                     )?;
                 }
-                _ => plan.charge_round(&mut ledger)?,
+                _ => plan.charge_round(&mut state.ledger)?,
             }
-            epsilon = Some(ledger.epsilon(plan.delta)?.0);
+            epsilon = Some(state.ledger.epsilon(plan.delta)?.0);
         }
         if weight > 0.0 {
             let avg: Vec<f64> = update.iter().map(|u| u / weight).collect();
-            optimizer.step(&mut model.params, &avg);
+            state.optimizer.step(&mut state.model.params, &avg);
         }
-        let mut record =
-            RoundRecord::new(round, attempts, &output, &eval, t0.elapsed().as_secs_f64());
+        let mut record = RoundRecord::new(
+            round,
+            done.attempts,
+            &done.output,
+            &eval,
+            t0.elapsed().as_secs_f64(),
+        );
         record.epsilon = epsilon;
+        state.records.push(record.clone());
+        state.next_round = round + 1;
+        commit(
+            &store,
+            &job_id,
+            &state,
+            json!({
+                "kind": "training", "attempt": done.attempt,
+                "participants": done.output.survivors, "dropped": done.output.dropped,
+                "consent_snapshots": done.output.consent, "epsilon": epsilon,
+                "auc": eval.auc, "log_loss": eval.log_loss,
+            }),
+        )?;
         info!(
             round,
             participants = record.participants,
@@ -392,12 +658,12 @@ pub async fn run_job(
             seconds = record.seconds,
             "round complete"
         );
-        for p in &output.survivors {
+        for p in &done.output.survivors {
             let result = fedmark_proto::RoundResult {
                 round: Some(RoundRef {
                     job_id: job_id.clone(),
                     round,
-                    attempt: attempts - 1,
+                    attempt: done.attempt,
                 }),
                 participants: record.participants,
                 auc: eval.auc,
@@ -409,27 +675,70 @@ pub async fn run_job(
                 .await;
         }
         if let Some(tx) = &progress {
-            let _ = tx.send(record.clone());
+            let _ = tx.send(record);
         }
-        records.push(record);
     }
 
     // Final evaluation of the last model.
     let final_round = u64::from(spec.job.rounds) + 1;
-    let shared = Some(Arc::new(model.params.clone()));
-    let (out, output, _, _, _) = run_with_retries(
+    let shared = Some(Arc::new(state.model.params.clone()));
+    let done = run_with_retries(
         &mut hub,
         &spec,
         &settings,
-        &mut rng,
         final_round,
         RoundKind::Evaluation,
         shared,
-        Some(standardizer.clone()),
+        Some(state.standardizer.clone()),
     )
     .await?;
-    let final_metrics = eval_stats_from_slice(&out.stats, bins).metrics();
+    let final_metrics = eval_stats_from_slice(&done.sum.stats, bins).metrics();
     info!(job = %job_id, auc = final_metrics.auc, log_loss = final_metrics.log_loss, "job finished");
+    let report = JobReport {
+        job_id: job_id.clone(),
+        name: spec.job.name.clone(),
+        purpose: spec.job.purpose.clone(),
+        model_kind: format!("{:?}", spec.model.kind).to_lowercase(),
+        model_params: state.model.params.len(),
+        input_dim: schema.dim(),
+        secure_aggregation: spec.aggregation.secure,
+        partners_accepted: hub.accepted.iter().cloned().collect(),
+        partners_refused: hub.refused.clone(),
+        training_rows: state.training_rows,
+        evaluated_by: done.output.survivors.len() as u32,
+        rounds: state.records,
+        final_metrics: FinalMetrics::from(&final_metrics),
+        seconds: started.elapsed().as_secs_f64(),
+        peak_rss_bytes: None,
+        stop_reason: stop_reason.clone(),
+        privacy: privacy.map(|plan| PrivacyReport {
+            mode: format!("{:?}", plan.mode),
+            noise_multiplier: plan.noise_multiplier,
+            clip: plan.clip,
+            epsilon_budget: plan.epsilon,
+            epsilon_spent: state
+                .ledger
+                .epsilon(plan.delta)
+                .map(|e| e.0)
+                .unwrap_or(f64::NAN),
+            delta: plan.delta,
+        }),
+    };
+    store.end_job(
+        &job_id,
+        JobStatus::Finished,
+        &stop_reason,
+        Some(serde_json::to_value(&report).unwrap_or_default()),
+        vec![(
+            "job_finished",
+            json!({
+                "job": job_id, "reason": stop_reason, "rounds": report.rounds.len(),
+                "auc": final_metrics.auc, "model_sha256": model_sha256(&state.model.params),
+                "epsilon": report.privacy.as_ref().map(|p| p.epsilon_spent),
+                "evaluated_by": done.output.survivors,
+            }),
+        )],
+    )?;
     for p in hub.sessions.connected() {
         let fin = JobFinished {
             job_id: job_id.clone(),
@@ -439,36 +748,10 @@ pub async fn run_job(
             .send(&p, server_message::Body::Finished(fin))
             .await;
     }
-    let report = JobReport {
-        job_id,
-        name: spec.job.name.clone(),
-        purpose: spec.job.purpose.clone(),
-        model_kind: format!("{:?}", spec.model.kind).to_lowercase(),
-        model_params: model.params.len(),
-        input_dim: schema.dim(),
-        secure_aggregation: spec.aggregation.secure,
-        partners_accepted: hub.accepted.iter().cloned().collect(),
-        partners_refused: hub.refused.clone(),
-        training_rows,
-        evaluated_by: output.survivors.len() as u32,
-        rounds: records,
-        final_metrics: FinalMetrics::from(&final_metrics),
-        seconds: started.elapsed().as_secs_f64(),
-        peak_rss_bytes: None,
-        stop_reason,
-        privacy: privacy.map(|plan| PrivacyReport {
-            mode: format!("{:?}", plan.mode),
-            noise_multiplier: plan.noise_multiplier,
-            clip: plan.clip,
-            epsilon_budget: plan.epsilon,
-            epsilon_spent: ledger.epsilon(plan.delta).map(|e| e.0).unwrap_or(f64::NAN),
-            delta: plan.delta,
-        }),
-    };
     Ok(JobOutcome {
         report,
-        model,
-        standardizer,
+        model: state.model,
+        standardizer: state.standardizer,
     })
 }
 
@@ -502,28 +785,33 @@ async fn wait_for_partners(
     Ok(())
 }
 
+/// A round that produced its result.
+struct Done {
+    /// The decoded sum.
+    sum: fedmark_core::aggregate::DecodedSum,
+    /// Who is in it.
+    output: RoundOutput,
+    /// Attempts this run of the coordinator made (1 = no retry).
+    attempts: u32,
+    /// The attempt number of the successful round instance.
+    attempt: u32,
+    /// Its layout.
+    layout: VectorLayout,
+    /// Its cohort size.
+    cohort: usize,
+}
+
 /// Runs round `round` until it succeeds, each attempt with a fresh cohort of the partners
-/// available then. Returns the decoded sum, the output and the number of attempts used.
-#[allow(clippy::too_many_arguments)]
+/// available then and a fresh attempt number from the store.
 async fn run_with_retries(
     hub: &mut Hub,
     spec: &JobSpec,
     settings: &RunSettings,
-    rng: &mut StdRng,
     round: u64,
     kind: RoundKind,
     model: Option<Arc<Vec<f64>>>,
     standardizer: Option<Standardizer>,
-) -> Result<
-    (
-        fedmark_core::aggregate::DecodedSum,
-        RoundOutput,
-        u32,
-        VectorLayout,
-        usize,
-    ),
-    JobError,
-> {
+) -> Result<Done, JobError> {
     let min = spec.aggregation.min_participants as usize;
     let num_params = model.as_ref().map_or(0, |m| m.len());
     let mut last = RoundError::BelowThreshold {
@@ -531,9 +819,15 @@ async fn run_with_retries(
         cohort: 0,
         threshold: min,
     };
-    for attempt in 0..spec.aggregation.max_attempts {
+    for tries in 1..=spec.aggregation.max_attempts {
         let mut cohort = wait_for_available(hub, settings, min).await?;
-        cohort.shuffle(rng);
+        let attempt = settings.store.next_attempt(&hub.job_id, round)?;
+        // The cohort draw depends only on (seed, round, attempt), so a restarted coordinator
+        // draws as an uninterrupted one would have for the same attempt.
+        let mut rng = StdRng::seed_from_u64(
+            spec.job.seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(attempt) << 48,
+        );
+        cohort.shuffle(&mut rng);
         if spec.aggregation.cohort_size > 0 {
             cohort.truncate(spec.aggregation.cohort_size as usize);
         }
@@ -562,6 +856,15 @@ async fn run_with_retries(
             threshold = threshold.max(noise_threshold(spec, n));
         }
         let layout = kind.layout(spec, num_params, n)?;
+        settings.store.audit(vec![(
+            "round_started",
+            json!({
+                "job": hub.job_id, "round": round, "attempt": attempt,
+                "kind": format!("{kind:?}").to_lowercase(), "cohort": cohort,
+                "threshold": threshold, "secure": secure.is_some(),
+                "vector_len": layout.len(),
+            }),
+        )])?;
         let plan = RoundPlan {
             rref: RoundRef {
                 job_id: hub.job_id.clone(),
@@ -576,16 +879,29 @@ async fn run_with_retries(
             standardizer: standardizer.clone(),
             phase_timeout: settings.phase_timeout,
             secure,
+            pause_at: settings.pause_at.clone(),
         };
         match run_round(hub, &plan).await {
             Ok(output) => {
-                let decoded = plan.layout.decode(&output.sum);
-                return Ok((decoded, output, attempt + 1, plan.layout, plan.cohort.len()));
+                let sum = plan.layout.decode(&output.sum);
+                return Ok(Done {
+                    sum,
+                    output,
+                    attempts: tries,
+                    attempt,
+                    layout: plan.layout,
+                    cohort: plan.cohort.len(),
+                });
             }
             Err(e) => {
                 if hub.stopped {
                     return Err(JobError::ServerStopped);
                 }
+                let event: AuditEvent = (
+                    "round_aborted",
+                    json!({"job": hub.job_id, "round": round, "attempt": attempt, "reason": e.to_string()}),
+                );
+                settings.store.audit(vec![event])?;
                 last = e;
             }
         }

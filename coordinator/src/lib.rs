@@ -1,8 +1,9 @@
 //! fedmark-coordinator: runs training jobs across partners over gRPC.
 //!
 //! Partners dial in ([`service`]); one task per job ([`job`]) drives the rounds ([`round`])
-//! and sees only running sums of the partners' vectors. [`config`] holds the operator's
-//! settings and [`report`] what a finished job says. [`run`] wires them together for one job on
+//! and sees only running sums of the partners' vectors, committing each round to the durable
+//! [`store`] before releasing it. [`config`] holds the operator's settings and [`report`] what
+//! a finished job says. [`run`] wires them together for one job on
 //! a listener the caller bound, so tests and the simulator bind `127.0.0.1:0`.
 
 use std::collections::BTreeSet;
@@ -18,6 +19,7 @@ pub mod job;
 pub mod report;
 pub mod round;
 pub mod service;
+pub mod store;
 
 use job::{Hub, JobError, JobOutcome, RunSettings};
 use report::RoundRecord;
@@ -43,6 +45,10 @@ pub async fn run(
 ) -> Result<JobOutcome, JobError> {
     let spec_toml = spec.to_toml()?;
     let id = job_id(&spec_toml);
+    if let Some(outcome) = job::stored_outcome(&settings.store, &spec, &id)? {
+        tracing::info!(job = %id, "the store holds this job as finished; not running it again");
+        return Ok(outcome);
+    }
     let sessions = Sessions::default();
     // Bounded so that partners streaming faster than the job task sums wait (HTTP/2 flow
     // control then holds them back) instead of piling chunks up in memory.

@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fedmark_coordinator::config::CoordinatorConfig;
 use fedmark_coordinator::job::RunSettings;
+use fedmark_coordinator::round::PausePoint;
+use fedmark_coordinator::store::Store;
 use fedmark_core::spec::JobSpec;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -27,7 +29,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve partners and run one job to its end; writes model.json and report.json.
+    /// Create the durable store in the config's `data_dir` (once; `serve` never creates it).
+    Init {
+        /// Path of coordinator.toml.
+        #[arg(long, env = "FEDMARK_COORDINATOR_CONFIG")]
+        config: PathBuf,
+    },
+    /// Serve partners and run one job to its end (resuming it if the store holds it
+    /// unfinished); writes model.json, model_card.json and report.json.
     Serve {
         /// Path of coordinator.toml.
         #[arg(long, env = "FEDMARK_COORDINATOR_CONFIG")]
@@ -40,6 +49,11 @@ enum Command {
     Privacy {
         #[command(subcommand)]
         command: PrivacyCommand,
+    },
+    /// The audit chain.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Development setup: make an identity key for each partner and the roster listing them.
     /// In production each partner makes its own key and sends only the public half.
@@ -90,6 +104,19 @@ enum PrivacyCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check an audit log (JSON lines, e.g. DATA_DIR/audit.jsonl): every record intact, in
+    /// order, chained to the one before. Exits 1 naming the first bad line.
+    Verify {
+        /// The log.
+        path: PathBuf,
+        /// The head hash the log must end at (e.g. from a model card), to catch a cut tail.
+        #[arg(long)]
+        head: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum RosterCommand {
     /// Write DIR/roster.toml and DIR/<partner>.key for the given partner ids.
     Init {
@@ -125,6 +152,22 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Init { config } => match init(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Audit {
+            command: AuditCommand::Verify { path, head },
+        } => match audit_verify(&path, head.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
             }
         },
         Command::Serve { config, job } => {
@@ -235,12 +278,46 @@ fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn init(config: &Path) -> anyhow::Result<()> {
+    let cfg = CoordinatorConfig::load(config)?;
+    Store::init(&cfg.data_dir)?;
+    println!(
+        "created the coordinator store in {}",
+        cfg.data_dir.display()
+    );
+    Ok(())
+}
+
+fn audit_verify(path: &Path, head: Option<&str>) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v = fedmark_core::audit::verify(&text, head)
+        .with_context(|| format!("{} does not verify", path.display()))?;
+    println!(
+        "{}: {} records, chain intact, head {}",
+        path.display(),
+        v.records,
+        v.head
+    );
+    Ok(())
+}
+
 fn load(config: &Path, job: &Path) -> anyhow::Result<(CoordinatorConfig, JobSpec)> {
     let cfg = CoordinatorConfig::load(config)?;
     cfg.load_roster()?;
     let text = std::fs::read_to_string(job)
         .with_context(|| format!("reading job spec {}", job.display()))?;
     let spec = JobSpec::from_toml(&text).with_context(|| format!("in {}", job.display()))?;
+    // Checked before any port is bound: a coordinator without its store does not start.
+    if !cfg
+        .data_dir
+        .join(fedmark_coordinator::store::STORE_FILE)
+        .is_file()
+    {
+        anyhow::bail!(fedmark_coordinator::store::StoreError::Missing {
+            dir: cfg.data_dir.display().to_string()
+        });
+    }
     Ok((cfg, spec))
 }
 
@@ -254,11 +331,21 @@ fn serve(cfg: CoordinatorConfig, spec: JobSpec) -> anyhow::Result<()> {
         // The first stdout line names the bound address, so `listen = "127.0.0.1:0"` works.
         println!("fedmark-coordinator listening on {}", listener.local_addr().context("reading the bound address")?);
         let roster = cfg.load_roster()?;
+        let store = Store::open(&cfg.data_dir)?;
+        let pause_at = match std::env::var("FEDMARK_TEST_PAUSE_AT") {
+            Ok(v) => Some(PausePoint::parse(&v).with_context(|| {
+                format!("FEDMARK_TEST_PAUSE_AT={v}: expected PHASE:ROUND with PHASE keys|shares|input|unmask")
+            })?),
+            Err(_) => None,
+        };
         let settings = RunSettings {
             expected_partners: roster.len(),
             join_timeout: cfg.join_timeout(),
             phase_timeout: cfg.phase_timeout(),
             roster: std::sync::Arc::new(roster),
+            store: store.clone(),
+            submitted_by: std::env::var("USER").unwrap_or_else(|_| "operator".into()),
+            pause_at,
         };
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
@@ -276,7 +363,18 @@ fn serve(cfg: CoordinatorConfig, spec: JobSpec) -> anyhow::Result<()> {
         });
         write_json(&cfg.out_dir.join("model.json"), &model)?;
         write_json(&cfg.out_dir.join("report.json"), &serde_json::to_value(&outcome.report)?)?;
-        info!(out = %cfg.out_dir.display(), auc = outcome.report.final_metrics.auc, "wrote model.json and report.json");
+        let card = model_card(&store, &outcome)?;
+        let card_bytes = write_json(&cfg.out_dir.join("model_card.json"), &card)?;
+        store.audit(vec![(
+            "model_exported",
+            serde_json::json!({
+                "job": outcome.report.job_id,
+                "model_sha256": fedmark_coordinator::store::model_sha256(&outcome.model.params),
+                "card_sha256": fedmark_core::audit::sha256_hex(&card_bytes),
+                "out_dir": cfg.out_dir.display().to_string(),
+            }),
+        )])?;
+        info!(out = %cfg.out_dir.display(), auc = outcome.report.final_metrics.auc, "wrote model.json, model_card.json and report.json");
         println!(
             "job {} finished: {} rounds, final AUC {:.4}, log-loss {:.4}; results in {}",
             outcome.report.job_id,
@@ -290,10 +388,63 @@ fn serve(cfg: CoordinatorConfig, spec: JobSpec) -> anyhow::Result<()> {
 }
 
 /// Writes through a temporary file and a rename, so a crash never leaves half a file.
-fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
+/// Returns the bytes written.
+fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<Vec<u8>> {
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    let bytes = serde_json::to_vec_pretty(value)?;
+    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+    Ok(bytes)
+}
+
+/// The model card: what the model is, how well it does, what privacy it gives, who trained
+/// it round by round, which consent snapshots it used, and the audit head that proves it.
+fn model_card(
+    store: &Store,
+    outcome: &fedmark_coordinator::job::JobOutcome,
+) -> anyhow::Result<serde_json::Value> {
+    let report = &outcome.report;
+    let job = store
+        .job(&report.job_id)?
+        .context("the finished job is not in the store")?;
+    let rounds = store.checkpoint_rounds(&report.job_id)?;
+    let mut consent = Vec::new();
+    for line in store.audit_text()?.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        if v["kind"] == "round_committed" && v["data"]["job"] == report.job_id.as_str() {
+            consent.push(serde_json::json!({
+                "round": v["data"]["round"],
+                "snapshots": v["data"]["consent_snapshots"],
+            }));
+        }
+    }
+    Ok(serde_json::json!({
+        "job_id": report.job_id,
+        "name": report.name,
+        "purpose": report.purpose,
+        "spec_toml": job.spec_toml,
+        "submitted_by": job.submitted_by,
+        "model": {
+            "kind": report.model_kind,
+            "params": report.model_params,
+            "input_dim": report.input_dim,
+            "sha256": fedmark_coordinator::store::model_sha256(&outcome.model.params),
+        },
+        "metrics": report.final_metrics,
+        "privacy": match &report.privacy {
+            Some(p) => serde_json::json!({
+                "mode": p.mode, "epsilon": p.epsilon_spent, "epsilon_budget": p.epsilon_budget,
+                "delta": p.delta, "noise_multiplier": p.noise_multiplier, "clip": p.clip,
+            }),
+            None => serde_json::json!({"mode": "none"}),
+        },
+        "secure_aggregation": report.secure_aggregation,
+        "partners_per_round": report.rounds.iter().map(|r| r.participants).collect::<Vec<_>>(),
+        "partners_accepted": report.partners_accepted,
+        "partners_refused": report.partners_refused,
+        "committed_rounds": rounds,
+        "consent_snapshots": consent,
+        "stop_reason": report.stop_reason,
+        "audit_head": store.audit_head(),
+    }))
 }

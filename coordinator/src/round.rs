@@ -71,6 +71,45 @@ pub struct RoundPlan {
     pub phase_timeout: Duration,
     /// Secure aggregation, when on.
     pub secure: Option<SecureSetup>,
+    /// Fault injection for crash tests: halt at this point of the round.
+    pub pause_at: Option<PausePoint>,
+}
+
+/// A point in a round where a crash test halts the coordinator (see
+/// `fedmark-coordinator serve`'s `FEDMARK_TEST_PAUSE_AT`): it prints a marker line to stderr
+/// and waits, so the test can kill the process there and nowhere else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PausePoint {
+    /// Round number.
+    pub round: u64,
+    /// `keys` (keys broadcast), `shares` (shares delivered), `input` (first complete input
+    /// summed) or `unmask` (unmask requests sent).
+    pub phase: String,
+}
+
+impl PausePoint {
+    /// Parses `PHASE:ROUND`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (phase, round) = text.split_once(':')?;
+        let round = round.parse().ok()?;
+        matches!(phase, "keys" | "shares" | "input" | "unmask").then(|| Self {
+            round,
+            phase: phase.to_owned(),
+        })
+    }
+}
+
+async fn pause_if(plan: &RoundPlan, phase: &str) {
+    if let Some(p) = &plan.pause_at
+        && p.round == plan.rref.round
+        && p.phase == phase
+    {
+        eprintln!(
+            "FEDMARK_PAUSED phase={phase} round={} attempt={}",
+            plan.rref.round, plan.rref.attempt
+        );
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
 }
 
 /// What secure aggregation needs beyond the plan.
@@ -93,6 +132,9 @@ pub struct RoundOutput {
     pub survivors: Vec<String>,
     /// Members that dropped out.
     pub dropped: Vec<String>,
+    /// The consent-snapshot hash each survivor reported with its input (partners with a
+    /// consent source).
+    pub consent: BTreeMap<String, String>,
 }
 
 /// Why a round produced no result.
@@ -221,7 +263,9 @@ pub async fn run_round(hub: &mut Hub, plan: &RoundPlan) -> Result<RoundOutput, R
             let senders: BTreeSet<String> = plan.cohort.iter().cloned().collect();
             input_phase(hub, plan, &senders, &mut dropped)
                 .await
-                .and_then(|(sum, survivors)| finish(plan, sum.into_inner(), survivors))
+                .and_then(|input| {
+                    finish(plan, input.sum.into_inner(), input.survivors, input.consent)
+                })
         }
         Some(setup) => secure_round(hub, plan, setup, &mut dropped).await,
     };
@@ -244,6 +288,7 @@ fn finish(
     plan: &RoundPlan,
     sum: Vec<u32>,
     survivors: Vec<String>,
+    mut consent: BTreeMap<String, String>,
 ) -> Result<RoundOutput, RoundError> {
     if survivors.len() < plan.threshold {
         return Err(RoundError::BelowThreshold {
@@ -258,10 +303,12 @@ fn finish(
         .filter(|m| !survivors.contains(m))
         .cloned()
         .collect();
+    consent.retain(|m, _| survivors.contains(m));
     Ok(RoundOutput {
         sum,
         survivors,
         dropped,
+        consent,
     })
 }
 
@@ -336,6 +383,7 @@ async fn secure_round(
             .send(member, server_message::Body::Keys(msg))
             .await;
     }
+    pause_if(plan, "keys").await;
 
     // Share keys (U2).
     let mut waiting: BTreeSet<String> = u1
@@ -380,10 +428,15 @@ async fn secure_round(
             .send(member, server_message::Body::Shares(msg))
             .await;
     }
+    pause_if(plan, "shares").await;
 
     // Masked input (U3).
     let senders: BTreeSet<String> = u2.iter().cloned().collect();
-    let (mut sum, survivors) = input_phase(hub, plan, &senders, dropped).await?;
+    let Input {
+        mut sum,
+        survivors,
+        consent,
+    } = input_phase(hub, plan, &senders, dropped).await?;
 
     // Unmask.
     let u3 = server.close_inputs(&survivors).map_err(secagg_failed)?;
@@ -396,6 +449,7 @@ async fn secure_round(
             .send(member, server_message::Body::Unmask(msg))
             .await;
     }
+    pause_if(plan, "unmask").await;
     let mut waiting: BTreeSet<String> = u3
         .iter()
         .filter(|m| !dropped.contains(*m))
@@ -433,7 +487,7 @@ async fn secure_round(
     let mut words = std::mem::replace(&mut sum, RunningSum::new(0)).into_inner();
     server.unmask(&mut words).map_err(secagg_failed)?;
     // A member that left during unmasking still had its input summed: it counts as a survivor.
-    finish(plan, words, u3)
+    finish(plan, words, u3, consent)
 }
 
 /// Gathers one answer from each partner in `waiting` (until all answered, left, or the phase
@@ -498,17 +552,32 @@ async fn collect<F>(
     dropped.extend(std::mem::take(waiting));
 }
 
-/// The input phase: vectors from `senders` summed chunk by chunk. Returns the sum and the
-/// members whose whole vector is in it.
+/// What the input phase gathered.
+struct Input {
+    sum: RunningSum,
+    /// Members whose whole vector is in the sum.
+    survivors: Vec<String>,
+    /// Consent-snapshot hashes reported with the last chunks.
+    consent: BTreeMap<String, String>,
+}
+
+/// Whether a reported consent-snapshot hash has the form of one (empty or 64 hex digits).
+fn valid_snapshot_hash(h: &str) -> bool {
+    h.is_empty() || (h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The input phase: vectors from `senders` summed chunk by chunk.
 async fn input_phase(
     hub: &mut Hub,
     plan: &RoundPlan,
     senders: &BTreeSet<String>,
     dropped: &mut BTreeSet<String>,
-) -> Result<(RunningSum, Vec<String>), RoundError> {
+) -> Result<Input, RoundError> {
     let deadline = Instant::now() + plan.phase_timeout;
     let mut sum = RunningSum::new(plan.layout.len());
     let mut progress: BTreeMap<String, Progress> = BTreeMap::new();
+    let mut consent: BTreeMap<String, String> = BTreeMap::new();
+    let mut paused = false;
     let pending = |progress: &BTreeMap<String, Progress>, dropped: &BTreeSet<String>| {
         senders
             .iter()
@@ -537,7 +606,20 @@ async fn input_phase(
                     continue;
                 }
                 let p = progress.entry(partner.clone()).or_default();
-                if let Err(e) = sum.add(p, chunk.offset as usize, &chunk.values, chunk.last) {
+                let added = if valid_snapshot_hash(&chunk.consent_snapshot) {
+                    sum.add(p, chunk.offset as usize, &chunk.values, chunk.last)
+                        .map_err(|e| e.to_string())
+                } else {
+                    Err("the consent snapshot is not a SHA-256 hex digest".to_owned())
+                };
+                if chunk.last && !chunk.consent_snapshot.is_empty() && added.is_ok() {
+                    consent.insert(partner.clone(), chunk.consent_snapshot.to_ascii_lowercase());
+                }
+                if added.is_ok() && p.complete && !paused {
+                    paused = true;
+                    pause_if(plan, "input").await;
+                }
+                if let Err(e) = added {
                     warn!(partner = %partner, error = %e, "bad input chunk; closing the partner's session");
                     let partial = p.received > 0;
                     hub.sessions
@@ -579,5 +661,9 @@ async fn input_phase(
         .filter(|(_, p)| p.complete)
         .map(|(m, _)| m.clone())
         .collect();
-    Ok((sum, survivors))
+    Ok(Input {
+        sum,
+        survivors,
+        consent,
+    })
 }

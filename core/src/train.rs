@@ -223,6 +223,32 @@ impl ServerOptimizer {
         }
     }
 
+    /// The optimiser's state beyond the spec (FedAdam's moments, concatenated `m ++ v`), for a
+    /// checkpoint; empty for FedAvg.
+    pub fn state(&self) -> Vec<f64> {
+        match self {
+            ServerOptimizer::FedAvg { .. } => Vec::new(),
+            ServerOptimizer::FedAdam { m, v, .. } => m.iter().chain(v).copied().collect(),
+        }
+    }
+
+    /// Restores what [`Self::state`] returned; false (and no change) if its length does not
+    /// fit this optimiser.
+    pub fn restore(&mut self, state: &[f64]) -> bool {
+        match self {
+            ServerOptimizer::FedAvg { .. } => state.is_empty(),
+            ServerOptimizer::FedAdam { m, v, .. } => {
+                if state.len() != m.len() + v.len() {
+                    return false;
+                }
+                let (sm, sv) = state.split_at(m.len());
+                m.copy_from_slice(sm);
+                v.copy_from_slice(sv);
+                true
+            }
+        }
+    }
+
     /// Applies one server step with the averaged delta.
     pub fn step(&mut self, params: &mut [f64], delta: &[f64]) {
         match self {
@@ -266,6 +292,25 @@ mod tests {
             y.push(if v > 0.0 { 1.0 } else { 0.0 });
         }
         Dataset { x, y }
+    }
+
+    #[test]
+    fn optimizer_state_round_trips() {
+        let spec = JobSpec::from_toml(
+            "[job]\nname = \"x\"\npurpose = \"p\"\nrounds = 1\n[label]\ncolumn = \"y\"\npositive = \"1\"\n\
+             [features]\nnumeric = [\"a\"]\n[model]\nkind = \"logistic\"\n[training]\n\
+             local_epochs = 1\nbatch_size = 8\nlearning_rate = 0.1\nserver_optimizer = \"fedadam\"\n",
+        )
+        .unwrap();
+        let mut a = ServerOptimizer::from_spec(&spec, 3);
+        let mut p = vec![0.0; 3];
+        a.step(&mut p, &[0.5, -1.0, 2.0]);
+        let mut b = ServerOptimizer::from_spec(&spec, 3);
+        assert!(b.restore(&a.state()));
+        assert_eq!(a, b);
+        assert!(!b.restore(&[1.0]), "a state of the wrong length is refused");
+        let fedavg = ServerOptimizer::FedAvg { lr: 1.0 };
+        assert!(fedavg.state().is_empty());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use fedmark_client::config::ClientConfig;
 use fedmark_client::node::{Identity, NodeOptions};
 use fedmark_coordinator::job::{JobError, JobOutcome, RunSettings};
+use fedmark_coordinator::store::Store;
 use fedmark_core::secagg::{Roster, generate_identity};
 use fedmark_core::spec::JobSpec;
 use tokio::task::JoinHandle;
@@ -53,6 +54,9 @@ pub async fn start_coordinator(
         join_timeout: Duration::from_secs(30),
         phase_timeout,
         roster,
+        store: Store::in_memory()?,
+        submitted_by: "test".into(),
+        pause_at: None,
     };
     let job = tokio::spawn(fedmark_coordinator::run(
         listener,

@@ -6,5 +6,6 @@
 
 pub mod harness;
 pub mod partition;
+pub mod procs;
 pub mod sim;
 pub mod synthetic;

@@ -16,6 +16,7 @@ use fedmark_client::data::{HoldoutSplit, LocalData, load_csv};
 use fedmark_client::node::{self, DropPoint, Dropout, Identity, NodeOptions};
 use fedmark_coordinator::job::{JobOutcome, RunSettings};
 use fedmark_coordinator::report::{FinalMetrics, JobReport, RoundRecord};
+use fedmark_coordinator::store::Store;
 use fedmark_core::features::{FeatureSchema, RawRows, Standardizer};
 use fedmark_core::matrix::Dataset;
 use fedmark_core::metrics::{self, Metrics};
@@ -279,6 +280,9 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                 join_timeout: Duration::from_secs(60),
                 phase_timeout: opts.phase_timeout,
                 roster: std::sync::Arc::clone(&roster),
+                store: Store::in_memory()?,
+                submitted_by: "fedmark-sim".into(),
+                pause_at: None,
             };
             let task = tokio::spawn(fedmark_coordinator::run(
                 listener,
@@ -468,6 +472,15 @@ fn external_coordinator(
             phase_timeout.as_secs().max(1)
         ),
     )?;
+    let init = std::process::Command::new(binary)
+        .args(["init", "--config", "coordinator.toml"])
+        .current_dir(work)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    if !init.success() {
+        bail!("`{} init` failed: {init}", binary.display());
+    }
     let mut child = std::process::Command::new(binary)
         .args(["serve", "--config", "coordinator.toml", "--job", "job.toml"])
         .current_dir(work)

@@ -1,0 +1,796 @@
+//! The coordinator's durable store: jobs, round checkpoints, the privacy ledger and the audit
+//! chain, in one embedded transactional database (redb) in the data directory.
+//!
+//! What must never be lost is written in one transaction with what it pays for: a round's
+//! result is released only after its checkpoint (model, optimiser state, standardisation, the
+//! job's round records) *and* its privacy-ledger charge *and* its audit record have been
+//! committed together. A coordinator killed at any instant therefore restarts at the last
+//! committed round with the ledger exactly right; the round that was in flight is aborted and
+//! run again under a new attempt number, so no round id — and no secure-aggregation key — is
+//! ever used twice (the attempt counter is itself durable, bumped before each attempt starts).
+//!
+//! A store is created once, by `fedmark-coordinator init`; `serve` only opens one. A coordinator
+//! whose data directory has gone therefore refuses to start instead of silently starting over.
+//! On open the audit chain is verified, and its JSON-lines mirror (`audit.jsonl`, what
+//! `audit verify` reads) is rewritten from the store, so the mirror never lags after a crash.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fedmark_core::accountant::Accountant;
+use fedmark_core::audit::{self, AuditChain, AuditError, AuditRecord};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::info;
+
+use crate::report::RoundRecord;
+
+/// The database file in the data directory.
+pub const STORE_FILE: &str = "fedmark.redb";
+/// The audit chain's JSON-lines mirror in the data directory.
+pub const AUDIT_FILE: &str = "audit.jsonl";
+/// The store format this build reads and writes.
+const FORMAT: &str = "fedmark-store-1";
+/// Page cache: small, so the coordinator's memory stays O(model), not O(history).
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+const META: TableDefinition<'_, &str, &str> = TableDefinition::new("meta");
+const JOBS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("jobs");
+const CHECKPOINTS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("checkpoints");
+const VECTORS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("vectors");
+const ATTEMPTS: TableDefinition<'_, (&str, u64), u32> = TableDefinition::new("attempts");
+const AUDIT: TableDefinition<'_, u64, &str> = TableDefinition::new("audit");
+
+/// Why the store could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// `serve` found no store: it never creates one on its own.
+    #[error(
+        "no coordinator store in {dir}: create it once with `fedmark-coordinator init --config …` (a coordinator whose store is gone refuses to start rather than start over)"
+    )]
+    Missing {
+        /// The data directory.
+        dir: String,
+    },
+    /// `init` found a store already.
+    #[error("a coordinator store already exists in {dir}; refusing to overwrite it")]
+    Exists {
+        /// The data directory.
+        dir: String,
+    },
+    /// The database failed (I/O, locking, corruption detected by redb).
+    #[error("coordinator store {path}: {source}")]
+    Db {
+        /// Database file.
+        path: String,
+        /// The database's error.
+        #[source]
+        source: Box<redb::Error>,
+    },
+    /// A value in the store does not decode.
+    #[error("coordinator store {path}: {what} is corrupt: {reason}")]
+    Corrupt {
+        /// Database file.
+        path: String,
+        /// Which value.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The audit chain in the store does not verify.
+    #[error("coordinator store {path}: audit chain: {source}")]
+    Audit {
+        /// Database file.
+        path: String,
+        /// The failed check.
+        #[source]
+        source: AuditError,
+    },
+    /// The data directory or the audit mirror could not be written.
+    #[error("coordinator data directory {path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Accepted and not finished: a restarted coordinator resumes it.
+    Running,
+    /// Ran to its end; its report is stored.
+    Finished,
+    /// Stopped by an error (its reason is stored).
+    Failed,
+}
+
+/// A job as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Job id.
+    pub id: String,
+    /// The spec as submitted (TOML).
+    pub spec_toml: String,
+    /// Who submitted it.
+    pub submitted_by: String,
+    /// When (Unix milliseconds).
+    pub submitted_ms: u64,
+    /// Where it stands.
+    pub status: JobStatus,
+    /// Why it ended (finished or failed jobs).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The final report (finished jobs).
+    #[serde(default)]
+    pub report: Option<Value>,
+}
+
+/// What a committed round leaves for the rounds after it (the vectors are stored apart).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The last committed round (0 = the statistics round).
+    pub round: u64,
+    /// Model parameters in the vector blob.
+    pub model_len: usize,
+    /// SHA-256 of the model parameters (little-endian f64), as the audit record names it.
+    pub model_sha256: String,
+    /// Feature means from the statistics round.
+    pub feature_mean: Vec<f64>,
+    /// Feature standard deviations from the statistics round.
+    pub feature_std: Vec<f64>,
+    /// Training rows over all partners (statistics round).
+    pub training_rows: f64,
+    /// The job's privacy ledger after this round.
+    pub ledger: Accountant,
+    /// Every committed training round so far.
+    pub records: Vec<RoundRecord>,
+}
+
+/// A checkpoint with its vectors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Restored {
+    /// The checkpoint.
+    pub checkpoint: Checkpoint,
+    /// Model parameters.
+    pub model: Vec<f64>,
+    /// Server-optimiser state (see `ServerOptimizer::state`).
+    pub optimizer: Vec<f64>,
+}
+
+/// An audit event to record: its kind and its data (a JSON object).
+pub type AuditEvent = (&'static str, Value);
+
+/// The coordinator's store. Cheap to clone; every clone is the same database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Database,
+    path: String,
+    mirror: Option<PathBuf>,
+    chain: Mutex<AuditChain>,
+}
+
+/// The audit actor of the coordinator.
+pub const ACTOR: &str = "coordinator";
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Little-endian bytes of f64 values.
+pub fn f64_bytes(values: &[f64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// SHA-256 (hex) of a model's parameters, as audit records and model cards name it.
+pub fn model_sha256(params: &[f64]) -> String {
+    audit::sha256_hex(&f64_bytes(params))
+}
+
+impl Store {
+    /// Creates a new store in `dir` (made if absent); refuses if one exists.
+    pub fn init(dir: &Path) -> Result<Self, StoreError> {
+        let file = dir.join(STORE_FILE);
+        if file.exists() {
+            return Err(StoreError::Exists {
+                dir: dir.display().to_string(),
+            });
+        }
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let path = file.display().to_string();
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&file)
+            .map_err(|e| db_err(&path, e))?;
+        let store = Self::wrap(db, path, Some(dir.join(AUDIT_FILE)), AuditChain::new(ACTOR));
+        store.write(
+            vec![("store_created", serde_json::json!({ "format": FORMAT }))],
+            |txn| {
+                let mut meta = txn.open_table(META)?;
+                meta.insert("format", FORMAT)?;
+                Ok(())
+            },
+        )?;
+        store.rewrite_mirror()?;
+        info!(path = %store.inner.path, "created the coordinator store");
+        Ok(store)
+    }
+
+    /// Opens the store in `dir`; refuses if there is none, if it is of another format, or if
+    /// its audit chain does not verify.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let file = dir.join(STORE_FILE);
+        if !file.is_file() {
+            return Err(StoreError::Missing {
+                dir: dir.display().to_string(),
+            });
+        }
+        let path = file.display().to_string();
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .open(&file)
+            .map_err(|e| db_err(&path, e))?;
+        let store = Self::wrap(db, path, Some(dir.join(AUDIT_FILE)), AuditChain::new(ACTOR));
+        let format = store.read(|txn| {
+            let meta = txn.open_table(META)?;
+            Ok(meta.get("format")?.map(|v| v.value().to_owned()))
+        })?;
+        if format.as_deref() != Some(FORMAT) {
+            return Err(store.corrupt(
+                "format",
+                format!("expected {FORMAT}, found {}", format.unwrap_or_default()),
+            ));
+        }
+        let text = store.audit_text()?;
+        let verified = audit::verify(&text, None).map_err(|source| StoreError::Audit {
+            path: store.inner.path.clone(),
+            source,
+        })?;
+        let last = text
+            .lines()
+            .last()
+            .map(|l| AuditRecord::parse_line(l, verified.records as usize))
+            .transpose()
+            .map_err(|source| StoreError::Audit {
+                path: store.inner.path.clone(),
+                source,
+            })?;
+        *store.chain() = AuditChain::resume(ACTOR, last.as_ref());
+        store.rewrite_mirror()?;
+        info!(path = %store.inner.path, audit_records = verified.records, "opened the coordinator store");
+        Ok(store)
+    }
+
+    /// A store in memory, for simulations and tests that need no durability.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let path = "(in memory)".to_owned();
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| db_err(&path, e))?;
+        let store = Self::wrap(db, path, None, AuditChain::new(ACTOR));
+        store.write(Vec::new(), |txn| {
+            let mut meta = txn.open_table(META)?;
+            meta.insert("format", FORMAT)?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    fn wrap(db: Database, path: String, mirror: Option<PathBuf>, chain: AuditChain) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                db,
+                path,
+                mirror,
+                chain: Mutex::new(chain),
+            }),
+        }
+    }
+
+    fn chain(&self) -> MutexGuard<'_, AuditChain> {
+        // A panic while the lock was held cannot leave the chain half-updated (it is replaced
+        // whole after each commit), so a poisoned lock is still sound to use.
+        self.inner
+            .chain
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn corrupt(&self, what: &str, reason: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.inner.path.clone(),
+            what: what.to_owned(),
+            reason,
+        }
+    }
+
+    /// Runs `f` and the audit events in one write transaction. The audit chain moves on only
+    /// once the transaction has committed; the mirror file follows after.
+    fn write<T>(
+        &self,
+        events: Vec<AuditEvent>,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
+        let path = &self.inner.path;
+        let mut guard = self.chain();
+        let mut chain = guard.clone();
+        let time = now_ms();
+        let mut records = Vec::with_capacity(events.len());
+        for (kind, data) in events {
+            records.push(
+                chain
+                    .append(time, kind, data)
+                    .map_err(|source| StoreError::Audit {
+                        path: path.clone(),
+                        source,
+                    })?,
+            );
+        }
+        let lines: Vec<String> = records.iter().map(AuditRecord::to_line).collect();
+        let out = (|| {
+            let txn = self.inner.db.begin_write()?;
+            let out = f(&txn)?;
+            {
+                let mut table = txn.open_table(AUDIT)?;
+                for (r, line) in records.iter().zip(&lines) {
+                    table.insert(r.seq, line.as_str())?;
+                }
+            }
+            txn.commit()?;
+            Ok::<T, redb::Error>(out)
+        })()
+        .map_err(|e| db_err(path, e))?;
+        *guard = chain;
+        drop(guard);
+        if !lines.is_empty() {
+            self.append_mirror(&lines)?;
+        }
+        Ok(out)
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
+        (|| {
+            let txn = self.inner.db.begin_read()?;
+            f(&txn)
+        })()
+        .map_err(|e| db_err(&self.inner.path, e))
+    }
+
+    fn append_mirror(&self, lines: &[String]) -> Result<(), StoreError> {
+        let Some(mirror) = &self.inner.mirror else {
+            return Ok(());
+        };
+        let io = |source| StoreError::Io {
+            path: mirror.display().to_string(),
+            source,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(mirror)
+            .map_err(io)?;
+        let mut text = lines.join("\n");
+        text.push('\n');
+        f.write_all(text.as_bytes()).map_err(io)?;
+        f.sync_data().map_err(io)
+    }
+
+    fn rewrite_mirror(&self) -> Result<(), StoreError> {
+        let Some(mirror) = &self.inner.mirror else {
+            return Ok(());
+        };
+        let io = |source| StoreError::Io {
+            path: mirror.display().to_string(),
+            source,
+        };
+        let tmp = mirror.with_extension("jsonl.tmp");
+        std::fs::write(&tmp, self.audit_text()?).map_err(io)?;
+        std::fs::rename(&tmp, mirror).map_err(io)
+    }
+
+    /// Records audit events on their own.
+    pub fn audit(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        self.write(events, |_| Ok(()))
+    }
+
+    /// The whole audit chain as JSON lines.
+    pub fn audit_text(&self) -> Result<String, StoreError> {
+        self.read(|txn| {
+            let mut text = String::new();
+            let table = match txn.open_table(AUDIT) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(text),
+                Err(e) => return Err(e.into()),
+            };
+            for row in table.iter()? {
+                let (_, line) = row?;
+                text.push_str(line.value());
+                text.push('\n');
+            }
+            Ok(text)
+        })
+    }
+
+    /// The hash of the last audit record.
+    pub fn audit_head(&self) -> String {
+        self.chain().head().to_owned()
+    }
+
+    /// Stores a newly submitted job, with its audit record.
+    pub fn submit_job(&self, job: &JobRecord, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        let bytes = self.encode("job", job)?;
+        self.write(events, |txn| {
+            let mut jobs = txn.open_table(JOBS)?;
+            jobs.insert(job.id.as_str(), bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// A stored job.
+    pub fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let bytes = self.read(|txn| match txn.open_table(JOBS) {
+            Ok(t) => Ok(t.get(id)?.map(|v| v.value().to_vec())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        })?;
+        bytes
+            .map(|b| self.decode(&format!("job {id}"), &b))
+            .transpose()
+    }
+
+    /// Every stored job, by id.
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let rows = self.read(|txn| {
+            let table = match txn.open_table(JOBS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut rows = Vec::new();
+            for row in table.iter()? {
+                let (k, v) = row?;
+                rows.push((k.value().to_owned(), v.value().to_vec()));
+            }
+            Ok(rows)
+        })?;
+        rows.iter()
+            .map(|(id, b)| self.decode(&format!("job {id}"), b))
+            .collect()
+    }
+
+    /// The attempt number to use for the next attempt of `round`, made durable before it is
+    /// returned: a round instance is never started twice under one id, even across restarts.
+    pub fn next_attempt(&self, job: &str, round: u64) -> Result<u32, StoreError> {
+        self.write(Vec::new(), |txn| {
+            let mut table = txn.open_table(ATTEMPTS)?;
+            let next = table.get((job, round))?.map_or(0, |v| v.value());
+            table.insert((job, round), next.saturating_add(1))?;
+            Ok(next)
+        })
+    }
+
+    /// Commits a round: its checkpoint, its vectors (model ++ optimiser state) and its audit
+    /// events, in one transaction. The ledger is inside the checkpoint, so the charge and the
+    /// release it pays for cannot be separated.
+    pub fn commit_round(
+        &self,
+        job: &str,
+        checkpoint: &Checkpoint,
+        model: &[f64],
+        optimizer: &[f64],
+        events: Vec<AuditEvent>,
+    ) -> Result<(), StoreError> {
+        let header = self.encode("checkpoint", checkpoint)?;
+        let mut blob = f64_bytes(model);
+        blob.extend(f64_bytes(optimizer));
+        let round = checkpoint.round;
+        self.write(events, |txn| {
+            txn.open_table(CHECKPOINTS)?
+                .insert((job, round), header.as_slice())?;
+            txn.open_table(VECTORS)?
+                .insert((job, round), blob.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// The checkpoint of `round`, or of the last committed round when `round` is None.
+    pub fn checkpoint(
+        &self,
+        job: &str,
+        round: Option<u64>,
+    ) -> Result<Option<Restored>, StoreError> {
+        let found = self.read(|txn| {
+            let headers = match txn.open_table(CHECKPOINTS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let header = match round {
+                Some(r) => headers.get((job, r))?.map(|v| (r, v.value().to_vec())),
+                None => headers
+                    .range((job, 0)..=(job, u64::MAX))?
+                    .next_back()
+                    .transpose()?
+                    .map(|(k, v)| (k.value().1, v.value().to_vec())),
+            };
+            let Some((r, header)) = header else {
+                return Ok(None);
+            };
+            let blob = txn
+                .open_table(VECTORS)?
+                .get((job, r))?
+                .map(|v| v.value().to_vec())
+                .unwrap_or_default();
+            Ok(Some((r, header, blob)))
+        })?;
+        let Some((r, header, blob)) = found else {
+            return Ok(None);
+        };
+        let what = format!("checkpoint of job {job} round {r}");
+        let checkpoint: Checkpoint = self.decode(&what, &header)?;
+        if blob.len() % 8 != 0 || blob.len() / 8 < checkpoint.model_len {
+            return Err(self.corrupt(&what, format!("vector blob of {} bytes", blob.len())));
+        }
+        let values: Vec<f64> = blob
+            .chunks_exact(8)
+            .map(|b| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                f64::from_le_bytes(a)
+            })
+            .collect();
+        let (model, optimizer) = values.split_at(checkpoint.model_len);
+        if model_sha256(model) != checkpoint.model_sha256 {
+            return Err(self.corrupt(&what, "the model does not match its hash".into()));
+        }
+        Ok(Some(Restored {
+            model: model.to_vec(),
+            optimizer: optimizer.to_vec(),
+            checkpoint,
+        }))
+    }
+
+    /// Number of committed checkpoints of `job`.
+    pub fn checkpoint_rounds(&self, job: &str) -> Result<Vec<u64>, StoreError> {
+        self.read(|txn| {
+            let table = match txn.open_table(CHECKPOINTS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut rounds = Vec::new();
+            for row in table.range((job, 0)..=(job, u64::MAX))? {
+                rounds.push(row?.0.value().1);
+            }
+            Ok(rounds)
+        })
+    }
+
+    /// Marks a job finished or failed, with its report, in one transaction with its audit
+    /// events.
+    pub fn end_job(
+        &self,
+        id: &str,
+        status: JobStatus,
+        reason: &str,
+        report: Option<Value>,
+        events: Vec<AuditEvent>,
+    ) -> Result<(), StoreError> {
+        let mut job = self
+            .job(id)?
+            .ok_or_else(|| self.corrupt(&format!("job {id}"), "not in the store".into()))?;
+        job.status = status;
+        job.reason = Some(reason.to_owned());
+        job.report = report;
+        let bytes = self.encode("job", &job)?;
+        self.write(events, |txn| {
+            txn.open_table(JOBS)?.insert(id, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Audit records and jobs held, for the operator's log line.
+    pub fn counts(&self) -> Result<BTreeMap<&'static str, u64>, StoreError> {
+        self.read(|txn| {
+            let mut out = BTreeMap::new();
+            for (name, len) in [
+                ("jobs", txn.open_table(JOBS).map(|t| t.len())),
+                ("checkpoints", txn.open_table(CHECKPOINTS).map(|t| t.len())),
+            ] {
+                out.insert(
+                    name,
+                    match len {
+                        Ok(n) => n?,
+                        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+                        Err(e) => return Err(e.into()),
+                    },
+                );
+            }
+            Ok(out)
+        })
+    }
+
+    fn encode<T: Serialize>(&self, what: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+        serde_json::to_vec(value).map_err(|e| self.corrupt(what, e.to_string()))
+    }
+
+    fn decode<T: for<'de> Deserialize<'de>>(
+        &self,
+        what: &str,
+        bytes: &[u8],
+    ) -> Result<T, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| self.corrupt(what, e.to_string()))
+    }
+}
+
+fn db_err(path: &str, e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Db {
+        path: path.to_owned(),
+        source: Box::new(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn checkpoint(round: u64, model: &[f64]) -> Checkpoint {
+        Checkpoint {
+            round,
+            model_len: model.len(),
+            model_sha256: model_sha256(model),
+            feature_mean: vec![1.0],
+            feature_std: vec![2.0],
+            training_rows: 10.0,
+            ledger: Accountant::new(),
+            records: Vec::new(),
+        }
+    }
+
+    fn job(id: &str) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            spec_toml: "x".into(),
+            submitted_by: "test".into(),
+            submitted_ms: 1,
+            status: JobStatus::Running,
+            reason: None,
+            report: None,
+        }
+    }
+
+    #[test]
+    fn serve_refuses_a_missing_store_and_init_refuses_an_existing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        assert!(matches!(
+            Store::open(&data),
+            Err(StoreError::Missing { .. })
+        ));
+        drop(Store::init(&data).unwrap());
+        assert!(matches!(Store::init(&data), Err(StoreError::Exists { .. })));
+        assert!(Store::open(&data).is_ok());
+    }
+
+    #[test]
+    fn commits_survive_reopening_and_the_latest_checkpoint_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::init(dir.path()).unwrap();
+            store
+                .submit_job(&job("j1"), vec![("job_submitted", json!({"job": "j1"}))])
+                .unwrap();
+            for r in 0..3u64 {
+                let model = vec![r as f64; 4];
+                store
+                    .commit_round(
+                        "j1",
+                        &checkpoint(r, &model),
+                        &model,
+                        &[9.0, 8.0],
+                        vec![("round_committed", json!({"round": r}))],
+                    )
+                    .unwrap();
+            }
+            assert_eq!(store.next_attempt("j1", 3).unwrap(), 0);
+            assert_eq!(store.next_attempt("j1", 3).unwrap(), 1);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let last = store.checkpoint("j1", None).unwrap().unwrap();
+        assert_eq!(last.checkpoint.round, 2);
+        assert_eq!(last.model, vec![2.0; 4]);
+        assert_eq!(last.optimizer, vec![9.0, 8.0]);
+        assert_eq!(store.checkpoint_rounds("j1").unwrap(), vec![0, 1, 2]);
+        assert!(store.checkpoint("other", None).unwrap().is_none());
+        assert_eq!(
+            store.next_attempt("j1", 3).unwrap(),
+            2,
+            "attempt numbers survive a restart"
+        );
+        assert_eq!(store.job("j1").unwrap().unwrap().status, JobStatus::Running);
+        // The mirror matches the store and verifies against the head.
+        let mirror = std::fs::read_to_string(dir.path().join(AUDIT_FILE)).unwrap();
+        let v = audit::verify(&mirror, Some(&store.audit_head())).unwrap();
+        assert_eq!(v.records, 5, "created, submitted, three rounds");
+        store
+            .end_job(
+                "j1",
+                JobStatus::Finished,
+                "done",
+                Some(json!({"auc": 0.7})),
+                vec![],
+            )
+            .unwrap();
+        let j = store.job("j1").unwrap().unwrap();
+        assert_eq!(j.status, JobStatus::Finished);
+        assert_eq!(j.report, Some(json!({"auc": 0.7})));
+    }
+
+    #[test]
+    fn a_lagging_mirror_is_rewritten_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::init(dir.path()).unwrap();
+            store
+                .audit(vec![("a", json!({})), ("b", json!({}))])
+                .unwrap();
+        }
+        // A crash between the commit and the mirror's append leaves the mirror short.
+        let path = dir.path().join(AUDIT_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let first = text.lines().next().unwrap();
+        std::fs::write(&path, format!("{first}\n")).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            audit::verify(&text, Some(&store.audit_head()))
+                .unwrap()
+                .records,
+            3
+        );
+        store.audit(vec![("c", json!({}))]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            audit::verify(&text, Some(&store.audit_head()))
+                .unwrap()
+                .records,
+            4
+        );
+    }
+
+    #[test]
+    fn a_corrupted_vector_is_refused_not_loaded() {
+        let store = Store::in_memory().unwrap();
+        let model = vec![1.0, 2.0];
+        let mut cp = checkpoint(0, &model);
+        cp.model_sha256 = model_sha256(&[1.0, 2.5]);
+        store.commit_round("j", &cp, &model, &[], vec![]).unwrap();
+        let err = store.checkpoint("j", Some(0)).unwrap_err();
+        assert!(err.to_string().contains("does not match its hash"), "{err}");
+    }
+}

@@ -1,0 +1,262 @@
+//! Running the real binaries in end-to-end tests: a deployment folder with partner data,
+//! development keys and config files, a coordinator and clients as child processes, and
+//! bounded waits. Everything listens on 127.0.0.1.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::partition::{Split, partition_csv};
+use crate::sim::workspace_root;
+
+/// A built binary of the workspace. Test executables sit in `target/<profile>/deps`, the
+/// binaries one folder up; `cargo test --workspace` builds them.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no grandparent folder")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: run `cargo test --workspace` so it is built",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, so a failing test leaves nothing
+/// running.
+#[derive(Debug)]
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Guard {
+    /// Waits up to `limit` for the process to exit.
+    pub fn wait(&mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait()? {
+                return Ok(status);
+            }
+            if start.elapsed() > limit {
+                bail!("process did not finish within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the process with SIGKILL, as a crash would, and reaps it.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        self.0.kill()?;
+        self.0.wait()?;
+        Ok(())
+    }
+}
+
+/// A folder laid out as a small consortium: three partners' CSVs from the shipped data (split
+/// by job group), development keys, the job spec and the coordinator's config.
+#[derive(Debug)]
+pub struct Deployment {
+    /// The folder (deleted on drop).
+    pub dir: tempfile::TempDir,
+    /// Partner ids.
+    pub partners: Vec<String>,
+    /// Each partner's CSV.
+    pub data: Vec<PathBuf>,
+}
+
+/// A running coordinator.
+#[derive(Debug)]
+pub struct RunningCoordinator {
+    /// The process.
+    pub process: Guard,
+    /// The address it bound.
+    pub addr: std::net::SocketAddr,
+    /// Its stdout after the address line, once it exits.
+    pub stdout: std::thread::JoinHandle<String>,
+    /// Its stderr lines as they come.
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl Deployment {
+    /// Lays out the folder with `job_toml` as the job spec; runs `roster init` and `init`.
+    pub fn new(job_toml: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let root = workspace_root();
+        let partners: Vec<String> = ["bank", "retailer", "platform"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let data = partition_csv(
+            &root.join("data/bank_marketing.csv"),
+            dir.path(),
+            partners.len(),
+            &Split::ByColumn("job".into()),
+            7,
+        )?
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+        std::fs::write(dir.path().join("job.toml"), job_toml)?;
+        let d = Self {
+            dir,
+            partners,
+            data,
+        };
+        d.coordinator_cli(&[
+            "roster",
+            "init",
+            "--partners",
+            &d.partners.join(","),
+            "--out",
+            "keys",
+        ])?;
+        d.write_coordinator_config("127.0.0.1:0")?;
+        d.coordinator_cli(&["init", "--config", "coordinator.toml"])?;
+        Ok(d)
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `coordinator.toml` listening on `listen`.
+    pub fn write_coordinator_config(&self, listen: &str) -> anyhow::Result<()> {
+        std::fs::write(
+            self.path().join("coordinator.toml"),
+            format!(
+                "listen = \"{listen}\"\nout_dir = \"out\"\ndata_dir = \"data\"\nroster = \"keys/roster.toml\"\n\
+                 join_timeout_secs = 60\nphase_timeout_secs = 30\n"
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// Runs a coordinator subcommand to completion; fails unless it succeeds.
+    pub fn coordinator_cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(binary("fedmark-coordinator")?)
+            .args(args)
+            .current_dir(self.path())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "fedmark-coordinator {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Starts `fedmark-coordinator serve` with extra environment variables and waits for its
+    /// address line.
+    pub fn start_coordinator(&self, env: &[(&str, &str)]) -> anyhow::Result<RunningCoordinator> {
+        let mut cmd = Command::new(binary("fedmark-coordinator")?);
+        cmd.args(["serve", "--config", "coordinator.toml", "--job", "job.toml"])
+            .current_dir(self.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut process = Guard(cmd.spawn()?);
+        let stdout = process.0.stdout.take().context("coordinator stdout")?;
+        let stderr = process.0.stderr.take().context("coordinator stderr")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut reader = BufReader::new(stdout);
+        let mut first = String::new();
+        reader.read_line(&mut first)?;
+        // Keep reading so the coordinator's later output never meets a closed pipe.
+        let stdout =
+            std::thread::spawn(move || std::io::read_to_string(reader).unwrap_or_default());
+        let addr = first
+            .trim()
+            .strip_prefix("fedmark-coordinator listening on ")
+            .with_context(|| format!("unexpected first line from the coordinator: {first:?}"))?
+            .parse()?;
+        Ok(RunningCoordinator {
+            process,
+            addr,
+            stdout,
+            stderr: rx,
+        })
+    }
+
+    /// Writes each partner's `client.toml` for the coordinator at `addr` and starts the
+    /// clients.
+    pub fn start_clients(&self, addr: std::net::SocketAddr) -> anyhow::Result<Vec<Guard>> {
+        let mut clients = Vec::new();
+        for (id, data) in self.partners.iter().zip(&self.data) {
+            let cfg = self.path().join(format!("{id}.toml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    "coordinator = \"http://{addr}\"\npartner_id = \"{id}\"\ndata = \"{}\"\n\
+                     identity_key = \"keys/{id}.key\"\nroster = \"keys/roster.toml\"\n\
+                     connect_timeout_secs = 120\n",
+                    data.display()
+                ),
+            )?;
+            clients.push(Guard(
+                Command::new(binary("fedmark-client")?)
+                    .arg("--config")
+                    .arg(&cfg)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?,
+            ));
+        }
+        Ok(clients)
+    }
+
+    /// The finished job's report.
+    pub fn report(&self) -> anyhow::Result<serde_json::Value> {
+        let path = self.path().join("out/report.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+impl RunningCoordinator {
+    /// Waits (up to `limit`) for a stderr line containing `needle`; returns it.
+    pub fn wait_for_line(&self, needle: &str, limit: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("no coordinator log line containing {needle:?} within {limit:?}");
+            }
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("the coordinator exited before logging {needle:?}")
+                }
+            }
+        }
+    }
+}
