@@ -219,16 +219,36 @@ impl Deployment {
                     data.display()
                 ),
             )?;
+            let log = std::fs::File::create(self.path().join(format!("{id}.log")))?;
             clients.push(Guard(
                 Command::new(binary("fedmark-client")?)
                     .arg("--config")
                     .arg(&cfg)
+                    .env("RUST_LOG", "info")
+                    .env("NO_COLOR", "1")
                     .stdout(Stdio::null())
-                    .stderr(Stdio::null())
+                    .stderr(log)
                     .spawn()?,
             ));
         }
         Ok(clients)
+    }
+
+    /// The last lines of every client's log (`<id>.log` in the folder), for a failing test's
+    /// message.
+    pub fn client_logs(&self) -> String {
+        let mut out = String::new();
+        for id in &self.partners {
+            let text =
+                std::fs::read_to_string(self.path().join(format!("{id}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- {id}\n"));
+            for l in &lines[lines.len().saturating_sub(8)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     /// The finished job's report.
@@ -244,18 +264,28 @@ impl RunningCoordinator {
     /// Waits (up to `limit`) for a stderr line containing `needle`; returns it.
     pub fn wait_for_line(&self, needle: &str, limit: Duration) -> anyhow::Result<String> {
         let deadline = Instant::now() + limit;
+        let mut seen = std::collections::VecDeque::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                bail!("no coordinator log line containing {needle:?} within {limit:?}");
+                bail!(
+                    "no coordinator log line containing {needle:?} within {limit:?}; last lines:\n{}",
+                    Vec::from(seen).join("\n")
+                );
             }
             match self.stderr.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return Ok(line),
-                Ok(_) => {}
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    bail!("the coordinator exited before logging {needle:?}")
+                Ok(line) => {
+                    if seen.len() == 20 {
+                        seen.pop_front();
+                    }
+                    seen.push_back(line);
                 }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!(
+                    "the coordinator exited before logging {needle:?}; last lines:\n{}",
+                    Vec::from(seen).join("\n")
+                ),
             }
         }
     }
