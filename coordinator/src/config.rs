@@ -59,6 +59,39 @@ pub struct CoordinatorConfig {
     /// Deadline of each round's input phase (covers local training).
     #[serde(default = "default_phase")]
     pub phase_timeout_secs: u64,
+    /// Mutual TLS; plaintext when absent (development only).
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+}
+
+/// `[tls]`: the consortium CA and the coordinator's certificate (PEM files, relative to the
+/// config file). Clients must present a certificate from `ca` naming their partner id.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The consortium CA certificate.
+    pub ca: PathBuf,
+    /// The coordinator's certificate.
+    pub cert: PathBuf,
+    /// The coordinator's private key.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Reads the three PEM files into a server TLS configuration.
+    pub fn load(&self) -> Result<tonic::transport::ServerTlsConfig, ConfigError> {
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        Ok(crate::tls::server_config(
+            &read(&self.ca)?,
+            &read(&self.cert)?,
+            &read(&self.key)?,
+        ))
+    }
 }
 
 fn default_out() -> PathBuf {
@@ -86,7 +119,11 @@ impl CoordinatorConfig {
             path: shown,
             reason: e.to_string(),
         })?;
-        for p in [&mut cfg.roster, &mut cfg.out_dir, &mut cfg.data_dir] {
+        let mut paths = vec![&mut cfg.roster, &mut cfg.out_dir, &mut cfg.data_dir];
+        if let Some(tls) = &mut cfg.tls {
+            paths.extend([&mut tls.ca, &mut tls.cert, &mut tls.key]);
+        }
+        for p in paths {
             if p.is_relative()
                 && let Some(dir) = path.parent()
             {

@@ -118,6 +118,8 @@ pub struct RunSettings {
     pub submitted_by: String,
     /// Crash-test fault injection (`FEDMARK_TEST_PAUSE_AT`); None in normal runs.
     pub pause_at: Option<PausePoint>,
+    /// Mutual TLS (see [`crate::tls`]); None serves plaintext.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 /// A round-relevant event, after the hub has handled joins and offer replies.

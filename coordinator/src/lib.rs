@@ -20,6 +20,7 @@ pub mod report;
 pub mod round;
 pub mod service;
 pub mod store;
+pub mod tls;
 
 use job::{Hub, JobError, JobOutcome, RunSettings};
 use report::RoundRecord;
@@ -58,12 +59,16 @@ pub async fn run(
         .iter()
         .map(|(id, _)| id.to_owned())
         .collect();
-    let service = CoordinatorService::new(
+    let mut service = CoordinatorService::new(
         "fedmark-coordinator".into(),
         sessions.clone(),
         events_tx,
         Some(roster),
     );
+    let tls = settings.tls.clone();
+    if tls.is_some() {
+        service = service.bind_certificates();
+    }
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let mut server = tokio::spawn(async move {
         let stop = async move {
@@ -72,7 +77,7 @@ pub async fn run(
                 () = shutdown => {}
             }
         };
-        service::serve(listener, service, stop).await
+        service::serve(listener, service, tls, stop).await
     });
     let hub = Hub::new(sessions, events_rx, id, spec_toml);
     let outcome = job::run_job(hub, spec, settings, progress).await;

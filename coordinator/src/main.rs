@@ -50,6 +50,12 @@ enum Command {
         #[command(subcommand)]
         command: PrivacyCommand,
     },
+    /// Development setup: a consortium CA with certificates for the coordinator, each
+    /// partner and an admin (in production, the consortium's own CA issues them).
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// The audit chain.
     Audit {
         #[command(subcommand)]
@@ -104,6 +110,20 @@ enum PrivacyCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Write DIR/ca.pem, DIR/coordinator.{pem,key}, DIR/<partner>.{pem,key} and
+    /// DIR/admin.{pem,key}.
+    Init {
+        /// Partner ids (comma-separated), or a count N for partners p0..p(N-1).
+        #[arg(long, value_delimiter = ',', required = true)]
+        partners: Vec<String>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum AuditCommand {
     /// Check an audit log (JSON lines, e.g. DATA_DIR/audit.jsonl): every record intact, in
     /// order, chained to the one before. Exits 1 naming the first bad line.
@@ -148,6 +168,15 @@ fn main() -> ExitCode {
         Command::Roster {
             command: RosterCommand::Init { partners, out },
         } => match roster_init(&partners, &out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Certs {
+            command: CertsCommand::Init { partners, out },
+        } => match certs_init(&partners, &out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -278,6 +307,24 @@ fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn certs_init(partners: &[String], out: &Path) -> anyhow::Result<()> {
+    let ids: Vec<String> = match partners {
+        [n] if n.parse::<usize>().is_ok() => {
+            let n: usize = n.parse()?;
+            (0..n).map(|i| format!("p{i}")).collect()
+        }
+        _ => partners.to_vec(),
+    };
+    let certs = fedmark_coordinator::tls::DevCerts::generate("fedmark development CA", &ids)?;
+    certs.write(out)?;
+    println!(
+        "wrote a development CA, the coordinator's, an admin's and {} partner certificates in {}",
+        ids.len(),
+        out.display()
+    );
+    Ok(())
+}
+
 fn init(config: &Path) -> anyhow::Result<()> {
     let cfg = CoordinatorConfig::load(config)?;
     Store::init(&cfg.data_dir)?;
@@ -346,6 +393,7 @@ fn serve(cfg: CoordinatorConfig, spec: JobSpec) -> anyhow::Result<()> {
             store: store.clone(),
             submitted_by: std::env::var("USER").unwrap_or_else(|_| "operator".into()),
             pause_at,
+            tls: cfg.tls.as_ref().map(|t| t.load()).transpose()?,
         };
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;

@@ -126,6 +126,8 @@ pub struct CoordinatorService {
     sessions: Sessions,
     events: mpsc::Sender<Event>,
     roster: Option<Arc<BTreeSet<String>>>,
+    /// With mutual TLS: a session's hello must name the partner its certificate names.
+    bind_certificates: bool,
 }
 
 impl CoordinatorService {
@@ -142,7 +144,15 @@ impl CoordinatorService {
             sessions,
             events,
             roster: roster.map(Arc::new),
+            bind_certificates: false,
         }
+    }
+
+    /// Requires every session's client certificate (checked against the CA by TLS) to name
+    /// the partner its hello names.
+    pub fn bind_certificates(mut self) -> Self {
+        self.bind_certificates = true;
+        self
     }
 
     /// The tonic server wrapper with fedmark's message limits.
@@ -157,11 +167,16 @@ impl CoordinatorService {
 pub async fn serve(
     listener: TcpListener,
     service: CoordinatorService,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    info!(addr = ?addr, "coordinator listening");
-    tonic::transport::Server::builder()
+    info!(addr = ?addr, tls = tls.is_some(), "coordinator listening");
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .tcp_nodelay(true)
         // Small HTTP/2 receive windows bound what a partner can have in flight unread, so the
         // coordinator's memory stays one vector plus a small constant per partner.
@@ -181,6 +196,22 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<Streaming<ClientMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let certified = if self.bind_certificates {
+            let name = request
+                .peer_certs()
+                .and_then(|chain| chain.first().and_then(|leaf| crate::tls::common_name(leaf)));
+            match name {
+                Some(n) => Some(n),
+                None => {
+                    warn!("refused a session without a client certificate");
+                    return Err(Status::unauthenticated(
+                        "a client certificate from the consortium CA is required",
+                    ));
+                }
+            }
+        } else {
+            None
+        };
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -202,6 +233,14 @@ impl Coordinator for CoordinatorService {
         if !valid_partner_id(&hello.partner_id) {
             return Err(Status::invalid_argument(
                 "partner_id must be 1-64 characters of letters, digits, `_`, `-`, `.`",
+            ));
+        }
+        if let Some(name) = &certified
+            && *name != hello.partner_id
+        {
+            warn!(partner = %hello.partner_id, certificate = %name, "refused a hello that does not match its certificate");
+            return Err(Status::permission_denied(
+                "the hello's partner id is not the one the client certificate names",
             ));
         }
         if let Some(roster) = &self.roster

@@ -57,6 +57,7 @@ pub async fn start_coordinator(
         store: Store::in_memory()?,
         submitted_by: "test".into(),
         pause_at: None,
+        tls: None,
     };
     let job = tokio::spawn(fedmark_coordinator::run(
         listener,

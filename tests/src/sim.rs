@@ -283,6 +283,7 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                 store: Store::in_memory()?,
                 submitted_by: "fedmark-sim".into(),
                 pause_at: None,
+                tls: None,
             };
             let task = tokio::spawn(fedmark_coordinator::run(
                 listener,
