@@ -1,4 +1,5 @@
-//! `fedmark-client`: runs a partner node until the coordinator's job finishes.
+//! `fedmark-client`: runs a partner node until the coordinator's job finishes, reconnecting
+//! when a session ends early (coordinator restart, network error).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,7 +52,7 @@ fn main() -> ExitCode {
 fn run(cfg: ClientConfig) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let summary = rt
-        .block_on(node::run(&cfg, NodeOptions::default()))
+        .block_on(node::run_until_finished(&cfg, NodeOptions::default()))
         .with_context(|| format!("partner `{}`", cfg.partner_id))?;
     if let Some(reason) = &summary.refused {
         anyhow::bail!("refused the job: {reason}");

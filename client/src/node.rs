@@ -226,8 +226,94 @@ pub async fn connect(cfg: &ClientConfig) -> Result<CoordinatorClient<Channel>, C
     }
 }
 
-/// Runs one session: from `Hello` to `JobFinished`.
+/// Runs one session: from `Hello` to `JobFinished`. A session that ends early (the
+/// coordinator restarted, the network broke) is an error; [`run_until_finished`] reconnects.
 pub async fn run(cfg: &ClientConfig, options: NodeOptions) -> Result<ClientSummary, ClientError> {
+    let mut summary = ClientSummary::default();
+    let mut progressed = false;
+    session(cfg, options, &mut summary, &mut progressed).await?;
+    Ok(summary)
+}
+
+/// Whether a session that ended with `e` is worth dialling again: the coordinator went away
+/// or the transport broke. A refusal of this partner (not in the roster, wrong protocol
+/// version), a protocol violation or a local problem (identity, ledger, audit log) is not.
+pub fn is_retryable(e: &ClientError) -> bool {
+    use tonic::Code;
+    match e {
+        ClientError::Closed => true,
+        ClientError::Session(status) => matches!(
+            status.code(),
+            Code::Unavailable
+                | Code::Unknown
+                | Code::Cancelled
+                | Code::Aborted
+                | Code::Internal
+                | Code::ResourceExhausted
+        ),
+        _ => false,
+    }
+}
+
+/// Runs sessions until the job finishes or this partner refuses it. A session that ends
+/// before `JobFinished` for a reason worth retrying (see [`is_retryable`]) is followed by a
+/// new one: at once after a session that got going (the dial itself backs off while the
+/// coordinator is unreachable), and after an exponential backoff with jitter after one that
+/// did not; the new session answers the
+/// coordinator's offer as usual. It gives up when `connect_timeout_secs` pass without a
+/// session that got as far as the coordinator's welcome, returning the last error.
+pub async fn run_until_finished(
+    cfg: &ClientConfig,
+    options: NodeOptions,
+) -> Result<ClientSummary, ClientError> {
+    let patience = Duration::from_secs(cfg.connect_timeout_secs);
+    let mut summary = ClientSummary::default();
+    let mut last_progress = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(50);
+    let mut rng = StdRng::from_rng(&mut rand::rng());
+    let mut sessions: u64 = 0;
+    loop {
+        let mut progressed = false;
+        sessions += 1;
+        match session(cfg, options.clone(), &mut summary, &mut progressed).await {
+            Ok(()) => return Ok(summary),
+            Err(e) if is_retryable(&e) => {
+                let now = tokio::time::Instant::now();
+                if progressed {
+                    // A session that got going and then broke: dial again at once (a partner
+                    // that drops out should be back for the next round); `connect` backs off
+                    // if the coordinator is not there yet.
+                    last_progress = now;
+                    backoff = Duration::from_millis(50);
+                    warn!(error = %e, sessions, "session ended before the job finished; reconnecting");
+                    continue;
+                }
+                if now.duration_since(last_progress) >= patience {
+                    return Err(e);
+                }
+                let wait = backoff.mul_f64(rng.random_range(0.5..1.5));
+                warn!(
+                    error = %e,
+                    sessions,
+                    wait_ms = wait.as_millis() as u64,
+                    "session ended before the job finished; reconnecting"
+                );
+                tokio::time::sleep(wait).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One session. `summary` carries over between sessions (rounds contributed add up);
+/// `progressed` is set once the coordinator has welcomed this partner.
+async fn session(
+    cfg: &ClientConfig,
+    options: NodeOptions,
+    summary: &mut ClientSummary,
+    progressed: &mut bool,
+) -> Result<(), ClientError> {
     let identity = match options.identity.clone() {
         Some(i) => Some(i),
         None => Identity::from_config(cfg)?,
@@ -258,28 +344,34 @@ pub async fn run(cfg: &ClientConfig, options: NodeOptions) -> Result<ClientSumma
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::from_rng(&mut rand::rng()),
         },
-        summary: ClientSummary::default(),
+        summary: std::mem::take(summary),
     };
-    loop {
-        let flow = tokio::select! {
-            msg = inbound.message() => match msg? {
-                Some(m) => {
-                    let Some(body) = m.body else {
-                        return Err(ClientError::Protocol("empty server message".into()));
-                    };
-                    node.handle(body).await?
+    let result = async {
+        loop {
+            let flow = tokio::select! {
+                msg = inbound.message() => match msg? {
+                    Some(m) => {
+                        *progressed = true;
+                        let Some(body) = m.body else {
+                            return Err(ClientError::Protocol("empty server message".into()));
+                        };
+                        node.handle(body).await?
+                    }
+                    None => return Err(ClientError::Closed),
+                },
+                Some(done) = done_rx.recv() => {
+                    node.on_computed(done).await?;
+                    Flow::Continue
                 }
-                None => return Err(ClientError::Closed),
-            },
-            Some(done) = done_rx.recv() => {
-                node.on_computed(done).await?;
-                Flow::Continue
+            };
+            if flow == Flow::Finished {
+                return Ok(());
             }
-        };
-        if flow == Flow::Finished {
-            return Ok(node.summary);
         }
     }
+    .await;
+    *summary = std::mem::take(&mut node.summary);
+    result
 }
 
 #[derive(Debug, PartialEq, Eq)]

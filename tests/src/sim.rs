@@ -526,20 +526,13 @@ fn scheduled_dropouts(opts: &SimOptions, rounds: u32) -> Vec<Vec<Dropout>> {
     per_partner
 }
 
-/// Runs one partner; after an injected dropout it reconnects, as a restarted client would.
+/// Runs one partner with the client's own reconnection loop: after an injected dropout (or
+/// anything else that ends a session early) it dials again, as a restarted client would.
 async fn run_partner(cfg: ClientConfig, options: NodeOptions) -> anyhow::Result<()> {
-    let pending = |o: &NodeOptions| o.dropouts.lock().map(|l| l.len()).unwrap_or(0);
-    let mut left = pending(&options);
-    loop {
-        match node::run(&cfg, options.clone()).await {
-            Ok(_) => return Ok(()),
-            Err(node::ClientError::Closed) if pending(&options) < left => {
-                // That session ended with an injected dropout; rejoin.
-                left = pending(&options);
-            }
-            Err(e) => return Err(e).with_context(|| format!("partner {}", cfg.partner_id)),
-        }
-    }
+    node::run_until_finished(&cfg, options)
+        .await
+        .with_context(|| format!("partner {}", cfg.partner_id))?;
+    Ok(())
 }
 
 fn concat<'a>(parts: impl Iterator<Item = &'a RawRows>, schema: &FeatureSchema) -> RawRows {
