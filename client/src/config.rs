@@ -74,6 +74,20 @@ pub struct ClientConfig {
     /// The partner's privacy ledger file (per purpose, across jobs); in memory when absent.
     #[serde(default)]
     pub ledger: Option<PathBuf>,
+    /// The consent source (CSV `user_id,purpose,granted_at,withdrawn_at`, see
+    /// [`crate::consent`]); re-read at the start of every round. Needs `user_id_column`.
+    #[serde(default)]
+    pub consent: Option<PathBuf>,
+    /// The data's user-id column, read only to join rows with the consent snapshot.
+    #[serde(default)]
+    pub user_id_column: Option<String>,
+    /// The partner's policy (see [`crate::policy`]); every offer is checked against it.
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
+    /// The partner's audit file (JSON lines, hash-chained, see [`crate::audit`]); none when
+    /// absent.
+    #[serde(default)]
+    pub audit: Option<PathBuf>,
 }
 
 fn default_min_cohort() -> usize {
@@ -103,6 +117,10 @@ impl ClientConfig {
             min_cohort: default_min_cohort(),
             max_epsilon: None,
             ledger: None,
+            consent: None,
+            user_id_column: None,
+            policy: None,
+            audit: None,
         }
     }
 
@@ -117,9 +135,15 @@ impl ClientConfig {
             path: shown,
             reason: e.to_string(),
         })?;
-        for p in [&mut cfg.identity_key, &mut cfg.roster]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut cfg.identity_key,
+            &mut cfg.roster,
+            &mut cfg.consent,
+            &mut cfg.policy,
+            &mut cfg.audit,
+        ]
+        .into_iter()
+        .flatten()
         {
             if p.is_relative()
                 && let Some(dir) = path.parent()
@@ -173,6 +197,27 @@ impl ClientConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        match (&self.consent, &self.user_id_column) {
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    field: "user_id_column",
+                    reason: "is required with `consent` (the data's column to join on)".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    field: "consent",
+                    reason: "is required with `user_id_column`".into(),
+                });
+            }
+            (_, Some(col)) if col.trim().is_empty() => {
+                return Err(ConfigError::Invalid {
+                    field: "user_id_column",
+                    reason: "must name a column".into(),
+                });
+            }
+            _ => {}
+        }
         if self.connect_timeout_secs == 0 {
             return Err(ConfigError::Invalid {
                 field: "connect_timeout_secs",
@@ -221,6 +266,14 @@ mod tests {
             (
                 "coordinator = \"http://x\"\npartner_id = \"b\"\ndata = \"d\"\nport = 3\n",
                 "unknown field `port`",
+            ),
+            (
+                "coordinator = \"http://x\"\npartner_id = \"b\"\ndata = \"d\"\nconsent = \"c.csv\"\n",
+                "`user_id_column` is required with `consent`",
+            ),
+            (
+                "coordinator = \"http://x\"\npartner_id = \"b\"\ndata = \"d\"\nuser_id_column = \"id\"\n",
+                "`consent` is required",
             ),
         ] {
             std::fs::write(&p, text).unwrap();

@@ -15,7 +15,8 @@ use fedmark_core::spec::PrivacyMode;
 use fedmark_core::train::{DpSgd, LocalTraining, clip_l2, train_dp_sgd, train_local};
 use rand::Rng;
 
-use crate::data::LocalData;
+use crate::consent::ConsentSnapshot;
+use crate::data::{KeyedData, LocalData};
 
 /// A job this partner accepted, with its records for it.
 #[derive(Debug)]
@@ -26,8 +27,13 @@ pub struct JobContext {
     pub schema: FeatureSchema,
     /// Model family.
     pub arch: Architecture,
-    /// The partner's rows (declared columns only).
+    /// The partner's rows used in the current round (declared columns only; with a consent
+    /// source, only the rows of users in the round's consent snapshot).
     pub data: LocalData,
+    /// With a consent source: every row with its user id, filtered again each round.
+    keyed: Option<KeyedData>,
+    /// Hash of the snapshot `data` was filtered with.
+    applied: Option<String>,
     /// The job's privacy plan as this partner computes it from the spec.
     pub privacy: Option<PrivacyPlan>,
     encoded: Option<(Standardizer, Dataset, Dataset)>,
@@ -50,8 +56,49 @@ impl JobContext {
             arch: Architecture::from_spec(&spec),
             spec,
             data,
+            keyed: None,
+            applied: None,
             privacy,
             encoded: None,
+        }
+    }
+
+    /// A context for an accepted job whose rows are filtered by consent each round; until
+    /// [`JobContext::apply_consent`] is called no row is used.
+    pub fn with_consent(spec: JobSpec, keyed: KeyedData, privacy: Option<PrivacyPlan>) -> Self {
+        let schema = FeatureSchema::from_spec(&spec);
+        let empty = LocalData {
+            train: fedmark_core::features::RawRows::new(&schema),
+            holdout: fedmark_core::features::RawRows::new(&schema),
+            skipped: keyed.all.skipped.clone(),
+        };
+        let mut ctx = Self::new(spec, empty, privacy);
+        ctx.keyed = Some(keyed);
+        ctx
+    }
+
+    /// Training and holdout rows before any consent filter.
+    pub fn rows_before_consent(&self) -> (usize, usize) {
+        match &self.keyed {
+            Some(k) => (k.all.train.len(), k.all.holdout.len()),
+            None => (self.data.train.len(), self.data.holdout.len()),
+        }
+    }
+
+    /// Whether rows are filtered by a consent snapshot.
+    pub fn has_consent_source(&self) -> bool {
+        self.keyed.is_some()
+    }
+
+    /// Uses, from now on, only the rows whose user is in `snapshot` (training, statistics and
+    /// holdout evaluation alike). Without a consent source this changes nothing.
+    pub fn apply_consent(&mut self, snapshot: &ConsentSnapshot) {
+        if let Some(keyed) = &self.keyed
+            && self.applied.as_deref() != Some(snapshot.hash.as_str())
+        {
+            self.data = keyed.consented(snapshot);
+            self.encoded = None;
+            self.applied = Some(snapshot.hash.clone());
         }
     }
 

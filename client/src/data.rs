@@ -6,12 +6,22 @@
 //! are held out for evaluation is decided by [`fedmark_core::features::is_holdout`] on the
 //! record's position in the file, so the split is stable across runs and does not depend on
 //! which other rows were skipped.
+//!
+//! With a consent source the partner names its user-id column, and [`load_csv_keyed`] also
+//! reads that one column, only to join rows with the round's consent snapshot
+//! ([`KeyedData::consented`]). The holdout split is then decided by a hash of the user id
+//! instead of the row position, so all of one user's rows fall on the same side and removing
+//! other users' rows (a withdrawal, or a file with those rows deleted) moves nobody across.
+//! User ids are kept in memory for the join only; they are never logged or sent.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use fedmark_core::features::{FeatureSchema, RawRows, is_holdout};
 use fedmark_core::spec::JobSpec;
+use sha2::{Digest, Sha256};
+
+use crate::consent::ConsentSnapshot;
 
 /// Why a partner's data could not be loaded for a job.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +70,8 @@ pub enum SkipReason {
     BadNumber,
     /// The label field is empty.
     MissingLabel,
+    /// The user-id field is empty (consent cannot be checked).
+    MissingUserId,
 }
 
 impl SkipReason {
@@ -69,6 +81,7 @@ impl SkipReason {
             SkipReason::Malformed => "malformed_record",
             SkipReason::BadNumber => "bad_number",
             SkipReason::MissingLabel => "missing_label",
+            SkipReason::MissingUserId => "missing_user_id",
         }
     }
 }
@@ -100,6 +113,36 @@ pub struct HoldoutSplit {
     pub seed: u64,
 }
 
+/// A partner's records with the user id of each row, for the per-round consent join.
+#[derive(Debug, Clone)]
+pub struct KeyedData {
+    /// Every usable row, ignoring consent.
+    pub all: LocalData,
+    schema: FeatureSchema,
+    train_users: Vec<String>,
+    holdout_users: Vec<String>,
+}
+
+impl KeyedData {
+    /// The rows whose user is in `snapshot`, in file order (no user ids carried along).
+    pub fn consented(&self, snapshot: &ConsentSnapshot) -> LocalData {
+        let keep = |rows: &RawRows, users: &[String]| {
+            let mut out = RawRows::new(&self.schema);
+            for (r, user) in users.iter().enumerate() {
+                if snapshot.allows(user) {
+                    out.push(rows.numeric_row(r), rows.slot_row(r), rows.labels[r] > 0.5);
+                }
+            }
+            out
+        };
+        LocalData {
+            train: keep(&self.all.train, &self.train_users),
+            holdout: keep(&self.all.holdout, &self.holdout_users),
+            skipped: self.all.skipped.clone(),
+        }
+    }
+}
+
 /// Loads the declared columns of `path` for `spec`.
 pub fn load_csv(path: &Path, spec: &JobSpec, split: HoldoutSplit) -> Result<LocalData, DataError> {
     let shown = path.display().to_string();
@@ -110,6 +153,22 @@ pub fn load_csv(path: &Path, spec: &JobSpec, split: HoldoutSplit) -> Result<Loca
     load_reader(file, &shown, spec, split)
 }
 
+/// Loads the declared columns of `path` for `spec` and the user id of each row from
+/// `user_id_column`; the holdout split is keyed by user (see the module notes).
+pub fn load_csv_keyed(
+    path: &Path,
+    spec: &JobSpec,
+    split: HoldoutSplit,
+    user_id_column: &str,
+) -> Result<KeyedData, DataError> {
+    let shown = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+        path: shown.clone(),
+        source,
+    })?;
+    load_reader_keyed(file, &shown, spec, split, user_id_column)
+}
+
 /// Loads from any reader (`name` is used in messages).
 pub fn load_reader<R: std::io::Read>(
     reader: R,
@@ -117,6 +176,44 @@ pub fn load_reader<R: std::io::Read>(
     spec: &JobSpec,
     split: HoldoutSplit,
 ) -> Result<LocalData, DataError> {
+    Ok(load_any(reader, name, spec, split, None)?.0)
+}
+
+/// [`load_csv_keyed`] from any reader (`name` is used in messages).
+pub fn load_reader_keyed<R: std::io::Read>(
+    reader: R,
+    name: &str,
+    spec: &JobSpec,
+    split: HoldoutSplit,
+    user_id_column: &str,
+) -> Result<KeyedData, DataError> {
+    let (all, users) = load_any(reader, name, spec, split, Some(user_id_column))?;
+    let (train_users, holdout_users) = users.unwrap_or_default();
+    Ok(KeyedData {
+        all,
+        schema: FeatureSchema::from_spec(spec),
+        train_users,
+        holdout_users,
+    })
+}
+
+/// The position in the holdout draw of a user's rows: the first 8 bytes of SHA-256 of the id.
+fn user_key(user: &str) -> u64 {
+    let digest = Sha256::digest(user.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
+}
+
+type RowUsers = (Vec<String>, Vec<String>);
+
+fn load_any<R: std::io::Read>(
+    reader: R,
+    name: &str,
+    spec: &JobSpec,
+    split: HoldoutSplit,
+    user_id_column: Option<&str>,
+) -> Result<(LocalData, Option<RowUsers>), DataError> {
     let schema = FeatureSchema::from_spec(spec);
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(true)
@@ -149,10 +246,12 @@ pub fn load_reader<R: std::io::Read>(
         .map(|(c, _)| find(c))
         .collect::<Result<Vec<_>, _>>()?;
     let label_at = find(&spec.label.column)?;
+    let user_at = user_id_column.map(find).transpose()?;
     let fields = header.len();
 
     let mut train = RawRows::new(&schema);
     let mut holdout = RawRows::new(&schema);
+    let mut users: Option<RowUsers> = user_at.map(|_| (Vec::new(), Vec::new()));
     let mut skipped: BTreeMap<SkipReason, u64> = BTreeMap::new();
     let mut numeric = vec![0.0; numeric_at.len()];
     let mut slots = vec![0u32; categorical_at.len()];
@@ -173,7 +272,7 @@ pub fn load_reader<R: std::io::Read>(
         }
         let row = index;
         index += 1;
-        match parse_row(
+        let parsed = parse_row(
             &record,
             fields,
             &numeric_at,
@@ -182,13 +281,35 @@ pub fn load_reader<R: std::io::Read>(
             &schema,
             &mut numeric,
             &mut slots,
-        ) {
-            Ok(label_value) => {
+        )
+        .and_then(|label| match user_at {
+            None => Ok((label, None)),
+            Some(at) => {
+                let user = String::from_utf8_lossy(record.get(at).unwrap_or_default());
+                let user = user.trim();
+                if user.is_empty() {
+                    Err(SkipReason::MissingUserId)
+                } else {
+                    Ok((label, Some(user.to_owned())))
+                }
+            }
+        });
+        match parsed {
+            Ok((label_value, user)) => {
                 let label = label_value == spec.label.positive.as_bytes();
-                if is_holdout(row, split.fraction, split.seed) {
+                let draw = user.as_deref().map_or(row, user_key);
+                let held_out = is_holdout(draw, split.fraction, split.seed);
+                if held_out {
                     holdout.push(&numeric, &slots, label);
                 } else {
                     train.push(&numeric, &slots, label);
+                }
+                if let (Some((train_users, holdout_users)), Some(user)) = (users.as_mut(), user) {
+                    if held_out {
+                        holdout_users.push(user);
+                    } else {
+                        train_users.push(user);
+                    }
                 }
             }
             Err(reason) => *skipped.entry(reason).or_default() += 1,
@@ -200,11 +321,14 @@ pub fn load_reader<R: std::io::Read>(
             skipped: skipped.values().sum(),
         });
     }
-    Ok(LocalData {
-        train,
-        holdout,
-        skipped,
-    })
+    Ok((
+        LocalData {
+            train,
+            holdout,
+            skipped,
+        },
+        users,
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -4,10 +4,15 @@
 //! declared columns, trains locally and sends nothing but encoded round vectors. Modules:
 //! [`config`] (the partner's `client.toml`), [`data`] (CSV loading with bad-row accounting),
 //! [`contribution`] (what the partner computes per round, no I/O), [`ledger`] (the
-//! partner's own privacy ledger) and [`node`] (the protocol driver).
+//! partner's own privacy ledger), [`consent`] (the consent source and per-round snapshots),
+//! [`policy`] (the partner's own rules for which jobs it serves), [`audit`] (the partner's
+//! hash-chained audit file) and [`node`] (the protocol driver).
 
+pub mod audit;
 pub mod config;
+pub mod consent;
 pub mod contribution;
 pub mod data;
 pub mod ledger;
 pub mod node;
+pub mod policy;

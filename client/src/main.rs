@@ -1,13 +1,16 @@
 //! `fedmark-client`: runs a partner node until the coordinator's job finishes, reconnecting
-//! when a session ends early (coordinator restart, network error).
+//! when a session ends early (coordinator restart, network error); `fedmark-client audit
+//! verify PATH` checks a partner's audit file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use fedmark_client::audit::verify_file;
 use fedmark_client::config::ClientConfig;
 use fedmark_client::node::{self, NodeOptions};
+use fedmark_client::policy::PartnerPolicy;
 use tracing_subscriber::EnvFilter;
 
 /// Exit code for a configuration that cannot be used (BSD EX_USAGE).
@@ -20,9 +23,39 @@ const EXIT_CONFIG: u8 = 64;
     about = "Run a fedmark partner node beside your own data"
 )]
 struct Cli {
-    /// Path of client.toml.
+    /// Path of client.toml (runs the node).
     #[arg(long, env = "FEDMARK_CLIENT_CONFIG")]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the node (the same as `--config` without a subcommand).
+    Run {
+        /// Path of client.toml.
+        #[arg(long, env = "FEDMARK_CLIENT_CONFIG")]
+        config: PathBuf,
+    },
+    /// The partner's audit file.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check that an audit file is an unbroken hash chain; on failure, say which line.
+    Verify {
+        /// The audit file (JSON lines).
+        path: PathBuf,
+        /// The hash its last record must have (kept elsewhere: catches records removed from
+        /// the end).
+        #[arg(long)]
+        head: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -33,17 +66,52 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let cfg = match ClientConfig::load(&cli.config) {
+    let config = match cli.command {
+        Some(Command::Audit {
+            command: AuditCommand::Verify { path, head },
+        }) => return verify(&path, head.as_deref()),
+        Some(Command::Run { config }) => config,
+        None => match cli.config {
+            Some(c) => c,
+            None => {
+                eprintln!(
+                    "error: give --config PATH to run the node, or a subcommand (see --help)"
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
+    let cfg = match ClientConfig::load(&config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // A policy that does not load is a configuration error, found before dialling anyone.
+    if let Some(policy) = &cfg.policy
+        && let Err(e) = PartnerPolicy::load(policy)
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     match run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn verify(path: &std::path::Path, head: Option<&str>) -> ExitCode {
+    match verify_file(path, head) {
+        Ok(v) => {
+            println!("{}: {} records, head {}", path.display(), v.records, v.head);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

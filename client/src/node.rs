@@ -11,6 +11,11 @@
 //!
 //! Nothing that leaves this module is a raw record: only encoded (and, with secure aggregation,
 //! masked) vectors, counts and the partner's accept/refuse decision.
+//!
+//! Governance happens here too: an offer is checked against the partner's policy
+//! ([`crate::policy`]) before anything else; at the start of every round the consent source
+//! is re-read and only consented users' rows are used ([`crate::consent`]); and every step is
+//! written to the partner's audit file ([`crate::audit`]) before it is acted on.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,10 +44,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
+use crate::audit::{AuditLog, AuditLogError, params_sha256, words_sha256};
 use crate::config::ClientConfig;
+use crate::consent::{ConsentSource, now_unix};
 use crate::contribution::{JobContext, RoundValues};
-use crate::data::{HoldoutSplit, load_csv};
+use crate::data::{HoldoutSplit, load_csv, load_csv_keyed};
 use crate::ledger::{Ledger, LedgerError};
+use crate::policy::{PartnerPolicy, PolicyError};
 
 /// Words per `InputChunk`: 64 KiB, well under gRPC's 4 MiB message ceiling and small enough
 /// that the coordinator's queue of pending chunks stays small.
@@ -77,6 +85,12 @@ pub enum ClientError {
     /// The privacy ledger could not be opened.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// The partner's policy could not be loaded.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The audit file could not be opened or written.
+    #[error(transparent)]
+    Audit(#[from] AuditLogError),
 }
 
 /// What a client did, for its operator.
@@ -174,9 +188,22 @@ impl Identity {
     }
 }
 
+/// Called with the round number at the start of every round, before the consent snapshot is
+/// taken: simulations use it to change a partner's consent file between rounds.
+#[derive(Clone)]
+pub struct RoundHook(pub Arc<dyn Fn(u64) + Send + Sync>);
+
+impl std::fmt::Debug for RoundHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RoundHook")
+    }
+}
+
 /// Options that tests and the simulator set; real deployments use the defaults.
 #[derive(Debug, Clone, Default)]
 pub struct NodeOptions {
+    /// Runs at the start of every round, before the consent snapshot.
+    pub round_hook: Option<RoundHook>,
     /// Scripted dropouts, shared by the sessions of one partner: each fires once and is then
     /// removed, so a partner that reconnects goes on with the rest.
     pub dropouts: Arc<Mutex<Vec<Dropout>>>,
@@ -319,6 +346,11 @@ async fn session(
         None => Identity::from_config(cfg)?,
     };
     let ledger = Ledger::open(cfg.ledger.as_deref())?;
+    let policy = cfg.policy.as_deref().map(PartnerPolicy::load).transpose()?;
+    let audit = match &cfg.audit {
+        Some(path) => Some(AuditLog::open(path, &cfg.partner_id)?),
+        None => None,
+    };
     let mut client = connect(cfg).await?;
     let (tx, rx) = mpsc::channel::<ClientMessage>(16);
     send(
@@ -336,6 +368,8 @@ async fn session(
         options,
         identity,
         ledger,
+        policy,
+        audit,
         tx,
         done_tx,
         job: None,
@@ -391,6 +425,8 @@ struct Node {
     options: NodeOptions,
     identity: Option<Identity>,
     ledger: Ledger,
+    policy: Option<PartnerPolicy>,
+    audit: Option<AuditLog>,
     tx: mpsc::Sender<ClientMessage>,
     done_tx: mpsc::Sender<Computed>,
     job: Option<(String, Arc<Mutex<JobContext>>)>,
@@ -414,6 +450,8 @@ struct ActiveRound {
     /// The encoded vector, once computed.
     words: Option<Vec<u32>>,
     input_sent: bool,
+    /// SHA-256 of the round's consent snapshot (empty without a consent source).
+    consent_hash: String,
 }
 
 async fn send(
@@ -442,7 +480,18 @@ impl Node {
         match body {
             Body::Welcome(w) => info!(coordinator = %w.coordinator_id, "session open"),
             Body::Offer(offer) => {
-                let reply = self.consider(&offer.job_id, &offer.spec_toml);
+                let purpose = JobSpec::from_toml(&offer.spec_toml)
+                    .ok()
+                    .map(|s| s.job.purpose);
+                self.audit(
+                    "offer_received",
+                    serde_json::json!({
+                        "job_id": offer.job_id,
+                        "spec_sha256": fedmark_core::audit::sha256_hex(offer.spec_toml.as_bytes()),
+                        "purpose": purpose,
+                    }),
+                )?;
+                let reply = self.consider(&offer.job_id, &offer.spec_toml)?;
                 // On a refusal the coordinator answers with `JobFinished`, which ends the session;
                 // leaving at once could lose the reply with the stream.
                 send(&self.tx, client_message::Body::OfferReply(reply)).await?;
@@ -482,6 +531,14 @@ impl Node {
                     if round.model.len() != round.model_len {
                         return Err(ClientError::Protocol("model ended early".into()));
                     }
+                    let data = serde_json::json!({
+                        "job_id": round.rref.job_id,
+                        "round": round.rref.round,
+                        "attempt": round.rref.attempt,
+                        "model_sha256": params_sha256(&round.model),
+                        "params": round.model.len(),
+                    });
+                    self.audit("model_received", data)?;
                     self.compute();
                 }
             }
@@ -530,7 +587,7 @@ impl Node {
                         };
                         send(&self.tx, client_message::Body::Shares(msg)).await?;
                     }
-                    Err(e) => self.abandon(&e.to_string()),
+                    Err(e) => self.abandon(&e.to_string())?,
                 }
             }
             Body::Shares(delivery) => {
@@ -556,7 +613,7 @@ impl Node {
                         round.shares_done = true;
                         self.send_input().await?;
                     }
-                    Err(e) => self.abandon(&e.to_string()),
+                    Err(e) => self.abandon(&e.to_string())?,
                 }
             }
             Body::Unmask(request) => {
@@ -591,7 +648,7 @@ impl Node {
                         };
                         send(&self.tx, client_message::Body::Unmask(msg)).await?;
                     }
-                    Err(e) => self.abandon(&e.to_string()),
+                    Err(e) => self.abandon(&e.to_string())?,
                 }
             }
             Body::RoundResult(r) => {
@@ -608,6 +665,10 @@ impl Node {
             }
             Body::Finished(f) => {
                 info!(job = %f.job_id, reason = %f.reason, "job finished");
+                self.audit(
+                    "job_finished",
+                    serde_json::json!({"job_id": f.job_id, "reason": f.reason}),
+                )?;
                 self.summary.finish_reason = f.reason;
                 return Ok(Flow::Finished);
             }
@@ -628,9 +689,26 @@ impl Node {
 
     /// Gives up on the current round after the coordinator asked for something this partner
     /// refuses (a forged key, a cohort below the threshold, a second unmask request …).
-    fn abandon(&mut self, reason: &str) {
+    fn abandon(&mut self, reason: &str) -> Result<(), ClientError> {
         warn!(reason = %reason, "refusing to continue this round");
-        self.round = None;
+        if let Some(round) = self.round.take() {
+            let data = serde_json::json!({
+                "job_id": round.rref.job_id,
+                "round": round.rref.round,
+                "attempt": round.rref.attempt,
+                "reason": reason,
+            });
+            self.audit("round_abandoned", data)?;
+        }
+        Ok(())
+    }
+
+    /// Appends a record to the partner's audit file, if it keeps one.
+    fn audit(&mut self, kind: &str, data: serde_json::Value) -> Result<(), ClientError> {
+        if let Some(log) = self.audit.as_mut() {
+            log.append(kind, data)?;
+        }
+        Ok(())
     }
 
     fn leave_if(&self, point: DropPoint) -> Result<(), ClientError> {
@@ -658,32 +736,57 @@ impl Node {
         }
     }
 
-    /// Checks an offered job and loads the data for it; the reply says why on refusal.
-    fn consider(&mut self, job_id: &str, spec_toml: &str) -> OfferReply {
+    /// Checks an offered job and loads the data for it; the reply says why on refusal. The
+    /// decision is written to the audit file before it is sent.
+    fn consider(&mut self, job_id: &str, spec_toml: &str) -> Result<OfferReply, ClientError> {
         match self.check_offer(spec_toml) {
             Ok(ctx) => {
-                info!(job = %job_id, train_rows = ctx.data.train.len(), holdout_rows = ctx.data.holdout.len(), "accepted job");
+                let (train_rows, holdout_rows) = ctx.rows_before_consent();
+                info!(job = %job_id, train_rows, holdout_rows, consent = ctx.has_consent_source(), "accepted job");
+                self.audit(
+                    "offer_accepted",
+                    serde_json::json!({
+                        "job_id": job_id,
+                        "train_rows": train_rows,
+                        "holdout_rows": holdout_rows,
+                    }),
+                )?;
                 self.job = Some((job_id.to_owned(), Arc::new(Mutex::new(ctx))));
-                OfferReply {
+                Ok(OfferReply {
                     job_id: job_id.to_owned(),
                     accept: true,
                     reason: String::new(),
-                }
+                })
             }
             Err(reason) => {
                 warn!(job = %job_id, reason = %reason, "refusing job");
+                self.audit(
+                    "offer_refused",
+                    serde_json::json!({"job_id": job_id, "reason": reason}),
+                )?;
                 self.summary.refused = Some(reason.clone());
-                OfferReply {
+                Ok(OfferReply {
                     job_id: job_id.to_owned(),
                     accept: false,
                     reason,
-                }
+                })
             }
         }
     }
 
     fn check_offer(&self, spec_toml: &str) -> Result<JobContext, String> {
         let spec = JobSpec::from_toml(spec_toml).map_err(|e| e.to_string())?;
+        // The partner's own policy comes first: a job outside it is refused whatever else.
+        if let Some(policy) = &self.policy {
+            policy.check(&spec)?;
+        }
+        if let Some(user_col) = &self.cfg.user_id_column
+            && spec.declared_columns().contains(&user_col.as_str())
+        {
+            return Err(format!(
+                "column `{user_col}` is this partner's user-id column and is never a feature or label"
+            ));
+        }
         if spec.aggregation.secure && self.identity.is_none() {
             return Err(
                 "secure aggregation needs identity_key and roster in the client config".into(),
@@ -714,11 +817,93 @@ impl Node {
             fraction: self.cfg.holdout_fraction,
             seed: self.cfg.holdout_seed,
         };
-        let data = load_csv(&self.cfg.data, &spec, split).map_err(|e| e.to_string())?;
-        for (reason, count) in &data.skipped {
-            warn!(reason = reason.as_str(), rows = count, "skipped bad rows");
+        let ctx = match (&self.cfg.consent, &self.cfg.user_id_column) {
+            (Some(consent), Some(user_col)) => {
+                // Refuse now, not at the first round, if the consent source is unreadable.
+                ConsentSource::load(consent).map_err(|e| e.to_string())?;
+                let keyed = load_csv_keyed(&self.cfg.data, &spec, split, user_col)
+                    .map_err(|e| e.to_string())?;
+                for (reason, count) in &keyed.all.skipped {
+                    warn!(reason = reason.as_str(), rows = count, "skipped bad rows");
+                }
+                JobContext::with_consent(spec, keyed, privacy)
+            }
+            _ => {
+                let data = load_csv(&self.cfg.data, &spec, split).map_err(|e| e.to_string())?;
+                for (reason, count) in &data.skipped {
+                    warn!(reason = reason.as_str(), rows = count, "skipped bad rows");
+                }
+                JobContext::new(spec, data, privacy)
+            }
+        };
+        Ok(ctx)
+    }
+
+    /// Takes the round's consent snapshot (re-reading the consent source) and restricts the
+    /// job's rows to it; returns the snapshot hash (empty without a consent source), or the
+    /// reason the round cannot use any data.
+    fn consent_for_round(
+        &mut self,
+        rref: &RoundRef,
+    ) -> Result<Result<String, String>, ClientError> {
+        if let Some(hook) = &self.options.round_hook {
+            (hook.0)(rref.round);
         }
-        Ok(JobContext::new(spec, data, privacy))
+        let Some((_, ctx)) = &self.job else {
+            return Err(ClientError::Protocol(
+                "round started before any job was accepted".into(),
+            ));
+        };
+        let (hash, consented_users, train_rows, holdout_rows) = {
+            let mut ctx = ctx
+                .lock()
+                .map_err(|_| ClientError::Protocol("job state poisoned".into()))?;
+            match &self.cfg.consent {
+                Some(path) if ctx.has_consent_source() => {
+                    let source = match ConsentSource::load(path) {
+                        Ok(s) => s,
+                        Err(e) => return Ok(Err(format!("consent source: {e}"))),
+                    };
+                    let snapshot = source.snapshot(&ctx.spec.job.purpose, now_unix());
+                    ctx.apply_consent(&snapshot);
+                    (
+                        snapshot.hash,
+                        Some(snapshot.count),
+                        ctx.data.train.len(),
+                        ctx.data.holdout.len(),
+                    )
+                }
+                _ => (
+                    String::new(),
+                    None,
+                    ctx.data.train.len(),
+                    ctx.data.holdout.len(),
+                ),
+            }
+        };
+        info!(
+            round = rref.round,
+            attempt = rref.attempt,
+            usable_records = train_rows + holdout_rows,
+            train_rows,
+            holdout_rows,
+            "consent snapshot taken"
+        );
+        self.audit(
+            "consent_snapshot",
+            serde_json::json!({
+                "job_id": rref.job_id,
+                "round": rref.round,
+                "attempt": rref.attempt,
+                "consent_source": consented_users.is_some(),
+                "snapshot_sha256": hash,
+                "consented_users": consented_users,
+                "train_rows": train_rows,
+                "holdout_rows": holdout_rows,
+                "usable_records": train_rows + holdout_rows,
+            }),
+        )?;
+        Ok(Ok(hash))
     }
 
     async fn start_round(&mut self, start: RoundStart) -> Result<(), ClientError> {
@@ -793,6 +978,38 @@ impl Node {
             ?kind,
             "round started"
         );
+        let kind_name = match kind {
+            RoundKind::Statistics => "statistics",
+            RoundKind::Training => "training",
+            RoundKind::Evaluation => "evaluation",
+        };
+        self.audit(
+            "round_started",
+            serde_json::json!({
+                "job_id": rref.job_id,
+                "round": rref.round,
+                "attempt": rref.attempt,
+                "kind": kind_name,
+                "cohort_size": start.cohort.len(),
+                "threshold": start.threshold,
+            }),
+        )?;
+        let consent_hash = match self.consent_for_round(&rref)? {
+            Ok(hash) => hash,
+            Err(reason) => {
+                warn!(round = rref.round, reason = %reason, "cannot take this round's consent snapshot; sitting it out");
+                self.audit(
+                    "round_abandoned",
+                    serde_json::json!({
+                        "job_id": rref.job_id,
+                        "round": rref.round,
+                        "attempt": rref.attempt,
+                        "reason": reason,
+                    }),
+                )?;
+                return Ok(());
+            }
+        };
         self.round = Some(ActiveRound {
             rref: rref.clone(),
             start,
@@ -804,6 +1021,7 @@ impl Node {
             shares_done: !secure,
             words: None,
             input_sent: false,
+            consent_hash,
         });
         self.leave_if(DropPoint::Start)?;
         if secure {
@@ -843,11 +1061,28 @@ impl Node {
         {
             self.abandon(
                 "the announced neighbour graph is not the one the job's spec and cohort give",
-            );
+            )?;
             return Ok(());
         }
         if (round.start.threshold as usize) < threshold {
-            self.abandon("the announced threshold is below the one the job's spec and cohort give");
+            self.abandon(
+                "the announced threshold is below the one the job's spec and cohort give",
+            )?;
+            return Ok(());
+        }
+        let policy_floor = match (&self.policy, &self.job) {
+            (Some(policy), Some((_, ctx))) => ctx
+                .lock()
+                .ok()
+                .and_then(|c| policy.min_threshold_for(&c.spec.job.purpose)),
+            _ => None,
+        };
+        if let Some(floor) = policy_floor
+            && (threshold as u64) < u64::from(floor)
+        {
+            self.abandon(&format!(
+                "this round's threshold {threshold} is below this partner's policy minimum of {floor}"
+            ))?;
             return Ok(());
         }
         let policy = ClientPolicy {
@@ -880,7 +1115,7 @@ impl Node {
                 round.secagg = Some(secagg);
                 send(&self.tx, client_message::Body::Keys(msg)).await?;
             }
-            Err(e) => self.abandon(&e.to_string()),
+            Err(e) => self.abandon(&e.to_string())?,
         }
         Ok(())
     }
@@ -973,6 +1208,7 @@ impl Node {
         };
         // The partner's own ledger is charged before a training update leaves; a round that
         // would pass its cap is not sent, whatever the coordinator's plan says.
+        let mut charged = None;
         if round.kind == RoundKind::Training
             && let Some((_, ctx)) = &self.job
         {
@@ -986,10 +1222,11 @@ impl Node {
                     .charge_round(&purpose, &plan, self.cfg.max_epsilon)
                 {
                     Ok(eps) => {
-                        debug!(purpose = %purpose, epsilon = eps, "charged the privacy ledger")
+                        debug!(purpose = %purpose, epsilon = eps, "charged the privacy ledger");
+                        charged = Some((purpose, eps));
                     }
                     Err(e) => {
-                        self.abandon(&e.to_string());
+                        self.abandon(&e.to_string())?;
                         return Ok(());
                     }
                 }
@@ -998,11 +1235,33 @@ impl Node {
         if let Some(secagg) = round.secagg.as_mut()
             && let Err(e) = secagg.mask(&mut words)
         {
-            self.abandon(&e.to_string());
+            self.abandon(&e.to_string())?;
             return Ok(());
         }
         round.input_sent = true;
         let rref = round.rref.clone();
+        let consent_hash = round.consent_hash.clone();
+        if let Some((purpose, eps)) = charged {
+            self.audit(
+                "privacy_charged",
+                serde_json::json!({
+                    "job_id": rref.job_id,
+                    "round": rref.round,
+                    "purpose": purpose,
+                    "epsilon_after": eps,
+                }),
+            )?;
+        }
+        self.audit(
+            "input_sent",
+            serde_json::json!({
+                "job_id": rref.job_id,
+                "round": rref.round,
+                "attempt": rref.attempt,
+                "masked_sha256": words_sha256(&words),
+                "words": words.len(),
+            }),
+        )?;
         let drop_mid = self.take_dropout(rref.round, DropPoint::MidInput);
         // A scripted mid-input dropout needs at least two chunks to leave between them.
         let chunk_words = if drop_mid {
@@ -1025,7 +1284,12 @@ impl Node {
                     offset: a as u64,
                     values: words[a..b].to_vec(),
                     last: i + 1 == chunks,
-                    consent_snapshot: String::new(),
+                    // The round's consent-snapshot hash travels with the last chunk.
+                    consent_snapshot: if i + 1 == chunks {
+                        consent_hash.clone()
+                    } else {
+                        String::new()
+                    },
                 }),
             )
             .await?;

@@ -3,6 +3,10 @@
 //! `--split-by COLUMN` gives each partner whole groups of that column's values (non-IID: e.g.
 //! the bank data split by job group), assigning the largest groups first to the partner with
 //! the fewest rows so partners stay comparable in size. `--split iid` deals rows out at random.
+//!
+//! [`partition_csv_keyed`] also gives every row a user id for consent simulations: the
+//! source's own user-id column if it has one, otherwise a new first column `user_id` holding a
+//! stable id per source row (`u` and the row's position).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -29,6 +33,30 @@ pub fn partition_csv(
     partners: usize,
     split: &Split,
     seed: u64,
+) -> anyhow::Result<Vec<(PathBuf, usize)>> {
+    partition(source, dir, partners, split, seed, None)
+}
+
+/// Like [`partition_csv`], and every row of the partner files carries a user id in
+/// `user_id_column` (added as the first column when the source lacks it).
+pub fn partition_csv_keyed(
+    source: &Path,
+    dir: &Path,
+    partners: usize,
+    split: &Split,
+    seed: u64,
+    user_id_column: &str,
+) -> anyhow::Result<Vec<(PathBuf, usize)>> {
+    partition(source, dir, partners, split, seed, Some(user_id_column))
+}
+
+fn partition(
+    source: &Path,
+    dir: &Path,
+    partners: usize,
+    split: &Split,
+    seed: u64,
+    user_id_column: Option<&str>,
 ) -> anyhow::Result<Vec<(PathBuf, usize)>> {
     if partners == 0 {
         bail!("--partners must be at least 1");
@@ -81,17 +109,24 @@ pub fn partition_csv(
             }
         }
     }
+    let add_ids = user_id_column.filter(|col| !header.split(',').any(|h| h == *col));
     let mut files = Vec::with_capacity(partners);
     for p in 0..partners {
         let path = dir.join(format!("partner-{p}.csv"));
         let mut out = std::io::BufWriter::new(
             std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
         );
-        writeln!(out, "{header}")?;
+        match add_ids {
+            Some(col) => writeln!(out, "{col},{header}")?,
+            None => writeln!(out, "{header}")?,
+        }
         let mut n = 0;
         for (r, line) in rows.iter().enumerate() {
             if assignment[r] == p {
-                writeln!(out, "{line}")?;
+                match add_ids {
+                    Some(_) => writeln!(out, "u{r},{line}")?,
+                    None => writeln!(out, "{line}")?,
+                }
                 n += 1;
             }
         }
@@ -127,6 +162,17 @@ mod tests {
                 .skip(1)
                 .all(|l| l.starts_with("a,") || l.starts_with("d,"))
         );
+        let keyed = partition_csv_keyed(
+            &src,
+            dir.path(),
+            2,
+            &Split::ByColumn("g".into()),
+            0,
+            "user_id",
+        )
+        .unwrap();
+        let k0 = std::fs::read_to_string(&keyed[0].0).unwrap();
+        assert!(k0.starts_with("user_id,g,x\nu0,a,0\n"), "{k0}");
         let iid = partition_csv(&src, dir.path(), 3, &Split::Iid, 1).unwrap();
         assert_eq!(
             iid.iter().map(|f| f.1).collect::<Vec<_>>(),

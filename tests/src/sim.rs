@@ -6,14 +6,26 @@
 //! coordinator derived from the secure sum of the partners' evaluation statistics. Baselines use
 //! the same model family, features and trainer on the same pooled test rows: centralised
 //! training on the pooled training rows, and each partner training alone.
+//!
+//! Governance: every partner keeps an audit file (`--audit-dir`). With `--consent-rate P` the
+//! partner files get a user-id column and each partner a consent file in which each user
+//! consents to the job's purpose with probability P; `--withdraw AT:FRACTION` withdraws that
+//! fraction of each partner's consented users at the start of training round AT (through the
+//! client's round hook, before its snapshot), so round AT is the first without them. The
+//! report's `rounds[].usable_records` comes from the partners' audit files, never from the
+//! coordinator, which does not learn per-partner counts.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use fedmark_client::config::ClientConfig;
-use fedmark_client::data::{HoldoutSplit, LocalData, load_csv};
-use fedmark_client::node::{self, DropPoint, Dropout, Identity, NodeOptions};
+use fedmark_client::consent::now_unix;
+use fedmark_client::data::{HoldoutSplit, LocalData, load_csv, load_csv_keyed};
+use fedmark_client::node::{self, DropPoint, Dropout, Identity, NodeOptions, RoundHook};
 use fedmark_coordinator::job::{JobOutcome, RunSettings};
 use fedmark_coordinator::report::{FinalMetrics, JobReport, RoundRecord};
 use fedmark_coordinator::store::Store;
@@ -30,7 +42,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::partition::{Split, partition_csv};
+use crate::partition::{Split, partition_csv, partition_csv_keyed};
 use crate::synthetic;
 
 /// Everything a simulation run needs.
@@ -77,6 +89,15 @@ pub struct SimOptions {
     /// Run the coordinator as this binary in its own process (so its memory is measured
     /// alone) instead of in this process.
     pub coordinator_binary: Option<PathBuf>,
+    /// Each simulated user consents to the job's purpose with this probability (no consent
+    /// source when absent).
+    pub consent_rate: Option<f64>,
+    /// (training round, fraction): withdraw that fraction of each partner's consented users
+    /// at the start of that round.
+    pub withdraw: Option<(u64, f64)>,
+    /// Folder of the partners' audit files (`partner-<i>.audit.jsonl`); the discarded work
+    /// folder when absent.
+    pub audit_dir: Option<PathBuf>,
 }
 
 impl Default for SimOptions {
@@ -103,6 +124,9 @@ impl Default for SimOptions {
             skip_baselines: false,
             show_progress: true,
             coordinator_binary: None,
+            consent_rate: None,
+            withdraw: None,
+            audit_dir: None,
         }
     }
 }
@@ -155,6 +179,41 @@ pub struct PartnerInfo {
     pub holdout_rows: usize,
     /// Rows skipped as bad.
     pub skipped_rows: u64,
+    /// Consent facts (with `--consent-rate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consent: Option<ConsentInfo>,
+    /// The partner's audit file.
+    pub audit_file: PathBuf,
+}
+
+/// A partner's simulated consents, as the simulator wrote them.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsentInfo {
+    /// Users with a consent for the job's purpose.
+    pub consented_users: u64,
+    /// Of those, users withdrawn by `--withdraw`.
+    pub withdrawn_users: u64,
+    /// Rows of the withdrawn users in the partner's file.
+    pub withdrawn_rows: u64,
+}
+
+/// One training round of the report: the coordinator's record and, from each partner's
+/// audit file, the records it could use in that round.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimRound {
+    /// The coordinator's record of the round.
+    #[serde(flatten)]
+    pub record: RoundRecord,
+    /// Per partner: training plus holdout rows of users with an active consent (all usable
+    /// rows without a consent source), from the partner's `consent_snapshot` audit record.
+    pub usable_records: BTreeMap<String, u64>,
+}
+
+impl std::ops::Deref for SimRound {
+    type Target = RoundRecord;
+    fn deref(&self) -> &RoundRecord {
+        &self.record
+    }
 }
 
 /// Final metrics of the simulation: exact, on the pooled test rows, with the privacy spent.
@@ -185,7 +244,7 @@ pub struct SimReport {
     /// The coordinator's federated metrics of the final model.
     pub final_federated: FinalMetrics,
     /// Training rounds.
-    pub rounds: Vec<RoundRecord>,
+    pub rounds: Vec<SimRound>,
     /// Baselines (absent with `--no-baselines`).
     pub baselines: Option<Baselines>,
     /// Partners.
@@ -205,6 +264,22 @@ pub fn partner_id(i: usize) -> String {
 pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     let started = Instant::now();
     let work = tempfile::tempdir().context("creating a work folder")?;
+    if let Some(rate) = opts.consent_rate
+        && !(0.0..=1.0).contains(&rate)
+    {
+        bail!("--consent-rate must be a probability in [0, 1], got {rate}");
+    }
+    if let Some((at, fraction)) = opts.withdraw {
+        if opts.consent_rate.is_none() {
+            bail!("--withdraw needs --consent-rate");
+        }
+        if at == 0 || !(0.0..=1.0).contains(&fraction) {
+            bail!("--withdraw takes ROUND:FRACTION with ROUND >= 1 and FRACTION in [0, 1]");
+        }
+    }
+    if opts.consent_rate.is_some() && opts.synthetic.is_some() {
+        bail!("--consent-rate needs --data (synthetic workloads have no user ids)");
+    }
     let (files, spec_text) = match opts.synthetic {
         Some((dim, rows)) => {
             let rounds = opts.rounds.unwrap_or(5);
@@ -213,16 +288,24 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         None => {
             let spec_text = std::fs::read_to_string(&opts.spec)
                 .with_context(|| format!("reading job spec {}", opts.spec.display()))?;
-            (
-                partition_csv(
+            let files = match opts.consent_rate {
+                Some(_) => partition_csv_keyed(
+                    &opts.data,
+                    work.path(),
+                    opts.partners,
+                    &opts.split,
+                    opts.seed,
+                    USER_ID_COLUMN,
+                )?,
+                None => partition_csv(
                     &opts.data,
                     work.path(),
                     opts.partners,
                     &opts.split,
                     opts.seed,
                 )?,
-                spec_text,
-            )
+            };
+            (files, spec_text)
         }
     };
     let mut spec = JobSpec::from_toml(&spec_text).context("in the job spec")?;
@@ -300,9 +383,43 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         }
     };
 
+    let audit_dir = opts
+        .audit_dir
+        .clone()
+        .unwrap_or_else(|| work.path().join("audit"));
+    std::fs::create_dir_all(&audit_dir)
+        .with_context(|| format!("creating {}", audit_dir.display()))?;
+    let mut consents = Vec::new();
+    let mut audits = Vec::new();
     let mut clients = Vec::new();
     for (i, (path, _)) in files.iter().enumerate() {
         let mut cfg = ClientConfig::new(format!("http://{addr}"), partner_id(i), path.clone());
+        let audit = audit_dir.join(format!("{}.audit.jsonl", partner_id(i)));
+        // Earlier runs' records stay; this run's start after them.
+        let lines_before = std::fs::read_to_string(&audit)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        audits.push((audit.clone(), lines_before));
+        cfg.audit = Some(audit);
+        let mut round_hook = None;
+        if let Some(rate) = opts.consent_rate {
+            let consent = simulate_consent(
+                path,
+                &work.path().join(format!("{}.consent.csv", partner_id(i))),
+                &spec.job.purpose,
+                rate,
+                opts.withdraw.map(|w| w.1),
+                opts.seed.wrapping_add(1000 + i as u64),
+            )?;
+            cfg.consent = Some(consent.path.clone());
+            cfg.user_id_column = Some(USER_ID_COLUMN.to_owned());
+            if let Some((at, _)) = opts.withdraw {
+                round_hook = Some(consent.withdraw_hook(at));
+            }
+            consents.push(Some(consent.info.clone()));
+        } else {
+            consents.push(None);
+        }
         cfg.holdout_fraction = opts.holdout_fraction;
         cfg.holdout_seed = opts.seed + i as u64;
         cfg.seed = Some(opts.seed.wrapping_mul(31).wrapping_add(i as u64));
@@ -314,6 +431,7 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         let options = NodeOptions {
             dropouts: std::sync::Arc::new(std::sync::Mutex::new(std::mem::take(&mut dropouts[i]))),
             identity: Some(identity),
+            round_hook,
         };
         clients.push(tokio::spawn(run_partner(cfg, options)));
     }
@@ -346,10 +464,12 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
             fraction: opts.holdout_fraction,
             seed: opts.seed + i as u64,
         };
-        locals.push(
-            load_csv(path, &spec, split)
-                .with_context(|| format!("reloading {}", path.display()))?,
-        );
+        // The same rows and split the partner used (keyed by user with a consent source).
+        let local = match opts.consent_rate {
+            Some(_) => load_csv_keyed(path, &spec, split, USER_ID_COLUMN).map(|k| k.all),
+            None => load_csv(path, &spec, split),
+        };
+        locals.push(local.with_context(|| format!("reloading {}", path.display()))?);
     }
     let schema = FeatureSchema::from_spec(&spec);
     let test_rows = concat(locals.iter().map(|l| &l.holdout), &schema);
@@ -377,18 +497,177 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
             train_rows: l.train.len(),
             holdout_rows: l.holdout.len(),
             skipped_rows: l.skipped_total(),
+            consent: consents.get(i).cloned().flatten(),
+            audit_file: audits[i].0.clone(),
+        })
+        .collect();
+    let mut usable: Vec<(String, BTreeMap<u64, u64>)> = Vec::new();
+    for (i, (path, from_line)) in audits.iter().enumerate() {
+        usable.push((partner_id(i), usable_records_from_audit(path, *from_line)?));
+    }
+    let rounds = outcome
+        .report
+        .rounds
+        .iter()
+        .map(|r| SimRound {
+            record: r.clone(),
+            usable_records: usable
+                .iter()
+                .filter_map(|(p, by_round)| by_round.get(&r.round).map(|n| (p.clone(), *n)))
+                .collect(),
         })
         .collect();
     info!(auc = final_metrics.auc, "simulation finished");
     Ok(SimReport {
         final_metrics,
         final_federated: outcome.report.final_metrics.clone(),
-        rounds: outcome.report.rounds.clone(),
+        rounds,
         baselines,
         partners,
         job: outcome.report,
         seconds,
     })
+}
+
+/// The user-id column the simulator adds to partner files for consent simulations.
+pub const USER_ID_COLUMN: &str = "user_id";
+
+/// A partner's simulated consent file.
+struct SimConsent {
+    path: PathBuf,
+    purpose: String,
+    consented: Vec<String>,
+    withdrawn: BTreeSet<String>,
+    info: ConsentInfo,
+}
+
+/// The consent CSV: every consented user granted at time 0; the withdrawn ones withdrawn at
+/// `withdrawn_at` when given.
+fn consent_csv(
+    purpose: &str,
+    consented: &[String],
+    withdrawn: &BTreeSet<String>,
+    withdrawn_at: Option<i64>,
+) -> String {
+    let mut text = String::from("user_id,purpose,granted_at,withdrawn_at\n");
+    for user in consented {
+        let w = match withdrawn_at {
+            Some(t) if withdrawn.contains(user) => t.to_string(),
+            _ => String::new(),
+        };
+        text.push_str(&format!("{user},{purpose},0,{w}\n"));
+    }
+    text
+}
+
+/// Writes `text` to `path` through a temporary file and a rename, so a reader never sees
+/// half a file.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Draws each user of the partner file `data` a consent with probability `rate`, picks the
+/// `withdraw` fraction of them to withdraw later, and writes the consent file.
+fn simulate_consent(
+    data: &Path,
+    path: &Path,
+    purpose: &str,
+    rate: f64,
+    withdraw: Option<f64>,
+    seed: u64,
+) -> anyhow::Result<SimConsent> {
+    let mut reader =
+        csv::Reader::from_path(data).with_context(|| format!("reading {}", data.display()))?;
+    let at = reader
+        .headers()?
+        .iter()
+        .position(|h| h == USER_ID_COLUMN)
+        .with_context(|| format!("{} has no `{USER_ID_COLUMN}` column", data.display()))?;
+    let mut rows_of: BTreeMap<String, u64> = BTreeMap::new();
+    let mut order = Vec::new();
+    for record in reader.records() {
+        let record = record.with_context(|| format!("reading {}", data.display()))?;
+        let user = record.get(at).unwrap_or("").to_owned();
+        let n = rows_of.entry(user.clone()).or_default();
+        if *n == 0 {
+            order.push(user);
+        }
+        *n += 1;
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let consented: Vec<String> = order
+        .into_iter()
+        .filter(|_| rng.random_bool(rate))
+        .collect();
+    let mut pick = consented.clone();
+    rand::seq::SliceRandom::shuffle(pick.as_mut_slice(), &mut rng);
+    let n_withdrawn = withdraw.map_or(0, |f| (f * consented.len() as f64).round() as usize);
+    let withdrawn: BTreeSet<String> = pick.into_iter().take(n_withdrawn).collect();
+    let withdrawn_rows = withdrawn
+        .iter()
+        .map(|u| rows_of.get(u).copied().unwrap_or(0))
+        .sum();
+    write_atomically(path, &consent_csv(purpose, &consented, &withdrawn, None))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(SimConsent {
+        path: path.to_path_buf(),
+        purpose: purpose.to_owned(),
+        info: ConsentInfo {
+            consented_users: consented.len() as u64,
+            withdrawn_users: withdrawn.len() as u64,
+            withdrawn_rows,
+        },
+        consented,
+        withdrawn,
+    })
+}
+
+impl SimConsent {
+    /// A round hook that, at the start of round `at` (or the first round after it that this
+    /// partner sees), rewrites the consent file with the withdrawals, once.
+    fn withdraw_hook(&self, at: u64) -> RoundHook {
+        let done = AtomicBool::new(false);
+        let path = self.path.clone();
+        let purpose = self.purpose.clone();
+        let consented = self.consented.clone();
+        let withdrawn = self.withdrawn.clone();
+        RoundHook(Arc::new(move |round| {
+            if round >= at && !done.swap(true, Ordering::SeqCst) {
+                let text = consent_csv(&purpose, &consented, &withdrawn, Some(now_unix()));
+                if let Err(e) = write_atomically(&path, &text) {
+                    warn!(error = %e, "could not write the withdrawals to the consent file");
+                }
+            }
+        }))
+    }
+}
+
+/// Usable records per round from a partner's audit file (its `consent_snapshot` records from
+/// line `from_line` on; a retried round keeps its last attempt).
+pub fn usable_records_from_audit(
+    path: &Path,
+    from_line: usize,
+) -> anyhow::Result<BTreeMap<u64, u64>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut out = BTreeMap::new();
+    for (i, line) in text.lines().enumerate().skip(from_line) {
+        let record = fedmark_core::audit::AuditRecord::parse_line(line, i + 1)
+            .with_context(|| format!("in {}", path.display()))?;
+        if record.kind != "consent_snapshot" {
+            continue;
+        }
+        let field = |k: &str| record.data.get(k).and_then(serde_json::Value::as_u64);
+        if let (Some(round), Some(n)) = (field("round"), field("usable_records")) {
+            out.insert(round, n);
+        }
+    }
+    Ok(out)
 }
 
 /// The coordinator of a simulation: a task here, or a child process.

@@ -84,6 +84,36 @@ struct Cli {
     /// Where to write the JSON report.
     #[arg(long, default_value = "fedmark-report.json")]
     report: PathBuf,
+    /// Give each simulated user a consent for the job's purpose with this probability (adds a
+    /// `user_id` column to the partner files and a consent file per partner).
+    #[arg(long)]
+    consent_rate: Option<f64>,
+    /// ROUND:FRACTION: withdraw that fraction of each partner's consented users at the start
+    /// of that training round (needs --consent-rate).
+    #[arg(long)]
+    withdraw: Option<String>,
+    /// Folder of the partners' audit files [default: `fedmark-audit` beside the report].
+    #[arg(long)]
+    audit_dir: Option<PathBuf>,
+}
+
+/// Parses `--withdraw ROUND:FRACTION`.
+fn parse_withdraw(text: &str) -> anyhow::Result<(u64, f64)> {
+    let (round, fraction) = text
+        .split_once(':')
+        .with_context(|| format!("--withdraw takes ROUND:FRACTION, e.g. 3:0.25, not `{text}`"))?;
+    let round: u64 = round
+        .trim()
+        .parse()
+        .with_context(|| format!("--withdraw: `{round}` is not a round number"))?;
+    let fraction: f64 = fraction
+        .trim()
+        .parse()
+        .with_context(|| format!("--withdraw: `{fraction}` is not a fraction"))?;
+    if round == 0 || !(0.0..=1.0).contains(&fraction) {
+        bail!("--withdraw takes ROUND >= 1 and FRACTION in [0, 1], got `{text}`");
+    }
+    Ok((round, fraction))
 }
 
 fn main() -> ExitCode {
@@ -151,6 +181,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ),
     };
     opts.phase_timeout = Duration::from_secs(cli.phase_timeout);
+    opts.consent_rate = cli.consent_rate;
+    opts.withdraw = cli.withdraw.as_deref().map(parse_withdraw).transpose()?;
+    opts.audit_dir = Some(cli.audit_dir.clone().unwrap_or_else(|| {
+        cli.report
+            .parent()
+            .unwrap_or(std::path::Path::new(""))
+            .join("fedmark-audit")
+    }));
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     if cli.bench {
         return bench(&rt, opts, &cli.report);
@@ -178,6 +216,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let (Some(e), Some(d)) = (f.epsilon, f.delta) {
         println!("privacy: ({e:.4}, {d:e})-DP; {}", report.job.stop_reason);
+    }
+    if opts.consent_rate.is_some() {
+        for r in &report.rounds {
+            let counts: Vec<String> = r
+                .usable_records
+                .iter()
+                .map(|(p, n)| format!("{p} {n}"))
+                .collect();
+            println!("round {:>3} usable records: {}", r.round, counts.join(", "));
+        }
+    }
+    if let Some(dir) = &opts.audit_dir {
+        println!("partner audit files in {}", dir.display());
     }
     println!(
         "{} rounds in {:.1}s; report written to {}",

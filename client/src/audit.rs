@@ -1,0 +1,242 @@
+//! The partner's audit file: an append-only, hash-chained log of JSON lines in the format of
+//! [`fedmark_core::audit`], written by the client as it takes part in a job.
+//!
+//! Record kinds (every `data` field is a count, a hash, an id of a job or a reason — never a
+//! record, a user id or an unmasked value):
+//!
+//! | kind | data |
+//! | --- | --- |
+//! | `offer_received` | `job_id`, `spec_sha256`, `purpose` |
+//! | `offer_accepted` | `job_id`, `train_rows`, `holdout_rows` |
+//! | `offer_refused` | `job_id`, `reason` |
+//! | `round_started` | `job_id`, `round`, `attempt`, `kind`, `cohort_size`, `threshold` |
+//! | `consent_snapshot` | `job_id`, `round`, `attempt`, `consent_source`, `snapshot_sha256`, `consented_users`, `train_rows`, `holdout_rows`, `usable_records` |
+//! | `model_received` | `job_id`, `round`, `attempt`, `model_sha256`, `params` |
+//! | `input_sent` | `job_id`, `round`, `attempt`, `masked_sha256`, `words` |
+//! | `privacy_charged` | `job_id`, `round`, `purpose`, `epsilon_after` |
+//! | `round_abandoned` | `job_id`, `round`, `attempt`, `reason` |
+//! | `job_finished` | `job_id`, `reason` |
+//!
+//! `consent_snapshot` is written at the start of every round; without a consent source its
+//! `snapshot_sha256` is empty and the counts are all of the partner's usable rows.
+//! `input_sent.masked_sha256` is SHA-256 over the words as sent (masked under secure
+//! aggregation), little-endian.
+//!
+//! Each line is written, flushed and synced before the client goes on. On open the existing
+//! file is verified and the chain resumed from its last record; a broken log refuses to start.
+//! `fedmark-client audit verify PATH` checks a log.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use fedmark_core::audit::{self, AuditChain, AuditError, AuditRecord};
+use serde_json::Value;
+
+/// Why the audit file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditLogError {
+    /// The file could not be read, written or synced.
+    #[error("audit file {path}: {source}")]
+    Io {
+        /// File path.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The existing file does not verify; the client will not append to a broken log.
+    #[error("audit file {path} does not verify: {source}")]
+    Broken {
+        /// File path.
+        path: String,
+        /// The first problem, naming its line.
+        source: AuditError,
+    },
+    /// A record could not be built.
+    #[error("audit file {path}: {source}")]
+    Record {
+        /// File path.
+        path: String,
+        /// What went wrong.
+        source: AuditError,
+    },
+}
+
+/// An open audit file.
+#[derive(Debug)]
+pub struct AuditLog {
+    path: PathBuf,
+    file: std::fs::File,
+    chain: AuditChain,
+}
+
+impl AuditLog {
+    /// Opens (or creates) the audit file at `path` for `actor`, verifying what it holds and
+    /// resuming its chain.
+    pub fn open(path: &Path, actor: &str) -> Result<Self, AuditLogError> {
+        let shown = path.display().to_string();
+        let io = |source| AuditLogError::Io {
+            path: shown.clone(),
+            source,
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io(e)),
+        };
+        audit::verify(&text, None).map_err(|source| AuditLogError::Broken {
+            path: shown.clone(),
+            source,
+        })?;
+        if !text.is_empty() && !text.ends_with('\n') {
+            // A final line without its newline is a write that did not finish; verify accepted
+            // it as a whole record, so end the line before appending.
+            return Err(AuditLogError::Broken {
+                path: shown.clone(),
+                source: AuditError::Malformed {
+                    line: text.lines().count(),
+                    reason: "the last record is not terminated by a newline".into(),
+                },
+            });
+        }
+        let last = match text.lines().last() {
+            Some(line) => Some(AuditRecord::parse_line(line, text.lines().count()).map_err(
+                |source| AuditLogError::Broken {
+                    path: shown.clone(),
+                    source,
+                },
+            )?),
+            None => None,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            chain: AuditChain::resume(actor, last.as_ref()),
+        })
+    }
+
+    /// Appends one record and syncs it to disk.
+    pub fn append(&mut self, kind: &str, data: Value) -> Result<(), AuditLogError> {
+        let shown = || self.path.display().to_string();
+        let time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        // Build on a copy so a failed write leaves the chain where the file is.
+        let mut chain = self.chain.clone();
+        let record = chain
+            .append(time_ms, kind, data)
+            .map_err(|source| AuditLogError::Record {
+                path: shown(),
+                source,
+            })?;
+        let mut line = record.to_line();
+        line.push('\n');
+        let io = |source| AuditLogError::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
+        self.file.write_all(line.as_bytes()).map_err(io)?;
+        self.file.flush().map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.chain = chain;
+        Ok(())
+    }
+
+    /// Hash of the last record written.
+    pub fn head(&self) -> &str {
+        self.chain.head()
+    }
+
+    /// Records in the log.
+    pub fn len(&self) -> u64 {
+        self.chain.len()
+    }
+
+    /// Whether the log is empty.
+    pub fn is_empty(&self) -> bool {
+        self.chain.is_empty()
+    }
+}
+
+/// SHA-256 (hex) of 32-bit words as little-endian bytes.
+pub fn words_sha256(words: &[u32]) -> String {
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    audit::sha256_hex(&bytes)
+}
+
+/// SHA-256 (hex) of model parameters as little-endian f64 bytes (as the coordinator sends
+/// them).
+pub fn params_sha256(params: &[f64]) -> String {
+    let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
+    audit::sha256_hex(&bytes)
+}
+
+/// Reads `path` and verifies it (`head`: the hash its last record must have).
+pub fn verify_file(path: &Path, head: Option<&str>) -> Result<audit::Verified, AuditLogError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| AuditLogError::Io {
+        path: shown.clone(),
+        source,
+    })?;
+    audit::verify(&text, head).map_err(|source| AuditLogError::Broken {
+        path: shown,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn floats_round_trip_so_records_with_epsilon_verify() {
+        // Without serde_json's `float_roundtrip` some values parse to a neighbouring f64 and
+        // the record no longer reads back byte for byte.
+        let mut chain = AuditChain::new("bank");
+        let mut text = String::new();
+        let mut eps = 0.0f64;
+        for i in 0..2000 {
+            eps += 0.000_499_712_345_678_9 * f64::from(i % 7 + 1) / 3.0;
+            let record = chain
+                .append(1, "privacy_charged", json!({"epsilon_after": eps}))
+                .unwrap();
+            text.push_str(&record.to_line());
+            text.push('\n');
+        }
+        assert_eq!(
+            audit::verify(&text, Some(chain.head())).unwrap().records,
+            2000
+        );
+    }
+
+    #[test]
+    fn appends_resume_the_chain_and_a_broken_log_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path, "bank").unwrap();
+        log.append("offer_received", json!({"job_id": "j"}))
+            .unwrap();
+        log.append("offer_accepted", json!({"job_id": "j"}))
+            .unwrap();
+        drop(log);
+        let mut log = AuditLog::open(&path, "bank").unwrap();
+        assert_eq!(log.len(), 2);
+        log.append("job_finished", json!({"reason": "done"}))
+            .unwrap();
+        let v = verify_file(&path, Some(log.head())).unwrap();
+        assert_eq!(v.records, 3);
+        assert!(log.append("x", json!([1])).is_err());
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replacen("offer_accepted", "offer_accepteD", 1)).unwrap();
+        let e = AuditLog::open(&path, "bank").unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+    }
+}
