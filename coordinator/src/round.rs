@@ -199,7 +199,10 @@ pub fn round_id(rref: &RoundRef) -> RoundId {
 
 /// Sends the round start and the model to every member, each on its own task so one slow
 /// member does not hold up the others.
-fn broadcast_start(hub: &Hub, plan: &RoundPlan) {
+/// Sends `RoundStart` and the model to every member, each on its own task so a slow partner
+/// holds up no other. The handles let an aborted round stop its streams before `RoundAbort`
+/// goes out, so no partner sees a message of this round after the abort.
+fn broadcast_start(hub: &Hub, plan: &RoundPlan) -> Vec<tokio::task::JoinHandle<()>> {
     let start = start_message(plan);
     // One little-endian copy of the model; every partner's chunks are slices of it.
     let model = plan.model.as_ref().map(|m| {
@@ -209,6 +212,7 @@ fn broadcast_start(hub: &Hub, plan: &RoundPlan) {
         }
         fedmark_proto::Bytes::from(bytes)
     });
+    let mut streams = Vec::with_capacity(plan.cohort.len());
     for member in &plan.cohort {
         let Some((_, tx)) = hub.sessions.sender(member) else {
             continue;
@@ -216,7 +220,7 @@ fn broadcast_start(hub: &Hub, plan: &RoundPlan) {
         let start = start.clone();
         let model = model.clone();
         let rref = plan.rref.clone();
-        tokio::spawn(async move {
+        streams.push(tokio::spawn(async move {
             let msg = |b| Ok(fedmark_proto::ServerMessage { body: Some(b) });
             if tx
                 .send(msg(server_message::Body::RoundStart(start)))
@@ -245,13 +249,14 @@ fn broadcast_start(hub: &Hub, plan: &RoundPlan) {
                     return;
                 }
             }
-        });
+        }));
     }
+    streams
 }
 
 /// Runs one round to its sum or its abort.
 pub async fn run_round(hub: &mut Hub, plan: &RoundPlan) -> Result<RoundOutput, RoundError> {
-    broadcast_start(hub, plan);
+    let streams = broadcast_start(hub, plan);
     let mut dropped: BTreeSet<String> = plan
         .cohort
         .iter()
@@ -271,6 +276,15 @@ pub async fn run_round(hub: &mut Hub, plan: &RoundPlan) -> Result<RoundOutput, R
     };
     if let Err(e) = &result {
         warn!(round = plan.rref.round, attempt = plan.rref.attempt, reason = %e, "round aborted");
+        // A partner that failed early (e.g. a bad first chunk) can abort the round while the
+        // model is still streaming to the others: stop those streams first, so the abort is
+        // the last word of this round on every session.
+        for stream in &streams {
+            stream.abort();
+        }
+        for stream in streams {
+            let _ = stream.await;
+        }
         for member in &plan.cohort {
             let abort = RoundAbort {
                 round: Some(plan.rref.clone()),
