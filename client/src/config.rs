@@ -88,6 +88,26 @@ pub struct ClientConfig {
     /// absent.
     #[serde(default)]
     pub audit: Option<PathBuf>,
+    /// Mutual TLS with the coordinator (needs an `https://` coordinator URL).
+    #[serde(default)]
+    pub tls: Option<ClientTls>,
+}
+
+/// `[tls]`: the consortium CA that the coordinator's certificate must chain to, and this
+/// partner's client certificate (whose common name is its partner id) and key. PEM files,
+/// relative to the config file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTls {
+    /// The consortium CA certificate.
+    pub ca: PathBuf,
+    /// This partner's certificate.
+    pub cert: PathBuf,
+    /// This partner's private key.
+    pub key: PathBuf,
+    /// The name the coordinator's certificate must carry, when not the URL's host.
+    #[serde(default)]
+    pub domain: Option<String>,
 }
 
 fn default_min_cohort() -> usize {
@@ -121,6 +141,7 @@ impl ClientConfig {
             user_id_column: None,
             policy: None,
             audit: None,
+            tls: None,
         }
     }
 
@@ -135,7 +156,7 @@ impl ClientConfig {
             path: shown,
             reason: e.to_string(),
         })?;
-        for p in [
+        let mut paths: Vec<&mut PathBuf> = [
             &mut cfg.identity_key,
             &mut cfg.roster,
             &mut cfg.consent,
@@ -144,7 +165,11 @@ impl ClientConfig {
         ]
         .into_iter()
         .flatten()
-        {
+        .collect();
+        if let Some(tls) = &mut cfg.tls {
+            paths.extend([&mut tls.ca, &mut tls.cert, &mut tls.key]);
+        }
+        for p in paths {
             if p.is_relative()
                 && let Some(dir) = path.parent()
             {
@@ -166,6 +191,17 @@ impl ClientConfig {
             return Err(ConfigError::Invalid {
                 field: "coordinator",
                 reason: format!("`{}` must be an http:// or https:// URL", self.coordinator),
+            });
+        }
+        let https = self.coordinator.starts_with("https://");
+        if https != self.tls.is_some() {
+            return Err(ConfigError::Invalid {
+                field: "tls",
+                reason: if https {
+                    "an https:// coordinator needs a [tls] section (ca, cert, key)".into()
+                } else {
+                    "a [tls] section needs an https:// coordinator URL".into()
+                },
             });
         }
         if !valid_partner_id(&self.partner_id) {

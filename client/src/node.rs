@@ -41,7 +41,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
 use tracing::{debug, info, warn};
 
 use crate::audit::{AuditLog, AuditLogError, params_sha256, words_sha256};
@@ -82,6 +82,9 @@ pub enum ClientError {
     /// The identity key or roster could not be loaded.
     #[error("identity: {0}")]
     Identity(String),
+    /// The TLS files could not be loaded or used.
+    #[error("tls: {0}")]
+    Tls(String),
     /// The privacy ledger could not be opened.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
@@ -211,6 +214,21 @@ pub struct NodeOptions {
     pub identity: Option<Identity>,
 }
 
+/// The client side of mutual TLS from the config's PEM files.
+fn tls_config(tls: &crate::config::ClientTls) -> Result<ClientTlsConfig, ClientError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| ClientError::Tls(format!("cannot read {}: {e}", p.display())))
+    };
+    let mut config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&tls.ca)?))
+        .identity(TlsIdentity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+    if let Some(domain) = &tls.domain {
+        config = config.domain_name(domain.clone());
+    }
+    Ok(config)
+}
+
 /// Dials the coordinator, retrying with exponential backoff and jitter until the configured
 /// timeout.
 pub async fn connect(cfg: &ClientConfig) -> Result<CoordinatorClient<Channel>, ClientError> {
@@ -222,6 +240,12 @@ pub async fn connect(cfg: &ClientConfig) -> Result<CoordinatorClient<Channel>, C
         })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
+    let endpoint = match &cfg.tls {
+        None => endpoint,
+        Some(tls) => endpoint
+            .tls_config(tls_config(tls)?)
+            .map_err(|e| ClientError::Tls(e.to_string()))?,
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.connect_timeout_secs);
     let mut backoff = Duration::from_millis(50);
     let mut rng = StdRng::from_rng(&mut rand::rng());
