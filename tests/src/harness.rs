@@ -47,6 +47,16 @@ pub async fn start_coordinator(
     roster: Arc<Roster>,
     phase_timeout: Duration,
 ) -> anyhow::Result<Coordinator> {
+    start_coordinator_with_tls(spec, roster, phase_timeout, None).await
+}
+
+/// [`start_coordinator`] serving mutual TLS with `tls`.
+pub async fn start_coordinator_with_tls(
+    spec: JobSpec,
+    roster: Arc<Roster>,
+    phase_timeout: Duration,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> anyhow::Result<Coordinator> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let settings = RunSettings {
@@ -57,7 +67,7 @@ pub async fn start_coordinator(
         store: Store::in_memory()?,
         submitted_by: "test".into(),
         pause_at: None,
-        tls: None,
+        tls,
     };
     let job = tokio::spawn(fedmark_coordinator::run(
         listener,

@@ -22,13 +22,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use fedmark_client::config::ClientConfig;
+use fedmark_client::config::{ClientConfig, ClientTls};
 use fedmark_client::consent::now_unix;
 use fedmark_client::data::{HoldoutSplit, LocalData, load_csv, load_csv_keyed};
 use fedmark_client::node::{self, DropPoint, Dropout, Identity, NodeOptions, RoundHook};
 use fedmark_coordinator::job::{JobOutcome, RunSettings};
 use fedmark_coordinator::report::{FinalMetrics, JobReport, RoundRecord};
 use fedmark_coordinator::store::Store;
+use fedmark_coordinator::tls::{DevCerts, server_config};
 use fedmark_core::features::{FeatureSchema, RawRows, Standardizer};
 use fedmark_core::matrix::Dataset;
 use fedmark_core::metrics::{self, Metrics};
@@ -98,6 +99,9 @@ pub struct SimOptions {
     /// Folder of the partners' audit files (`partner-<i>.audit.jsonl`); the discarded work
     /// folder when absent.
     pub audit_dir: Option<PathBuf>,
+    /// Mutual TLS between the partners and the coordinator, with a throwaway development CA
+    /// (on by default, as a deployment runs).
+    pub tls: bool,
 }
 
 impl Default for SimOptions {
@@ -127,6 +131,7 @@ impl Default for SimOptions {
             consent_rate: None,
             withdraw: None,
             audit_dir: None,
+            tls: true,
         }
     }
 }
@@ -350,6 +355,16 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
             .context("building the roster")?;
     }
     let roster = std::sync::Arc::new(roster);
+    // A throwaway consortium CA: the coordinator's certificate and one per partner.
+    let certs = if opts.tls {
+        let ids: Vec<String> = (0..opts.partners).map(partner_id).collect();
+        let certs = DevCerts::generate("fedmark-sim CA", &ids)?;
+        certs.write(&work.path().join("certs"))?;
+        Some(certs)
+    } else {
+        None
+    };
+    let scheme = if opts.tls { "https" } else { "http" };
     let mut dropouts = scheduled_dropouts(opts, spec.job.rounds);
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
     let (addr, coordinator) = match &opts.coordinator_binary {
@@ -366,7 +381,9 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                 store: Store::in_memory()?,
                 submitted_by: "fedmark-sim".into(),
                 pause_at: None,
-                tls: None,
+                tls: certs.as_ref().map(|c| {
+                    server_config(&c.ca_pem, &c.coordinator.cert_pem, &c.coordinator.key_pem)
+                }),
             };
             let task = tokio::spawn(fedmark_coordinator::run(
                 listener,
@@ -379,7 +396,14 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         }
         Some(binary) => {
             drop(progress_tx);
-            external_coordinator(binary, work.path(), &spec, &roster, opts.phase_timeout)?
+            external_coordinator(
+                binary,
+                work.path(),
+                &spec,
+                &roster,
+                opts.phase_timeout,
+                opts.tls,
+            )?
         }
     };
 
@@ -393,7 +417,16 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     let mut audits = Vec::new();
     let mut clients = Vec::new();
     for (i, (path, _)) in files.iter().enumerate() {
-        let mut cfg = ClientConfig::new(format!("http://{addr}"), partner_id(i), path.clone());
+        let mut cfg = ClientConfig::new(format!("{scheme}://{addr}"), partner_id(i), path.clone());
+        if opts.tls {
+            let dir = work.path().join("certs");
+            cfg.tls = Some(ClientTls {
+                ca: dir.join("ca.pem"),
+                cert: dir.join(format!("{}.pem", partner_id(i))),
+                key: dir.join(format!("{}.key", partner_id(i))),
+                domain: None,
+            });
+        }
         let audit = audit_dir.join(format!("{}.audit.jsonl", partner_id(i)));
         // Earlier runs' records stay; this run's start after them.
         let lines_before = std::fs::read_to_string(&audit)
@@ -741,14 +774,20 @@ fn external_coordinator(
     spec: &JobSpec,
     roster: &Roster,
     phase_timeout: Duration,
+    tls: bool,
 ) -> anyhow::Result<(std::net::SocketAddr, CoordinatorRun)> {
     use std::io::BufRead;
     std::fs::write(work.join("roster.toml"), roster.to_toml()?)?;
     std::fs::write(work.join("job.toml"), spec.to_toml()?)?;
+    let tls_section = if tls {
+        "[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/coordinator.pem\"\nkey = \"certs/coordinator.key\"\n"
+    } else {
+        ""
+    };
     std::fs::write(
         work.join("coordinator.toml"),
         format!(
-            "listen = \"127.0.0.1:0\"\nout_dir = \"out\"\nroster = \"roster.toml\"\njoin_timeout_secs = 60\nphase_timeout_secs = {}\n",
+            "listen = \"127.0.0.1:0\"\nout_dir = \"out\"\nroster = \"roster.toml\"\njoin_timeout_secs = 60\nphase_timeout_secs = {}\n{tls_section}",
             phase_timeout.as_secs().max(1)
         ),
     )?;

@@ -45,6 +45,9 @@ struct Cli {
     /// Secure aggregation on or off (overrides the spec).
     #[arg(long, value_parser = ["on", "off"])]
     secure_agg: Option<String>,
+    /// Mutual TLS between partners and coordinator (a throwaway development CA).
+    #[arg(long, value_parser = ["on", "off"], default_value = "on")]
+    tls: String,
     /// Differential privacy: none, record, partner-central or partner-distributed (overrides
     /// the spec).
     #[arg(long, value_parser = ["none", "record", "partner-central", "partner-distributed"])]
@@ -152,6 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     opts.seed = cli.seed;
     opts.holdout_fraction = cli.holdout;
     opts.secure_agg = cli.secure_agg.map(|s| s == "on");
+    opts.tls = cli.tls == "on";
     opts.dp_mode = cli.dp.as_deref().map(|m| match m {
         "record" => fedmark_core::spec::PrivacyMode::Record,
         "partner-central" => fedmark_core::spec::PrivacyMode::PartnerCentral,
