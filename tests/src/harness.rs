@@ -37,6 +37,8 @@ pub fn consortium(ids: &[&str]) -> anyhow::Result<(Arc<Roster>, Vec<Identity>)> 
 pub struct Coordinator {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The coordinator's store (in memory): its audit chain, checkpoints and jobs.
+    pub store: Store,
     /// The job task.
     pub job: JoinHandle<Result<JobOutcome, JobError>>,
 }
@@ -59,12 +61,13 @@ pub async fn start_coordinator_with_tls(
 ) -> anyhow::Result<Coordinator> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let store = Store::in_memory()?;
     let settings = RunSettings {
         expected_partners: roster.len(),
         join_timeout: Duration::from_secs(30),
         phase_timeout,
         roster,
-        store: Store::in_memory()?,
+        store: store.clone(),
         submitted_by: "test".into(),
         pause_at: None,
         tls,
@@ -76,7 +79,7 @@ pub async fn start_coordinator_with_tls(
         None,
         std::future::pending(),
     ));
-    Ok(Coordinator { addr, job })
+    Ok(Coordinator { addr, store, job })
 }
 
 /// A client config for partner `id` of the coordinator at `addr`.

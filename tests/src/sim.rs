@@ -367,6 +367,7 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     let scheme = if opts.tls { "https" } else { "http" };
     let mut dropouts = scheduled_dropouts(opts, spec.job.rounds);
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
+    let coordinator_store = Store::in_memory()?;
     let (addr, coordinator) = match &opts.coordinator_binary {
         None => {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -378,7 +379,7 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                 join_timeout: Duration::from_secs(60),
                 phase_timeout: opts.phase_timeout,
                 roster: std::sync::Arc::clone(&roster),
-                store: Store::in_memory()?,
+                store: coordinator_store.clone(),
                 submitted_by: "fedmark-sim".into(),
                 pause_at: None,
                 tls: certs.as_ref().map(|c| {
@@ -481,8 +482,17 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
             }
         }
     });
+    let in_process = matches!(coordinator, CoordinatorRun::InProcess(_));
     let outcome = coordinator.finish().await?;
     let seconds = started.elapsed().as_secs_f64();
+    // The coordinator's audit chain beside the partners' (`audit verify` checks it too).
+    let coordinator_audit = audit_dir.join("coordinator.audit.jsonl");
+    if in_process {
+        std::fs::write(&coordinator_audit, coordinator_store.audit_text()?)
+    } else {
+        std::fs::copy(work.path().join("data/audit.jsonl"), &coordinator_audit).map(|_| ())
+    }
+    .with_context(|| format!("writing {}", coordinator_audit.display()))?;
     for c in clients {
         if let Err(e) = c.await.context("client task")? {
             warn!(error = %format!("{e:#}"), "a partner ended with an error");

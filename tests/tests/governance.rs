@@ -158,6 +158,12 @@ async fn jobs_outside_a_partners_policy_are_refused_with_the_reason_on_both_side
     }
     let outcome = coordinator.job.await.unwrap().unwrap();
     let report = &outcome.report;
+    let audit_text = coordinator.store.audit_text().unwrap();
+    fedmark_core::audit::verify(&audit_text, Some(&coordinator.store.audit_head())).unwrap();
+    let coordinator_audit: Vec<Value> = audit_text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(
         report.partners_accepted,
         vec!["bank".to_string(), "retailer".to_string()]
@@ -179,6 +185,15 @@ async fn jobs_outside_a_partners_policy_are_refused_with_the_reason_on_both_side
         assert_eq!(records[1].kind, "offer_refused", "{id}");
         assert_eq!(records[1].data["reason"], Value::from(*reason), "{id}");
         assert_eq!(&report.partners_refused[*id], reason, "{id}");
+        let on_coordinator = coordinator_audit.iter().any(|r| {
+            r["kind"] == "offer_refused"
+                && r["data"]["partner"] == Value::from(*id)
+                && r["data"]["reason"] == Value::from(*reason)
+        });
+        assert!(
+            on_coordinator,
+            "{id}: the coordinator's audit chain records the refusal"
+        );
         assert!(
             !records
                 .iter()
@@ -260,11 +275,21 @@ fn no_user_id_or_raw_value_reaches_logs_audit_files_or_the_report() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
         verify(&text, None).unwrap();
-        assert!(text.contains("consent_snapshot") && text.contains("input_sent"));
+        if path.ends_with("coordinator.audit.jsonl") {
+            // The coordinator's chain holds the consent-snapshot hashes the partners reported.
+            assert!(text.contains("consent_snapshots") && text.contains("round_committed"));
+        } else {
+            assert!(text.contains("consent_snapshot") && text.contains("input_sent"));
+            audit_files += 1;
+        }
         texts.push((path.display().to_string(), text));
-        audit_files += 1;
     }
     assert_eq!(audit_files, 3);
+    assert_eq!(
+        texts.len(),
+        3 + 4,
+        "three partners' audit files and the coordinator's"
+    );
     for (name, text) in &texts {
         for needle in [PLANTED_USER, PLANTED_VALUE, "cust-0"] {
             assert!(!text.contains(needle), "`{needle}` appears in {name}");
