@@ -293,12 +293,19 @@ impl Hub {
         }
     }
 
-    /// Accepted partners with an open session.
+    /// The outbound channel of a partner's current session, if this job has offered itself
+    /// on that session. A session the service registered but whose `Connected` the hub has not
+    /// handled yet has had no offer, so no round message may reach it before one.
+    pub fn offered_sender(&self, partner: &str) -> Option<crate::service::Outbound> {
+        let (id, tx) = self.sessions.sender(partner)?;
+        (self.sessions_seen.get(partner) == Some(&id)).then_some(tx)
+    }
+
+    /// Accepted partners whose current session has been offered the job.
     pub fn available(&self) -> Vec<String> {
-        let connected = self.sessions.connected();
         self.accepted
             .iter()
-            .filter(|p| connected.contains(*p))
+            .filter(|p| self.offered_sender(p).is_some())
             .cloned()
             .collect()
     }

@@ -214,7 +214,7 @@ fn broadcast_start(hub: &Hub, plan: &RoundPlan) -> Vec<tokio::task::JoinHandle<(
     });
     let mut streams = Vec::with_capacity(plan.cohort.len());
     for member in &plan.cohort {
-        let Some((_, tx)) = hub.sessions.sender(member) else {
+        let Some(tx) = hub.offered_sender(member) else {
             continue;
         };
         let start = start.clone();
@@ -260,7 +260,7 @@ pub async fn run_round(hub: &mut Hub, plan: &RoundPlan) -> Result<RoundOutput, R
     let mut dropped: BTreeSet<String> = plan
         .cohort
         .iter()
-        .filter(|m| hub.sessions.sender(m).is_none())
+        .filter(|m| hub.offered_sender(m).is_none())
         .cloned()
         .collect();
     let result = match &plan.secure {
@@ -635,7 +635,10 @@ async fn input_phase(
                 }
                 if let Err(e) = added {
                     warn!(partner = %partner, error = %e, "bad input chunk; closing the partner's session");
-                    let partial = p.received > 0;
+                    // A chunk after a complete vector (a duplicate submission) was refused
+                    // before it touched the sum: the complete vector stays in the round.
+                    let complete = p.complete;
+                    let partial = p.received > 0 && !complete;
                     hub.sessions
                         .kick(
                             &partner,
@@ -645,7 +648,9 @@ async fn input_phase(
                     if partial {
                         return Err(RoundError::PartialInput(partner));
                     }
-                    dropped.insert(partner);
+                    if !complete {
+                        dropped.insert(partner);
+                    }
                 }
             }
             RoundEvent::Message { partner, .. } => {

@@ -60,7 +60,8 @@ pub enum Event {
     },
 }
 
-type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
+/// The sending half of a partner session's outbound stream.
+pub type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
 
 /// The open sessions, by partner id.
 #[derive(Debug, Clone, Default)]

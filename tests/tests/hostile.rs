@@ -1,0 +1,273 @@
+//! Hostile input at the coordinator: a roster partner that speaks raw gRPC and misbehaves in
+//! one way per test, next to two honest partners. Each misbehaviour is refused — with a gRPC
+//! status that ends the offender's session where the message is malformed, or ignored and
+//! logged where it is merely stale — and changes nothing it should not: the job completes,
+//! the round keeps exactly the contributions it should, and the audit chain records no
+//! acceptance or refusal that did not happen.
+//!
+//! Strangers, a first message that is not hello, a wrong protocol version and a chunk at a
+//! wrong offset after part of a vector are covered in `protocol.rs`; certificates in `tls.rs`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly
+
+use std::time::Duration;
+
+use fedmark_client::node;
+use fedmark_coordinator::job::JobOutcome;
+use fedmark_proto::coordinator_client::CoordinatorClient;
+use fedmark_proto::{
+    ClientMessage, Hello, InputChunk, KeyAdvertisement, OfferReply, PROTOCOL_VERSION, RoundRef,
+    RoundStart, UnmaskReply, client_message, server_message,
+};
+use fedmark_tests::harness::{
+    bank_spec, client_config, consortium, start_coordinator, with_identity,
+};
+use fedmark_tests::partition::{Split, partition_csv};
+use fedmark_tests::sim::SimOptions;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// What the hostile partner does in round 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Misbehaviour {
+    /// A vector longer than the round's.
+    TooLong,
+    /// Its whole (valid) vector, then the same vector again.
+    Duplicate,
+    /// One message over the 8 MiB limit.
+    Oversized,
+    /// A replay of its input under another attempt's round id, then its real input.
+    Replay,
+    /// Key and unmask messages in a plain round (wrong phase), then its real input.
+    WrongPhase,
+    /// An offer reply for another job before its real one; then honest.
+    WrongJob,
+}
+
+fn msg(body: client_message::Body) -> ClientMessage {
+    ClientMessage { body: Some(body) }
+}
+
+fn input(rref: &RoundRef, values: Vec<u32>) -> ClientMessage {
+    msg(client_message::Body::Input(InputChunk {
+        round: Some(rref.clone()),
+        offset: 0,
+        values,
+        last: true,
+        consent_snapshot: String::new(),
+    }))
+}
+
+/// Runs a job with two honest partners and one that misbehaves as told. Returns the outcome,
+/// the status (if any) that ended the hostile session, and the coordinator's audit records.
+async fn run(bad: Misbehaviour) -> (JobOutcome, Option<tonic::Status>, Vec<serde_json::Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    let files = partition_csv(&SimOptions::default().data, dir.path(), 2, &Split::Iid, 3).unwrap();
+    let mut spec = bank_spec(2).unwrap();
+    // Plain aggregation, so the hand-driven partner can send unmasked (zero) vectors.
+    spec.aggregation.secure = false;
+    let (roster, identities) = consortium(&["good-0", "good-1", "hostile"]).unwrap();
+    let coordinator = start_coordinator(spec, roster, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let addr = coordinator.addr;
+    let mut client = CoordinatorClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(msg(client_message::Body::Hello(Hello {
+        partner_id: "hostile".into(),
+        protocol_version: PROTOCOL_VERSION,
+    })))
+    .await
+    .unwrap();
+    let mut inbound = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let hostile = tokio::spawn(async move {
+        // Bounded: each wait ends within 60 s, and the job has four rounds.
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(60), inbound.message()).await;
+            let m = match next {
+                Ok(Ok(Some(m))) => m,
+                Ok(Ok(None)) | Err(_) => return None,
+                Ok(Err(status)) => return Some(status),
+            };
+            let send = |m| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(m).await;
+                }
+            };
+            match m.body {
+                Some(server_message::Body::Offer(o)) => {
+                    if bad == Misbehaviour::WrongJob {
+                        send(msg(client_message::Body::OfferReply(OfferReply {
+                            job_id: "job-somebody-else".into(),
+                            accept: false,
+                            reason: "forged".into(),
+                        })))
+                        .await;
+                    }
+                    send(msg(client_message::Body::OfferReply(OfferReply {
+                        job_id: o.job_id,
+                        accept: true,
+                        reason: String::new(),
+                    })))
+                    .await;
+                }
+                Some(server_message::Body::RoundStart(RoundStart {
+                    round: Some(rref),
+                    vector_len,
+                    ..
+                })) => {
+                    let n = vector_len as usize;
+                    // Zeros are a valid encoding of "no rows": they change no sum.
+                    if rref.round != 1 {
+                        send(input(&rref, vec![0; n])).await;
+                        continue;
+                    }
+                    match bad {
+                        Misbehaviour::TooLong => send(input(&rref, vec![0; n + 5])).await,
+                        Misbehaviour::Duplicate => {
+                            send(input(&rref, vec![0; n])).await;
+                            send(input(&rref, vec![0; n])).await;
+                        }
+                        Misbehaviour::Oversized => {
+                            send(input(&rref, vec![0; 3 * 1024 * 1024])).await;
+                        }
+                        Misbehaviour::Replay => {
+                            let mut old = rref.clone();
+                            old.attempt += 5;
+                            send(input(&old, vec![7; n])).await;
+                            send(input(&rref, vec![0; n])).await;
+                        }
+                        Misbehaviour::WrongPhase => {
+                            send(msg(client_message::Body::Keys(KeyAdvertisement {
+                                round: Some(rref.clone()),
+                                cipher_public: vec![1; 32],
+                                mask_public: vec![2; 32],
+                                signature: vec![3; 64],
+                            })))
+                            .await;
+                            send(msg(client_message::Body::Unmask(UnmaskReply {
+                                round: Some(rref.clone()),
+                                shares: Vec::new(),
+                            })))
+                            .await;
+                            send(input(&rref, vec![0; n])).await;
+                        }
+                        Misbehaviour::WrongJob => send(input(&rref, vec![0; n])).await,
+                    }
+                }
+                Some(server_message::Body::Finished(_)) => return None,
+                _ => {}
+            }
+        }
+    });
+    let mut partners = Vec::new();
+    for (i, (path, _)) in files.iter().enumerate() {
+        let cfg = client_config(addr, &format!("good-{i}"), path.clone(), 1);
+        let options = with_identity(&identities[i]);
+        partners.push(tokio::spawn(async move { node::run(&cfg, options).await }));
+    }
+    let outcome = coordinator.job.await.unwrap().unwrap();
+    for p in partners {
+        p.await.unwrap().unwrap();
+    }
+    let status = hostile.await.unwrap();
+    let audit = coordinator
+        .store
+        .audit_text()
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (outcome, status, audit)
+}
+
+fn round1(outcome: &JobOutcome) -> (u32, u32) {
+    let r = &outcome.report.rounds[0];
+    (r.attempts, r.participants)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vector_of_the_wrong_length_is_refused_and_the_round_goes_on_without_it() {
+    let (outcome, status, _) = run(Misbehaviour::TooLong).await;
+    let status = status.expect("the session ends with a status");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    assert!(status.message().contains("bad input chunk"), "{status}");
+    assert_eq!(
+        round1(&outcome),
+        (1, 2),
+        "no retry, the two honest partners"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_submission_is_refused_and_the_first_one_stands() {
+    let (outcome, status, _) = run(Misbehaviour::Duplicate).await;
+    let status = status.expect("the session ends with a status");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    assert_eq!(
+        round1(&outcome),
+        (1, 3),
+        "the complete first vector stays in the sum; the duplicate is not added and aborts nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_ends_the_session_and_is_never_summed() {
+    let (outcome, status, _) = run(Misbehaviour::Oversized).await;
+    if let Some(status) = &status {
+        assert_ne!(status.code(), tonic::Code::Ok, "{status}");
+    }
+    assert_eq!(round1(&outcome), (1, 2));
+    assert_eq!(
+        outcome.report.rounds[1].participants, 2,
+        "it does not come back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_input_under_another_round_id_is_ignored() {
+    let (outcome, status, _) = run(Misbehaviour::Replay).await;
+    assert!(status.is_none(), "stale input is not an error: {status:?}");
+    // Had the replayed vector of sevens been summed, the round's counts and metrics would be
+    // garbage; it is ignored and the partner's real (empty) input counts.
+    assert_eq!(round1(&outcome), (1, 3));
+    assert!(outcome.report.final_metrics.auc > 0.7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_of_the_wrong_phase_are_ignored() {
+    let (outcome, status, _) = run(Misbehaviour::WrongPhase).await;
+    assert!(status.is_none(), "{status:?}");
+    assert_eq!(round1(&outcome), (1, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_reply_for_another_job_changes_nothing() {
+    let (outcome, status, audit) = run(Misbehaviour::WrongJob).await;
+    assert!(status.is_none(), "{status:?}");
+    assert!(outcome.report.partners_refused.is_empty());
+    assert!(
+        outcome
+            .report
+            .partners_accepted
+            .contains(&"hostile".to_owned())
+    );
+    let about_hostile: Vec<&str> = audit
+        .iter()
+        .filter(|r| r["data"]["partner"] == "hostile")
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        about_hostile,
+        vec!["offer_accepted"],
+        "no refusal was recorded"
+    );
+}
