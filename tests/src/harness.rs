@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fedmark_client::config::ClientConfig;
-use fedmark_client::node::{Identity, NodeOptions};
+use fedmark_client::node::{ClientError, Identity, NodeOptions};
 use fedmark_coordinator::job::{JobError, JobOutcome, RunSettings};
 use fedmark_coordinator::store::Store;
 use fedmark_core::secagg::{Roster, generate_identity};
@@ -104,4 +104,75 @@ pub fn bank_spec(rounds: u32) -> anyhow::Result<JobSpec> {
     let mut spec = JobSpec::from_toml(&std::fs::read_to_string(path)?)?;
     spec.job.rounds = rounds;
     Ok(spec)
+}
+
+/// A plain-aggregation job of `rounds` rounds with two honest partners (`good-0`, `good-1`,
+/// real client nodes on two halves of the shipped data) and one partner, `odd`, that the test
+/// drives by hand over raw gRPC.
+pub struct HandDriven {
+    /// The data folder (deleted on drop).
+    pub dir: tempfile::TempDir,
+    /// The coordinator.
+    pub coordinator: Coordinator,
+    /// The honest partners' tasks.
+    pub honest: Vec<JoinHandle<Result<fedmark_client::node::ClientSummary, ClientError>>>,
+    /// What the hand-driven partner sends (its hello is already queued).
+    pub tx: tokio::sync::mpsc::Sender<fedmark_proto::ClientMessage>,
+    /// What it receives.
+    pub inbound: tonic::Streaming<fedmark_proto::ServerMessage>,
+}
+
+/// Starts a [`HandDriven`] job. Plain aggregation, so the hand-driven partner can send
+/// unmasked vectors.
+pub async fn hand_driven(
+    odd: &str,
+    rounds: u32,
+    phase_timeout: Duration,
+) -> anyhow::Result<HandDriven> {
+    use fedmark_proto::coordinator_client::CoordinatorClient;
+    use fedmark_proto::{ClientMessage, Hello, PROTOCOL_VERSION, client_message};
+
+    let dir = tempfile::tempdir()?;
+    let files = crate::partition::partition_csv(
+        &crate::sim::SimOptions::default().data,
+        dir.path(),
+        2,
+        &crate::partition::Split::Iid,
+        3,
+    )?;
+    let mut spec = bank_spec(rounds)?;
+    spec.aggregation.secure = false;
+    let (roster, identities) = consortium(&["good-0", "good-1", odd])?;
+    let coordinator = start_coordinator(spec, roster, phase_timeout).await?;
+    let addr = coordinator.addr;
+    let mut client = CoordinatorClient::connect(format!("http://{addr}"))
+        .await?
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(ClientMessage {
+        body: Some(client_message::Body::Hello(Hello {
+            partner_id: odd.to_owned(),
+            protocol_version: PROTOCOL_VERSION,
+        })),
+    })
+    .await?;
+    let inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut honest = Vec::new();
+    for (i, (path, _)) in files.iter().enumerate() {
+        let cfg = client_config(addr, &format!("good-{i}"), path.clone(), 1);
+        let options = with_identity(&identities[i]);
+        honest.push(tokio::spawn(async move {
+            fedmark_client::node::run(&cfg, options).await
+        }));
+    }
+    Ok(HandDriven {
+        dir,
+        coordinator,
+        honest,
+        tx,
+        inbound,
+    })
 }

@@ -12,20 +12,12 @@
 
 use std::time::Duration;
 
-use fedmark_client::node;
 use fedmark_coordinator::job::JobOutcome;
-use fedmark_proto::coordinator_client::CoordinatorClient;
 use fedmark_proto::{
-    ClientMessage, Hello, InputChunk, KeyAdvertisement, OfferReply, PROTOCOL_VERSION, RoundRef,
-    RoundStart, UnmaskReply, client_message, server_message,
+    ClientMessage, InputChunk, KeyAdvertisement, OfferReply, RoundRef, RoundStart, UnmaskReply,
+    client_message, server_message,
 };
-use fedmark_tests::harness::{
-    bank_spec, client_config, consortium, start_coordinator, with_identity,
-};
-use fedmark_tests::partition::{Split, partition_csv};
-use fedmark_tests::sim::SimOptions;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use fedmark_tests::harness::{HandDriven, hand_driven};
 
 /// What the hostile partner does in round 1.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -61,32 +53,15 @@ fn input(rref: &RoundRef, values: Vec<u32>) -> ClientMessage {
 /// Runs a job with two honest partners and one that misbehaves as told. Returns the outcome,
 /// the status (if any) that ended the hostile session, and the coordinator's audit records.
 async fn run(bad: Misbehaviour) -> (JobOutcome, Option<tonic::Status>, Vec<serde_json::Value>) {
-    let dir = tempfile::tempdir().unwrap();
-    let files = partition_csv(&SimOptions::default().data, dir.path(), 2, &Split::Iid, 3).unwrap();
-    let mut spec = bank_spec(2).unwrap();
-    // Plain aggregation, so the hand-driven partner can send unmasked (zero) vectors.
-    spec.aggregation.secure = false;
-    let (roster, identities) = consortium(&["good-0", "good-1", "hostile"]).unwrap();
-    let coordinator = start_coordinator(spec, roster, Duration::from_secs(20))
+    let HandDriven {
+        dir: _dir,
+        coordinator,
+        honest,
+        tx,
+        mut inbound,
+    } = hand_driven("hostile", 2, Duration::from_secs(20))
         .await
         .unwrap();
-    let addr = coordinator.addr;
-    let mut client = CoordinatorClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
-        .max_encoding_message_size(64 * 1024 * 1024);
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(msg(client_message::Body::Hello(Hello {
-        partner_id: "hostile".into(),
-        protocol_version: PROTOCOL_VERSION,
-    })))
-    .await
-    .unwrap();
-    let mut inbound = client
-        .session(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
     let hostile = tokio::spawn(async move {
         // Bounded: each wait ends within 60 s, and the job has four rounds.
         loop {
@@ -168,14 +143,8 @@ async fn run(bad: Misbehaviour) -> (JobOutcome, Option<tonic::Status>, Vec<serde
             }
         }
     });
-    let mut partners = Vec::new();
-    for (i, (path, _)) in files.iter().enumerate() {
-        let cfg = client_config(addr, &format!("good-{i}"), path.clone(), 1);
-        let options = with_identity(&identities[i]);
-        partners.push(tokio::spawn(async move { node::run(&cfg, options).await }));
-    }
     let outcome = coordinator.job.await.unwrap().unwrap();
-    for p in partners {
+    for p in honest {
         p.await.unwrap().unwrap();
     }
     let status = hostile.await.unwrap();

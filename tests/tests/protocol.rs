@@ -12,7 +12,7 @@ use fedmark_proto::{
     ClientMessage, Hello, InputChunk, OfferReply, PROTOCOL_VERSION, client_message, server_message,
 };
 use fedmark_tests::harness::{
-    bank_spec, client_config, consortium, start_coordinator, with_identity,
+    HandDriven, bank_spec, client_config, consortium, hand_driven, start_coordinator, with_identity,
 };
 use fedmark_tests::partition::{Split, partition_csv};
 use fedmark_tests::sim::SimOptions;
@@ -71,29 +71,17 @@ async fn strangers_and_bad_openings_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partner_breaking_off_mid_input_makes_the_round_retry_without_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let files = partition_csv(&SimOptions::default().data, dir.path(), 2, &Split::Iid, 3).unwrap();
-    // Plain aggregation, so the hand-driven partner can send unmasked chunks.
-    let mut spec = bank_spec(2).unwrap();
-    spec.aggregation.secure = false;
-    let (roster, identities) = consortium(&["good-0", "good-1", "flaky"]).unwrap();
-    let coordinator = start_coordinator(spec, roster, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let addr = coordinator.addr;
-
     // The flaky partner: accepts, then in round 1 sends a stale chunk (ignored), half a
     // vector, and a chunk at a wrong offset, which gets its session closed.
-    let mut client = CoordinatorClient::connect(format!("http://{addr}"))
+    let HandDriven {
+        dir: _dir,
+        coordinator,
+        honest,
+        tx,
+        mut inbound,
+    } = hand_driven("flaky", 2, Duration::from_secs(60))
         .await
         .unwrap();
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(hello("flaky")).await.unwrap();
-    let mut inbound = client
-        .session(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
     let flaky = tokio::spawn(async move {
         loop {
             let next = tokio::time::timeout(Duration::from_secs(60), inbound.message()).await;
@@ -149,12 +137,6 @@ async fn a_partner_breaking_off_mid_input_makes_the_round_retry_without_it() {
             }
         }
     });
-    let mut partners = Vec::new();
-    for (i, (path, _)) in files.iter().enumerate() {
-        let cfg = client_config(addr, &format!("good-{i}"), path.clone(), 1);
-        let options = with_identity(&identities[i]);
-        partners.push(tokio::spawn(async move { node::run(&cfg, options).await }));
-    }
     let outcome = coordinator.job.await.unwrap().unwrap();
     let r1 = &outcome.report.rounds[0];
     assert_eq!(
@@ -163,7 +145,7 @@ async fn a_partner_breaking_off_mid_input_makes_the_round_retry_without_it() {
     );
     assert_eq!(r1.participants, 2);
     assert_eq!(outcome.report.rounds[1].participants, 2);
-    for p in partners {
+    for p in honest {
         p.await.unwrap().unwrap();
     }
     let status = flaky
