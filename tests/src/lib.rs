@@ -4,6 +4,7 @@
 //! and [`sim`] runs a coordinator and N clients over real gRPC on loopback and writes the
 //! report with its baselines.
 
+pub mod fuzzing;
 pub mod harness;
 pub mod partition;
 pub mod procs;

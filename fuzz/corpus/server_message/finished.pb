@@ -1,0 +1,2 @@
+R
+fuzz-joball rounds done

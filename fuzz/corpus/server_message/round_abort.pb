@@ -1,0 +1,3 @@
+J+
+
+fuzz-jobquorum lost in phase shares

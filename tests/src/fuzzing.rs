@@ -1,0 +1,918 @@
+//! Fuzz entry points: one function per decoder of untrusted bytes, shared by the cargo-fuzz
+//! targets in `fuzz/` (nightly, libFuzzer) and by the stable `tests/tests/fuzz_corpus.rs`,
+//! which replays the committed corpus so CI checks it without a nightly toolchain.
+//!
+//! Every `pub fn <target>(data: &[u8])` must return normally on any input: a decoder that
+//! refuses the bytes with a typed error is fine, a panic is a bug. The only panics written
+//! here are violated properties (round trips, counts), each with a message naming the
+//! property, and a broken fixture (a bug of this module, never of the input).
+//!
+//! The protocol targets ([`client_message`], [`server_message`]) run against a small real
+//! secure-aggregation round ([`Fixture`]): three partners `p0`, `p1`, `p2` with a generated
+//! roster, everything derived from fixed seeds so that the seed corpus made by
+//! [`client_message_seeds`] and [`server_message_seeds`] carries valid signatures and
+//! ciphertexts for exactly this round. The fuzzed message always comes from (or goes to)
+//! `p0`, with `p1` and `p2` having already answered honestly.
+
+use std::io::Write;
+use std::sync::OnceLock;
+
+use ed25519_dalek::SigningKey;
+use fedmark_core::aggregate::{Progress, RunningSum};
+use fedmark_core::audit::{AuditChain, AuditRecord, verify};
+use fedmark_core::secagg::{
+    ClientPolicy, ClientRound, Envelope, GraphSpec, KeyAdvertisement, RevealedShare, Roster,
+    RoundId, RoundParams, ServerRound, ShareKind, SignedKeys, generate_identity, valid_partner_id,
+};
+use fedmark_core::spec::JobSpec;
+use fedmark_proto::{ClientMessage, ServerMessage, client_message, server_message};
+use prost::Message;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde_json::json;
+
+/// `JobSpec::from_toml` on the bytes (lossy UTF-8); a spec that parses must survive
+/// `to_toml` and parse back equal.
+pub fn spec(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let Ok(spec) = JobSpec::from_toml(&text) else {
+        return;
+    };
+    let again = match spec.to_toml() {
+        Ok(t) => t,
+        Err(e) => panic!("spec round trip: to_toml failed on a spec that parsed: {e}"),
+    };
+    match JobSpec::from_toml(&again) {
+        Ok(back) => assert_eq!(
+            back, spec,
+            "spec round trip: re-parsed spec differs\n--- to_toml ---\n{again}"
+        ),
+        Err(e) => panic!("spec round trip: to_toml output does not parse: {e}\n{again}"),
+    }
+}
+
+/// `Roster::from_toml` on the bytes (lossy UTF-8); a roster that parses must survive
+/// `to_toml` and parse back equal.
+pub fn roster(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let Ok(roster) = Roster::from_toml(&text) else {
+        return;
+    };
+    let again = match roster.to_toml() {
+        Ok(t) => t,
+        Err(e) => panic!("roster round trip: to_toml failed on a roster that parsed: {e}"),
+    };
+    match Roster::from_toml(&again) {
+        Ok(back) => assert_eq!(back, roster, "roster round trip: re-parsed roster differs"),
+        Err(e) => panic!("roster round trip: to_toml output does not parse: {e}\n{again}"),
+    }
+}
+
+/// Writes `data` to a fresh temporary file and hands its path to `load`. A failure to make
+/// the file is the machine's problem, not the input's: the run is skipped.
+fn with_temp_file(data: &[u8], load: impl FnOnce(&std::path::Path)) {
+    let Ok(mut file) = tempfile::NamedTempFile::new() else {
+        return;
+    };
+    if file.write_all(data).and_then(|()| file.flush()).is_err() {
+        return;
+    }
+    load(file.path());
+}
+
+/// `CoordinatorConfig::load` on the bytes written to a temporary file; a config that loads
+/// must also pass `validate` again.
+pub fn coordinator_config(data: &[u8]) {
+    with_temp_file(data, |path| {
+        if let Ok(cfg) = fedmark_coordinator::config::CoordinatorConfig::load(path) {
+            assert!(
+                cfg.validate().is_ok(),
+                "coordinator config: load returned a config that validate refuses"
+            );
+        }
+    });
+}
+
+/// `ClientConfig::load` on the bytes written to a temporary file; a config that loads must
+/// also pass `validate` again.
+pub fn client_config(data: &[u8]) {
+    with_temp_file(data, |path| {
+        if let Ok(cfg) = fedmark_client::config::ClientConfig::load(path) {
+            assert!(
+                cfg.validate().is_ok(),
+                "client config: load returned a config that validate refuses"
+            );
+        }
+    });
+}
+
+/// The spec [`csv_rows`] loads with: two numeric columns, one categorical column with a
+/// vocabulary and one hashed, label `y`.
+const CSV_SPEC: &str = r#"
+[job]
+name = "fuzz"
+purpose = "fuzz"
+rounds = 1
+[label]
+column = "y"
+positive = "yes"
+[features]
+numeric = ["age", "balance"]
+categorical = ["job", "marital"]
+vocabulary = { job = ["admin.", "management", "technician"] }
+hash_buckets = 8
+[model]
+kind = "logistic"
+"#;
+
+fn csv_spec() -> &'static JobSpec {
+    static SPEC: OnceLock<JobSpec> = OnceLock::new();
+    SPEC.get_or_init(|| {
+        JobSpec::from_toml(CSV_SPEC).unwrap_or_else(|e| panic!("fuzz fixture: CSV spec: {e}"))
+    })
+}
+
+/// Records after the header as the loader's CSV reader sees them (unreadable ones
+/// included), counted independently of the loader.
+fn csv_records(data: &[u8]) -> u64 {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(data);
+    if reader.byte_headers().is_err() {
+        return 0;
+    }
+    let mut record = csv::ByteRecord::new();
+    let mut n = 0u64;
+    // Every record consumes at least one byte; the bound only guards this counter.
+    for _ in 0..=data.len() {
+        match reader.read_byte_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) | Err(_) => n += 1,
+        }
+    }
+    n
+}
+
+/// `fedmark_client::data::load_reader` over the bytes as a CSV with a fixed spec: Ok or a
+/// typed error, and when Ok, rows kept (train + holdout) + rows skipped = records read.
+pub fn csv_rows(data: &[u8]) {
+    use fedmark_client::data::{HoldoutSplit, load_reader};
+    let split = HoldoutSplit {
+        fraction: 0.2,
+        seed: 7,
+    };
+    let Ok(loaded) = load_reader(data, "fuzz.csv", csv_spec(), split) else {
+        return;
+    };
+    let kept = (loaded.train.len() + loaded.holdout.len()) as u64;
+    let skipped = loaded.skipped_total();
+    let read = csv_records(data);
+    assert_eq!(
+        kept + skipped,
+        read,
+        "csv rows: kept ({kept}) + skipped ({skipped}) != records read ({read})"
+    );
+}
+
+/// `audit::verify(text, None)` on the bytes (lossy UTF-8); for a log that verifies, a
+/// record appended with `AuditChain::resume` from its last record must verify too, with
+/// the new record as head.
+pub fn audit_log(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let Ok(verified) = verify(&text, None) else {
+        return;
+    };
+    let body = text.strip_suffix('\n').unwrap_or(&text);
+    let last = if body.is_empty() {
+        None
+    } else {
+        let line = body.rsplit('\n').next().unwrap_or(body);
+        let n = usize::try_from(verified.records).unwrap_or(usize::MAX);
+        match AuditRecord::parse_line(line, n) {
+            Ok(r) => Some(r),
+            Err(e) => panic!("audit append: the last line of a verified log does not parse: {e}"),
+        }
+    };
+    let mut chain = AuditChain::resume("fuzz", last.as_ref());
+    let record = match chain.append(1, "fuzz_appended", json!({"n": verified.records})) {
+        Ok(r) => r,
+        Err(e) => panic!("audit append: append with object data failed: {e}"),
+    };
+    let mut extended = String::with_capacity(body.len() + 256);
+    extended.push_str(body);
+    if !body.is_empty() {
+        extended.push('\n');
+    }
+    extended.push_str(&record.to_line());
+    extended.push('\n');
+    match verify(&extended, Some(chain.head())) {
+        Ok(v) => assert_eq!(
+            v.records,
+            verified.records + 1,
+            "audit append: record count after appending"
+        ),
+        Err(e) => panic!("audit append: a verified log with a resumed record fails: {e}"),
+    }
+}
+
+/// Words of the fixture round's vector.
+const VECTOR_LEN: usize = 8;
+/// Partners of the fixture round.
+const PARTNERS: usize = 3;
+const POLICY: ClientPolicy = ClientPolicy { min_partners: 1 };
+
+/// A real three-partner secure-aggregation round, run honestly once from fixed seeds, with
+/// the server's state saved at each phase just before `p0` answers.
+pub struct Fixture {
+    /// The round's parameters (job `fuzz-job`, round 1, attempt 0; t = 2 of 3).
+    pub params: RoundParams,
+    /// The roster of `p0`, `p1`, `p2`.
+    pub roster: Roster,
+    identities: Vec<SigningKey>,
+    /// Server collecting keys: `p1` and `p2` in, `p0` missing.
+    pub server_keys: ServerRound,
+    /// Server collecting shares: all keys in, shares of `p1` and `p2` in.
+    pub server_shares: ServerRound,
+    /// Server collecting reveals: all three inputs summed, reveals of `p1` and `p2` in.
+    pub server_reveals: ServerRound,
+    /// Sum of the three masked inputs.
+    pub masked_sum: Vec<u32>,
+    /// What `p0` sent: keys, shares, masked input, reveals.
+    p0_keys: KeyAdvertisement,
+    p0_envelopes: Vec<Envelope>,
+    p0_input: Vec<u32>,
+    p0_reveals: Vec<RevealedShare>,
+    /// What the server sent `p0`: its key set, its envelopes, the survivors.
+    keys_for_p0: Vec<SignedKeys>,
+    envelopes_for_p0: Vec<Envelope>,
+    survivors: Vec<String>,
+}
+
+/// The round id of the fixture.
+pub fn fixture_round() -> RoundId {
+    RoundId::new("fuzz-job", 1, 0)
+}
+
+fn client_rng(i: usize) -> StdRng {
+    StdRng::seed_from_u64(0xF0_22 + i as u64)
+}
+
+fn input_of(i: usize) -> Vec<u32> {
+    (0..VECTOR_LEN).map(|k| (i * 100 + k) as u32).collect()
+}
+
+fn id_of(i: usize) -> String {
+    format!("p{i}")
+}
+
+impl Fixture {
+    fn build() -> Result<Self, String> {
+        let e = |what: &str, err: &dyn std::fmt::Display| format!("{what}: {err}");
+        let mut id_rng = StdRng::seed_from_u64(0x1D);
+        let identities: Vec<SigningKey> = (0..PARTNERS)
+            .map(|_| generate_identity(&mut id_rng))
+            .collect();
+        let ids: Vec<String> = (0..PARTNERS).map(id_of).collect();
+        let mut roster = Roster::new();
+        for (id, key) in ids.iter().zip(&identities) {
+            roster
+                .insert(id.clone(), key.verifying_key())
+                .map_err(|x| e("roster", &x))?;
+        }
+        let round = fixture_round();
+        let params = RoundParams::new(
+            round,
+            ids.clone(),
+            2,
+            GraphSpec::for_round(&round, PARTNERS - 1),
+            VECTOR_LEN,
+        )
+        .map_err(|x| e("params", &x))?;
+        let mut rngs: Vec<StdRng> = (0..PARTNERS).map(client_rng).collect();
+        let mut clients = Vec::new();
+        let mut adverts = Vec::new();
+        for i in 0..PARTNERS {
+            let (c, a) = ClientRound::new(
+                params.clone(),
+                &ids[i],
+                &identities[i],
+                POLICY,
+                &mut rngs[i],
+            )
+            .map_err(|x| e("client new", &x))?;
+            clients.push(c);
+            adverts.push(a);
+        }
+        let mut server = ServerRound::new(params.clone());
+        for i in 1..PARTNERS {
+            server
+                .on_keys(
+                    SignedKeys {
+                        partner_id: ids[i].clone(),
+                        keys: adverts[i].clone(),
+                    },
+                    &roster,
+                )
+                .map_err(|x| e("on_keys", &x))?;
+        }
+        let server_keys = server.clone();
+        server
+            .on_keys(
+                SignedKeys {
+                    partner_id: ids[0].clone(),
+                    keys: adverts[0].clone(),
+                },
+                &roster,
+            )
+            .map_err(|x| e("on_keys p0", &x))?;
+        server.close_keys().map_err(|x| e("close_keys", &x))?;
+        let mut envelopes = Vec::new();
+        let mut keys_for_p0 = Vec::new();
+        for i in 0..PARTNERS {
+            let keys = server.keys_for(&ids[i]).map_err(|x| e("keys_for", &x))?;
+            let env = clients[i]
+                .on_keys(&keys, &roster, &mut rngs[i])
+                .map_err(|x| e("client on_keys", &x))?;
+            if i == 0 {
+                keys_for_p0 = keys;
+            }
+            envelopes.push(env);
+        }
+        for i in 1..PARTNERS {
+            server
+                .on_shares(&ids[i], envelopes[i].clone())
+                .map_err(|x| e("on_shares", &x))?;
+        }
+        let server_shares = server.clone();
+        server
+            .on_shares(&ids[0], envelopes[0].clone())
+            .map_err(|x| e("on_shares p0", &x))?;
+        server.close_shares().map_err(|x| e("close_shares", &x))?;
+        let mut sum = RunningSum::new(VECTOR_LEN);
+        let mut envelopes_for_p0 = Vec::new();
+        let mut p0_input = Vec::new();
+        for i in 0..PARTNERS {
+            let env = server
+                .envelopes_for(&ids[i])
+                .map_err(|x| e("envelopes_for", &x))?;
+            clients[i]
+                .on_shares(&env)
+                .map_err(|x| e("client on_shares", &x))?;
+            let mut y = input_of(i);
+            clients[i].mask(&mut y).map_err(|x| e("mask", &x))?;
+            sum.add_all(&y);
+            if i == 0 {
+                envelopes_for_p0 = env;
+                p0_input = y;
+            }
+        }
+        let survivors = server
+            .close_inputs(&ids)
+            .map_err(|x| e("close_inputs", &x))?;
+        let mut reveals = Vec::new();
+        for c in &mut clients {
+            reveals.push(c.on_unmask(&survivors).map_err(|x| e("on_unmask", &x))?);
+        }
+        for i in 1..PARTNERS {
+            server
+                .on_revealed(&ids[i], reveals[i].clone())
+                .map_err(|x| e("on_revealed", &x))?;
+        }
+        let server_reveals = server.clone();
+        // Check the fixture is a real round: with p0's reveals too, the sum unmasks.
+        let mut check = server.clone();
+        check
+            .on_revealed(&ids[0], reveals[0].clone())
+            .map_err(|x| e("on_revealed p0", &x))?;
+        let mut words = sum.as_slice().to_vec();
+        check.unmask(&mut words).map_err(|x| e("unmask", &x))?;
+        let expected: Vec<u32> = (0..VECTOR_LEN)
+            .map(|k| (0..PARTNERS).map(|i| input_of(i)[k]).sum())
+            .collect();
+        if words != expected {
+            return Err("the fixture round does not unmask to the sum of its inputs".into());
+        }
+        Ok(Self {
+            params,
+            roster,
+            identities,
+            server_keys,
+            server_shares,
+            server_reveals,
+            masked_sum: sum.into_inner(),
+            p0_keys: adverts[0].clone(),
+            p0_envelopes: envelopes[0].clone(),
+            p0_input,
+            p0_reveals: reveals[0].clone(),
+            keys_for_p0,
+            envelopes_for_p0,
+            survivors,
+        })
+    }
+
+    /// The fixture, built once per process.
+    pub fn get() -> &'static Fixture {
+        static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+        FIXTURE.get_or_init(|| {
+            Fixture::build()
+                .unwrap_or_else(|e| panic!("fuzz fixture: secure-aggregation round: {e}"))
+        })
+    }
+
+    /// `p0`'s client, rebuilt from its seed and brought to `phase` by the honest messages
+    /// (0: keys advertised, 1: shares sent, 2: input masked).
+    fn p0_at(&self, phase: u8) -> ClientRound {
+        let mut rng = client_rng(0);
+        let result = ClientRound::new(
+            self.params.clone(),
+            "p0",
+            &self.identities[0],
+            POLICY,
+            &mut rng,
+        )
+        .and_then(|(mut c, _)| {
+            if phase >= 1 {
+                c.on_keys(&self.keys_for_p0, &self.roster, &mut rng)?;
+            }
+            if phase >= 2 {
+                c.on_shares(&self.envelopes_for_p0)?;
+                let mut y = input_of(0);
+                c.mask(&mut y)?;
+            }
+            Ok(c)
+        });
+        result.unwrap_or_else(|e| panic!("fuzz fixture: rebuilding p0: {e}"))
+    }
+}
+
+fn proto_keys(k: &KeyAdvertisement) -> fedmark_proto::KeyAdvertisement {
+    fedmark_proto::KeyAdvertisement {
+        round: Some(fixture_rref()),
+        cipher_public: k.cipher_public.to_vec(),
+        mask_public: k.mask_public.to_vec(),
+        signature: k.signature.to_vec(),
+    }
+}
+
+fn proto_envelopes(envs: &[Envelope]) -> Vec<fedmark_proto::Envelope> {
+    envs.iter()
+        .map(|e| fedmark_proto::Envelope {
+            from: e.from.clone(),
+            to: e.to.clone(),
+            ciphertext: e.ciphertext.clone(),
+        })
+        .collect()
+}
+
+fn fixture_rref() -> fedmark_proto::RoundRef {
+    fedmark_proto::RoundRef {
+        job_id: "fuzz-job".into(),
+        round: 1,
+        attempt: 0,
+    }
+}
+
+fn share_kind_from_proto(kind: fedmark_proto::ShareKind) -> Option<ShareKind> {
+    match kind {
+        fedmark_proto::ShareKind::SelfMask => Some(ShareKind::SelfMask),
+        fedmark_proto::ShareKind::MaskKey => Some(ShareKind::MaskKey),
+        fedmark_proto::ShareKind::Unspecified => None,
+    }
+}
+
+/// Decodes a `ClientMessage` and feeds it, as from `p0`, to the core state the coordinator
+/// feeds it to (as `coordinator/src/round.rs` does, without the round-reference filter so
+/// that every message reaches the core): `Keys` → `KeyAdvertisement::from_slices` +
+/// `ServerRound::on_keys` (then `close_keys`, `keys_for`); `Shares` → `Envelope::new` +
+/// `on_shares` (then `close_shares`, `envelopes_for`); `Input` → `RunningSum::add` on a
+/// vector of the round's length; `Unmask` → `RevealedShare::new` + `on_revealed` (then
+/// `unmask` of the real masked sum); `Hello` → the partner-id check and roster lookup;
+/// `OfferReply` → the `offer_refused` audit record built from the reason, which must verify.
+pub fn client_message(data: &[u8]) {
+    let Ok(msg) = ClientMessage::decode(data) else {
+        return;
+    };
+    let Some(body) = msg.body else {
+        return;
+    };
+    let fx = Fixture::get();
+    match body {
+        client_message::Body::Hello(h) => {
+            if valid_partner_id(&h.partner_id) {
+                let _ = fx.roster.get(&h.partner_id);
+            }
+        }
+        client_message::Body::OfferReply(r) => {
+            let mut chain = AuditChain::new("coordinator");
+            let data = json!({"job": r.job_id, "partner": "p0", "reason": r.reason});
+            match chain.append(0, "offer_refused", data) {
+                Ok(record) => {
+                    let line = record.to_line();
+                    if let Err(e) = verify(&line, Some(chain.head())) {
+                        panic!("offer reply: the audit record of a refusal does not verify: {e}");
+                    }
+                }
+                Err(e) => panic!("offer reply: audit append with object data failed: {e}"),
+            }
+        }
+        client_message::Body::Keys(k) => {
+            let Ok(keys) =
+                KeyAdvertisement::from_slices(&k.cipher_public, &k.mask_public, &k.signature)
+            else {
+                return;
+            };
+            let mut server = fx.server_keys.clone();
+            let signed = SignedKeys {
+                partner_id: "p0".into(),
+                keys,
+            };
+            if server.on_keys(signed, &fx.roster).is_ok() && server.close_keys().is_ok() {
+                for id in fx.params.cohort() {
+                    let _ = server.keys_for(id);
+                }
+            }
+        }
+        client_message::Body::Shares(sh) => {
+            let Ok(envelopes) = sh
+                .envelopes
+                .into_iter()
+                .map(|e| Envelope::new(e.from, e.to, e.ciphertext))
+                .collect::<Result<Vec<_>, _>>()
+            else {
+                return;
+            };
+            let mut server = fx.server_shares.clone();
+            if server.on_shares("p0", envelopes).is_ok() && server.close_shares().is_ok() {
+                for id in fx.params.cohort() {
+                    let _ = server.envelopes_for(id);
+                }
+            }
+        }
+        client_message::Body::Input(chunk) => {
+            let mut sum = RunningSum::new(fx.params.vector_len());
+            let mut progress = Progress::default();
+            let offset = usize::try_from(chunk.offset).unwrap_or(usize::MAX);
+            if sum
+                .add(&mut progress, offset, &chunk.values, chunk.last)
+                .is_ok()
+            {
+                assert!(
+                    progress.received <= fx.params.vector_len(),
+                    "input: progress past the vector's end"
+                );
+            }
+        }
+        client_message::Body::Unmask(u) => {
+            let Ok(shares) = u
+                .shares
+                .into_iter()
+                .map(|s| {
+                    let kind = share_kind_from_proto(s.kind()).ok_or(())?;
+                    RevealedShare::new(s.owner, kind, s.x, s.value).map_err(|_| ())
+                })
+                .collect::<Result<Vec<_>, ()>>()
+            else {
+                return;
+            };
+            let mut server = fx.server_reveals.clone();
+            if server.on_revealed("p0", shares).is_ok() {
+                let mut words = fx.masked_sum.clone();
+                let before = words.clone();
+                if server.unmask(&mut words).is_err() {
+                    assert_eq!(words, before, "unmask: a failed unmask changed the sum");
+                }
+            }
+        }
+    }
+}
+
+/// Largest cohort a fuzzed `RoundStart` is checked with (graph building is quadratic in it).
+const MAX_FUZZ_COHORT: usize = 64;
+
+/// Decodes a `ServerMessage` and feeds it to the client-side core state `p0`'s node feeds
+/// it to: `Offer` → `JobSpec::from_toml` on the offered spec; `RoundStart` → the round's
+/// `RoundParams::new` and `ClientRound::new` for `p0`; `Keys` →
+/// `KeyAdvertisement::from_slices` + `ClientRound::on_keys`; `Shares` → `Envelope::new` +
+/// `on_shares`; `Unmask` → `on_unmask` (each on `p0` rebuilt at the matching phase).
+/// The node's own checks (round reference, model-chunk offsets, the round start against the
+/// accepted job) live inside the async `Node` in `client/src/node.rs` and are not reachable
+/// without a session: `Model`, `Welcome`, `RoundResult`, `RoundAbort` and `Finished` are
+/// decoded only.
+pub fn server_message(data: &[u8]) {
+    let Ok(msg) = ServerMessage::decode(data) else {
+        return;
+    };
+    let Some(body) = msg.body else {
+        return;
+    };
+    let fx = Fixture::get();
+    match body {
+        server_message::Body::Offer(offer) => {
+            let _ = JobSpec::from_toml(&offer.spec_toml);
+        }
+        server_message::Body::RoundStart(start) => {
+            let Some(rref) = start.round.as_ref() else {
+                return;
+            };
+            if start.cohort.len() > MAX_FUZZ_COHORT {
+                return;
+            }
+            let rid = RoundId::new(&rref.job_id, rref.round, rref.attempt);
+            let graph = match <[u8; 32]>::try_from(start.graph_seed.as_slice()) {
+                Ok(seed) => GraphSpec {
+                    seed,
+                    degree: start.graph_degree as usize,
+                },
+                Err(_) => GraphSpec::for_round(&rid, start.graph_degree as usize),
+            };
+            let len = usize::try_from(start.vector_len).unwrap_or(usize::MAX);
+            let threshold = start.threshold as usize;
+            if let Ok(params) = RoundParams::new(rid, start.cohort.clone(), threshold, graph, len) {
+                let mut rng = client_rng(0);
+                let _ = ClientRound::new(params, "p0", &fx.identities[0], POLICY, &mut rng);
+            }
+        }
+        server_message::Body::Keys(kb) => {
+            let signed: Vec<SignedKeys> = kb
+                .keys
+                .into_iter()
+                .filter_map(|k| {
+                    KeyAdvertisement::from_slices(&k.cipher_public, &k.mask_public, &k.signature)
+                        .ok()
+                        .map(|keys| SignedKeys {
+                            partner_id: k.partner_id,
+                            keys,
+                        })
+                })
+                .collect();
+            let mut client = fx.p0_at(0);
+            let mut rng = client_rng(0);
+            let _ = client.on_keys(&signed, &fx.roster, &mut rng);
+        }
+        server_message::Body::Shares(delivery) => {
+            let Ok(envelopes) = delivery
+                .envelopes
+                .into_iter()
+                .map(|e| Envelope::new(e.from, e.to, e.ciphertext))
+                .collect::<Result<Vec<_>, _>>()
+            else {
+                return;
+            };
+            let mut client = fx.p0_at(1);
+            if client.on_shares(&envelopes).is_ok() {
+                let mut y = input_of(0);
+                let _ = client.mask(&mut y);
+            }
+        }
+        server_message::Body::Unmask(request) => {
+            let mut client = fx.p0_at(2);
+            if client.on_unmask(&request.survivors).is_ok() {
+                assert!(
+                    client.on_unmask(&request.survivors).is_err(),
+                    "unmask: a client answered a second unmask request"
+                );
+            }
+        }
+        server_message::Body::Welcome(_)
+        | server_message::Body::Model(_)
+        | server_message::Body::RoundResult(_)
+        | server_message::Body::RoundAbort(_)
+        | server_message::Body::Finished(_) => {}
+    }
+}
+
+/// Encoded `ClientMessage`s of each kind, as `p0` sends them in the fixture round (plus a
+/// hello and both offer replies): the seed corpus of [`client_message`].
+pub fn client_message_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use client_message::Body;
+    let fx = Fixture::get();
+    let rref = Some(fixture_rref());
+    let msgs = [
+        (
+            "hello",
+            Body::Hello(fedmark_proto::Hello {
+                partner_id: "p0".into(),
+                protocol_version: fedmark_proto::PROTOCOL_VERSION,
+            }),
+        ),
+        (
+            "offer_accept",
+            Body::OfferReply(fedmark_proto::OfferReply {
+                job_id: "fuzz-job".into(),
+                accept: true,
+                reason: String::new(),
+            }),
+        ),
+        (
+            "offer_refuse",
+            Body::OfferReply(fedmark_proto::OfferReply {
+                job_id: "fuzz-job".into(),
+                accept: false,
+                reason: "the job's privacy budget epsilon = 8 exceeds this partner's cap of 1"
+                    .into(),
+            }),
+        ),
+        ("keys", Body::Keys(proto_keys(&fx.p0_keys))),
+        (
+            "shares",
+            Body::Shares(fedmark_proto::EncryptedShares {
+                round: rref.clone(),
+                envelopes: proto_envelopes(&fx.p0_envelopes),
+            }),
+        ),
+        (
+            "input_whole",
+            Body::Input(fedmark_proto::InputChunk {
+                round: rref.clone(),
+                offset: 0,
+                values: fx.p0_input.clone(),
+                last: true,
+                consent_snapshot: fedmark_core::audit::sha256_hex(b"consent"),
+            }),
+        ),
+        (
+            "input_first_half",
+            Body::Input(fedmark_proto::InputChunk {
+                round: rref.clone(),
+                offset: 0,
+                values: fx.p0_input[..VECTOR_LEN / 2].to_vec(),
+                last: false,
+                consent_snapshot: String::new(),
+            }),
+        ),
+        (
+            "unmask",
+            Body::Unmask(fedmark_proto::UnmaskReply {
+                round: rref,
+                shares: fx
+                    .p0_reveals
+                    .iter()
+                    .map(|s| fedmark_proto::RevealedShare {
+                        owner: s.owner.clone(),
+                        kind: match s.kind {
+                            ShareKind::SelfMask => fedmark_proto::ShareKind::SelfMask,
+                            ShareKind::MaskKey => fedmark_proto::ShareKind::MaskKey,
+                        } as i32,
+                        x: s.x,
+                        value: s.value.clone(),
+                    })
+                    .collect(),
+            }),
+        ),
+    ];
+    msgs.into_iter()
+        .map(|(name, body)| (name, ClientMessage { body: Some(body) }.encode_to_vec()))
+        .collect()
+}
+
+/// Encoded `ServerMessage`s of each kind, as the coordinator sends them to `p0` in the
+/// fixture round: the seed corpus of [`server_message`]. `offer_spec` is the TOML of the
+/// offered job.
+pub fn server_message_seeds(offer_spec: &str) -> Vec<(&'static str, Vec<u8>)> {
+    use server_message::Body;
+    let fx = Fixture::get();
+    let rref = Some(fixture_rref());
+    let round = fixture_round();
+    let graph = GraphSpec::for_round(&round, PARTNERS - 1);
+    let msgs = [
+        (
+            "welcome",
+            Body::Welcome(fedmark_proto::Welcome {
+                coordinator_id: "coordinator".into(),
+            }),
+        ),
+        (
+            "offer",
+            Body::Offer(fedmark_proto::JobOffer {
+                job_id: "fuzz-job".into(),
+                spec_toml: offer_spec.to_owned(),
+            }),
+        ),
+        (
+            "round_start",
+            Body::RoundStart(fedmark_proto::RoundStart {
+                round: rref.clone(),
+                kind: fedmark_proto::RoundKind::Training as i32,
+                cohort: fx.params.cohort().to_vec(),
+                threshold: 2,
+                secure: true,
+                vector_len: VECTOR_LEN as u64,
+                feature_mean: vec![40.0, 1000.0],
+                feature_std: vec![10.0, 3000.0],
+                model_len: 2,
+                graph_seed: graph.seed.to_vec(),
+                graph_degree: graph.degree as u32,
+            }),
+        ),
+        (
+            "model",
+            Body::Model(fedmark_proto::ModelChunk {
+                round: rref.clone(),
+                offset: 0,
+                values: [0.5f64, -0.25]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+                last: true,
+            }),
+        ),
+        (
+            "keys",
+            Body::Keys(fedmark_proto::KeyBroadcast {
+                round: rref.clone(),
+                keys: fx
+                    .keys_for_p0
+                    .iter()
+                    .map(|k| fedmark_proto::SignedKeys {
+                        partner_id: k.partner_id.clone(),
+                        cipher_public: k.keys.cipher_public.to_vec(),
+                        mask_public: k.keys.mask_public.to_vec(),
+                        signature: k.keys.signature.to_vec(),
+                    })
+                    .collect(),
+            }),
+        ),
+        (
+            "shares",
+            Body::Shares(fedmark_proto::SharesDelivery {
+                round: rref.clone(),
+                envelopes: proto_envelopes(&fx.envelopes_for_p0),
+            }),
+        ),
+        (
+            "unmask",
+            Body::Unmask(fedmark_proto::UnmaskRequest {
+                round: rref.clone(),
+                survivors: fx.survivors.clone(),
+            }),
+        ),
+        (
+            "round_result",
+            Body::RoundResult(fedmark_proto::RoundResult {
+                round: rref.clone(),
+                participants: 3,
+                auc: 0.75,
+                log_loss: 0.4,
+                accuracy: 0.88,
+            }),
+        ),
+        (
+            "round_abort",
+            Body::RoundAbort(fedmark_proto::RoundAbort {
+                round: rref,
+                reason: "quorum lost in phase shares".into(),
+            }),
+        ),
+        (
+            "finished",
+            Body::Finished(fedmark_proto::JobFinished {
+                job_id: "fuzz-job".into(),
+                reason: "all rounds done".into(),
+            }),
+        ),
+    ];
+    msgs.into_iter()
+        .map(|(name, body)| (name, ServerMessage { body: Some(body) }.encode_to_vec()))
+        .collect()
+}
+
+/// A small valid audit log of `records` records (the seed corpus of [`audit_log`]).
+pub fn audit_log_seed(records: usize) -> String {
+    let mut chain = AuditChain::new("coordinator");
+    let mut text = String::new();
+    for i in 0..records {
+        let data = match i {
+            0 => {
+                json!({"job": "fuzz-job", "spec_sha256": fedmark_core::audit::sha256_hex(b"spec")})
+            }
+            1 => json!({"job": "fuzz-job", "partner": "p1", "reason": "cap \"1\" < ε 8"}),
+            _ => json!({"job": "fuzz-job", "round": i, "participants": 3, "epsilon": 0.125}),
+        };
+        let kind = match i {
+            0 => "job_submitted",
+            1 => "offer_refused",
+            _ => "round_committed",
+        };
+        if let Ok(r) = chain.append(1_700_000_000_000 + i as u64, kind, data) {
+            text.push_str(&r.to_line());
+            text.push('\n');
+        }
+    }
+    text
+}
+
+/// A fuzz entry point.
+pub type Target = fn(&[u8]);
+
+/// The targets by name, as `fuzz/fuzz_targets/<name>.rs` and `fuzz/corpus/<name>/` call them.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("spec", spec),
+    ("roster", roster),
+    ("coordinator_config", coordinator_config),
+    ("client_config", client_config),
+    ("csv_rows", csv_rows),
+    ("audit_log", audit_log),
+    ("client_message", client_message),
+    ("server_message", server_message),
+];
