@@ -82,6 +82,8 @@ impl ConsentRecord {
 pub struct ConsentSource {
     /// Every row, in file order.
     pub records: Vec<ConsentRecord>,
+    /// The partner's secret key for snapshot hashes (see [`ConsentSource::with_key`]).
+    key: Option<[u8; 32]>,
 }
 
 /// Who may be used for one purpose at one moment.
@@ -92,7 +94,9 @@ pub struct ConsentSnapshot {
     /// Users with an active consent (kept in memory only).
     pub users: BTreeSet<String>,
     /// SHA-256 (hex) of the domain prefix, the purpose and the sorted user ids, each
-    /// length-prefixed: the same set gives the same hash whatever the file's row order.
+    /// length-prefixed — HMAC-SHA256 under the partner's key when the source has one (see
+    /// [`ConsentSource::with_key`]): the same set gives the same hash whatever the file's row
+    /// order.
     pub hash: String,
     /// Number of users in the snapshot.
     pub count: usize,
@@ -195,7 +199,16 @@ impl ConsentSource {
                 withdrawn_at,
             });
         }
-        Ok(Self { records })
+        Ok(Self { records, key: None })
+    }
+
+    /// Keys the snapshot hashes with a secret only this partner holds: the hash then is
+    /// HMAC-SHA256 under that key, so the coordinator (which sees it on the last input chunk,
+    /// in its audit chain and in the model card) cannot test a guessed set of user ids against
+    /// it, while the partner can still show an auditor which snapshot a round used.
+    pub fn with_key(mut self, key: [u8; 32]) -> Self {
+        self.key = Some(key);
+        self
     }
 
     /// The users with an active consent for `purpose` at `now` (Unix seconds).
@@ -215,7 +228,14 @@ impl ConsentSource {
         ConsentSnapshot {
             purpose: purpose.to_owned(),
             count: users.len(),
-            hash: sha256_hex(&bytes),
+            hash: match &self.key {
+                // HKDF-Extract is HMAC(salt, ikm): HMAC-SHA256 keyed by the partner's secret.
+                Some(key) => {
+                    let (mac, _) = hkdf::Hkdf::<sha2::Sha256>::extract(Some(key), &bytes);
+                    fedmark_core::audit::hex_lower(&mac)
+                }
+                None => sha256_hex(&bytes),
+            },
             users,
         }
     }
@@ -266,6 +286,32 @@ mod tests {
         assert_eq!(
             users(&source(&again).snapshot("ads", 450)),
             vec!["u1", "u2", "u4", "u5"]
+        );
+    }
+
+    #[test]
+    fn a_keyed_snapshot_hash_is_the_hmac_of_the_same_bytes() {
+        let key = [7u8; 32];
+        let plain = source(CSV).snapshot("ads", 120);
+        let keyed = source(CSV).with_key(key).snapshot("ads", 120);
+        assert_eq!(plain.users, keyed.users);
+        assert_ne!(
+            plain.hash, keyed.hash,
+            "without the key the hash cannot be recomputed"
+        );
+        assert_ne!(
+            keyed.hash,
+            source(CSV).with_key([8u8; 32]).snapshot("ads", 120).hash
+        );
+        // RFC 4231 test case 2: HMAC-SHA256(key = "Jefe", "what do ya want for nothing?"),
+        // computed the same way the snapshot is keyed.
+        let (mac, _) = hkdf::Hkdf::<sha2::Sha256>::extract(
+            Some(b"Jefe".as_slice()),
+            b"what do ya want for nothing?",
+        );
+        assert_eq!(
+            fedmark_core::audit::hex_lower(&mac),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }
 

@@ -285,12 +285,11 @@ fn load_any<R: std::io::Read>(
         .and_then(|label| match user_at {
             None => Ok((label, None)),
             Some(at) => {
-                let user = String::from_utf8_lossy(record.get(at).unwrap_or_default());
-                let user = user.trim();
-                if user.is_empty() {
-                    Err(SkipReason::MissingUserId)
-                } else {
-                    Ok((label, Some(user.to_owned())))
+                // Not lossy: two different ids must never decode to one (a withdrawn user
+                // could otherwise match a consented one); an id that is not UTF-8 is unusable.
+                match std::str::from_utf8(record.get(at).unwrap_or_default()).map(str::trim) {
+                    Ok(user) if !user.is_empty() => Ok((label, Some(user.to_owned()))),
+                    _ => Err(SkipReason::MissingUserId),
                 }
             }
         });

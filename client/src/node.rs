@@ -48,7 +48,7 @@ use crate::audit::{AuditLog, AuditLogError, params_sha256, words_sha256};
 use crate::config::ClientConfig;
 use crate::consent::{ConsentSource, now_unix};
 use crate::contribution::{JobContext, RoundValues};
-use crate::data::{HoldoutSplit, load_csv, load_csv_keyed};
+use crate::data::{DataError, HoldoutSplit, load_csv, load_csv_keyed};
 use crate::ledger::{Ledger, LedgerError};
 use crate::policy::{PartnerPolicy, PolicyError};
 
@@ -487,6 +487,30 @@ async fn send(
         .map_err(|_| ClientError::Closed)
 }
 
+/// The partner's secret key for consent-snapshot hashes, derived (HKDF-SHA256) from its
+/// identity key, so it needs no file of its own and no one else can recompute the hashes.
+fn consent_key(identity: &SigningKey) -> [u8; 32] {
+    let hk = hkdf::Hkdf::<sha2::Sha256>::new(None, identity.as_bytes());
+    let mut key = [0u8; 32];
+    // 32 bytes is far below HKDF-SHA256's output limit, so expand cannot fail.
+    let _ = hk.expand(b"fedmark consent-snapshot key v1", &mut key);
+    key
+}
+
+/// The reason sent to the coordinator when the partner's data cannot serve a job: what the
+/// job asked for that is missing, never the partner's file paths or contents (those go to the
+/// partner's own log).
+fn data_refusal(e: DataError) -> String {
+    warn!(error = %e, "the partner's data cannot serve the job");
+    match e {
+        DataError::MissingColumn { column, .. } => {
+            format!("the partner's data lacks the declared column `{column}`")
+        }
+        DataError::Empty { .. } => "the partner's data has no usable row for this job".into(),
+        _ => "the partner's data cannot be read (see the partner's log)".into(),
+    }
+}
+
 fn kind_of(start: &RoundStart) -> Result<RoundKind, ClientError> {
     match start.kind() {
         fedmark_proto::RoundKind::Statistics => Ok(RoundKind::Statistics),
@@ -684,8 +708,11 @@ impl Node {
                 self.round = None;
             }
             Body::RoundAbort(a) => {
-                warn!(round = a.round.as_ref().map_or(0, |r| r.round), reason = %a.reason, "round aborted");
-                self.round = None;
+                // Only the round it names: a late abort must not end a newer round.
+                if self.in_round(&a.round) {
+                    warn!(round = a.round.as_ref().map_or(0, |r| r.round), reason = %a.reason, "round aborted");
+                    self.round = None;
+                }
             }
             Body::Finished(f) => {
                 info!(job = %f.job_id, reason = %f.reason, "job finished");
@@ -844,16 +871,19 @@ impl Node {
         let ctx = match (&self.cfg.consent, &self.cfg.user_id_column) {
             (Some(consent), Some(user_col)) => {
                 // Refuse now, not at the first round, if the consent source is unreadable.
-                ConsentSource::load(consent).map_err(|e| e.to_string())?;
-                let keyed = load_csv_keyed(&self.cfg.data, &spec, split, user_col)
-                    .map_err(|e| e.to_string())?;
+                ConsentSource::load(consent).map_err(|e| {
+                    warn!(error = %e, "the consent source cannot be read");
+                    "the partner's consent source cannot be read (see the partner's log)".to_owned()
+                })?;
+                let keyed =
+                    load_csv_keyed(&self.cfg.data, &spec, split, user_col).map_err(data_refusal)?;
                 for (reason, count) in &keyed.all.skipped {
                     warn!(reason = reason.as_str(), rows = count, "skipped bad rows");
                 }
                 JobContext::with_consent(spec, keyed, privacy)
             }
             _ => {
-                let data = load_csv(&self.cfg.data, &spec, split).map_err(|e| e.to_string())?;
+                let data = load_csv(&self.cfg.data, &spec, split).map_err(data_refusal)?;
                 for (reason, count) in &data.skipped {
                     warn!(reason = reason.as_str(), rows = count, "skipped bad rows");
                 }
@@ -885,7 +915,10 @@ impl Node {
             match &self.cfg.consent {
                 Some(path) if ctx.has_consent_source() => {
                     let source = match ConsentSource::load(path) {
-                        Ok(s) => s,
+                        Ok(s) => match &self.identity {
+                            Some(identity) => s.with_key(consent_key(&identity.key)),
+                            None => s,
+                        },
                         Err(e) => return Ok(Err(format!("consent source: {e}"))),
                     };
                     let snapshot = source.snapshot(&ctx.spec.job.purpose, now_unix());
@@ -1259,7 +1292,21 @@ impl Node {
         if let Some(secagg) = round.secagg.as_mut()
             && let Err(e) = secagg.mask(&mut words)
         {
-            self.abandon(&e.to_string())?;
+            let reason = e.to_string();
+            let rref = round.rref.clone();
+            // The ledger was charged: that is audited even though nothing is sent.
+            if let Some((purpose, eps)) = charged {
+                self.audit(
+                    "privacy_charged",
+                    serde_json::json!({
+                        "job_id": rref.job_id,
+                        "round": rref.round,
+                        "purpose": purpose,
+                        "epsilon_after": eps,
+                    }),
+                )?;
+            }
+            self.abandon(&reason)?;
             return Ok(());
         }
         round.input_sent = true;

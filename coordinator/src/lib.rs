@@ -59,16 +59,13 @@ pub async fn run(
         .iter()
         .map(|(id, _)| id.to_owned())
         .collect();
-    let mut service = CoordinatorService::new(
+    let service = CoordinatorService::new(
         "fedmark-coordinator".into(),
         sessions.clone(),
         events_tx,
         Some(roster),
     );
     let tls = settings.tls.clone();
-    if tls.is_some() {
-        service = service.bind_certificates();
-    }
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let mut server = tokio::spawn(async move {
         let stop = async move {

@@ -19,14 +19,19 @@ pub struct RoundRecord {
     /// Partners of the final attempt's cohort that dropped out.
     pub dropped: u32,
     /// Federated AUC of the model the round started from.
+    #[serde(deserialize_with = "nan_if_null")]
     pub auc: f64,
     /// Federated log-loss of that model.
+    #[serde(deserialize_with = "nan_if_null")]
     pub log_loss: f64,
     /// Federated accuracy of that model.
+    #[serde(deserialize_with = "nan_if_null")]
     pub accuracy: f64,
     /// Federated lift at the top decile of that model.
+    #[serde(deserialize_with = "nan_if_null")]
     pub lift_top_decile: f64,
     /// Wall-clock seconds of the round, retries included.
+    #[serde(deserialize_with = "nan_if_null")]
     pub seconds: f64,
     /// Cumulative ε after this round (differentially private jobs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,12 +66,16 @@ impl RoundRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FinalMetrics {
     /// ROC AUC.
+    #[serde(deserialize_with = "nan_if_null")]
     pub auc: f64,
     /// Mean log-loss.
+    #[serde(deserialize_with = "nan_if_null")]
     pub log_loss: f64,
     /// Accuracy at 0.5.
+    #[serde(deserialize_with = "nan_if_null")]
     pub accuracy: f64,
     /// Lift at the top decile.
+    #[serde(deserialize_with = "nan_if_null")]
     pub lift_top_decile: f64,
     /// Holdout rows evaluated.
     pub rows: u64,
@@ -94,6 +103,7 @@ pub struct JobReport {
     /// Partners that refused, with reasons.
     pub partners_refused: BTreeMap<String, String>,
     /// Training rows over all partners (from the statistics round).
+    #[serde(deserialize_with = "nan_if_null")]
     pub training_rows: f64,
     /// Partners in the final evaluation.
     pub evaluated_by: u32,
@@ -103,6 +113,7 @@ pub struct JobReport {
     #[serde(rename = "final")]
     pub final_metrics: FinalMetrics,
     /// Wall-clock seconds of the whole job.
+    #[serde(deserialize_with = "nan_if_null")]
     pub seconds: f64,
     /// Why the job ended (its round count, or an exhausted privacy budget).
     pub stop_reason: String,
@@ -120,15 +131,26 @@ pub struct PrivacyReport {
     /// `Record` or `PartnerCentral`.
     pub mode: String,
     /// Noise multiplier σ used.
+    #[serde(deserialize_with = "nan_if_null")]
     pub noise_multiplier: f64,
     /// Clipping norm C.
+    #[serde(deserialize_with = "nan_if_null")]
     pub clip: f64,
     /// The job's ε budget.
+    #[serde(deserialize_with = "nan_if_null")]
     pub epsilon_budget: f64,
     /// ε spent by the released rounds.
+    #[serde(deserialize_with = "nan_if_null")]
     pub epsilon_spent: f64,
     /// δ.
+    #[serde(deserialize_with = "nan_if_null")]
     pub delta: f64,
+}
+
+/// serde_json writes a non-finite `f64` as `null`. Read `null` back as NaN, so a stored
+/// record with an undefined metric (the AUC of a one-class holdout, say) still loads on resume.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Peak resident set size of this process (`VmHWM`), where the OS reports it.
@@ -137,4 +159,30 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_undefined_metric_survives_the_store() {
+        let r = RoundRecord {
+            round: 1,
+            attempts: 1,
+            participants: 2,
+            dropped: 0,
+            auc: f64::NAN,
+            log_loss: 0.5,
+            accuracy: 0.9,
+            lift_top_decile: f64::NAN,
+            seconds: 0.1,
+            epsilon: None,
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains("\"auc\":null"), "{text}");
+        let back: RoundRecord = serde_json::from_str(&text).unwrap();
+        assert!(back.auc.is_nan() && back.lift_top_decile.is_nan());
+        assert_eq!(back.log_loss, 0.5);
+    }
 }

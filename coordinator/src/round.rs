@@ -197,8 +197,6 @@ pub fn round_id(rref: &RoundRef) -> RoundId {
     RoundId::new(&rref.job_id, rref.round, rref.attempt)
 }
 
-/// Sends the round start and the model to every member, each on its own task so one slow
-/// member does not hold up the others.
 /// Sends `RoundStart` and the model to every member, each on its own task so a slow partner
 /// holds up no other. The handles let an aborted round stop its streams before `RoundAbort`
 /// goes out, so no partner sees a message of this round after the abort.

@@ -174,8 +174,11 @@ pub async fn serve(
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     info!(addr = ?addr, tls = tls.is_some(), "coordinator listening");
     let mut builder = tonic::transport::Server::builder();
+    let mut service = service;
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
+        // With TLS every session is bound to its certificate's name; no caller can forget it.
+        service = service.bind_certificates();
     }
     builder
         .tcp_nodelay(true)

@@ -37,7 +37,7 @@ pub const STORE_FILE: &str = "fedmark.redb";
 pub const AUDIT_FILE: &str = "audit.jsonl";
 /// The store format this build reads and writes.
 const FORMAT: &str = "fedmark-store-1";
-/// Page cache: small, so the coordinator's memory stays O(model), not O(history).
+/// Page cache: small, so the store adds little to the coordinator's O(model) memory.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 const META: TableDefinition<'_, &str, &str> = TableDefinition::new("meta");
@@ -362,10 +362,11 @@ impl Store {
         })()
         .map_err(|e| db_err(path, e))?;
         *guard = chain;
-        drop(guard);
+        // Still under the chain's lock, so concurrent writers append to the mirror in order.
         if !lines.is_empty() {
             self.append_mirror(&lines)?;
         }
+        drop(guard);
         Ok(out)
     }
 
@@ -488,7 +489,11 @@ impl Store {
         self.write(Vec::new(), |txn| {
             let mut table = txn.open_table(ATTEMPTS)?;
             let next = table.get((job, round))?.map_or(0, |v| v.value());
-            table.insert((job, round), next.saturating_add(1))?;
+            // Never hand out one number twice, even at the end of the range.
+            let after = next.checked_add(1).ok_or(redb::Error::Corrupted(format!(
+                "attempt numbers of round {round} are exhausted"
+            )))?;
+            table.insert((job, round), after)?;
             Ok(next)
         })
     }
@@ -574,7 +579,7 @@ impl Store {
         }))
     }
 
-    /// Number of committed checkpoints of `job`.
+    /// The rounds of `job` that have a committed checkpoint, in order.
     pub fn checkpoint_rounds(&self, job: &str) -> Result<Vec<u64>, StoreError> {
         self.read(|txn| {
             let table = match txn.open_table(CHECKPOINTS) {

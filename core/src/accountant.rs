@@ -535,7 +535,17 @@ pub struct Accountant {
 #[serde(deny_unknown_fields)]
 struct LedgerState {
     orders: Vec<f64>,
+    // serde_json writes +inf (an order at which the RDP diverges) as `null`.
+    #[serde(deserialize_with = "inf_if_null")]
     rdp: Vec<f64>,
+}
+
+fn inf_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    let values = Vec::<Option<f64>>::deserialize(d)?;
+    Ok(values
+        .into_iter()
+        .map(|v| v.unwrap_or(f64::INFINITY))
+        .collect())
 }
 
 impl TryFrom<LedgerState> for Accountant {
