@@ -4,7 +4,7 @@
 //! and sees only running sums of the partners' vectors, committing each round to the durable
 //! [`store`] before releasing it. [`config`] holds the operator's settings, [`report`] what
 //! a finished job says, [`export`] what leaves for a data scientist (model files, model card,
-//! a job's audit records). [`run`] wires them together
+//! a job's audit records) and [`metrics`] what operators scrape. [`run`] wires them together
 //! for one job on a listener the caller bound, so tests and the simulator bind `127.0.0.1:0`.
 
 use std::collections::BTreeSet;
@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 pub mod config;
 pub mod export;
 pub mod job;
+pub mod metrics;
 pub mod report;
 pub mod round;
 pub mod service;

@@ -509,6 +509,15 @@ fn serve(cfg: CoordinatorConfig, spec: JobSpec) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}", cfg.listen))?;
         // The first stdout line names the bound address, so `listen = "127.0.0.1:0"` works.
         println!("fedmark-coordinator listening on {}", listener.local_addr().context("reading the bound address")?);
+        let metrics = fedmark_coordinator::metrics::Metrics::default();
+        if let Some(at) = cfg.metrics_listen {
+            let listener = fedmark_coordinator::metrics::bind(at)
+                .await
+                .with_context(|| format!("binding the metrics address {at}"))?;
+            // The second stdout line names it, so `metrics_listen = "127.0.0.1:0"` works.
+            println!("fedmark-coordinator metrics on {}", listener.local_addr().context("reading the bound metrics address")?);
+            tokio::spawn(fedmark_coordinator::metrics::serve(listener, metrics.clone(), std::future::pending()));
+        }
         let roster = cfg.load_roster()?;
         let store = Store::open(&cfg.data_dir)?;
         let pause_at = match std::env::var("FEDMARK_TEST_PAUSE_AT") {
@@ -526,6 +535,7 @@ fn serve(cfg: CoordinatorConfig, spec: JobSpec) -> anyhow::Result<()> {
             submitted_by: std::env::var("USER").unwrap_or_else(|_| "operator".into()),
             pause_at,
             tls: cfg.tls.as_ref().map(|t| t.load()).transpose()?,
+            metrics,
         };
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;

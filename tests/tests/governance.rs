@@ -187,8 +187,8 @@ async fn jobs_outside_a_partners_policy_are_refused_with_the_reason_on_both_side
         assert_eq!(&report.partners_refused[*id], reason, "{id}");
         let on_coordinator = coordinator_audit.iter().any(|r| {
             r["kind"] == "offer_refused"
-                && r["data"]["partner"] == Value::from(*id)
-                && r["data"]["reason"] == Value::from(*reason)
+                && r["data"]["partner"] == *id
+                && r["data"]["reason"] == *reason
         });
         assert!(
             on_coordinator,
