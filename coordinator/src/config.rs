@@ -62,6 +62,10 @@ pub struct CoordinatorConfig {
     /// Mutual TLS; plaintext when absent (development only).
     #[serde(default)]
     pub tls: Option<TlsFiles>,
+    /// Address of the Prometheus metrics and health endpoint (`GET /metrics`,
+    /// `GET /healthz`), e.g. `127.0.0.1:9464`; no endpoint when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `[tls]`: the consortium CA and the coordinator's certificate (PEM files, relative to the

@@ -39,6 +39,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::metrics::Metrics as MetricsRegistry;
 use crate::report::{FinalMetrics, JobReport, PrivacyReport, RoundRecord};
 use crate::round::{PausePoint, RoundError, RoundOutput, RoundPlan, SecureSetup, run_round};
 use crate::service::{Event, Sessions};
@@ -120,6 +121,9 @@ pub struct RunSettings {
     pub pause_at: Option<PausePoint>,
     /// Mutual TLS (see [`crate::tls`]); None serves plaintext.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Where the job records its metrics (see [`crate::metrics`]; served only when the
+    /// caller serves them).
+    pub metrics: MetricsRegistry,
 }
 
 /// A round-relevant event, after the hub has handled joins and offer replies.
@@ -158,6 +162,8 @@ pub struct Hub {
     stopped: bool,
     /// Where offer answers are audited.
     store: Option<Store>,
+    /// Where the rounds record their metrics.
+    pub metrics: MetricsRegistry,
 }
 
 impl Hub {
@@ -178,6 +184,7 @@ impl Hub {
             sessions_seen: BTreeMap::new(),
             stopped: false,
             store: None,
+            metrics: MetricsRegistry::default(),
         }
     }
 
@@ -503,6 +510,7 @@ pub async fn run_job(
     let store = settings.store.clone();
     let resumed = register(&hub, &spec, &settings)?;
     hub.audit_to(store.clone());
+    hub.metrics = settings.metrics.clone();
     let min = spec.aggregation.min_participants as usize;
     wait_for_partners(&mut hub, &settings, min).await?;
     info!(job = %job_id, partners = hub.accepted.len(), "job starting");
@@ -658,6 +666,13 @@ pub async fn run_job(
                 "auc": eval.auc, "log_loss": eval.log_loss,
             }),
         )?;
+        settings.metrics.round_committed(
+            &job_id,
+            record.seconds,
+            record.participants as usize,
+            record.dropped as usize,
+            epsilon,
+        );
         info!(
             round,
             participants = record.participants,
@@ -911,6 +926,7 @@ async fn run_with_retries(
                     json!({"job": hub.job_id, "round": round, "attempt": attempt, "reason": e.to_string()}),
                 );
                 settings.store.audit(vec![event])?;
+                settings.metrics.round_aborted(&hub.job_id);
                 last = e;
             }
         }

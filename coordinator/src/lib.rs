@@ -2,9 +2,10 @@
 //!
 //! Partners dial in ([`service`]); one task per job ([`job`]) drives the rounds ([`round`])
 //! and sees only running sums of the partners' vectors, committing each round to the durable
-//! [`store`] before releasing it. [`config`] holds the operator's settings and [`report`] what
-//! a finished job says. [`run`] wires them together for one job on
-//! a listener the caller bound, so tests and the simulator bind `127.0.0.1:0`.
+//! [`store`] before releasing it. [`config`] holds the operator's settings, [`report`] what
+//! a finished job says, [`export`] what leaves for a data scientist (model files, model card,
+//! a job's audit records) and [`metrics`] what operators scrape. [`run`] wires them together
+//! for one job on a listener the caller bound, so tests and the simulator bind `127.0.0.1:0`.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -15,7 +16,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 pub mod config;
+pub mod export;
 pub mod job;
+pub mod metrics;
 pub mod report;
 pub mod round;
 pub mod service;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fedmark_coordinator::config::CoordinatorConfig;
+use fedmark_coordinator::export::{self, write_json};
 use fedmark_coordinator::job::RunSettings;
 use fedmark_coordinator::round::PausePoint;
 use fedmark_coordinator::store::Store;
@@ -60,6 +61,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Trained models in the store.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
     },
     /// Development setup: make an identity key for each partner and the roster listing them.
     /// In production each partner makes its own key and sends only the public half.
@@ -134,6 +140,43 @@ enum AuditCommand {
         #[arg(long)]
         head: Option<String>,
     },
+    /// Write one job's audit records (those whose `data.job` is the job, plus the store's
+    /// own records) as JSON lines. The selection is NOT a verifiable chain on its own: records
+    /// of other jobs are left out, so `audit verify` fails on it. The full chain's head hash
+    /// is printed; check it against DATA_DIR/audit.jsonl with `audit verify --head`.
+    Export {
+        /// Path of coordinator.toml (its `data_dir` holds the store).
+        #[arg(long, env = "FEDMARK_COORDINATOR_CONFIG")]
+        config: PathBuf,
+        /// Job id (e.g. from report.json or the model card).
+        #[arg(long)]
+        job: String,
+        /// Output file (JSON lines).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Write a job's model for use without fedmark: DIR/weights.npy (float64 parameters),
+    /// DIR/pipeline.json (CSV row to model input, layer layout) and, for a finished job,
+    /// DIR/model_card.json. Run it while no coordinator holds the store open.
+    Export {
+        /// Path of coordinator.toml (its `data_dir` holds the store).
+        #[arg(long, env = "FEDMARK_COORDINATOR_CONFIG")]
+        config: PathBuf,
+        /// Job id (e.g. from report.json or the model card).
+        #[arg(long)]
+        job: String,
+        /// The committed round whose model to export (default: the last, i.e. the final
+        /// model). Round 0 is the initial model.
+        #[arg(long)]
+        round: Option<u64>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,6 +242,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Audit {
+            command: AuditCommand::Export { config, job, out },
+        } => exit_of(audit_export(&config, &job, &out)),
+        Command::Model {
+            command:
+                ModelCommand::Export {
+                    config,
+                    job,
+                    round,
+                    out,
+                },
+        } => exit_of(model_export(&config, &job, round, &out)),
         Command::Serve { config, job } => {
             let (cfg, spec) = match load(&config, &job) {
                 Ok(x) => x,
@@ -216,6 +271,83 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The exit code of an export: 64 for a bad config or a job or round the store does not hold,
+/// 1 for any other failure.
+fn exit_of(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let usage = e.chain().any(|c| {
+                c.downcast_ref::<fedmark_coordinator::config::ConfigError>()
+                    .is_some()
+                    || c.downcast_ref::<fedmark_coordinator::store::StoreError>()
+                        .is_some_and(|s| {
+                            matches!(s, fedmark_coordinator::store::StoreError::Missing { .. })
+                        })
+                    || c.downcast_ref::<export::ExportError>()
+                        .is_some_and(export::ExportError::is_bad_request)
+            });
+            if usage {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn model_export(config: &Path, job: &str, round: Option<u64>, out: &Path) -> anyhow::Result<()> {
+    let cfg = CoordinatorConfig::load(config)?;
+    let store = Store::open(&cfg.data_dir)?;
+    let done = export::export_model(&store, job, round, out)
+        .with_context(|| format!("exporting the model of {job}"))?;
+    let latest = if done.round == done.last_round {
+        " (the last committed round)"
+    } else {
+        ""
+    };
+    println!(
+        "exported job {} round {}{latest}: {} parameters, sha256 {}, into {}",
+        done.job_id,
+        done.round,
+        done.params,
+        done.model_sha256,
+        out.display()
+    );
+    for f in &done.files {
+        println!("  {}", f.display());
+    }
+    Ok(())
+}
+
+fn audit_export(config: &Path, job: &str, out: &Path) -> anyhow::Result<()> {
+    let cfg = CoordinatorConfig::load(config)?;
+    let store = Store::open(&cfg.data_dir)?;
+    if store.job(job)?.is_none() {
+        anyhow::bail!(export::ExportError::UnknownJob { id: job.to_owned() });
+    }
+    let sel = export::job_audit_records(&store, job)?;
+    let mut text = sel.lines.join("\n");
+    text.push('\n');
+    export::write_atomic(out, text.as_bytes())?;
+    println!(
+        "wrote {} of {} audit records (job {job} and the store's own) to {}",
+        sel.lines.len(),
+        sel.total,
+        out.display()
+    );
+    println!(
+        "a filtered export is not a verifiable chain on its own; the full chain's head is {}: check it with `fedmark-coordinator audit verify {} --head {}`",
+        sel.head,
+        cfg.data_dir
+            .join(fedmark_coordinator::store::AUDIT_FILE)
+            .display(),
+        sel.head
+    );
+    Ok(())
 }
 
 fn privacy(command: PrivacyCommand) -> anyhow::Result<()> {
@@ -377,6 +509,15 @@ fn serve(cfg: CoordinatorConfig, spec: JobSpec) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}", cfg.listen))?;
         // The first stdout line names the bound address, so `listen = "127.0.0.1:0"` works.
         println!("fedmark-coordinator listening on {}", listener.local_addr().context("reading the bound address")?);
+        let metrics = fedmark_coordinator::metrics::Metrics::default();
+        if let Some(at) = cfg.metrics_listen {
+            let listener = fedmark_coordinator::metrics::bind(at)
+                .await
+                .with_context(|| format!("binding the metrics address {at}"))?;
+            // The second stdout line names it, so `metrics_listen = "127.0.0.1:0"` works.
+            println!("fedmark-coordinator metrics on {}", listener.local_addr().context("reading the bound metrics address")?);
+            tokio::spawn(fedmark_coordinator::metrics::serve(listener, metrics.clone(), std::future::pending()));
+        }
         let roster = cfg.load_roster()?;
         let store = Store::open(&cfg.data_dir)?;
         let pause_at = match std::env::var("FEDMARK_TEST_PAUSE_AT") {
@@ -394,6 +535,7 @@ fn serve(cfg: CoordinatorConfig, spec: JobSpec) -> anyhow::Result<()> {
             submitted_by: std::env::var("USER").unwrap_or_else(|_| "operator".into()),
             pause_at,
             tls: cfg.tls.as_ref().map(|t| t.load()).transpose()?,
+            metrics,
         };
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
@@ -411,8 +553,8 @@ fn serve(cfg: CoordinatorConfig, spec: JobSpec) -> anyhow::Result<()> {
         });
         write_json(&cfg.out_dir.join("model.json"), &model)?;
         write_json(&cfg.out_dir.join("report.json"), &serde_json::to_value(&outcome.report)?)?;
-        let card = model_card(&store, &outcome)?;
-        let card_bytes = write_json(&cfg.out_dir.join("model_card.json"), &card)?;
+        let card = export::model_card(&store, &outcome)?;
+        let card_bytes = write_json(&cfg.out_dir.join(export::CARD_FILE), &card)?;
         store.audit(vec![(
             "model_exported",
             serde_json::json!({
@@ -433,66 +575,4 @@ fn serve(cfg: CoordinatorConfig, spec: JobSpec) -> anyhow::Result<()> {
         );
         Ok(())
     })
-}
-
-/// Writes through a temporary file and a rename, so a crash never leaves half a file.
-/// Returns the bytes written.
-fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<Vec<u8>> {
-    let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec_pretty(value)?;
-    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(bytes)
-}
-
-/// The model card: what the model is, how well it does, what privacy it gives, who trained
-/// it round by round, which consent snapshots it used, and the audit head that proves it.
-fn model_card(
-    store: &Store,
-    outcome: &fedmark_coordinator::job::JobOutcome,
-) -> anyhow::Result<serde_json::Value> {
-    let report = &outcome.report;
-    let job = store
-        .job(&report.job_id)?
-        .context("the finished job is not in the store")?;
-    let rounds = store.checkpoint_rounds(&report.job_id)?;
-    let mut consent = Vec::new();
-    for line in store.audit_text()?.lines() {
-        let v: serde_json::Value = serde_json::from_str(line)?;
-        if v["kind"] == "round_committed" && v["data"]["job"] == report.job_id.as_str() {
-            consent.push(serde_json::json!({
-                "round": v["data"]["round"],
-                "snapshots": v["data"]["consent_snapshots"],
-            }));
-        }
-    }
-    Ok(serde_json::json!({
-        "job_id": report.job_id,
-        "name": report.name,
-        "purpose": report.purpose,
-        "spec_toml": job.spec_toml,
-        "submitted_by": job.submitted_by,
-        "model": {
-            "kind": report.model_kind,
-            "params": report.model_params,
-            "input_dim": report.input_dim,
-            "sha256": fedmark_coordinator::store::model_sha256(&outcome.model.params),
-        },
-        "metrics": report.final_metrics,
-        "privacy": match &report.privacy {
-            Some(p) => serde_json::json!({
-                "mode": p.mode, "epsilon": p.epsilon_spent, "epsilon_budget": p.epsilon_budget,
-                "delta": p.delta, "noise_multiplier": p.noise_multiplier, "clip": p.clip,
-            }),
-            None => serde_json::json!({"mode": "none"}),
-        },
-        "secure_aggregation": report.secure_aggregation,
-        "partners_per_round": report.rounds.iter().map(|r| r.participants).collect::<Vec<_>>(),
-        "partners_accepted": report.partners_accepted,
-        "partners_refused": report.partners_refused,
-        "committed_rounds": rounds,
-        "consent_snapshots": consent,
-        "stop_reason": report.stop_reason,
-        "audit_head": store.audit_head(),
-    }))
 }

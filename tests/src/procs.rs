@@ -85,6 +85,8 @@ pub struct RunningCoordinator {
     pub process: Guard,
     /// The address it bound.
     pub addr: std::net::SocketAddr,
+    /// The address of its metrics endpoint, when the config has `metrics_listen`.
+    pub metrics: Option<std::net::SocketAddr>,
     /// Its stdout after the address line, once it exits.
     pub stdout: std::thread::JoinHandle<String>,
     /// Its stderr lines as they come.
@@ -146,6 +148,15 @@ impl Deployment {
         Ok(())
     }
 
+    /// Adds `metrics_listen = "127.0.0.1:0"` to `coordinator.toml`.
+    pub fn enable_metrics(&self) -> anyhow::Result<()> {
+        let path = self.path().join("coordinator.toml");
+        let mut text = std::fs::read_to_string(&path)?;
+        text.push_str("metrics_listen = \"127.0.0.1:0\"\n");
+        std::fs::write(path, text)?;
+        Ok(())
+    }
+
     /// Runs a coordinator subcommand to completion; fails unless it succeeds.
     pub fn coordinator_cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = Command::new(binary("fedmark-coordinator")?)
@@ -188,6 +199,22 @@ impl Deployment {
         let mut reader = BufReader::new(stdout);
         let mut first = String::new();
         reader.read_line(&mut first)?;
+        let config = std::fs::read_to_string(self.path().join("coordinator.toml"))?;
+        let metrics = if config.contains("metrics_listen") {
+            let mut second = String::new();
+            reader.read_line(&mut second)?;
+            Some(
+                second
+                    .trim()
+                    .strip_prefix("fedmark-coordinator metrics on ")
+                    .with_context(|| {
+                        format!("unexpected second line from the coordinator: {second:?}")
+                    })?
+                    .parse()?,
+            )
+        } else {
+            None
+        };
         // Keep reading so the coordinator's later output never meets a closed pipe.
         let stdout =
             std::thread::spawn(move || std::io::read_to_string(reader).unwrap_or_default());
@@ -199,6 +226,7 @@ impl Deployment {
         Ok(RunningCoordinator {
             process,
             addr,
+            metrics,
             stdout,
             stderr: rx,
         })

@@ -102,6 +102,9 @@ pub struct SimOptions {
     /// Mutual TLS between the partners and the coordinator, with a throwaway development CA
     /// (on by default, as a deployment runs).
     pub tls: bool,
+    /// Serve the coordinator's Prometheus metrics and health check on this address (none
+    /// when absent).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for SimOptions {
@@ -132,6 +135,7 @@ impl Default for SimOptions {
             withdraw: None,
             audit_dir: None,
             tls: true,
+            metrics_listen: None,
         }
     }
 }
@@ -385,7 +389,22 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                 tls: certs.as_ref().map(|c| {
                     server_config(&c.ca_pem, &c.coordinator.cert_pem, &c.coordinator.key_pem)
                 }),
+                metrics: fedmark_coordinator::metrics::Metrics::default(),
             };
+            if let Some(at) = opts.metrics_listen {
+                let listener = fedmark_coordinator::metrics::bind(at)
+                    .await
+                    .with_context(|| format!("binding the metrics address {at}"))?;
+                eprintln!(
+                    "coordinator metrics on http://{}/metrics",
+                    listener.local_addr()?
+                );
+                tokio::spawn(fedmark_coordinator::metrics::serve(
+                    listener,
+                    settings.metrics.clone(),
+                    std::future::pending(),
+                ));
+            }
             let task = tokio::spawn(fedmark_coordinator::run(
                 listener,
                 spec.clone(),
@@ -404,6 +423,7 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                 &roster,
                 opts.phase_timeout,
                 opts.tls,
+                opts.metrics_listen,
             )?
         }
     };
@@ -785,6 +805,7 @@ fn external_coordinator(
     roster: &Roster,
     phase_timeout: Duration,
     tls: bool,
+    metrics_listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<(std::net::SocketAddr, CoordinatorRun)> {
     use std::io::BufRead;
     std::fs::write(work.join("roster.toml"), roster.to_toml()?)?;
@@ -797,8 +818,10 @@ fn external_coordinator(
     std::fs::write(
         work.join("coordinator.toml"),
         format!(
-            "listen = \"127.0.0.1:0\"\nout_dir = \"out\"\nroster = \"roster.toml\"\njoin_timeout_secs = 60\nphase_timeout_secs = {}\n{tls_section}",
-            phase_timeout.as_secs().max(1)
+            "listen = \"127.0.0.1:0\"\nout_dir = \"out\"\nroster = \"roster.toml\"\njoin_timeout_secs = 60\nphase_timeout_secs = {}\n{metrics}{tls_section}",
+            phase_timeout.as_secs().max(1),
+            metrics =
+                metrics_listen.map_or_else(String::new, |a| format!("metrics_listen = \"{a}\"\n")),
         ),
     )?;
     let init = std::process::Command::new(binary)

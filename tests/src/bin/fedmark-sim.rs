@@ -48,6 +48,10 @@ struct Cli {
     /// Mutual TLS between partners and coordinator (a throwaway development CA).
     #[arg(long, value_parser = ["on", "off"], default_value = "on")]
     tls: String,
+    /// Serve the coordinator's Prometheus metrics (`/metrics`) and health check
+    /// (`/healthz`) on this address, e.g. 127.0.0.1:9464.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Differential privacy: none, record, partner-central or partner-distributed (overrides
     /// the spec).
     #[arg(long, value_parser = ["none", "record", "partner-central", "partner-distributed"])]
@@ -156,6 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     opts.holdout_fraction = cli.holdout;
     opts.secure_agg = cli.secure_agg.map(|s| s == "on");
     opts.tls = cli.tls == "on";
+    opts.metrics_listen = cli.metrics_listen;
     opts.dp_mode = cli.dp.as_deref().map(|m| match m {
         "record" => fedmark_core::spec::PrivacyMode::Record,
         "partner-central" => fedmark_core::spec::PrivacyMode::PartnerCentral,
