@@ -218,6 +218,18 @@ impl Store {
             path: dir.display().to_string(),
             source,
         })?;
+        // The store is the coordinator's alone: jobs, models and the ledger are read and
+        // exported only by whoever runs it.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
+                |source| StoreError::Io {
+                    path: dir.display().to_string(),
+                    source,
+                },
+            )?;
+        }
         let path = file.display().to_string();
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
@@ -698,6 +710,16 @@ mod tests {
             Err(StoreError::Missing { .. })
         ));
         drop(Store::init(&data).unwrap());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&data).unwrap().permissions().mode();
+            assert_eq!(
+                mode & 0o777,
+                0o700,
+                "the data directory is the coordinator's alone"
+            );
+        }
         assert!(matches!(Store::init(&data), Err(StoreError::Exists { .. })));
         assert!(Store::open(&data).is_ok());
     }
