@@ -727,6 +727,19 @@ impl Node {
         Ok(Flow::Continue)
     }
 
+    /// The fewest partners this partner aggregates with in the current job: its config's
+    /// `min_cohort`, raised by its policy for the job's purpose.
+    fn cohort_floor(&self) -> usize {
+        let policy = match (&self.policy, &self.job) {
+            (Some(policy), Some((_, ctx))) => ctx
+                .lock()
+                .ok()
+                .map(|c| policy.min_cohort_for(&c.spec.job.purpose) as usize),
+            _ => None,
+        };
+        policy.map_or(self.cfg.min_cohort, |p| p.max(self.cfg.min_cohort))
+    }
+
     fn in_round(&self, rref: &Option<RoundRef>) -> bool {
         let current = self
             .round
@@ -985,6 +998,26 @@ impl Node {
                 "round started for a cohort without this partner".into(),
             ));
         }
+        let floor = self.cohort_floor();
+        if start.cohort.len() < floor {
+            // Not this partner's round: it sends nothing, and the coordinator counts it out.
+            warn!(
+                round = rref.round,
+                cohort = start.cohort.len(),
+                floor,
+                "refusing a round whose cohort is below this partner's minimum"
+            );
+            self.audit(
+                "round_refused",
+                serde_json::json!({
+                    "job_id": rref.job_id,
+                    "round": rref.round,
+                    "attempt": rref.attempt,
+                    "reason": format!("cohort of {} is below this partner's minimum of {floor}", start.cohort.len()),
+                }),
+            )?;
+            return Ok(());
+        }
         let kind = kind_of(&start)?;
         let (layout, num_params, numeric, secure) = {
             let ctx = ctx
@@ -1092,6 +1125,7 @@ impl Node {
 
     /// Phase 1: fresh keys for this round, signed with the identity key.
     async fn advertise_keys(&mut self) -> Result<(), ClientError> {
+        let cohort_floor = self.cohort_floor();
         let (Some(round), Some(identity)) = (self.round.as_mut(), self.identity.as_ref()) else {
             return Err(ClientError::Protocol(
                 "secure round without an identity".into(),
@@ -1143,7 +1177,7 @@ impl Node {
             return Ok(());
         }
         let policy = ClientPolicy {
-            min_partners: self.cfg.min_cohort,
+            min_partners: cohort_floor,
         };
         let created = RoundParams::new(
             rid,

@@ -289,7 +289,15 @@ impl PartnerPolicy {
         Ok(())
     }
 
-    /// The threshold floor for `purpose`, for checking each round's announced threshold.
+    /// The fewest partners this policy lets `purpose` aggregate with (the global floor raised
+    /// by the purpose's own), for checking each round's cohort.
+    pub fn min_cohort_for(&self, purpose: &str) -> u32 {
+        let rules = self.purposes.get(purpose).and_then(|p| p.min_cohort);
+        rules.map_or(self.min_cohort, |r| r.max(self.min_cohort))
+    }
+
+    /// The policy's secure-aggregation threshold floor for `purpose` (the global one raised by
+    /// the purpose's own), if any.
     pub fn min_threshold_for(&self, purpose: &str) -> Option<u32> {
         let rules = self.purposes.get(purpose).and_then(|p| p.min_threshold);
         self.min_threshold.max(rules)
@@ -422,6 +430,14 @@ max_epsilon = 5.0
             .unwrap_err();
         assert!(e.contains("does not use secure aggregation"), "{e}");
         assert_eq!(p.min_threshold_for("ads"), Some(3));
+        // The purpose's `min_cohort = 1` cannot lower the global floor (default 2).
+        assert_eq!(p.min_cohort_for("ads"), 2);
+        let raised = policy(&format!(
+            "{POLICY}min_cohort = 4
+"
+        ));
+        assert_eq!(raised.min_cohort_for("ads"), 4);
+        assert_eq!(raised.min_cohort_for("other"), 2);
     }
 
     #[test]
