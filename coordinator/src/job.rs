@@ -308,6 +308,18 @@ impl Hub {
         (self.sessions_seen.get(partner) == Some(&id)).then_some(tx)
     }
 
+    /// Sends a round message to a partner's current session, if the job has offered itself on
+    /// it (see [`Hub::offered_sender`]); false otherwise or if the session just closed.
+    pub async fn send(&self, partner: &str, body: server_message::Body) -> bool {
+        match self.offered_sender(partner) {
+            Some(tx) => tx
+                .send(Ok(fedmark_proto::ServerMessage { body: Some(body) }))
+                .await
+                .is_ok(),
+            None => false,
+        }
+    }
+
     /// Accepted partners whose current session has been offered the job.
     pub fn available(&self) -> Vec<String> {
         self.accepted
@@ -694,9 +706,7 @@ pub async fn run_job(
                 log_loss: eval.log_loss,
                 accuracy: eval.accuracy,
             };
-            hub.sessions
-                .send(p, server_message::Body::RoundResult(result))
-                .await;
+            hub.send(p, server_message::Body::RoundResult(result)).await;
         }
         if let Some(tx) = &progress {
             let _ = tx.send(record);

@@ -288,8 +288,7 @@ pub async fn run_round(hub: &mut Hub, plan: &RoundPlan) -> Result<RoundOutput, R
                 round: Some(plan.rref.clone()),
                 reason: e.to_string(),
             };
-            hub.sessions
-                .send(member, server_message::Body::RoundAbort(abort))
+            hub.send(member, server_message::Body::RoundAbort(abort))
                 .await;
         }
     }
@@ -391,9 +390,7 @@ async fn secure_round(
                 })
                 .collect(),
         };
-        hub.sessions
-            .send(member, server_message::Body::Keys(msg))
-            .await;
+        hub.send(member, server_message::Body::Keys(msg)).await;
     }
     pause_if(plan, "keys").await;
 
@@ -436,9 +433,7 @@ async fn secure_round(
                 })
                 .collect(),
         };
-        hub.sessions
-            .send(member, server_message::Body::Shares(msg))
-            .await;
+        hub.send(member, server_message::Body::Shares(msg)).await;
     }
     pause_if(plan, "shares").await;
 
@@ -457,9 +452,7 @@ async fn secure_round(
             round: Some(plan.rref.clone()),
             survivors: u3.clone(),
         };
-        hub.sessions
-            .send(member, server_message::Body::Unmask(msg))
-            .await;
+        hub.send(member, server_message::Body::Unmask(msg)).await;
     }
     pause_if(plan, "unmask").await;
     let mut waiting: BTreeSet<String> = u3
