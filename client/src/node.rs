@@ -1323,29 +1323,13 @@ impl Node {
                 }
             }
         }
-        if let Some(secagg) = round.secagg.as_mut()
-            && let Err(e) = secagg.mask(&mut words)
-        {
-            let reason = e.to_string();
-            let rref = round.rref.clone();
-            // The ledger was charged: that is audited even though nothing is sent.
-            if let Some((purpose, eps)) = charged {
-                self.audit(
-                    "privacy_charged",
-                    serde_json::json!({
-                        "job_id": rref.job_id,
-                        "round": rref.round,
-                        "purpose": purpose,
-                        "epsilon_after": eps,
-                    }),
-                )?;
-            }
-            self.abandon(&reason)?;
-            return Ok(());
-        }
-        round.input_sent = true;
+        let masked = match round.secagg.as_mut() {
+            Some(secagg) => secagg.mask(&mut words).map_err(|e| e.to_string()),
+            None => Ok(()),
+        };
         let rref = round.rref.clone();
         let consent_hash = round.consent_hash.clone();
+        // The ledger was charged: that is audited whether or not the input goes out.
         if let Some((purpose, eps)) = charged {
             self.audit(
                 "privacy_charged",
@@ -1356,6 +1340,13 @@ impl Node {
                     "epsilon_after": eps,
                 }),
             )?;
+        }
+        if let Err(reason) = masked {
+            self.abandon(&reason)?;
+            return Ok(());
+        }
+        if let Some(round) = self.round.as_mut() {
+            round.input_sent = true;
         }
         self.audit(
             "input_sent",
