@@ -15,7 +15,9 @@
 //! | `input_sent` | `job_id`, `round`, `attempt`, `masked_sha256`, `words` |
 //! | `privacy_charged` | `job_id`, `round`, `purpose`, `epsilon_after` |
 //! | `round_abandoned` | `job_id`, `round`, `attempt`, `reason` |
+//! | `round_refused` | `job_id`, `round`, `attempt`, `reason` (a cohort below the partner's minimum) |
 //! | `job_finished` | `job_id`, `reason` |
+//! | `torn_write_discarded` | `bytes`: the unfinished last line a crash left, cut off on open |
 //!
 //! `consent_snapshot` is written at the start of every round; without a consent source its
 //! `snapshot_sha256` is empty and the counts are all of the partner's usable rows.
@@ -23,7 +25,9 @@
 //! aggregation), little-endian.
 //!
 //! Each line is written, flushed and synced before the client goes on. On open the existing
-//! file is verified and the chain resumed from its last record; a broken log refuses to start.
+//! file is verified and the chain resumed from its last record. A last line that a crash left
+//! unfinished (no newline, not a whole record) is cut off and the cut recorded; any other
+//! damage makes the log refuse to open.
 //! `fedmark-client audit verify PATH` checks a log.
 
 use std::io::Write;
@@ -84,20 +88,45 @@ impl AuditLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(io(e)),
         };
-        audit::verify(&text, None).map_err(|source| AuditLogError::Broken {
+        let broken = |source| AuditLogError::Broken {
             path: shown.clone(),
             source,
-        })?;
+        };
+        // A crash in the middle of an append leaves a last line without its newline. If that
+        // line is not a whole record, it was never written: cut it off (and say so in the log
+        // itself below). Anything else that fails verification is tampering or damage, and
+        // the log refuses to open.
+        let lines = text.lines().count();
+        let mut torn = 0;
+        let text = match audit::verify(&text, None) {
+            Ok(_) => text,
+            Err(e) if !text.ends_with('\n') && e.line() == Some(lines) => {
+                let keep = text.rfind('\n').map_or(0, |i| i + 1);
+                torn = text.len() - keep;
+                let kept = text[..keep].to_owned();
+                audit::verify(&kept, None).map_err(broken)?;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .and_then(|f| {
+                        f.set_len(keep as u64)?;
+                        f.sync_all()
+                    })
+                    .map_err(io)?;
+                kept
+            }
+            Err(e) => return Err(broken(e)),
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
         if !text.is_empty() && !text.ends_with('\n') {
-            // A final line without its newline is a write that did not finish; verify accepted
-            // it as a whole record, so end the line before appending.
-            return Err(AuditLogError::Broken {
-                path: shown.clone(),
-                source: AuditError::Malformed {
-                    line: text.lines().count(),
-                    reason: "the last record is not terminated by a newline".into(),
-                },
-            });
+            // A whole record whose newline did not make it: end the line.
+            file.write_all(b"\n")
+                .and_then(|()| file.sync_data())
+                .map_err(io)?;
         }
         let last = match text.lines().last() {
             Some(line) => Some(AuditRecord::parse_line(line, text.lines().count()).map_err(
@@ -108,16 +137,15 @@ impl AuditLog {
             )?),
             None => None,
         };
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
-        Ok(Self {
+        let mut log = Self {
             path: path.to_path_buf(),
             file,
             chain: AuditChain::resume(actor, last.as_ref()),
-        })
+        };
+        if torn > 0 {
+            log.append("torn_write_discarded", serde_json::json!({ "bytes": torn }))?;
+        }
+        Ok(log)
     }
 
     /// Appends one record and syncs it to disk.
@@ -236,6 +264,53 @@ mod tests {
 
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replacen("offer_accepted", "offer_accepteD", 1)).unwrap();
+        let e = AuditLog::open(&path, "bank").unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn a_write_torn_by_a_crash_is_cut_off_and_recorded_but_damage_elsewhere_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path, "bank").unwrap();
+        for i in 0..3 {
+            log.append("round_started", json!({"round": i})).unwrap();
+        }
+        drop(log);
+        let whole = std::fs::read_to_string(&path).unwrap();
+        // Half of a fourth record, as a crash mid-append leaves it.
+        let fourth = whole
+            .lines()
+            .nth(2)
+            .unwrap()
+            .replace("\"seq\":2", "\"seq\":3");
+        std::fs::write(&path, format!("{whole}{}", &fourth[..fourth.len() / 2])).unwrap();
+        let log = AuditLog::open(&path, "bank").unwrap();
+        assert_eq!(log.len(), 4, "three records and the note of the cut");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let v = audit::verify(&text, Some(log.head())).unwrap();
+        assert_eq!(v.records, 4);
+        let last = text.lines().last().unwrap();
+        assert!(last.contains("torn_write_discarded"), "{last}");
+        assert!(
+            last.contains(&format!("\"bytes\":{}", fourth.len() / 2)),
+            "{last}"
+        );
+        drop(log);
+
+        // A whole last record without its newline is kept and its line ended.
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.trim_end_matches('\n')).unwrap();
+        let mut log = AuditLog::open(&path, "bank").unwrap();
+        assert_eq!(log.len(), 4);
+        log.append("job_finished", json!({})).unwrap();
+        assert_eq!(verify_file(&path, Some(log.head())).unwrap().records, 5);
+        drop(log);
+
+        // Damage before the last line is never "repaired".
+        let text = std::fs::read_to_string(&path).unwrap();
+        let damaged = text.replacen("\"round\":1", "\"round\":7", 1);
+        std::fs::write(&path, &damaged[..damaged.len() - 10]).unwrap();
         let e = AuditLog::open(&path, "bank").unwrap_err().to_string();
         assert!(e.contains("line 2"), "{e}");
     }

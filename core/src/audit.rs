@@ -91,6 +91,20 @@ pub enum AuditError {
     },
 }
 
+impl AuditError {
+    /// The 1-based line the error is about, where there is one.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            AuditError::Malformed { line, .. }
+            | AuditError::NotCanonical { line }
+            | AuditError::HashMismatch { line }
+            | AuditError::Sequence { line, .. }
+            | AuditError::BrokenChain { line } => Some(*line),
+            AuditError::HeadMismatch { .. } | AuditError::DataNotObject { .. } => None,
+        }
+    }
+}
+
 /// One audit record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditRecord {
