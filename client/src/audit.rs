@@ -191,19 +191,6 @@ impl AuditLog {
     }
 }
 
-/// SHA-256 (hex) of 32-bit words as little-endian bytes.
-pub fn words_sha256(words: &[u32]) -> String {
-    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    audit::sha256_hex(&bytes)
-}
-
-/// SHA-256 (hex) of model parameters as little-endian f64 bytes (as the coordinator sends
-/// them).
-pub fn params_sha256(params: &[f64]) -> String {
-    let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
-    audit::sha256_hex(&bytes)
-}
-
 /// Reads `path` and verifies it (`head`: the hash its last record must have).
 pub fn verify_file(path: &Path, head: Option<&str>) -> Result<audit::Verified, AuditLogError> {
     let shown = path.display().to_string();

@@ -44,13 +44,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
 use tracing::{debug, info, warn};
 
-use crate::audit::{AuditLog, AuditLogError, params_sha256, words_sha256};
+use crate::audit::{AuditLog, AuditLogError};
 use crate::config::ClientConfig;
 use crate::consent::{ConsentSource, now_unix};
 use crate::contribution::{JobContext, RoundValues};
 use crate::data::{DataError, HoldoutSplit, load_csv, load_csv_keyed};
 use crate::ledger::{Ledger, LedgerError};
 use crate::policy::{PartnerPolicy, PolicyError};
+use fedmark_core::audit::{f64s_sha256, u32s_sha256};
 
 /// Words per `InputChunk`: 64 KiB, well under gRPC's 4 MiB message ceiling and small enough
 /// that the coordinator's queue of pending chunks stays small.
@@ -583,7 +584,7 @@ impl Node {
                         "job_id": round.rref.job_id,
                         "round": round.rref.round,
                         "attempt": round.rref.attempt,
-                        "model_sha256": params_sha256(&round.model),
+                        "model_sha256": f64s_sha256(&round.model),
                         "params": round.model.len(),
                     });
                     self.audit("model_received", data)?;
@@ -1354,7 +1355,7 @@ impl Node {
                 "job_id": rref.job_id,
                 "round": rref.round,
                 "attempt": rref.attempt,
-                "masked_sha256": words_sha256(&words),
+                "masked_sha256": u32s_sha256(&words),
                 "words": words.len(),
             }),
         )?;

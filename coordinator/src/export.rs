@@ -20,7 +20,8 @@ use fedmark_core::spec::JobSpec;
 use serde_json::{Value, json};
 
 use crate::job::{JobError, JobOutcome, stored_outcome};
-use crate::store::{JobStatus, Store, StoreError, model_sha256};
+use crate::store::{JobStatus, Store, StoreError};
+use fedmark_core::audit::f64s_sha256;
 
 /// File name of the exported weights.
 pub const WEIGHTS_FILE: &str = "weights.npy";
@@ -225,7 +226,7 @@ pub fn pipeline(
             "file": WEIGHTS_FILE,
             "dtype": "<f8",
             "length": params.len(),
-            "sha256": model_sha256(params),
+            "sha256": f64s_sha256(params),
         },
         "input_dim": d,
         "label": {
@@ -302,7 +303,7 @@ pub fn model_card(store: &Store, outcome: &JobOutcome) -> Result<Value, ExportEr
             "kind": report.model_kind,
             "params": report.model_params,
             "input_dim": report.input_dim,
-            "sha256": model_sha256(&outcome.model.params),
+            "sha256": f64s_sha256(&outcome.model.params),
         },
         "metrics": report.final_metrics,
         "privacy": match &report.privacy {
@@ -405,7 +406,7 @@ pub fn export_model(
         card_sha256 = Some(fedmark_core::audit::sha256_hex(&bytes));
         files.push(card);
     }
-    let model_hash = model_sha256(&restored.model);
+    let model_hash = f64s_sha256(&restored.model);
     store.audit(vec![(
         "model_exported",
         json!({

@@ -43,7 +43,8 @@ use crate::metrics::Metrics as MetricsRegistry;
 use crate::report::{FinalMetrics, JobReport, PrivacyReport, RoundRecord};
 use crate::round::{PausePoint, RoundError, RoundOutput, RoundPlan, SecureSetup, run_round};
 use crate::service::{Event, Sessions};
-use crate::store::{AuditEvent, Checkpoint, JobRecord, JobStatus, Store, StoreError, model_sha256};
+use crate::store::{AuditEvent, Checkpoint, JobRecord, JobStatus, Store, StoreError};
+use fedmark_core::audit::f64s_sha256;
 use serde_json::json;
 
 /// Why a job could not complete.
@@ -485,7 +486,7 @@ fn commit(
     mut event: serde_json::Value,
 ) -> Result<(), JobError> {
     let round = state.next_round - 1;
-    let model_hash = model_sha256(&state.model.params);
+    let model_hash = f64s_sha256(&state.model.params);
     event["job"] = json!(job_id);
     event["round"] = json!(round);
     event["model_sha256"] = json!(model_hash);
@@ -767,7 +768,7 @@ pub async fn run_job(
             "job_finished",
             json!({
                 "job": job_id, "reason": stop_reason, "rounds": report.rounds.len(),
-                "auc": final_metrics.auc, "model_sha256": model_sha256(&state.model.params),
+                "auc": final_metrics.auc, "model_sha256": f64s_sha256(&state.model.params),
                 "epsilon": report.privacy.as_ref().map(|p| p.epsilon_spent),
                 "evaluated_by": done.output.survivors,
             }),

@@ -201,47 +201,17 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Privacy { command } => match privacy(command) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
+        Command::Privacy { command } => report(privacy(command), EXIT_CONFIG),
         Command::Roster {
             command: RosterCommand::Init { partners, out },
-        } => match roster_init(&partners, &out) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
+        } => report(roster_init(&partners, &out), EXIT_CONFIG),
         Command::Certs {
             command: CertsCommand::Init { partners, out },
-        } => match certs_init(&partners, &out) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
-        Command::Init { config } => match init(&config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
+        } => report(certs_init(&partners, &out), EXIT_CONFIG),
+        Command::Init { config } => report(init(&config), EXIT_CONFIG),
         Command::Audit {
             command: AuditCommand::Verify { path, head },
-        } => match audit_verify(&path, head.as_deref()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        } => report(audit_verify(&path, head.as_deref()), 1),
         Command::Audit {
             command: AuditCommand::Export { config, job, out },
         } => exit_of(audit_export(&config, &job, &out)),
@@ -262,13 +232,19 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            match serve(cfg, spec) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            report(serve(cfg, spec), 1)
+        }
+    }
+}
+
+/// Success, or the error on stderr and `code` (64 for bad configuration or arguments, 1 for
+/// a failure while running).
+fn report(result: anyhow::Result<()>, code: u8) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
         }
     }
 }
@@ -276,27 +252,19 @@ fn main() -> ExitCode {
 /// The exit code of an export: 64 for a bad config or a job or round the store does not hold,
 /// 1 for any other failure.
 fn exit_of(result: anyhow::Result<()>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            let usage = e.chain().any(|c| {
-                c.downcast_ref::<fedmark_coordinator::config::ConfigError>()
-                    .is_some()
-                    || c.downcast_ref::<fedmark_coordinator::store::StoreError>()
-                        .is_some_and(|s| {
-                            matches!(s, fedmark_coordinator::store::StoreError::Missing { .. })
-                        })
-                    || c.downcast_ref::<export::ExportError>()
-                        .is_some_and(export::ExportError::is_bad_request)
-            });
-            if usage {
-                ExitCode::from(EXIT_CONFIG)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-    }
+    let usage = result.as_ref().is_err_and(|e| {
+        e.chain().any(|c| {
+            c.downcast_ref::<fedmark_coordinator::config::ConfigError>()
+                .is_some()
+                || c.downcast_ref::<fedmark_coordinator::store::StoreError>()
+                    .is_some_and(|s| {
+                        matches!(s, fedmark_coordinator::store::StoreError::Missing { .. })
+                    })
+                || c.downcast_ref::<export::ExportError>()
+                    .is_some_and(export::ExportError::is_bad_request)
+        })
+    });
+    report(result, if usage { EXIT_CONFIG } else { 1 })
 }
 
 fn model_export(config: &Path, job: &str, round: Option<u64>, out: &Path) -> anyhow::Result<()> {
@@ -559,7 +527,7 @@ fn serve(cfg: CoordinatorConfig, spec: JobSpec) -> anyhow::Result<()> {
             "model_exported",
             serde_json::json!({
                 "job": outcome.report.job_id,
-                "model_sha256": fedmark_coordinator::store::model_sha256(&outcome.model.params),
+                "model_sha256": fedmark_core::audit::f64s_sha256(&outcome.model.params),
                 "card_sha256": fedmark_core::audit::sha256_hex(&card_bytes),
                 "out_dir": cfg.out_dir.display().to_string(),
             }),

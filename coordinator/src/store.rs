@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fedmark_core::accountant::Accountant;
-use fedmark_core::audit::{self, AuditChain, AuditError, AuditRecord};
+use fedmark_core::audit::{self, AuditChain, AuditError, AuditRecord, f64s_sha256};
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
     WriteTransaction,
@@ -196,13 +196,8 @@ fn now_ms() -> u64 {
 }
 
 /// Little-endian bytes of f64 values.
-pub fn f64_bytes(values: &[f64]) -> Vec<u8> {
+fn f64_bytes(values: &[f64]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-/// SHA-256 (hex) of a model's parameters, as audit records and model cards name it.
-pub fn model_sha256(params: &[f64]) -> String {
-    audit::sha256_hex(&f64_bytes(params))
 }
 
 impl Store {
@@ -581,7 +576,7 @@ impl Store {
             })
             .collect();
         let (model, optimizer) = values.split_at(checkpoint.model_len);
-        if model_sha256(model) != checkpoint.model_sha256 {
+        if f64s_sha256(model) != checkpoint.model_sha256 {
             return Err(self.corrupt(&what, "the model does not match its hash".into()));
         }
         Ok(Some(Restored {
@@ -680,7 +675,7 @@ mod tests {
         Checkpoint {
             round,
             model_len: model.len(),
-            model_sha256: model_sha256(model),
+            model_sha256: f64s_sha256(model),
             feature_mean: vec![1.0],
             feature_std: vec![2.0],
             training_rows: 10.0,
@@ -815,7 +810,7 @@ mod tests {
         let store = Store::in_memory().unwrap();
         let model = vec![1.0, 2.0];
         let mut cp = checkpoint(0, &model);
-        cp.model_sha256 = model_sha256(&[1.0, 2.5]);
+        cp.model_sha256 = f64s_sha256(&[1.0, 2.5]);
         store.commit_round("j", &cp, &model, &[], vec![]).unwrap();
         let err = store.checkpoint("j", Some(0)).unwrap_err();
         assert!(err.to_string().contains("does not match its hash"), "{err}");

@@ -334,6 +334,29 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex_lower(&Sha256::digest(bytes))
 }
 
+/// SHA-256 (hex) of `f64` values as little-endian bytes: how models are named in audit
+/// records and model cards, on both sides. Hashed in blocks, without a copy of the vector.
+pub fn f64s_sha256(values: &[f64]) -> String {
+    le_sha256(values, |v| v.to_le_bytes())
+}
+
+/// SHA-256 (hex) of `u32` words as little-endian bytes: how a partner names the (masked)
+/// vector it sent.
+pub fn u32s_sha256(words: &[u32]) -> String {
+    le_sha256(words, |w| w.to_le_bytes())
+}
+
+fn le_sha256<T: Copy, const N: usize>(values: &[T], bytes: impl Fn(T) -> [u8; N]) -> String {
+    let mut hasher = Sha256::new();
+    let mut block = Vec::with_capacity(4096 * N);
+    for chunk in values.chunks(4096) {
+        block.clear();
+        block.extend(chunk.iter().flat_map(|v| bytes(*v)));
+        hasher.update(&block);
+    }
+    hex_lower(&hasher.finalize())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +405,19 @@ mod tests {
             r#"{{"actor":"coordinator","data":{{"by":"alice","job":"job-1"}},"hash":"{expected}","kind":"job_submitted","prev":"{GENESIS}","seq":0,"time_ms":5}}"#
         );
         assert_eq!(r.to_line(), line, "keys sorted, `hash` in its place");
+    }
+
+    #[test]
+    fn vector_hashes_are_sha256_of_the_little_endian_bytes() {
+        let values: Vec<f64> = (0..10_000).map(|i| f64::from(i) * 0.25 - 7.0).collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(f64s_sha256(&values), sha256_hex(&bytes));
+        let words: Vec<u32> = (0..9_999u32)
+            .map(|i| i.wrapping_mul(2_654_435_761))
+            .collect();
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        assert_eq!(u32s_sha256(&words), sha256_hex(&bytes));
+        assert_eq!(f64s_sha256(&[]), sha256_hex(b""));
     }
 
     #[test]
