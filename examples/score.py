@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
-"""Score a CSV with a model exported by `fedmark-coordinator model export`, without fedmark.
+"""Score CSV files with a model exported by `fedmark model export` (or
+`fedmark-coordinator model export`), without fedmark.
 
-usage: python3 examples/score.py EXPORT_DIR DATA.csv [SCORES_OUT]
+usage: python3 examples/score.py EXPORT_DIR DATA.csv [DATA.csv ...]
+                                 [--holdout FRACTION:SEED] [--scores OUT]
 
 Reads EXPORT_DIR/weights.npy and EXPORT_DIR/pipeline.json, turns each CSV row into the
-model's input exactly as the partners did in training, prints the AUC over the rows (the label
-column must be present) and, with SCORES_OUT, writes one score per scored row.
-Needs numpy; everything else is the standard library.
+model's input exactly as the partners did in training, and prints the AUC over the scored rows
+of all the files together (the label column must be present). With --holdout only the rows a
+partner with that `holdout_fraction` and `holdout_seed` holds out are scored, so the partners'
+files give the rows of the federated evaluation, and the AUC the job's report states. With
+--scores, writes one score per scored row. Needs numpy; everything else is the standard
+library.
 """
 import csv
 import hashlib
@@ -59,24 +64,44 @@ def auc(scores, labels):
     return (ranks[labels == 1].sum() - pos * (pos + 1) / 2.0) / (pos * neg)
 
 
-def main(export_dir, data, scores_out=None):
+MASK = (1 << 64) - 1
+
+
+def is_holdout(row, fraction, seed):
+    """Whether the partner holds out record `row` (0-based, in file order): the SplitMix64
+    finaliser of fedmark_core::features::is_holdout."""
+    z = (seed ^ (row * 0x9E3779B97F4A7C15)) & MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+    z ^= z >> 31
+    return (z >> 11) / float(1 << 53) < fraction
+
+
+def main(export_dir, files, holdout=None, scores_out=None):
     with open(f"{export_dir}/pipeline.json") as f:
         pipe = json.load(f)
     w = np.load(f"{export_dir}/{pipe['weights']['file']}")
     label = pipe["label"]
     rows, labels, skipped = [], [], 0
-    with open(data, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        idx = {name: i for i, name in enumerate(header)}
-        for row in reader:
-            x = encode(row, idx, pipe) if len(row) == len(header) else None
-            y = row[idx[label["column"]]] if x is not None else ""
-            if x is None or y == "":
-                skipped += 1
-                continue
-            rows.append(x)
-            labels.append(1 if y == label["positive"] else 0)
+    for data in files:
+        with open(data, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader)
+            idx = {name: i for i, name in enumerate(header)}
+            index = -1
+            for row in reader:
+                if not row:
+                    continue  # a blank line is no record
+                index += 1
+                if holdout is not None and not is_holdout(index, *holdout):
+                    continue
+                x = encode(row, idx, pipe) if len(row) == len(header) else None
+                y = row[idx[label["column"]]].strip() if x is not None else ""
+                if x is None or y == "":
+                    skipped += 1
+                    continue
+                rows.append(x)
+                labels.append(1 if y == label["positive"] else 0)
     scores = predict(np.array(rows), w, pipe["model"])
     if scores_out:
         np.savetxt(scores_out, scores, fmt="%.17g")
@@ -84,7 +109,26 @@ def main(export_dir, data, scores_out=None):
           f"AUC {auc(scores, np.array(labels)):.12f}")
 
 
-if __name__ == "__main__":
-    if len(sys.argv) not in (3, 4):
+def parse_args(argv):
+    files, holdout, scores_out = [], None, None
+    args = iter(argv)
+    for a in args:
+        if a == "--holdout":
+            fraction, _, seed = next(args, "").partition(":")
+            try:
+                holdout = (float(fraction), int(seed))
+            except ValueError:
+                sys.exit("--holdout takes FRACTION:SEED, e.g. 0.2:1\n\n" + __doc__)
+        elif a == "--scores":
+            scores_out = next(args, None)
+        elif a.startswith("--"):
+            sys.exit(f"unknown option {a}\n\n" + __doc__)
+        else:
+            files.append(a)
+    if len(files) < 2:
         sys.exit(__doc__)
-    main(*sys.argv[1:])
+    return files[0], files[1:], holdout, scores_out
+
+
+if __name__ == "__main__":
+    main(*parse_args(sys.argv[1:]))

@@ -1,6 +1,7 @@
-//! `fedmark-client`: runs a partner node until the coordinator's job finishes, reconnecting
-//! when a session ends early (coordinator restart, network error); `fedmark-client audit
-//! verify PATH` checks a partner's audit file.
+//! `fedmark-client`: runs a partner node: it stays connected to the coordinator and answers
+//! every job offered (or, with `--once`, leaves after the first job ends), reconnecting when a
+//! session ends early (coordinator restart, network error); `fedmark-client audit verify PATH`
+//! checks a partner's audit file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,9 @@ struct Cli {
     /// Path of client.toml (runs the node).
     #[arg(long, env = "FEDMARK_CLIENT_CONFIG")]
     config: Option<PathBuf>,
+    /// Leave after the first job ends (by default the node stays for the next jobs).
+    #[arg(long)]
+    once: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -37,6 +41,9 @@ enum Command {
         /// Path of client.toml.
         #[arg(long, env = "FEDMARK_CLIENT_CONFIG")]
         config: PathBuf,
+        /// Leave after the first job ends.
+        #[arg(long)]
+        once: bool,
     },
     /// The partner's audit file.
     Audit {
@@ -66,13 +73,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let config = match cli.command {
+    let (config, once) = match cli.command {
         Some(Command::Audit {
             command: AuditCommand::Verify { path, head },
         }) => return verify(&path, head.as_deref()),
-        Some(Command::Run { config }) => config,
+        Some(Command::Run { config, once }) => (config, once || cli.once),
         None => match cli.config {
-            Some(c) => c,
+            Some(c) => (c, cli.once),
             None => {
                 eprintln!(
                     "error: give --config PATH to run the node, or a subcommand (see --help)"
@@ -95,7 +102,7 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    match run(cfg) {
+    match run(cfg, once) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -117,10 +124,14 @@ fn verify(path: &std::path::Path, head: Option<&str>) -> ExitCode {
     }
 }
 
-fn run(cfg: ClientConfig) -> anyhow::Result<()> {
+fn run(cfg: ClientConfig, once: bool) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let options = NodeOptions {
+        keep_serving: !once,
+        ..NodeOptions::default()
+    };
     let summary = rt
-        .block_on(node::run_until_finished(&cfg, NodeOptions::default()))
+        .block_on(node::run_until_finished(&cfg, options))
         .with_context(|| format!("partner `{}`", cfg.partner_id))?;
     if let Some(reason) = &summary.refused {
         anyhow::bail!("refused the job: {reason}");

@@ -7,7 +7,9 @@
 //!    computes itself (cohort membership, vector length, model size); local work runs on a
 //!    blocking thread while the session stays responsive.
 //! 3. The round's vector is encoded in fixed point and streamed as `InputChunk`s.
-//! 4. `RoundResult` / `RoundAbort` close the round; `JobFinished` ends the session.
+//! 4. `RoundResult` / `RoundAbort` close the round; `JobFinished` ends the job, and with it
+//!    the session unless the node keeps serving ([`NodeOptions::keep_serving`]): then it
+//!    waits, connected, for the coordinator's next offer.
 //!
 //! Nothing that leaves this module is a raw record: only encoded (and, with secure aggregation,
 //! masked) vectors, counts and the partner's accept/refuse decision.
@@ -106,6 +108,8 @@ pub struct ClientSummary {
     pub finish_reason: String,
     /// Whether the job was refused by this partner's checks.
     pub refused: Option<String>,
+    /// Jobs that ended while this node was connected (refused ones included).
+    pub jobs_finished: u32,
 }
 
 /// Fault injection for simulations: where in a round a partner leaves.
@@ -213,6 +217,9 @@ pub struct NodeOptions {
     pub dropouts: Arc<Mutex<Vec<Dropout>>>,
     /// Identity to use instead of the config's key and roster files.
     pub identity: Option<Identity>,
+    /// Stay connected after a job ends and wait for the next offer (a partner's node beside
+    /// a long-running coordinator); otherwise the session ends with the first job.
+    pub keep_serving: bool,
 }
 
 /// The client side of mutual TLS from the config's PEM files.
@@ -423,7 +430,7 @@ async fn session(
                     Flow::Continue
                 }
             };
-            if flow == Flow::Finished {
+            if flow == Flow::Finished && !node.options.keep_serving {
                 return Ok(());
             }
         }
@@ -548,7 +555,9 @@ impl Node {
             Body::RoundStart(start) => self.start_round(start).await?,
             Body::Model(chunk) => {
                 let Some(round) = self.round.as_mut() else {
-                    return Err(ClientError::Protocol("model chunk outside a round".into()));
+                    // The tail of a round that ended here (aborted, or its job cancelled).
+                    debug!("model chunk outside a round; ignored");
+                    return Ok(Flow::Continue);
                 };
                 if chunk.round.as_ref() != Some(&round.rref) {
                     return Err(ClientError::Protocol(
@@ -722,6 +731,10 @@ impl Node {
                     serde_json::json!({"job_id": f.job_id, "reason": f.reason}),
                 )?;
                 self.summary.finish_reason = f.reason;
+                self.summary.jobs_finished += 1;
+                // Ready for the next job: nothing of this one carries over.
+                self.job = None;
+                self.round = None;
                 return Ok(Flow::Finished);
             }
         }

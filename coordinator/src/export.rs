@@ -262,10 +262,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
-/// Pretty JSON of `value`, written with [`write_atomic`]; returns the bytes written.
-pub fn write_json(path: &Path, value: &Value) -> Result<Vec<u8>, ExportError> {
+/// Pretty JSON of `value` with a final newline, as every exported JSON file is written.
+pub fn json_bytes(value: &Value) -> Vec<u8> {
     let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
     bytes.push(b'\n');
+    bytes
+}
+
+/// Pretty JSON of `value`, written with [`write_atomic`]; returns the bytes written.
+pub fn write_json(path: &Path, value: &Value) -> Result<Vec<u8>, ExportError> {
+    let bytes = json_bytes(value);
     write_atomic(path, &bytes)?;
     Ok(bytes)
 }
@@ -324,6 +330,9 @@ pub fn model_card(store: &Store, outcome: &JobOutcome) -> Result<Value, ExportEr
     }))
 }
 
+/// One exported file: its name and its bytes.
+pub type ModelFile = (&'static str, Vec<u8>);
+
 /// Exports the model of `job_id` at `round` (the last committed round when None) into `out`:
 /// `weights.npy`, `pipeline.json`, and for a finished job `model_card.json`. The export is
 /// recorded in the audit chain (`model_exported`).
@@ -333,6 +342,62 @@ pub fn export_model(
     round: Option<u64>,
     out: &Path,
 ) -> Result<ModelExport, ExportError> {
+    let (mut done, files) = build_model_files(store, job_id, round)?;
+    std::fs::create_dir_all(out).map_err(|source| ExportError::Io {
+        path: out.display().to_string(),
+        source,
+    })?;
+    for (name, bytes) in &files {
+        let path = out.join(name);
+        write_atomic(&path, bytes)?;
+        done.files.push(path);
+    }
+    audit_model_export(store, &done, &files, &out.display().to_string())?;
+    Ok(done)
+}
+
+/// The files of [`export_model`] in memory, for sending over the admin API to `destination`
+/// (who asked, for the audit record). The export is recorded in the audit chain before the
+/// files are returned.
+pub fn model_files(
+    store: &Store,
+    job_id: &str,
+    round: Option<u64>,
+    destination: &str,
+) -> Result<(ModelExport, Vec<ModelFile>), ExportError> {
+    let (done, files) = build_model_files(store, job_id, round)?;
+    audit_model_export(store, &done, &files, destination)?;
+    Ok((done, files))
+}
+
+fn audit_model_export(
+    store: &Store,
+    done: &ModelExport,
+    files: &[ModelFile],
+    destination: &str,
+) -> Result<(), ExportError> {
+    let card_sha256 = files
+        .iter()
+        .find(|(name, _)| *name == CARD_FILE)
+        .map(|(_, bytes)| fedmark_core::audit::sha256_hex(bytes));
+    store.audit(vec![(
+        "model_exported",
+        json!({
+            "job": done.job_id,
+            "round": done.round,
+            "model_sha256": done.model_sha256,
+            "card_sha256": card_sha256,
+            "out_dir": destination,
+        }),
+    )])?;
+    Ok(())
+}
+
+fn build_model_files(
+    store: &Store,
+    job_id: &str,
+    round: Option<u64>,
+) -> Result<(ModelExport, Vec<ModelFile>), ExportError> {
     let job = store.job(job_id)?.ok_or_else(|| ExportError::UnknownJob {
         id: job_id.to_owned(),
     })?;
@@ -383,48 +448,27 @@ pub fn export_model(
         mean: cp.feature_mean.clone(),
         std: cp.feature_std.clone(),
     };
-    std::fs::create_dir_all(out).map_err(|source| ExportError::Io {
-        path: out.display().to_string(),
-        source,
-    })?;
-    let mut files = Vec::new();
-    let weights = out.join(WEIGHTS_FILE);
-    write_atomic(&weights, &npy_f64(&restored.model))?;
-    files.push(weights);
-    let pipe = out.join(PIPELINE_FILE);
-    write_json(
-        &pipe,
-        &pipeline(&spec, &standardizer, job_id, at, &restored.model),
-    )?;
-    files.push(pipe);
-    let mut card_sha256 = None;
+    let mut files = vec![
+        (WEIGHTS_FILE, npy_f64(&restored.model)),
+        (
+            PIPELINE_FILE,
+            json_bytes(&pipeline(&spec, &standardizer, job_id, at, &restored.model)),
+        ),
+    ];
     if job.status == JobStatus::Finished
         && let Some(outcome) = stored_outcome(store, &spec, job_id).map_err(Box::new)?
     {
-        let card = out.join(CARD_FILE);
-        let bytes = write_json(&card, &model_card(store, &outcome)?)?;
-        card_sha256 = Some(fedmark_core::audit::sha256_hex(&bytes));
-        files.push(card);
+        files.push((CARD_FILE, json_bytes(&model_card(store, &outcome)?)));
     }
-    let model_hash = f64s_sha256(&restored.model);
-    store.audit(vec![(
-        "model_exported",
-        json!({
-            "job": job_id,
-            "round": at,
-            "model_sha256": model_hash,
-            "card_sha256": card_sha256,
-            "out_dir": out.display().to_string(),
-        }),
-    )])?;
-    Ok(ModelExport {
+    let done = ModelExport {
         job_id: job_id.to_owned(),
         round: at,
         last_round,
-        model_sha256: model_hash,
+        model_sha256: f64s_sha256(&restored.model),
         params: restored.model.len(),
-        files,
-    })
+        files: Vec::new(),
+    };
+    Ok((done, files))
 }
 
 /// One job's audit records, as [`job_audit_records`] selects them.

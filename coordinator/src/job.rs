@@ -39,6 +39,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::board::Board;
 use crate::metrics::Metrics as MetricsRegistry;
 use crate::report::{FinalMetrics, JobReport, PrivacyReport, RoundRecord};
 use crate::round::{PausePoint, RoundError, RoundOutput, RoundPlan, SecureSetup, run_round};
@@ -125,6 +126,8 @@ pub struct RunSettings {
     /// Where the job records its metrics (see [`crate::metrics`]; served only when the
     /// caller serves them).
     pub metrics: MetricsRegistry,
+    /// Where the job shows its progress to watchers (see [`crate::board`]).
+    pub board: Board,
 }
 
 /// A round-relevant event, after the hub has handled joins and offer replies.
@@ -146,12 +149,16 @@ pub enum RoundEvent {
     OfferAnswered,
 }
 
+/// The sessions' events, shared by the jobs a long-running coordinator runs one after another;
+/// the job that runs holds the lock, so the receiver outlives a job that is cancelled.
+pub type SharedEvents = Arc<tokio::sync::Mutex<mpsc::Receiver<Event>>>;
+
 /// The job task's view of the partners: sessions, offers and acceptances.
 #[derive(Debug)]
 pub struct Hub {
     /// Open sessions.
     pub sessions: Sessions,
-    events: mpsc::Receiver<Event>,
+    events: tokio::sync::OwnedMutexGuard<mpsc::Receiver<Event>>,
     job_id: String,
     spec_toml: String,
     /// Partners that accepted the job.
@@ -168,16 +175,16 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub for one job.
-    pub fn new(
+    /// A hub for one job, holding the sessions' events until it is dropped.
+    pub async fn new(
         sessions: Sessions,
-        events: mpsc::Receiver<Event>,
+        events: SharedEvents,
         job_id: String,
         spec_toml: String,
     ) -> Self {
         Self {
             sessions,
-            events,
+            events: events.lock_owned().await,
             job_id,
             spec_toml,
             accepted: BTreeSet::new(),
@@ -216,6 +223,25 @@ impl Hub {
         }
     }
 
+    /// Offers the job on every session open now (a long-running coordinator's partners are
+    /// connected before a job is submitted); sessions that open later are offered it as their
+    /// `Connected` event arrives.
+    async fn offer_connected(&mut self) {
+        for (partner, session) in self.sessions.open() {
+            if self.sessions_seen.get(&partner) == Some(&session) {
+                continue;
+            }
+            self.sessions_seen.insert(partner.clone(), session);
+            let offer = JobOffer {
+                job_id: self.job_id.clone(),
+                spec_toml: self.spec_toml.clone(),
+            };
+            self.sessions
+                .send(&partner, server_message::Body::Offer(offer))
+                .await;
+        }
+    }
+
     fn is_current(&self, partner: &str, session: u64) -> bool {
         self.sessions
             .sender(partner)
@@ -236,6 +262,10 @@ impl Hub {
             };
             match event {
                 Event::Connected { partner, session } => {
+                    if self.sessions_seen.get(&partner) == Some(&session) {
+                        // Already offered by `offer_connected`.
+                        continue;
+                    }
                     let offer = JobOffer {
                         job_id: self.job_id.clone(),
                         spec_toml: self.spec_toml.clone(),
@@ -433,8 +463,18 @@ fn register(
             )?;
             Ok(None)
         }
-        Some(job) if job.status == JobStatus::Running => {
+        Some(job) if matches!(job.status, JobStatus::Running | JobStatus::Queued) => {
+            if job.status == JobStatus::Queued {
+                store.set_status(
+                    id,
+                    JobStatus::Running,
+                    vec![("job_started", json!({"job": id}))],
+                )?;
+            }
             let Some(restored) = store.checkpoint(id, None)? else {
+                if job.status == JobStatus::Queued {
+                    return Ok(None);
+                }
                 store.audit(vec![("job_resumed", json!({"job": id, "from_round": 0}))])?;
                 return Ok(None);
             };
@@ -522,8 +562,14 @@ pub async fn run_job(
     let job_id = hub.job_id.clone();
     let store = settings.store.clone();
     let resumed = register(&hub, &spec, &settings)?;
+    let board = &settings.board;
+    if let Some(job) = store.job(&job_id)? {
+        board.put(crate::board::JobView::from_record(&store, &job)?);
+    }
+    board.set_phase(&job_id, "waiting for partners");
     hub.audit_to(store.clone());
     hub.metrics = settings.metrics.clone();
+    hub.offer_connected().await;
     let min = spec.aggregation.min_participants as usize;
     wait_for_partners(&mut hub, &settings, min).await?;
     info!(job = %job_id, partners = hub.accepted.len(), "job starting");
@@ -536,7 +582,7 @@ pub async fn run_job(
             let mut rng = StdRng::seed_from_u64(spec.job.seed);
             let model = Model::init(arch, schema.dim(), &mut rng);
             let optimizer = ServerOptimizer::from_spec(&spec, model.params.len());
-            // Round 0: feature statistics.
+            board.set_phase(&job_id, "round 0: feature statistics");
             let done = run_with_retries(
                 &mut hub,
                 &spec,
@@ -616,6 +662,10 @@ pub async fn run_job(
                 break;
             }
         }
+        board.set_phase(
+            &job_id,
+            format!("round {round} of {}: training", spec.job.rounds),
+        );
         let t0 = Instant::now();
         let shared = Some(Arc::new(state.model.params.clone()));
         let done = run_with_retries(
@@ -679,6 +729,7 @@ pub async fn run_job(
                 "auc": eval.auc, "log_loss": eval.log_loss,
             }),
         )?;
+        board.round_committed(&job_id, &record);
         settings.metrics.round_committed(
             &job_id,
             record.seconds,
@@ -715,6 +766,7 @@ pub async fn run_job(
     }
 
     // Final evaluation of the last model.
+    board.set_phase(&job_id, "final evaluation");
     let final_round = u64::from(spec.job.rounds) + 1;
     let shared = Some(Arc::new(state.model.params.clone()));
     let done = run_with_retries(
@@ -774,6 +826,9 @@ pub async fn run_job(
             }),
         )],
     )?;
+    if let Some(job) = store.job(&job_id)? {
+        board.put(crate::board::JobView::from_record(&store, &job)?);
+    }
     for p in hub.sessions.connected() {
         let fin = JobFinished {
             job_id: job_id.clone(),

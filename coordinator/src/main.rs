@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use fedmark_coordinator::admin::{AdminAuth, AdminToken};
+use fedmark_coordinator::board::Board;
 use fedmark_coordinator::config::CoordinatorConfig;
+use fedmark_coordinator::dashboard::Dashboard;
 use fedmark_coordinator::export::{self, write_json};
 use fedmark_coordinator::job::RunSettings;
 use fedmark_coordinator::round::PausePoint;
@@ -30,21 +33,25 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create the durable store in the config's `data_dir` (once; `serve` never creates it).
+    /// Create the durable store in the config's `data_dir` (once; `serve` never creates it)
+    /// and the admin token `DATA_DIR/admin.token` for the admin API and the dashboard.
     Init {
         /// Path of coordinator.toml.
         #[arg(long, env = "FEDMARK_COORDINATOR_CONFIG")]
         config: PathBuf,
     },
-    /// Serve partners and run one job to its end (resuming it if the store holds it
-    /// unfinished); writes model.json, model_card.json and report.json.
+    /// Run the coordinator. Without `--job` it is a long-running service: partners connect
+    /// and stay, jobs come in over the admin API (`fedmark job submit`) and run one at a time,
+    /// unfinished jobs resume at start. With `--job` it runs that one job to its end (resuming
+    /// it if the store holds it unfinished), writes model.json, model_card.json and
+    /// report.json, and exits.
     Serve {
         /// Path of coordinator.toml.
         #[arg(long, env = "FEDMARK_COORDINATOR_CONFIG")]
         config: PathBuf,
-        /// Path of the job spec (TOML).
+        /// Path of a job spec (TOML) to run alone.
         #[arg(long)]
-        job: PathBuf,
+        job: Option<PathBuf>,
     },
     /// Privacy planning with the RDP accountant (Poisson-subsampled Gaussian mechanism).
     Privacy {
@@ -225,7 +232,7 @@ fn main() -> ExitCode {
                 },
         } => exit_of(model_export(&config, &job, round, &out)),
         Command::Serve { config, job } => {
-            let (cfg, spec) = match load(&config, &job) {
+            let (cfg, spec) = match load(&config, job.as_deref()) {
                 Ok(x) => x,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -428,9 +435,11 @@ fn certs_init(partners: &[String], out: &Path) -> anyhow::Result<()> {
 fn init(config: &Path) -> anyhow::Result<()> {
     let cfg = CoordinatorConfig::load(config)?;
     Store::init(&cfg.data_dir)?;
+    let (_, token) = AdminToken::ensure(&cfg.data_dir)?;
     println!(
-        "created the coordinator store in {}",
-        cfg.data_dir.display()
+        "created the coordinator store in {}; the admin token is in {}",
+        cfg.data_dir.display(),
+        token.display()
     );
     Ok(())
 }
@@ -449,12 +458,17 @@ fn audit_verify(path: &Path, head: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load(config: &Path, job: &Path) -> anyhow::Result<(CoordinatorConfig, JobSpec)> {
+fn load(config: &Path, job: Option<&Path>) -> anyhow::Result<(CoordinatorConfig, Option<JobSpec>)> {
     let cfg = CoordinatorConfig::load(config)?;
     cfg.load_roster()?;
-    let text = std::fs::read_to_string(job)
-        .with_context(|| format!("reading job spec {}", job.display()))?;
-    let spec = JobSpec::from_toml(&text).with_context(|| format!("in {}", job.display()))?;
+    let spec = match job {
+        Some(job) => {
+            let text = std::fs::read_to_string(job)
+                .with_context(|| format!("reading job spec {}", job.display()))?;
+            Some(JobSpec::from_toml(&text).with_context(|| format!("in {}", job.display()))?)
+        }
+        None => None,
+    };
     // Checked before any port is bound: a coordinator without its store does not start.
     if !cfg
         .data_dir
@@ -468,26 +482,30 @@ fn load(config: &Path, job: &Path) -> anyhow::Result<(CoordinatorConfig, JobSpec
     Ok((cfg, spec))
 }
 
-fn serve(cfg: CoordinatorConfig, spec: JobSpec) -> anyhow::Result<()> {
+fn serve(cfg: CoordinatorConfig, spec: Option<JobSpec>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
-        std::fs::create_dir_all(&cfg.out_dir).with_context(|| format!("creating {}", cfg.out_dir.display()))?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
         // The first stdout line names the bound address, so `listen = "127.0.0.1:0"` works.
         println!("fedmark-coordinator listening on {}", listener.local_addr().context("reading the bound address")?);
+        let roster = cfg.load_roster()?;
+        let store = Store::open(&cfg.data_dir)?;
+        let (token, token_path) = AdminToken::ensure(&cfg.data_dir)?;
+        let board = Board::from_store(&store)?;
         let metrics = fedmark_coordinator::metrics::Metrics::default();
         if let Some(at) = cfg.metrics_listen {
             let listener = fedmark_coordinator::metrics::bind(at)
                 .await
                 .with_context(|| format!("binding the metrics address {at}"))?;
+            let bound = listener.local_addr().context("reading the bound metrics address")?;
             // The second stdout line names it, so `metrics_listen = "127.0.0.1:0"` works.
-            println!("fedmark-coordinator metrics on {}", listener.local_addr().context("reading the bound metrics address")?);
-            tokio::spawn(fedmark_coordinator::metrics::serve(listener, metrics.clone(), std::future::pending()));
+            println!("fedmark-coordinator metrics on {bound}");
+            println!("fedmark-coordinator dashboard on http://{bound}/dashboard (admin token in {})", token_path.display());
+            let dashboard = Dashboard { board: board.clone(), store: store.clone(), token: token.clone() };
+            tokio::spawn(fedmark_coordinator::metrics::serve(listener, metrics.clone(), Some(dashboard), std::future::pending()));
         }
-        let roster = cfg.load_roster()?;
-        let store = Store::open(&cfg.data_dir)?;
         let pause_at = match std::env::var("FEDMARK_TEST_PAUSE_AT") {
             Ok(v) => Some(PausePoint::parse(&v).with_context(|| {
                 format!("FEDMARK_TEST_PAUSE_AT={v}: expected PHASE:ROUND with PHASE keys|shares|input|unmask")
@@ -504,43 +522,70 @@ fn serve(cfg: CoordinatorConfig, spec: JobSpec) -> anyhow::Result<()> {
             pause_at,
             tls: cfg.tls.as_ref().map(|t| t.load()).transpose()?,
             metrics,
+            board,
         };
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        let mut outcome = fedmark_coordinator::run(listener, spec, settings, None, shutdown)
-            .await
-            .context("running the job")?;
-        outcome.report.peak_rss_bytes = fedmark_coordinator::report::peak_rss_bytes();
-        let model = serde_json::json!({
-            "model_kind": outcome.report.model_kind,
-            "input_dim": outcome.model.dim,
-            "params": outcome.model.params,
-            "feature_mean": outcome.standardizer.mean,
-            "feature_std": outcome.standardizer.std,
-        });
-        write_json(&cfg.out_dir.join("model.json"), &model)?;
-        write_json(&cfg.out_dir.join("report.json"), &serde_json::to_value(&outcome.report)?)?;
-        let card = export::model_card(&store, &outcome)?;
-        let card_bytes = write_json(&cfg.out_dir.join(export::CARD_FILE), &card)?;
-        store.audit(vec![(
-            "model_exported",
-            serde_json::json!({
-                "job": outcome.report.job_id,
-                "model_sha256": fedmark_core::audit::f64s_sha256(&outcome.model.params),
-                "card_sha256": fedmark_core::audit::sha256_hex(&card_bytes),
-                "out_dir": cfg.out_dir.display().to_string(),
-            }),
-        )])?;
-        info!(out = %cfg.out_dir.display(), auc = outcome.report.final_metrics.auc, "wrote model.json, model_card.json and report.json");
-        println!(
-            "job {} finished: {} rounds, final AUC {:.4}, log-loss {:.4}; results in {}",
-            outcome.report.job_id,
-            outcome.report.rounds.len(),
-            outcome.report.final_metrics.auc,
-            outcome.report.final_metrics.log_loss,
-            cfg.out_dir.display()
-        );
-        Ok(())
+        let Some(spec) = spec else {
+            let auth = AdminAuth { token, require_admin_cert: settings.tls.is_some() };
+            info!("serving jobs; submit them with `fedmark job submit`");
+            fedmark_coordinator::server::serve_jobs(listener, settings, auth, shutdown)
+                .await
+                .context("serving jobs")?;
+            println!("fedmark-coordinator stopped");
+            return Ok(());
+        };
+        run_one(&cfg, listener, spec, settings, shutdown).await
     })
+}
+
+/// `serve --job`: runs one job and writes its results into the config's `out_dir`.
+async fn run_one(
+    cfg: &CoordinatorConfig,
+    listener: tokio::net::TcpListener,
+    spec: JobSpec,
+    settings: RunSettings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.out_dir)
+        .with_context(|| format!("creating {}", cfg.out_dir.display()))?;
+    let store = settings.store.clone();
+    let mut outcome = fedmark_coordinator::run(listener, spec, settings, None, shutdown)
+        .await
+        .context("running the job")?;
+    outcome.report.peak_rss_bytes = fedmark_coordinator::report::peak_rss_bytes();
+    let model = serde_json::json!({
+        "model_kind": outcome.report.model_kind,
+        "input_dim": outcome.model.dim,
+        "params": outcome.model.params,
+        "feature_mean": outcome.standardizer.mean,
+        "feature_std": outcome.standardizer.std,
+    });
+    write_json(&cfg.out_dir.join("model.json"), &model)?;
+    write_json(
+        &cfg.out_dir.join("report.json"),
+        &serde_json::to_value(&outcome.report)?,
+    )?;
+    let card = export::model_card(&store, &outcome)?;
+    let card_bytes = write_json(&cfg.out_dir.join(export::CARD_FILE), &card)?;
+    store.audit(vec![(
+        "model_exported",
+        serde_json::json!({
+            "job": outcome.report.job_id,
+            "model_sha256": fedmark_core::audit::f64s_sha256(&outcome.model.params),
+            "card_sha256": fedmark_core::audit::sha256_hex(&card_bytes),
+            "out_dir": cfg.out_dir.display().to_string(),
+        }),
+    )])?;
+    info!(out = %cfg.out_dir.display(), auc = outcome.report.final_metrics.auc, "wrote model.json, model_card.json and report.json");
+    println!(
+        "job {} finished: {} rounds, final AUC {:.4}, log-loss {:.4}; results in {}",
+        outcome.report.job_id,
+        outcome.report.rounds.len(),
+        outcome.report.final_metrics.auc,
+        outcome.report.final_metrics.log_loss,
+        cfg.out_dir.display()
+    );
+    Ok(())
 }

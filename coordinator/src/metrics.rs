@@ -1,8 +1,9 @@
-//! Prometheus metrics and a health check for operators.
+//! Prometheus metrics and a health check for operators, and the dashboard's HTTP home.
 //!
 //! [`Metrics`] is a small registry the job task records into (after each commit, each abort,
 //! each input chunk summed); [`serve`] answers `GET /metrics` in the Prometheus text format
-//! (version 0.0.4) and `GET /healthz` with `200 ok` on a listener of its own, with a
+//! (version 0.0.4), `GET /healthz` with `200 ok` and, when given one, the
+//! [`Dashboard`]'s paths, on a listener of its own, with a
 //! hand-written HTTP/1.1 responder: one request per connection, the request head bounded to
 //! [`MAX_REQUEST_BYTES`] and [`REQUEST_TIMEOUT`], at most [`MAX_CONNECTIONS`] at a time.
 //! Metrics carry counts, durations and ε only — never a partner's numbers.
@@ -18,6 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::debug;
+
+use crate::dashboard::{Answer, Dashboard};
 
 /// Largest request head read before answering 431.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
@@ -181,12 +184,15 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until `stop` completes.
+/// Serves `/metrics`, `/healthz` and the dashboard (when given) on `listener` until `stop`
+/// completes.
 pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
+    dashboard: Option<Dashboard>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
+    let dashboard = dashboard.map(Arc::new);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(stop);
     loop {
@@ -208,10 +214,14 @@ pub async fn serve(
             },
         };
         let metrics = metrics.clone();
+        let dashboard = dashboard.clone();
         tokio::spawn(async move {
-            if tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &metrics))
-                .await
-                .is_err()
+            if tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                answer(stream, &metrics, dashboard.as_deref()),
+            )
+            .await
+            .is_err()
             {
                 debug!(%peer, "metrics request timed out");
             }
@@ -221,7 +231,7 @@ pub async fn serve(
 }
 
 /// Reads one request head and answers it; the connection is then closed.
-async fn answer(mut stream: TcpStream, metrics: &Metrics) {
+async fn answer(mut stream: TcpStream, metrics: &Metrics, dashboard: Option<&Dashboard>) {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     let complete = loop {
@@ -243,22 +253,36 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) {
             "request too large\n".to_owned(),
         )
     } else {
-        route(&head, metrics)
+        route(&head, metrics, dashboard)
     };
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;
 }
 
-fn route(head: &[u8], metrics: &Metrics) -> (&'static str, &'static str, String) {
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
+fn route(head: &[u8], metrics: &Metrics, dashboard: Option<&Dashboard>) -> Answer {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.lines();
+    let line = lines.next().unwrap_or_default();
     let mut parts = line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
+    if method == "GET"
+        && let Some(dashboard) = dashboard
+    {
+        let authorization = lines.find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("authorization")
+                .then(|| value.trim())
+        });
+        if let Some(answer) = dashboard.route(path, authorization) {
+            return answer;
+        }
+    }
     match (method, path) {
         ("GET", "/metrics") => (
             "200 OK",
@@ -309,14 +333,40 @@ mod tests {
     #[test]
     fn routes() {
         let m = Metrics::default();
-        assert_eq!(route(b"GET /healthz HTTP/1.1\r\n\r\n", &m).0, "200 OK");
-        assert_eq!(route(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n", &m).0, "200 OK");
-        assert_eq!(route(b"GET /nope HTTP/1.1\r\n\r\n", &m).0, "404 Not Found");
         assert_eq!(
-            route(b"POST /metrics HTTP/1.1\r\n\r\n", &m).0,
+            route(b"GET /healthz HTTP/1.1\r\n\r\n", &m, None).0,
+            "200 OK"
+        );
+        assert_eq!(
+            route(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n", &m, None).0,
+            "200 OK"
+        );
+        assert_eq!(
+            route(b"GET /nope HTTP/1.1\r\n\r\n", &m, None).0,
+            "404 Not Found"
+        );
+        assert_eq!(
+            route(b"POST /metrics HTTP/1.1\r\n\r\n", &m, None).0,
             "405 Method Not Allowed"
         );
-        assert_eq!(route(b"", &m).0, "405 Method Not Allowed");
+        assert_eq!(route(b"", &m, None).0, "405 Method Not Allowed");
+        // Without a dashboard its paths are unknown; with one, its API reads the header.
+        assert_eq!(
+            route(b"GET /dashboard HTTP/1.1\r\n\r\n", &m, None).0,
+            "404 Not Found"
+        );
+        let d = Dashboard {
+            board: crate::board::Board::default(),
+            store: crate::store::Store::in_memory().unwrap(),
+            token: crate::admin::AdminToken::from_secret("t0k"),
+        };
+        let ask = |auth: &str| {
+            let head = format!("GET /api/jobs HTTP/1.1\r\nHost: x\r\n{auth}\r\n\r\n");
+            route(head.as_bytes(), &m, Some(&d)).0
+        };
+        assert_eq!(ask("authorization: Bearer t0k"), "200 OK");
+        assert_eq!(ask("Authorization: Bearer nope"), "401 Unauthorized");
+        assert_eq!(ask("X-Other: 1"), "401 Unauthorized");
     }
 
     #[tokio::test]
@@ -324,7 +374,7 @@ mod tests {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, Metrics::default(), async {
+        let server = tokio::spawn(serve(listener, Metrics::default(), None, async {
             let _ = rx.await;
         }));
         let mut s = TcpStream::connect(addr).await.unwrap();

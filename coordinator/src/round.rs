@@ -197,10 +197,34 @@ pub fn round_id(rref: &RoundRef) -> RoundId {
     RoundId::new(&rref.job_id, rref.round, rref.attempt)
 }
 
+/// The tasks streaming a round's start and model to its members. They are stopped when the
+/// round is dropped, so a job cancelled mid-round sends nothing more of it.
+struct Streams(Vec<tokio::task::JoinHandle<()>>);
+
+impl Streams {
+    /// Stops every stream and waits until each has stopped.
+    async fn stop(&mut self) {
+        for stream in &self.0 {
+            stream.abort();
+        }
+        for stream in &mut self.0 {
+            let _ = stream.await;
+        }
+    }
+}
+
+impl Drop for Streams {
+    fn drop(&mut self) {
+        for stream in &self.0 {
+            stream.abort();
+        }
+    }
+}
+
 /// Sends `RoundStart` and the model to every member, each on its own task so a slow partner
 /// holds up no other. The handles let an aborted round stop its streams before `RoundAbort`
 /// goes out, so no partner sees a message of this round after the abort.
-fn broadcast_start(hub: &Hub, plan: &RoundPlan) -> Vec<tokio::task::JoinHandle<()>> {
+fn broadcast_start(hub: &Hub, plan: &RoundPlan) -> Streams {
     let start = start_message(plan);
     // One little-endian copy of the model; every partner's chunks are slices of it.
     let model = plan.model.as_ref().map(|m| {
@@ -249,12 +273,12 @@ fn broadcast_start(hub: &Hub, plan: &RoundPlan) -> Vec<tokio::task::JoinHandle<(
             }
         }));
     }
-    streams
+    Streams(streams)
 }
 
 /// Runs one round to its sum or its abort.
 pub async fn run_round(hub: &mut Hub, plan: &RoundPlan) -> Result<RoundOutput, RoundError> {
-    let streams = broadcast_start(hub, plan);
+    let mut streams = broadcast_start(hub, plan);
     let mut dropped: BTreeSet<String> = plan
         .cohort
         .iter()
@@ -277,12 +301,7 @@ pub async fn run_round(hub: &mut Hub, plan: &RoundPlan) -> Result<RoundOutput, R
         // A partner that failed early (e.g. a bad first chunk) can abort the round while the
         // model is still streaming to the others: stop those streams first, so the abort is
         // the last word of this round on every session.
-        for stream in &streams {
-            stream.abort();
-        }
-        for stream in streams {
-            let _ = stream.await;
-        }
+        streams.stop().await;
         for member in &plan.cohort {
             let abort = RoundAbort {
                 round: Some(plan.rref.clone()),

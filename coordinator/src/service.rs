@@ -92,6 +92,14 @@ impl Sessions {
         self.inner.lock().ok()?.get(partner).cloned()
     }
 
+    /// Every open session: partner id and session number.
+    pub fn open(&self) -> Vec<(String, u64)> {
+        self.inner
+            .lock()
+            .map(|m| m.iter().map(|(p, (id, _))| (p.clone(), *id)).collect())
+            .unwrap_or_default()
+    }
+
     /// Partners with an open session.
     pub fn connected(&self) -> BTreeSet<String> {
         self.inner
@@ -164,10 +172,12 @@ impl CoordinatorService {
     }
 }
 
-/// Serves `service` on an already-bound listener until `shutdown` completes.
+/// Serves `service` (and the admin API, when given) on an already-bound listener until
+/// `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     service: CoordinatorService,
+    admin: Option<crate::admin::AdminService>,
     tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
@@ -188,6 +198,7 @@ pub async fn serve(
         .initial_connection_window_size(RECEIVE_WINDOW)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(service.into_server())
+        .add_optional_service(admin.map(crate::admin::AdminService::into_server))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

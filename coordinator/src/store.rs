@@ -108,12 +108,37 @@ pub enum StoreError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
+    /// Submitted to a long-running coordinator, waiting for the jobs before it.
+    Queued,
     /// Accepted and not finished: a restarted coordinator resumes it.
     Running,
     /// Ran to its end; its report is stored.
     Finished,
     /// Stopped by an error (its reason is stored).
     Failed,
+    /// Stopped by an administrator; resubmitting it resumes after its last committed round.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// The lower-case name the admin API, the dashboard and the audit records use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Finished => "finished",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the job will not run again by itself.
+    pub fn is_ended(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Finished | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
 }
 
 /// A job as the store keeps it.
@@ -602,8 +627,27 @@ impl Store {
         })
     }
 
-    /// Marks a job finished or failed, with its report, in one transaction with its audit
-    /// events.
+    /// Moves a job to `status` (its reason and report untouched), in one transaction with its
+    /// audit events.
+    pub fn set_status(
+        &self,
+        id: &str,
+        status: JobStatus,
+        events: Vec<AuditEvent>,
+    ) -> Result<(), StoreError> {
+        let mut job = self
+            .job(id)?
+            .ok_or_else(|| self.corrupt(&format!("job {id}"), "not in the store".into()))?;
+        job.status = status;
+        let bytes = self.encode("job", &job)?;
+        self.write(events, |txn| {
+            txn.open_table(JOBS)?.insert(id, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Marks a job finished, failed or cancelled, with its report, in one transaction with its
+    /// audit events.
     pub fn end_job(
         &self,
         id: &str,

@@ -6,7 +6,8 @@
 #![allow(missing_docs)]
 #![allow(clippy::large_enum_variant)]
 
-/// Version 1 of the protocol: the `Coordinator` service and its messages.
+/// Version 1 of the protocol: the `Coordinator` (partner) and `Admin` services and their
+/// messages.
 pub mod v1 {
     tonic::include_proto!("fedmark.v1");
 }

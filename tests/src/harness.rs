@@ -72,6 +72,7 @@ pub async fn start_coordinator_with_tls(
         pause_at: None,
         tls,
         metrics: Default::default(),
+        board: Default::default(),
     };
     let job = tokio::spawn(fedmark_coordinator::run(
         listener,

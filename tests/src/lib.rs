@@ -2,11 +2,13 @@
 //!
 //! [`partition`] splits a CSV among simulated partners, [`synthetic`] makes scale workloads,
 //! and [`sim`] runs a coordinator and N clients over real gRPC on loopback and writes the
-//! report with its baselines.
+//! report with its baselines. [`procs`] runs the real binaries, [`harness`] an in-process
+//! coordinator, and [`scoring`] scores rows from an exported model's files alone.
 
 pub mod fuzzing;
 pub mod harness;
 pub mod partition;
 pub mod procs;
+pub mod scoring;
 pub mod sim;
 pub mod synthetic;

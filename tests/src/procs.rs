@@ -151,10 +151,65 @@ impl Deployment {
     /// Adds `metrics_listen = "127.0.0.1:0"` to `coordinator.toml`.
     pub fn enable_metrics(&self) -> anyhow::Result<()> {
         let path = self.path().join("coordinator.toml");
+        let text = std::fs::read_to_string(&path)?;
+        // First, so that it never lands inside a `[tls]` table.
+        std::fs::write(path, format!("metrics_listen = \"127.0.0.1:0\"\n{text}"))?;
+        Ok(())
+    }
+
+    /// Makes a development CA with certificates (`certs init --out certs`) and turns on
+    /// mutual TLS in `coordinator.toml`; clients started afterwards use it too.
+    pub fn enable_tls(&self) -> anyhow::Result<()> {
+        self.coordinator_cli(&[
+            "certs",
+            "init",
+            "--partners",
+            &self.partners.join(","),
+            "--out",
+            "certs",
+        ])?;
+        let path = self.path().join("coordinator.toml");
         let mut text = std::fs::read_to_string(&path)?;
-        text.push_str("metrics_listen = \"127.0.0.1:0\"\n");
+        text.push_str(
+            "[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/coordinator.pem\"\nkey = \"certs/coordinator.key\"\n",
+        );
         std::fs::write(path, text)?;
         Ok(())
+    }
+
+    fn tls_enabled(&self) -> bool {
+        self.path().join("certs/ca.pem").exists()
+    }
+
+    /// Writes `admin.toml` for the `fedmark` CLI against the coordinator at `addr`, with the
+    /// coordinator's admin token and, under TLS, the admin certificate `certs/<cert>.pem`.
+    pub fn write_admin_config(
+        &self,
+        addr: std::net::SocketAddr,
+        cert: &str,
+    ) -> anyhow::Result<PathBuf> {
+        let path = self.path().join("admin.toml");
+        let text = if self.tls_enabled() {
+            format!(
+                "coordinator = \"https://{addr}\"\ntoken_file = \"data/admin.token\"\n\
+                 [tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{cert}.pem\"\nkey = \"certs/{cert}.key\"\n"
+            )
+        } else {
+            format!("coordinator = \"http://{addr}\"\ntoken_file = \"data/admin.token\"\n")
+        };
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// Runs the `fedmark` CLI with `--admin admin.toml` in the folder; returns its output
+    /// whatever its exit status.
+    pub fn fedmark(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(binary("fedmark")?)
+            .arg("--admin")
+            .arg("admin.toml")
+            .args(args)
+            .current_dir(self.path())
+            .output()?)
     }
 
     /// Runs a coordinator subcommand to completion; fails unless it succeeds.
@@ -172,11 +227,26 @@ impl Deployment {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Starts `fedmark-coordinator serve` with extra environment variables and waits for its
-    /// address line.
+    /// Starts `fedmark-coordinator serve --job job.toml` with extra environment variables and
+    /// waits for its address line.
     pub fn start_coordinator(&self, env: &[(&str, &str)]) -> anyhow::Result<RunningCoordinator> {
+        self.start_serve(&["--job", "job.toml"], env)
+    }
+
+    /// Starts the long-running coordinator (`fedmark-coordinator serve` without a job) and
+    /// waits for its address line.
+    pub fn start_service(&self) -> anyhow::Result<RunningCoordinator> {
+        self.start_serve(&[], &[])
+    }
+
+    fn start_serve(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<RunningCoordinator> {
         let mut cmd = Command::new(binary("fedmark-coordinator")?);
-        cmd.args(["serve", "--config", "coordinator.toml", "--job", "job.toml"])
+        cmd.args(["serve", "--config", "coordinator.toml"])
+            .args(args)
             .current_dir(self.path())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -233,17 +303,41 @@ impl Deployment {
     }
 
     /// Writes each partner's `client.toml` for the coordinator at `addr` and starts the
-    /// clients.
+    /// clients; each leaves after its first job (`--once`).
     pub fn start_clients(&self, addr: std::net::SocketAddr) -> anyhow::Result<Vec<Guard>> {
+        self.launch_clients(addr, &["--once"])
+    }
+
+    /// As [`Deployment::start_clients`], but the clients stay for every job, as partner nodes
+    /// beside a long-running coordinator do.
+    pub fn start_serving_clients(&self, addr: std::net::SocketAddr) -> anyhow::Result<Vec<Guard>> {
+        self.launch_clients(addr, &[])
+    }
+
+    fn launch_clients(
+        &self,
+        addr: std::net::SocketAddr,
+        args: &[&str],
+    ) -> anyhow::Result<Vec<Guard>> {
         let mut clients = Vec::new();
+        let (scheme, tls) = if self.tls_enabled() {
+            ("https", "[tls]\nca = \"certs/ca.pem\"\n")
+        } else {
+            ("http", "")
+        };
         for (id, data) in self.partners.iter().zip(&self.data) {
             let cfg = self.path().join(format!("{id}.toml"));
+            let tls = if tls.is_empty() {
+                String::new()
+            } else {
+                format!("{tls}cert = \"certs/{id}.pem\"\nkey = \"certs/{id}.key\"\n")
+            };
             std::fs::write(
                 &cfg,
                 format!(
-                    "coordinator = \"http://{addr}\"\npartner_id = \"{id}\"\ndata = \"{}\"\n\
+                    "coordinator = \"{scheme}://{addr}\"\npartner_id = \"{id}\"\ndata = \"{}\"\n\
                      identity_key = \"keys/{id}.key\"\nroster = \"keys/roster.toml\"\n\
-                     connect_timeout_secs = 120\n",
+                     connect_timeout_secs = 120\n{tls}",
                     data.display()
                 ),
             )?;
@@ -252,6 +346,7 @@ impl Deployment {
                 Command::new(binary("fedmark-client")?)
                     .arg("--config")
                     .arg(&cfg)
+                    .args(args)
                     .env("RUST_LOG", "info")
                     .env("NO_COLOR", "1")
                     .stdout(Stdio::null())

@@ -390,18 +390,26 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                     server_config(&c.ca_pem, &c.coordinator.cert_pem, &c.coordinator.key_pem)
                 }),
                 metrics: fedmark_coordinator::metrics::Metrics::default(),
+                board: Default::default(),
             };
             if let Some(at) = opts.metrics_listen {
                 let listener = fedmark_coordinator::metrics::bind(at)
                     .await
                     .with_context(|| format!("binding the metrics address {at}"))?;
-                eprintln!(
-                    "coordinator metrics on http://{}/metrics",
-                    listener.local_addr()?
-                );
+                let bound = listener.local_addr()?;
+                // A fresh admin token per run; the fragment carries it to the page only.
+                let secret = fedmark_coordinator::admin::AdminToken::generate_secret();
+                eprintln!("coordinator metrics on http://{bound}/metrics");
+                eprintln!("coordinator dashboard on http://{bound}/dashboard#token={secret}");
+                let dashboard = fedmark_coordinator::dashboard::Dashboard {
+                    board: settings.board.clone(),
+                    store: coordinator_store.clone(),
+                    token: fedmark_coordinator::admin::AdminToken::from_secret(&secret),
+                };
                 tokio::spawn(fedmark_coordinator::metrics::serve(
                     listener,
                     settings.metrics.clone(),
+                    Some(dashboard),
                     std::future::pending(),
                 ));
             }
@@ -486,6 +494,7 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
             dropouts: std::sync::Arc::new(std::sync::Mutex::new(std::mem::take(&mut dropouts[i]))),
             identity: Some(identity),
             round_hook,
+            keep_serving: false,
         };
         clients.push(tokio::spawn(run_partner(cfg, options)));
     }

@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -16,9 +15,9 @@ use fedmark_core::features::{FeatureSchema, Standardizer};
 use fedmark_core::model::{Architecture, Model};
 use fedmark_core::spec::JobSpec;
 use fedmark_tests::procs::{Deployment, binary};
+use fedmark_tests::scoring::{read_npy, score_from_files};
 use fedmark_tests::sim::workspace_root;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 fn job(model: &str) -> String {
     std::fs::read_to_string(workspace_root().join("examples/bank-job.toml"))
@@ -42,123 +41,6 @@ fn run(d: &Deployment) -> String {
         assert!(client.wait(Duration::from_secs(60)).unwrap().success());
     }
     d.report().unwrap()["job_id"].as_str().unwrap().to_owned()
-}
-
-/// Parses a one-dimensional little-endian float64 .npy file (format 1.0).
-fn read_npy(path: &Path) -> Vec<f64> {
-    let bytes = std::fs::read(path).unwrap();
-    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00", "magic and version");
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    assert_eq!((10 + header_len) % 64, 0, "data aligned to 64 bytes");
-    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
-    assert!(header.contains("'descr': '<f8'"), "{header}");
-    assert!(header.contains("'fortran_order': False"), "{header}");
-    let n: usize = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let data = &bytes[10 + header_len..];
-    assert_eq!(data.len(), 8 * n);
-    data.chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
-/// Scores every row of `csv` from the exported files only; returns (scores, labels).
-fn score_from_files(pipe: &Value, w: &[f64], csv_path: &Path) -> (Vec<f64>, Vec<f64>) {
-    let mut reader = csv::Reader::from_path(csv_path).unwrap();
-    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
-    let at: HashMap<&str, usize> = header
-        .iter()
-        .enumerate()
-        .map(|(i, h)| (h.as_str(), i))
-        .collect();
-    let d = pipe["input_dim"].as_u64().unwrap() as usize;
-    let layer = |name: &str| -> (usize, Vec<usize>) {
-        let l = pipe["model"]["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["name"] == name)
-            .unwrap();
-        let shape = l["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s.as_u64().unwrap() as usize)
-            .collect();
-        (l["offset"].as_u64().unwrap() as usize, shape)
-    };
-    let (mut scores, mut labels) = (Vec::new(), Vec::new());
-    'rows: for record in reader.records() {
-        let record = record.unwrap();
-        let mut x = vec![0.0; d];
-        for col in pipe["columns"].as_array().unwrap() {
-            let text = record[at[col["name"].as_str().unwrap()]].trim();
-            match col["type"].as_str().unwrap() {
-                "numeric" => {
-                    let Ok(v) = text.parse::<f64>() else {
-                        continue 'rows;
-                    };
-                    let j = col["index"].as_u64().unwrap() as usize;
-                    x[j] = (v - col["mean"].as_f64().unwrap()) / col["std"].as_f64().unwrap();
-                }
-                "categorical" => {
-                    let vocab = col["vocabulary"].as_array().unwrap();
-                    let slot = vocab
-                        .iter()
-                        .position(|v| v == text)
-                        .unwrap_or(col["other_slot"].as_u64().unwrap() as usize);
-                    x[col["offset"].as_u64().unwrap() as usize + slot] = 1.0;
-                }
-                "hashed" => {
-                    let digest = Sha256::digest(text.as_bytes());
-                    let h = u64::from_le_bytes(digest[..8].try_into().unwrap());
-                    let slot = (h % col["buckets"].as_u64().unwrap()) as usize;
-                    x[col["offset"].as_u64().unwrap() as usize + slot] = 1.0;
-                }
-                other => panic!("column type {other}"),
-            }
-        }
-        let label = &record[at[pipe["label"]["column"].as_str().unwrap()]];
-        assert!(!label.is_empty());
-        let z = match pipe["model"]["kind"].as_str().unwrap() {
-            "logistic" => {
-                let (wo, _) = layer("w");
-                let (bo, _) = layer("b");
-                x.iter()
-                    .zip(&w[wo..wo + d])
-                    .map(|(a, b)| a * b)
-                    .sum::<f64>()
-                    + w[bo]
-            }
-            "mlp" => {
-                let (o1, shape) = layer("W1");
-                let h = shape[1];
-                let (ob1, _) = layer("b1");
-                let (ow2, _) = layer("w2");
-                let (ob2, _) = layer("b2");
-                let mut out = w[ob2];
-                for k in 0..h {
-                    let pre = (0..d).map(|j| x[j] * w[o1 + j * h + k]).sum::<f64>() + w[ob1 + k];
-                    out += pre.max(0.0) * w[ow2 + k];
-                }
-                out
-            }
-            other => panic!("model kind {other}"),
-        };
-        scores.push(1.0 / (1.0 + (-z).exp()));
-        labels.push(if label == pipe["label"]["positive"].as_str().unwrap() {
-            1.0
-        } else {
-            0.0
-        });
-    }
-    (scores, labels)
 }
 
 fn numpy_available() -> bool {
@@ -187,7 +69,7 @@ fn export_and_check(model: &str, hidden: Option<usize>) {
     let dir = d.path().join("export");
     let pipe: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("pipeline.json")).unwrap()).unwrap();
-    let w = read_npy(&dir.join("weights.npy"));
+    let w = read_npy(&dir.join("weights.npy")).unwrap();
     assert_eq!(pipe["round"], 3);
     assert_eq!(
         pipe["weights"]["length"].as_u64().unwrap() as usize,
@@ -236,7 +118,7 @@ fn export_and_check(model: &str, hidden: Option<usize>) {
         };
         let rows = load_csv(csv_path, &spec, all).unwrap().train;
         let expected = model.predict_all(&schema.encode(&rows, &standardizer));
-        let (scores, labels) = score_from_files(&pipe, &w, csv_path);
+        let (scores, labels) = score_from_files(&pipe, &w, csv_path, None).unwrap();
         assert_eq!(scores.len(), expected.len());
         assert_eq!(labels, rows.labels);
         for (i, (a, b)) in scores.iter().zip(&expected).enumerate() {
@@ -254,6 +136,7 @@ fn export_and_check(model: &str, hidden: Option<usize>) {
             .arg(workspace_root().join("examples/score.py"))
             .arg(&dir)
             .arg(csv_path)
+            .arg("--scores")
             .arg(&scores_file)
             .output()
             .unwrap();
@@ -310,7 +193,10 @@ fn export_and_check(model: &str, hidden: Option<usize>) {
     assert_eq!(p1["round"], 1);
     let store = Store::open(&d.path().join("data")).unwrap();
     let r1 = store.checkpoint(&id, Some(1)).unwrap().unwrap();
-    assert_eq!(read_npy(&d.path().join("r1/weights.npy")), r1.model);
+    assert_eq!(
+        read_npy(&d.path().join("r1/weights.npy")).unwrap(),
+        r1.model
+    );
 }
 
 #[test]

@@ -48,10 +48,14 @@ struct Cli {
     /// Mutual TLS between partners and coordinator (a throwaway development CA).
     #[arg(long, value_parser = ["on", "off"], default_value = "on")]
     tls: String,
-    /// Serve the coordinator's Prometheus metrics (`/metrics`) and health check
-    /// (`/healthz`) on this address, e.g. 127.0.0.1:9464.
+    /// Serve the coordinator's Prometheus metrics (`/metrics`), health check (`/healthz`)
+    /// and dashboard (`/dashboard`, its address with a one-run admin token printed on stderr)
+    /// on this address, e.g. 127.0.0.1:9464.
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// After the job, keep serving the metrics and dashboard until interrupted (Ctrl-C).
+    #[arg(long, requires = "metrics_listen")]
+    linger: bool,
     /// Differential privacy: none, record, partner-central or partner-distributed (overrides
     /// the spec).
     #[arg(long, value_parser = ["none", "record", "partner-central", "partner-distributed"])]
@@ -245,6 +249,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         report.seconds,
         cli.report.display()
     );
+    if cli.linger {
+        println!("still serving the metrics and dashboard; Ctrl-C to stop");
+        rt.block_on(async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+    }
     Ok(())
 }
 

@@ -1,0 +1,711 @@
+//! The admin API: what data scientists and operators call on a long-running coordinator
+//! (`fedmark job submit|list|watch|cancel`, `fedmark model export`, `fedmark audit export`).
+//!
+//! Every call must present the admin credential ([`AdminAuth`]): the admin token as a bearer
+//! token, and under mutual TLS also a client certificate whose common name starts with
+//! `admin:`, so a partner's certificate (which the TLS layer accepts for partner sessions) can
+//! never submit or read jobs. The token lives in the store's folder ([`TOKEN_FILE`], readable by
+//! its owner only); the coordinator keeps only its SHA-256, and compares digests, so a wrong
+//! token takes the same time to refuse whatever its prefix.
+//!
+//! Submissions go into the durable store first (status `queued`, with an audit record naming
+//! who submitted) and then onto the [`JobQueue`] the scheduler in [`crate::server`] runs from.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use fedmark_core::spec::JobSpec;
+use fedmark_proto::admin_server::{Admin, AdminServer};
+use fedmark_proto::{
+    ExportModelRequest, FileChunk, FinalEvaluation, JobInfo, JobList, JobRequest, ListJobsRequest,
+    RoundProgress, SubmitJobRequest,
+};
+use rand::RngExt;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::board::{Board, JobView};
+use crate::export::{self, ExportError};
+use crate::store::{JobRecord, JobStatus, Store, StoreError};
+
+/// The admin token's file in the coordinator's data folder.
+pub const TOKEN_FILE: &str = "admin.token";
+/// Bytes per streamed file chunk.
+const FILE_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Why the admin credential could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The token file could not be read or written.
+    #[error("admin token file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The token file holds something else than a token.
+    #[error("admin token file {path} must hold 64 hexadecimal digits (it holds {found})")]
+    Malformed {
+        /// The file.
+        path: String,
+        /// What it holds instead, described without revealing it.
+        found: String,
+    },
+}
+
+/// The admin token, kept as its digest.
+#[derive(Clone)]
+pub struct AdminToken {
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+impl AdminToken {
+    /// A token whose secret is `secret`.
+    pub fn from_secret(secret: &str) -> Self {
+        Self {
+            digest: Sha256::digest(secret.trim().as_bytes()).into(),
+        }
+    }
+
+    /// A fresh secret: 32 random bytes in hex.
+    pub fn generate_secret() -> String {
+        let bytes: [u8; 32] = rand::rng().random();
+        hex::encode(bytes)
+    }
+
+    /// Reads the token of `path` (64 hex digits, surrounding whitespace ignored).
+    pub fn read(path: &Path) -> Result<(Self, String), AdminError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AdminError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let secret = text.trim();
+        if secret.len() != 64 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(AdminError::Malformed {
+                path: path.display().to_string(),
+                found: format!("{} characters", secret.chars().count()),
+            });
+        }
+        Ok((Self::from_secret(secret), secret.to_owned()))
+    }
+
+    /// The token of `dir`/[`TOKEN_FILE`], created (owner-only) if missing. Returns the token
+    /// and the file's path.
+    pub fn ensure(dir: &Path) -> Result<(Self, PathBuf), AdminError> {
+        let path = dir.join(TOKEN_FILE);
+        if !path.exists() {
+            let io = |source| AdminError::Io {
+                path: path.display().to_string(),
+                source,
+            };
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options.open(&path).map_err(io)?;
+            std::io::Write::write_all(&mut f, format!("{}\n", Self::generate_secret()).as_bytes())
+                .map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        let (token, _) = Self::read(&path)?;
+        Ok((token, path))
+    }
+
+    /// Whether `presented` is the token.
+    pub fn verify(&self, presented: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        // Comparing digests: how long a mismatch takes says nothing about the token.
+        digest == self.digest
+    }
+}
+
+/// What an admin call must present.
+#[derive(Debug, Clone)]
+pub struct AdminAuth {
+    /// The admin token.
+    pub token: AdminToken,
+    /// Whether the caller must also hold an `admin:` client certificate (mutual TLS).
+    pub require_admin_cert: bool,
+}
+
+impl AdminAuth {
+    /// Who is calling (the certificate's name, or `admin` without TLS), or why the call is
+    /// refused.
+    pub fn check<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let Some(presented) = presented else {
+            return Err(Status::unauthenticated(
+                "the admin API needs the metadata `authorization: Bearer <admin token>`",
+            ));
+        };
+        if !self.token.verify(presented) {
+            warn!("refused an admin call with a wrong token");
+            return Err(Status::unauthenticated("the admin token is not valid"));
+        }
+        if !self.require_admin_cert {
+            return Ok("admin".into());
+        }
+        let name = request
+            .peer_certs()
+            .and_then(|chain| chain.first().and_then(|leaf| crate::tls::common_name(leaf)));
+        match name {
+            Some(n) if n.starts_with(crate::tls::ADMIN_PREFIX) => Ok(n),
+            Some(n) => {
+                warn!(certificate = %n, "refused an admin call from a non-admin certificate");
+                Err(Status::permission_denied(format!(
+                    "the client certificate names `{n}`, not an administrator (`{}…`)",
+                    crate::tls::ADMIN_PREFIX
+                )))
+            }
+            None => Err(Status::unauthenticated(
+                "the admin API needs an administrator's client certificate",
+            )),
+        }
+    }
+}
+
+/// What [`JobQueue::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The job was waiting; it is off the queue.
+    Dequeued,
+    /// The job is running; the scheduler has been told to stop it.
+    Signalled,
+    /// The queue does not hold the job.
+    NotHere,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    waiting: VecDeque<String>,
+    running: Option<(String, Option<oneshot::Sender<String>>)>,
+}
+
+/// The jobs waiting to run, in submission order, and the one running.
+#[derive(Debug, Default)]
+pub struct JobQueue {
+    state: Mutex<QueueState>,
+    wake: Notify,
+}
+
+impl JobQueue {
+    /// Appends a job unless it is already waiting or running.
+    pub fn push(&self, id: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            let running = s.running.as_ref().is_some_and(|(r, _)| r == id);
+            if !running && !s.waiting.iter().any(|w| w == id) {
+                s.waiting.push_back(id.to_owned());
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// The next job to run, once there is one.
+    pub async fn next(&self) -> String {
+        loop {
+            let next = self
+                .state
+                .lock()
+                .ok()
+                .and_then(|mut s| s.waiting.pop_front());
+            if let Some(id) = next {
+                return id;
+            }
+            self.wake.notified().await;
+        }
+    }
+
+    /// Marks `id` running; the receiver hears the reason if it is cancelled.
+    pub fn start(&self, id: &str) -> oneshot::Receiver<String> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut s) = self.state.lock() {
+            s.running = Some((id.to_owned(), Some(tx)));
+        }
+        rx
+    }
+
+    /// Marks the running job done.
+    pub fn finish(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.running = None;
+        }
+    }
+
+    /// Takes a waiting job off the queue, or tells the running one to stop.
+    pub fn cancel(&self, id: &str, reason: &str) -> Cancelled {
+        let Ok(mut s) = self.state.lock() else {
+            return Cancelled::NotHere;
+        };
+        if let Some(i) = s.waiting.iter().position(|w| w == id) {
+            s.waiting.remove(i);
+            return Cancelled::Dequeued;
+        }
+        match &mut s.running {
+            Some((running, signal)) if running == id => {
+                if let Some(tx) = signal.take() {
+                    let _ = tx.send(reason.to_owned());
+                }
+                Cancelled::Signalled
+            }
+            _ => Cancelled::NotHere,
+        }
+    }
+}
+
+/// The `Admin` gRPC service.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    store: Store,
+    board: Board,
+    queue: Arc<JobQueue>,
+    auth: AdminAuth,
+}
+
+impl AdminService {
+    /// A service submitting to `queue`.
+    pub fn new(store: Store, board: Board, queue: Arc<JobQueue>, auth: AdminAuth) -> Self {
+        Self {
+            store,
+            board,
+            queue,
+            auth,
+        }
+    }
+
+    /// The tonic server wrapper.
+    pub fn into_server(self) -> AdminServer<Self> {
+        AdminServer::new(self)
+            .max_decoding_message_size(crate::service::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::service::MAX_MESSAGE_BYTES)
+    }
+
+    fn info(&self, view: JobView) -> JobInfo {
+        job_info(view, self.store.audit_head())
+    }
+
+    fn view(&self, id: &str) -> Result<JobView, Status> {
+        self.board
+            .get(id)
+            .ok_or_else(|| Status::not_found(format!("the coordinator holds no job `{id}`")))
+    }
+}
+
+/// The wire form of a job view.
+pub fn job_info(view: JobView, audit_head: String) -> JobInfo {
+    JobInfo {
+        job_id: view.id,
+        name: view.name,
+        purpose: view.purpose,
+        status: view.status.to_owned(),
+        phase: view.phase,
+        planned_rounds: view.planned_rounds,
+        rounds: view
+            .rounds
+            .iter()
+            .map(|r| RoundProgress {
+                round: r.round,
+                participants: r.participants,
+                dropped: r.dropped,
+                auc: r.auc,
+                log_loss: r.log_loss,
+                accuracy: r.accuracy,
+                seconds: r.seconds,
+                epsilon: r.epsilon,
+                attempts: r.attempts,
+            })
+            .collect(),
+        epsilon_budget: view.epsilon_budget,
+        r#final: view.final_metrics.map(|f| FinalEvaluation {
+            auc: f.auc,
+            log_loss: f.log_loss,
+            accuracy: f.accuracy,
+            rows: f.rows,
+        }),
+        submitted_by: view.submitted_by,
+        submitted_ms: view.submitted_ms,
+        audit_head,
+    }
+}
+
+fn store_status(e: StoreError) -> Status {
+    warn!(error = %e, "admin call failed in the store");
+    Status::internal(format!("coordinator store: {e}"))
+}
+
+fn export_status(e: ExportError) -> Status {
+    if e.is_bad_request() {
+        Status::not_found(e.to_string())
+    } else {
+        warn!(error = %e, "export failed");
+        Status::internal(e.to_string())
+    }
+}
+
+/// Streams files as chunks, the first one carrying `summary`.
+fn file_stream(files: Vec<(String, Vec<u8>)>, summary: String) -> FileStream {
+    let mut chunks = Vec::new();
+    for (name, bytes) in files {
+        let parts: Vec<&[u8]> = if bytes.is_empty() {
+            vec![&[][..]]
+        } else {
+            bytes.chunks(FILE_CHUNK_BYTES).collect()
+        };
+        let n = parts.len();
+        for (i, part) in parts.into_iter().enumerate() {
+            chunks.push(Ok(FileChunk {
+                name: name.clone(),
+                data: part.to_vec(),
+                last: i + 1 == n,
+                summary: String::new(),
+            }));
+        }
+    }
+    if let Some(Ok(first)) = chunks.first_mut() {
+        first.summary = summary;
+    }
+    Box::pin(tokio_stream::iter(chunks))
+}
+
+type FileStream = Pin<Box<dyn Stream<Item = Result<FileChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn submit_job(
+        &self,
+        request: Request<SubmitJobRequest>,
+    ) -> Result<Response<JobInfo>, Status> {
+        let who = self.auth.check(&request)?;
+        let spec = JobSpec::from_toml(&request.get_ref().spec_toml)
+            .map_err(|e| Status::invalid_argument(format!("the job spec is not valid: {e}")))?;
+        let spec_toml = spec
+            .to_toml()
+            .map_err(|e| Status::invalid_argument(format!("the job spec is not valid: {e}")))?;
+        let id = crate::job_id(&spec_toml);
+        let queue_it = match self.store.job(&id).map_err(store_status)? {
+            None => {
+                let record = JobRecord {
+                    id: id.clone(),
+                    spec_toml: spec_toml.clone(),
+                    submitted_by: who.clone(),
+                    submitted_ms: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                    status: JobStatus::Queued,
+                    reason: None,
+                    report: None,
+                };
+                self.store
+                    .submit_job(
+                        &record,
+                        vec![(
+                            "job_submitted",
+                            json!({
+                                "job": id, "by": who, "name": spec.job.name,
+                                "purpose": spec.job.purpose, "rounds": spec.job.rounds,
+                                "spec_sha256": fedmark_core::audit::sha256_hex(spec_toml.as_bytes()),
+                                "privacy_mode": format!("{:?}", spec.privacy.mode),
+                            }),
+                        )],
+                    )
+                    .map_err(store_status)?;
+                info!(job = %id, by = %who, "job submitted");
+                true
+            }
+            Some(job) if matches!(job.status, JobStatus::Failed | JobStatus::Cancelled) => {
+                self.store
+                    .set_status(
+                        &id,
+                        JobStatus::Queued,
+                        vec![(
+                            "job_resubmitted",
+                            json!({"job": id, "by": who, "was": job.status.as_str()}),
+                        )],
+                    )
+                    .map_err(store_status)?;
+                info!(job = %id, by = %who, "job resubmitted");
+                true
+            }
+            Some(_) => false,
+        };
+        if queue_it {
+            let record = self
+                .store
+                .job(&id)
+                .map_err(store_status)?
+                .ok_or_else(|| Status::internal("the submitted job vanished from the store"))?;
+            self.board
+                .put(JobView::from_record(&self.store, &record).map_err(store_status)?);
+            self.queue.push(&id);
+        }
+        Ok(Response::new(self.info(self.view(&id)?)))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<ListJobsRequest>,
+    ) -> Result<Response<JobList>, Status> {
+        self.auth.check(&request)?;
+        let head = self.store.audit_head();
+        let jobs = self
+            .board
+            .list()
+            .into_iter()
+            .map(|v| job_info(v, head.clone()))
+            .collect();
+        Ok(Response::new(JobList {
+            jobs,
+            audit_head: head,
+        }))
+    }
+
+    type WatchJobStream = ReceiverStream<Result<JobInfo, Status>>;
+
+    async fn watch_job(
+        &self,
+        request: Request<JobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        self.auth.check(&request)?;
+        let id = request.into_inner().job_id;
+        self.view(&id)?;
+        let (tx, rx) = mpsc::channel(8);
+        let board = self.board.clone();
+        let store = self.store.clone();
+        let mut changes = board.subscribe();
+        tokio::spawn(async move {
+            let mut last: Option<JobView> = None;
+            loop {
+                changes.mark_unchanged();
+                let Some(view) = board.get(&id) else { break };
+                let ended = view.status != "queued" && view.status != "running";
+                if last.as_ref() != Some(&view) {
+                    let info = job_info(view.clone(), store.audit_head());
+                    if tx.send(Ok(info)).await.is_err() {
+                        break;
+                    }
+                    last = Some(view);
+                }
+                if ended {
+                    break;
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { break },
+                    () = tx.closed() => break,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn cancel_job(&self, request: Request<JobRequest>) -> Result<Response<JobInfo>, Status> {
+        let who = self.auth.check(&request)?;
+        let id = request.into_inner().job_id;
+        let view = self.view(&id)?;
+        let reason = format!("cancelled by {who}");
+        match self.queue.cancel(&id, &reason) {
+            Cancelled::Dequeued => {
+                self.store
+                    .end_job(
+                        &id,
+                        JobStatus::Cancelled,
+                        &reason,
+                        None,
+                        vec![(
+                            "job_cancelled",
+                            json!({"job": id, "by": who, "was": "queued"}),
+                        )],
+                    )
+                    .map_err(store_status)?;
+                self.board.set_status(&id, JobStatus::Cancelled, reason);
+            }
+            Cancelled::Signalled => {
+                // The scheduler stops the job and records it; wait (bounded) to report it.
+                let mut changes = self.board.subscribe();
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+                while self.board.get(&id).is_some_and(|v| v.status == "running") {
+                    if tokio::time::timeout_at(deadline, changes.changed())
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+            Cancelled::NotHere => {
+                return Err(Status::failed_precondition(format!(
+                    "job `{id}` is {} and cannot be cancelled",
+                    view.status
+                )));
+            }
+        }
+        info!(job = %id, by = %who, "job cancelled");
+        Ok(Response::new(self.info(self.view(&id)?)))
+    }
+
+    type ExportModelStream = FileStream;
+
+    async fn export_model(
+        &self,
+        request: Request<ExportModelRequest>,
+    ) -> Result<Response<Self::ExportModelStream>, Status> {
+        let who = self.auth.check(&request)?;
+        let req = request.into_inner();
+        let (done, files) = export::model_files(
+            &self.store,
+            &req.job_id,
+            req.round,
+            &format!("admin API ({who})"),
+        )
+        .map_err(export_status)?;
+        let summary = format!(
+            "job {} round {}{}: {} parameters, sha256 {}",
+            done.job_id,
+            done.round,
+            if done.round == done.last_round {
+                " (the last committed round)"
+            } else {
+                ""
+            },
+            done.params,
+            done.model_sha256
+        );
+        let files = files
+            .into_iter()
+            .map(|(name, bytes)| (name.to_owned(), bytes))
+            .collect();
+        Ok(Response::new(file_stream(files, summary)))
+    }
+
+    type ExportAuditStream = FileStream;
+
+    async fn export_audit(
+        &self,
+        request: Request<JobRequest>,
+    ) -> Result<Response<Self::ExportAuditStream>, Status> {
+        self.auth.check(&request)?;
+        let id = request.into_inner().job_id;
+        if self.store.job(&id).map_err(store_status)?.is_none() {
+            return Err(Status::not_found(format!(
+                "the coordinator holds no job `{id}`"
+            )));
+        }
+        let sel = export::job_audit_records(&self.store, &id).map_err(export_status)?;
+        let mut text = sel.lines.join("\n");
+        text.push('\n');
+        let summary = format!(
+            "{} of {} audit records (job {id} and the store's own); the full chain's head is {}: a filtered export is not a verifiable chain on its own, check the coordinator's audit.jsonl with `fedmark-coordinator audit verify --head {}`",
+            sel.lines.len(),
+            sel.total,
+            sel.head,
+            sel.head
+        );
+        Ok(Response::new(file_stream(
+            vec![("audit.jsonl".to_owned(), text.into_bytes())],
+            summary,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file_is_created_once_and_checked_by_digest() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (token, path) = AdminToken::ensure(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let secret = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(secret.trim().len(), 64);
+        assert!(token.verify(&secret));
+        assert!(!token.verify(&secret.trim()[..63]));
+        assert!(!token.verify(""));
+        // A second call keeps the same token.
+        let (again, _) = AdminToken::ensure(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(again.verify(&secret));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777);
+            assert_eq!(mode.ok(), Some(0o600));
+        }
+        std::fs::write(&path, "not a token\n").unwrap_or_else(|e| panic!("{e}"));
+        let err = AdminToken::read(&path).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("64 hexadecimal")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn bearer_token_is_required_and_checked() {
+        let auth = AdminAuth {
+            token: AdminToken::from_secret("s3cret"),
+            require_admin_cert: false,
+        };
+        let mut req = Request::new(());
+        assert_eq!(
+            auth.check(&req).err().map(|s| s.code()),
+            Some(tonic::Code::Unauthenticated)
+        );
+        req.metadata_mut().insert(
+            "authorization",
+            "Bearer wrong".parse().unwrap_or_else(|_| panic!()),
+        );
+        assert_eq!(
+            auth.check(&req).err().map(|s| s.code()),
+            Some(tonic::Code::Unauthenticated)
+        );
+        req.metadata_mut().insert(
+            "authorization",
+            "Bearer s3cret".parse().unwrap_or_else(|_| panic!()),
+        );
+        assert_eq!(auth.check(&req).ok().as_deref(), Some("admin"));
+        // Under mutual TLS the token alone is not enough.
+        let tls = AdminAuth {
+            require_admin_cert: true,
+            ..auth
+        };
+        assert_eq!(
+            tls.check(&req).err().map(|s| s.code()),
+            Some(tonic::Code::Unauthenticated)
+        );
+    }
+
+    #[tokio::test]
+    async fn queue_runs_in_order_and_cancels_waiting_and_running_jobs() {
+        let q = JobQueue::default();
+        q.push("a");
+        q.push("b");
+        q.push("a");
+        q.push("c");
+        assert_eq!(q.next().await, "a");
+        let mut signal = q.start("a");
+        q.push("a");
+        assert_eq!(q.cancel("b", "x"), Cancelled::Dequeued);
+        assert_eq!(q.cancel("a", "stop"), Cancelled::Signalled);
+        assert_eq!(signal.try_recv().ok().as_deref(), Some("stop"));
+        assert_eq!(q.cancel("zzz", "x"), Cancelled::NotHere);
+        q.finish();
+        assert_eq!(q.next().await, "c");
+        assert_eq!(q.cancel("c", "x"), Cancelled::NotHere);
+    }
+}

@@ -1,0 +1,581 @@
+//! `fedmark`: the data scientist's CLI for a long-running coordinator. It speaks the admin
+//! gRPC API over the network: submit, list, watch and cancel jobs, export a model or a job's
+//! audit records. Where the coordinator is and the admin credential come from `admin.toml`
+//! (see `examples/admin.toml`). Human output by default, `--json` for scripts.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fedmark_proto::admin_client::AdminClient;
+use fedmark_proto::{
+    ExportModelRequest, FileChunk, JobInfo, JobRequest, ListJobsRequest, SubmitJobRequest,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Exit code for bad arguments, configuration, or a job or round the coordinator does not hold.
+const EXIT_USAGE: u8 = 64;
+/// Exit code when the coordinator cannot be reached.
+const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code when the coordinator refuses the credential.
+const EXIT_NOPERM: u8 = 77;
+/// Largest message accepted from the coordinator (file chunks are 1 MiB).
+const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fedmark",
+    version,
+    about = "Submit, watch and export fedmark training jobs"
+)]
+struct Cli {
+    /// The admin config: where the coordinator is, the admin token file, TLS files.
+    #[arg(
+        long,
+        env = "FEDMARK_ADMIN",
+        default_value = "admin.toml",
+        global = true
+    )]
+    admin: PathBuf,
+    /// Machine-readable output (JSON; `job watch` writes one JSON object per line).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Training jobs.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+    /// Trained models.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Audit records.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum JobCommand {
+    /// Submit a job spec (TOML). The job id is derived from the spec, so submitting the same
+    /// spec twice names one job; a cancelled or failed job resubmitted resumes.
+    Submit {
+        /// The job spec.
+        spec: PathBuf,
+        /// Watch the job after submitting it (as `job watch`).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// List the coordinator's jobs.
+    List,
+    /// Follow a job round by round until it ends; exits 0 if it finished, 1 otherwise.
+    Watch {
+        /// Job id.
+        id: String,
+    },
+    /// Cancel a queued or running job.
+    Cancel {
+        /// Job id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Write a job's model into DIR: weights.npy, pipeline.json and (finished jobs)
+    /// model_card.json, loadable without fedmark (see examples/score.py).
+    Export {
+        /// Job id.
+        id: String,
+        /// The committed round to export (default: the last). Round 0 is the initial model.
+        #[arg(long)]
+        round: Option<u64>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Write a job's audit records (and the coordinator's own) as JSON lines.
+    Export {
+        /// Job id.
+        id: String,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// `admin.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminConfig {
+    /// The coordinator's URL, `https://host:port` (mutual TLS) or `http://host:port`.
+    coordinator: String,
+    /// The file holding the admin token (the coordinator's `DATA_DIR/admin.token`).
+    token_file: PathBuf,
+    /// Mutual TLS: the consortium CA and an administrator's certificate and key.
+    tls: Option<AdminTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    /// The name the coordinator's certificate carries, when not the URL's host.
+    domain: Option<String>,
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let error = e.into();
+        let code = match error
+            .downcast_ref::<tonic::Status>()
+            .map(tonic::Status::code)
+        {
+            Some(tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => EXIT_NOPERM,
+            Some(tonic::Code::NotFound | tonic::Code::InvalidArgument) => EXIT_USAGE,
+            Some(tonic::Code::FailedPrecondition) => EXIT_USAGE,
+            Some(tonic::Code::Unavailable) => EXIT_UNAVAILABLE,
+            _ => 1,
+        };
+        Failure { code, error }
+    }
+}
+
+fn usage(error: anyhow::Error) -> Failure {
+    Failure {
+        code: EXIT_USAGE,
+        error,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            match f.error.downcast_ref::<tonic::Status>() {
+                Some(status) => eprintln!("error: {}", status.message()),
+                None => eprintln!("error: {:#}", f.error),
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// The admin config and the token, read relative to the config file's folder.
+fn load_config(path: &Path) -> Result<(AdminConfig, String), Failure> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| {
+            format!(
+                "reading the admin config {} (give --admin PATH or set FEDMARK_ADMIN)",
+                path.display()
+            )
+        })
+        .map_err(usage)?;
+    let mut cfg: AdminConfig = toml::from_str(&text)
+        .with_context(|| format!("in {}", path.display()))
+        .map_err(usage)?;
+    let base = path.parent().unwrap_or(Path::new(""));
+    let at = |p: &Path| base.join(p);
+    cfg.token_file = at(&cfg.token_file);
+    if let Some(tls) = &mut cfg.tls {
+        tls.ca = at(&tls.ca);
+        tls.cert = at(&tls.cert);
+        tls.key = at(&tls.key);
+    }
+    let token = std::fs::read_to_string(&cfg.token_file)
+        .with_context(|| format!("reading the admin token {}", cfg.token_file.display()))
+        .map_err(usage)?
+        .trim()
+        .to_owned();
+    if token.is_empty() {
+        return Err(usage(anyhow::anyhow!(
+            "the admin token file {} is empty",
+            cfg.token_file.display()
+        )));
+    }
+    Ok((cfg, token))
+}
+
+/// Adds the admin token to every call.
+#[derive(Clone)]
+struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+type Client = AdminClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+async fn connect(cfg: &AdminConfig, token: &str) -> Result<Client, Failure> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .with_context(|| format!("reading {}", p.display()))
+            .map_err(usage)
+    };
+    let mut endpoint = Endpoint::from_shared(cfg.coordinator.clone())
+        .with_context(|| format!("`coordinator = {:?}` is not a URL", cfg.coordinator))
+        .map_err(usage)?
+        .connect_timeout(Duration::from_secs(10));
+    if let Some(tls) = &cfg.tls {
+        let mut config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&tls.ca)?))
+            .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+        if let Some(domain) = &tls.domain {
+            config = config.domain_name(domain.clone());
+        }
+        endpoint = endpoint.tls_config(config).map_err(|e| usage(e.into()))?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| Failure {
+        code: EXIT_UNAVAILABLE,
+        error: anyhow::anyhow!("cannot reach the coordinator at {}: {e}", cfg.coordinator),
+    })?;
+    let header = format!("Bearer {token}").parse().map_err(|_| {
+        usage(anyhow::anyhow!(
+            "the admin token holds characters a header cannot carry"
+        ))
+    })?;
+    let auth = Bearer(header);
+    Ok(AdminClient::with_interceptor(channel, auth)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    let (cfg, token) = load_config(&cli.admin)?;
+    let mut client = connect(&cfg, &token).await?;
+    let json = cli.json;
+    match cli.command {
+        Command::Job { command } => match command {
+            JobCommand::Submit { spec, watch } => {
+                let text = std::fs::read_to_string(&spec)
+                    .with_context(|| format!("reading job spec {}", spec.display()))
+                    .map_err(usage)?;
+                let info = client
+                    .submit_job(SubmitJobRequest { spec_toml: text })
+                    .await?
+                    .into_inner();
+                if json {
+                    println!("{}", info_json(&info));
+                } else {
+                    println!(
+                        "job {} ({}): {} — {}",
+                        info.job_id, info.name, info.status, info.phase
+                    );
+                }
+                if watch {
+                    return watch_job(&mut client, &info.job_id, json).await;
+                }
+            }
+            JobCommand::List => {
+                let list = client.list_jobs(ListJobsRequest {}).await?.into_inner();
+                if json {
+                    let jobs: Vec<Value> = list.jobs.iter().map(info_json).collect();
+                    println!("{}", json!({"jobs": jobs, "audit_head": list.audit_head}));
+                } else if list.jobs.is_empty() {
+                    println!("no jobs");
+                } else {
+                    println!(
+                        "{:<19} {:<24} {:<10} {:>7} {:>8}  NOW",
+                        "JOB", "NAME", "STATUS", "ROUNDS", "AUC"
+                    );
+                    for j in &list.jobs {
+                        let auc = j
+                            .r#final
+                            .as_ref()
+                            .map(|f| f.auc)
+                            .or_else(|| j.rounds.last().map(|r| r.auc));
+                        println!(
+                            "{:<19} {:<24} {:<10} {:>7} {:>8}  {}",
+                            j.job_id,
+                            truncate(&j.name, 24),
+                            j.status,
+                            format!("{}/{}", j.rounds.len(), j.planned_rounds),
+                            auc.map_or("-".into(), |a| format!("{a:.4}")),
+                            j.phase
+                        );
+                    }
+                    println!("audit chain head {}", list.audit_head);
+                }
+            }
+            JobCommand::Watch { id } => return watch_job(&mut client, &id, json).await,
+            JobCommand::Cancel { id } => {
+                let info = client
+                    .cancel_job(JobRequest { job_id: id })
+                    .await?
+                    .into_inner();
+                if json {
+                    println!("{}", info_json(&info));
+                } else {
+                    println!("job {}: {} — {}", info.job_id, info.status, info.phase);
+                }
+            }
+        },
+        Command::Model {
+            command: ModelCommand::Export { id, round, out },
+        } => {
+            let stream = client
+                .export_model(ExportModelRequest { job_id: id, round })
+                .await?
+                .into_inner();
+            let (summary, files) = receive_files(stream, &out, None).await?;
+            report_export(json, &summary, &files);
+        }
+        Command::Audit {
+            command: AuditCommand::Export { id, out },
+        } => {
+            let stream = client
+                .export_audit(JobRequest { job_id: id })
+                .await?
+                .into_inner();
+            let (summary, files) = receive_files(stream, &out, Some(&out)).await?;
+            report_export(json, &summary, &files);
+        }
+    }
+    Ok(0)
+}
+
+fn report_export(json: bool, summary: &str, files: &[PathBuf]) {
+    if json {
+        let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        println!("{}", json!({"summary": summary, "files": files}));
+    } else {
+        println!("exported {summary}");
+        for f in files {
+            println!("  {}", f.display());
+        }
+    }
+}
+
+/// Writes streamed files into `dir` (or, for a single-file export, to `single`), each through
+/// a temporary file renamed at its last chunk, so an interrupted export leaves no half file.
+async fn receive_files(
+    mut stream: tonic::Streaming<FileChunk>,
+    dir: &Path,
+    single: Option<&Path>,
+) -> Result<(String, Vec<PathBuf>), Failure> {
+    if single.is_none() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut summary = String::new();
+    let mut written = Vec::new();
+    let mut current: Option<(String, Vec<u8>)> = None;
+    while let Some(chunk) = stream.message().await? {
+        if summary.is_empty() && !chunk.summary.is_empty() {
+            summary = chunk.summary.clone();
+        }
+        // Only a plain file name: the coordinator must not be able to write elsewhere.
+        let name = &chunk.name;
+        if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+            return Err(
+                anyhow::anyhow!("the coordinator sent a file named {name:?}; refusing it").into(),
+            );
+        }
+        let (open, mut bytes) = current.take().unwrap_or_else(|| (name.clone(), Vec::new()));
+        if open != *name {
+            return Err(anyhow::anyhow!(
+                "the coordinator interleaved the files {open:?} and {name:?}"
+            )
+            .into());
+        }
+        bytes.extend_from_slice(&chunk.data);
+        if chunk.last {
+            let path = match single {
+                Some(p) => p.to_path_buf(),
+                None => dir.join(name),
+            };
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(".tmp");
+            let tmp = PathBuf::from(tmp);
+            std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+            written.push(path);
+        } else {
+            current = Some((open, bytes));
+        }
+    }
+    if let Some((name, _)) = current {
+        return Err(anyhow::anyhow!("the export stream ended in the middle of {name}").into());
+    }
+    Ok((summary, written))
+}
+
+async fn watch_job(client: &mut Client, id: &str, json: bool) -> Result<u8, Failure> {
+    let mut stream = client
+        .watch_job(JobRequest {
+            job_id: id.to_owned(),
+        })
+        .await?
+        .into_inner();
+    let tty = std::io::stdout().is_terminal();
+    let mut shown_rounds = 0usize;
+    let mut last: Option<JobInfo> = None;
+    let mut phase_line = false;
+    while let Some(info) = stream.message().await? {
+        if json {
+            println!("{}", info_json(&info));
+        } else {
+            if phase_line {
+                // Clear the transient phase line before printing rounds over it.
+                print!("\r\x1b[2K");
+            }
+            if last.is_none() {
+                println!(
+                    "job {} ({}): {} rounds planned{}",
+                    info.job_id,
+                    info.name,
+                    info.planned_rounds,
+                    info.epsilon_budget
+                        .map_or(String::new(), |e| format!(", privacy budget ε = {e}"))
+                );
+            }
+            for r in info.rounds.iter().skip(shown_rounds) {
+                println!(
+                    "{}",
+                    round_line(r, info.planned_rounds, info.epsilon_budget)
+                );
+            }
+            shown_rounds = info.rounds.len();
+            if tty && (info.status == "queued" || info.status == "running") {
+                print!("  … {}", info.phase);
+                phase_line = true;
+            } else {
+                phase_line = false;
+            }
+            let _ = std::io::stdout().flush();
+        }
+        last = Some(info);
+    }
+    let Some(info) = last else {
+        return Err(anyhow::anyhow!("the coordinator sent nothing about job {id}").into());
+    };
+    if !json {
+        if phase_line {
+            println!();
+        }
+        match (&info.status[..], &info.r#final) {
+            ("finished", Some(f)) => println!(
+                "job {} finished: {} — final AUC {:.4}, log-loss {:.4}, accuracy {:.4} on {} holdout rows; audit head {}",
+                info.job_id, info.phase, f.auc, f.log_loss, f.accuracy, f.rows, info.audit_head
+            ),
+            (status, _) => println!("job {} {status}: {}", info.job_id, info.phase),
+        }
+    }
+    Ok(match info.status.as_str() {
+        "finished" => 0,
+        "queued" | "running" => {
+            return Err(anyhow::anyhow!(
+                "the coordinator stopped sending updates while job {id} was {}",
+                info.status
+            )
+            .into());
+        }
+        _ => 1,
+    })
+}
+
+/// One line per committed round: a progress bar and the round's figures.
+fn round_line(r: &fedmark_proto::RoundProgress, planned: u64, budget: Option<f64>) -> String {
+    const WIDTH: u64 = 20;
+    let filled = (r.round.min(planned) * WIDTH)
+        .checked_div(planned)
+        .unwrap_or(WIDTH) as usize;
+    let bar = format!(
+        "{}{}",
+        "#".repeat(filled),
+        "-".repeat(WIDTH as usize - filled)
+    );
+    let eps = match (r.epsilon, budget) {
+        (Some(e), Some(b)) => format!("  ε {e:.3}/{b}"),
+        (Some(e), None) => format!("  ε {e:.3}"),
+        _ => String::new(),
+    };
+    let retry = if r.attempts > 1 {
+        format!("  ({} attempts)", r.attempts)
+    } else {
+        String::new()
+    };
+    format!(
+        "round {:>3}/{planned} [{bar}]  AUC {:.4}  loss {:.4}{eps}  participants {} (dropped {})  {:.2} s{retry}",
+        r.round, r.auc, r.log_loss, r.participants, r.dropped, r.seconds
+    )
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn info_json(info: &JobInfo) -> Value {
+    let rounds: Vec<Value> = info
+        .rounds
+        .iter()
+        .map(|r| {
+            json!({
+                "round": r.round, "participants": r.participants, "dropped": r.dropped,
+                "auc": r.auc, "log_loss": r.log_loss, "accuracy": r.accuracy,
+                "seconds": r.seconds, "epsilon": r.epsilon, "attempts": r.attempts,
+            })
+        })
+        .collect();
+    json!({
+        "job_id": info.job_id,
+        "name": info.name,
+        "purpose": info.purpose,
+        "status": info.status,
+        "phase": info.phase,
+        "planned_rounds": info.planned_rounds,
+        "rounds": rounds,
+        "epsilon_budget": info.epsilon_budget,
+        "final": info.r#final.as_ref().map(|f| json!({
+            "auc": f.auc, "log_loss": f.log_loss, "accuracy": f.accuracy, "rows": f.rows,
+        })),
+        "submitted_by": info.submitted_by,
+        "submitted_ms": info.submitted_ms,
+        "audit_head": info.audit_head,
+    })
+}

@@ -1,0 +1,259 @@
+//! The long-running coordinator: one gRPC port for partner sessions and the admin API, and a
+//! scheduler that runs the submitted jobs **one at a time, in submission order**.
+//!
+//! One at a time because every job uses all of a partner's node (one session, one data set,
+//! one privacy ledger per purpose), and a partner's node answers one job's rounds at a time;
+//! running jobs side by side would only interleave them. Partners stay connected between jobs
+//! and are offered each job as it starts.
+//!
+//! A job's life here is the same [`crate::job::run_job`] a one-job run uses. The scheduler
+//! adds what a service needs around it: jobs the store holds unfinished (running, then queued)
+//! are queued again at start, so a restart resumes them; a job that fails is marked `failed`
+//! with its reason; a cancelled one is stopped at once (its last committed round stays in the
+//! store, and resubmitting it resumes from there); and partners hear `JobFinished` whichever
+//! way a job ends, so they are ready for the next.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+
+use fedmark_core::spec::JobSpec;
+use fedmark_proto::{JobFinished, server_message};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::admin::{AdminAuth, AdminService, JobQueue};
+use crate::board::JobView;
+use crate::job::{Hub, JobError, RunSettings, SharedEvents, run_job};
+use crate::service::{CoordinatorService, Event, Sessions};
+use crate::store::{JobStatus, StoreError};
+
+/// Why the service stopped other than by its shutdown signal.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The store failed; the service cannot record what it does.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The gRPC server failed.
+    #[error("serving: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A running gRPC server for partners (and the admin API, when given).
+pub(crate) struct PartnerServer {
+    pub sessions: Sessions,
+    pub events: SharedEvents,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl PartnerServer {
+    /// Starts serving on `listener`; only the roster's partners may open sessions.
+    pub fn start(
+        listener: TcpListener,
+        settings: &RunSettings,
+        admin: Option<AdminService>,
+    ) -> Self {
+        let sessions = Sessions::default();
+        // Bounded so that partners streaming faster than the job task sums wait (HTTP/2 flow
+        // control then holds them back) instead of piling chunks up in memory.
+        let (events_tx, events_rx) = mpsc::channel(64);
+        let roster: BTreeSet<String> = settings
+            .roster
+            .iter()
+            .map(|(id, _)| id.to_owned())
+            .collect();
+        let service = CoordinatorService::new(
+            "fedmark-coordinator".into(),
+            sessions.clone(),
+            events_tx,
+            Some(roster),
+        );
+        let tls = settings.tls.clone();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let stop = async move {
+                let _ = stop_rx.await;
+            };
+            crate::service::serve(listener, service, admin, tls, stop).await
+        });
+        Self {
+            sessions,
+            events: Arc::new(tokio::sync::Mutex::new(events_rx)),
+            stop: Some(stop_tx),
+            task,
+        }
+    }
+
+    /// Stops serving: partners get a bounded grace period to close their sessions.
+    pub async fn stop(mut self) -> Result<(), tonic::transport::Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match tokio::time::timeout(crate::SHUTDOWN_GRACE, &mut self.task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Ok(()),
+            Err(_) => {
+                self.task.abort();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Tells every connected partner that job `id` is over, so it gets ready for the next.
+async fn finish_for_partners(sessions: &Sessions, id: &str, reason: &str) {
+    for partner in sessions.connected() {
+        let fin = JobFinished {
+            job_id: id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        sessions
+            .send(&partner, server_message::Body::Finished(fin))
+            .await;
+    }
+}
+
+/// How one scheduled job ended.
+enum Ended {
+    Ran(Result<(), JobError>),
+    Cancelled(String),
+    Stopped,
+}
+
+/// Serves partners and the admin API on `listener` and runs submitted jobs until `shutdown`.
+/// `settings.board` should hold the store's jobs ([`crate::board::Board::from_store`]).
+pub async fn serve_jobs(
+    listener: TcpListener,
+    settings: RunSettings,
+    auth: AdminAuth,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let store = settings.store.clone();
+    let board = settings.board.clone();
+    let queue = Arc::new(JobQueue::default());
+    // Unfinished jobs first (a restart resumes them), then the queued ones, each in
+    // submission order.
+    let mut pending: Vec<_> = store
+        .jobs()?
+        .into_iter()
+        .filter(|j| matches!(j.status, JobStatus::Running | JobStatus::Queued))
+        .collect();
+    pending.sort_by_key(|j| (j.status != JobStatus::Running, j.submitted_ms));
+    for job in &pending {
+        info!(job = %job.id, status = job.status.as_str(), "queued from the store");
+        queue.push(&job.id);
+    }
+    let admin = AdminService::new(store.clone(), board.clone(), Arc::clone(&queue), auth);
+    let server = PartnerServer::start(listener, &settings, Some(admin));
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let result = async {
+        loop {
+            // Idle: wait for a job, answering nothing to partners (a session that opens now
+            // is offered the next job when it starts).
+            let id = {
+                let mut events = server.events.lock().await;
+                loop {
+                    tokio::select! {
+                        id = queue.next() => break Some(id),
+                        event = events.recv() => match event {
+                            Some(Event::Message { partner, .. }) => {
+                                debug!(partner = %partner, "message between jobs; ignored");
+                            }
+                            Some(_) => {}
+                            None => break None,
+                        },
+                        _ = stop_rx.wait_for(|s| *s) => break None,
+                    }
+                }
+            };
+            let Some(id) = id else { break };
+            let Some(job) = store.job(&id)? else {
+                continue;
+            };
+            if job.status.is_ended() {
+                continue;
+            }
+            let spec = match JobSpec::from_toml(&job.spec_toml) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    let reason = format!("the stored spec does not parse: {e}");
+                    store.end_job(
+                        &id,
+                        JobStatus::Failed,
+                        &reason,
+                        None,
+                        vec![("job_failed", json!({"job": id, "reason": reason}))],
+                    )?;
+                    board.set_status(&id, JobStatus::Failed, reason);
+                    continue;
+                }
+            };
+            info!(job = %id, name = %spec.job.name, "starting job");
+            let cancelled = queue.start(&id);
+            let hub = Hub::new(
+                server.sessions.clone(),
+                Arc::clone(&server.events),
+                id.clone(),
+                job.spec_toml.clone(),
+            )
+            .await;
+            let ended = tokio::select! {
+                r = run_job(hub, spec, settings.clone(), None) => Ended::Ran(r.map(|_| ())),
+                reason = cancelled => Ended::Cancelled(reason.unwrap_or_else(|_| "cancelled".into())),
+                _ = stop_rx.wait_for(|s| *s) => Ended::Stopped,
+            };
+            queue.finish();
+            match ended {
+                Ended::Ran(Ok(())) => info!(job = %id, "job finished"),
+                Ended::Ran(Err(JobError::ServerStopped)) | Ended::Stopped => {
+                    info!(job = %id, "stopping; the job resumes after its last committed round at the next start");
+                    break;
+                }
+                Ended::Ran(Err(e)) => {
+                    let reason = e.to_string();
+                    warn!(job = %id, reason = %reason, "job failed");
+                    store.end_job(
+                        &id,
+                        JobStatus::Failed,
+                        &reason,
+                        None,
+                        vec![("job_failed", json!({"job": id, "reason": reason}))],
+                    )?;
+                    board.set_status(&id, JobStatus::Failed, reason.clone());
+                    finish_for_partners(&server.sessions, &id, &reason).await;
+                }
+                Ended::Cancelled(reason) => {
+                    warn!(job = %id, reason = %reason, "job cancelled");
+                    let at = store.checkpoint_rounds(&id)?.last().copied();
+                    store.end_job(
+                        &id,
+                        JobStatus::Cancelled,
+                        &reason,
+                        None,
+                        vec![(
+                            "job_cancelled",
+                            json!({"job": id, "reason": reason, "was": "running", "last_committed_round": at}),
+                        )],
+                    )?;
+                    if let Some(record) = store.job(&id)? {
+                        board.put(JobView::from_record(&store, &record)?);
+                    }
+                    finish_for_partners(&server.sessions, &id, &reason).await;
+                }
+            }
+        }
+        Ok::<(), ServerError>(())
+    }
+    .await;
+    server.stop().await?;
+    result
+}

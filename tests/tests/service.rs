@@ -1,0 +1,247 @@
+//! The data scientist's flow against the real binaries, as the README tells it: a long-running
+//! coordinator (`serve` without a job) with mutual TLS, three partner nodes that stay
+//! connected, and the `fedmark` CLI over the network: submit, watch to the end, list, export
+//! the model and score the partners' holdout rows from the exported files to the AUC the
+//! coordinator reported; then a second job on the same partners, cancelled mid-run, a third
+//! that runs after it, the metrics moving, the audit export, and the admin credential refused
+//! when it is wrong or a partner's.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fedmark_tests::procs::Deployment;
+use fedmark_tests::scoring::{read_npy, score_from_files};
+use fedmark_tests::sim::workspace_root;
+use serde_json::Value;
+
+fn job(rounds: u32, seed: u64) -> String {
+    std::fs::read_to_string(workspace_root().join("examples/bank-job.toml"))
+        .unwrap()
+        .replace("rounds = 20", &format!("rounds = {rounds}"))
+        .replace("seed = 7", &format!("seed = {seed}"))
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "fedmark failed ({:?}): {}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json_of(text: &str) -> Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn metrics(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// Polls `job list --json` (bounded) until `done` holds for job `id`.
+fn wait_for(d: &Deployment, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let list = json_of(&ok(&d.fedmark(&["--json", "job", "list"]).unwrap()));
+        let job = list["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["job_id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null);
+        if done(&job) {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} never got to {what}: {job}\n{}",
+            d.client_logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn submit_watch_export_score_cancel_over_the_admin_api() {
+    let d = Deployment::new(&job(5, 7)).unwrap();
+    std::fs::write(d.path().join("job2.toml"), job(200, 8)).unwrap();
+    std::fs::write(d.path().join("job3.toml"), job(2, 9)).unwrap();
+    d.enable_metrics().unwrap();
+    d.enable_tls().unwrap();
+    let coordinator = d.start_service().unwrap();
+    let metrics_at = coordinator.metrics.unwrap();
+    let mut clients = d.start_serving_clients(coordinator.addr).unwrap();
+    d.write_admin_config(coordinator.addr, "admin").unwrap();
+
+    // Submit and watch to the end.
+    let submitted = json_of(&ok(&d
+        .fedmark(&["--json", "job", "submit", "job.toml"])
+        .unwrap()));
+    let id = submitted["job_id"].as_str().unwrap().to_owned();
+    assert!(
+        submitted["status"] == "queued" || submitted["status"] == "running",
+        "{submitted}"
+    );
+    assert!(
+        submitted["submitted_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("admin:")
+    );
+    let watched = ok(&d.fedmark(&["job", "watch", &id]).unwrap());
+    for r in 1..=5 {
+        assert!(
+            watched.contains(&format!("round {r:>3}/5 [")),
+            "round {r} missing from\n{watched}"
+        );
+    }
+    assert!(watched.contains("####################"), "{watched}");
+    assert!(watched.contains("finished"), "{watched}");
+
+    let list = json_of(&ok(&d.fedmark(&["--json", "job", "list"]).unwrap()));
+    let listed = &list["jobs"][0];
+    assert_eq!(listed["job_id"], id.as_str());
+    assert_eq!(listed["status"], "finished");
+    assert_eq!(listed["rounds"].as_array().unwrap().len(), 5);
+    let reported_auc = listed["final"]["auc"].as_f64().unwrap();
+    let human = ok(&d.fedmark(&["job", "list"]).unwrap());
+    assert!(human.contains(&id) && human.contains("finished") && human.contains("5/5"));
+
+    // Export over the network and score the partners' holdout rows from the files alone.
+    let exported = ok(&d
+        .fedmark(&["model", "export", &id, "--out", "model"])
+        .unwrap());
+    assert!(
+        exported.contains("round 5 (the last committed round)"),
+        "{exported}"
+    );
+    let dir = d.path().join("model");
+    let pipe: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("pipeline.json")).unwrap()).unwrap();
+    let w = read_npy(&dir.join("weights.npy")).unwrap();
+    assert!(dir.join("model_card.json").exists());
+    let (mut scores, mut labels) = (Vec::new(), Vec::new());
+    for csv in &d.data {
+        // The clients run with the default split: fraction 0.2, seed 0.
+        let (s, l) = score_from_files(&pipe, &w, csv, Some((0.2, 0))).unwrap();
+        scores.extend(s);
+        labels.extend(l);
+    }
+    let auc = fedmark_core::metrics::exact(&scores, &labels).auc;
+    assert!(
+        (auc - reported_auc).abs() <= 1e-3,
+        "holdout AUC from the exported files {auc} vs the reported {reported_auc}"
+    );
+    eprintln!(
+        "holdout AUC from the exported files {auc:.6}, reported by the coordinator {reported_auc:.6}"
+    );
+    let numpy = Command::new("python3")
+        .args(["-c", "import numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if numpy {
+        let mut py = Command::new("python3");
+        py.arg(workspace_root().join("examples/score.py")).arg(&dir);
+        for csv in &d.data {
+            py.arg(csv);
+        }
+        let out = py.args(["--holdout", "0.2:0"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let py_auc: f64 = text.split("AUC ").nth(1).unwrap().trim().parse().unwrap();
+        assert!((py_auc - auc).abs() < 1e-9, "score.py {py_auc} vs {auc}");
+        assert!((py_auc - reported_auc).abs() <= 1e-3);
+    } else {
+        eprintln!("numpy is not installed: skipped examples/score.py");
+    }
+    let m = metrics(metrics_at);
+    assert!(
+        m.contains(&format!("fedmark_rounds_completed_total{{job=\"{id}\"}} 5")),
+        "{m}"
+    );
+
+    // The same partners take a second job; it is cancelled after its first rounds.
+    let second = json_of(&ok(&d
+        .fedmark(&["--json", "job", "submit", "job2.toml"])
+        .unwrap()));
+    let id2 = second["job_id"].as_str().unwrap().to_owned();
+    assert_ne!(id2, id);
+    wait_for(&d, &id2, "two committed rounds", |j| {
+        j["rounds"].as_array().is_some_and(|r| r.len() >= 2)
+    });
+    let moving = metrics(metrics_at);
+    assert!(
+        moving.contains(&format!("fedmark_rounds_completed_total{{job=\"{id2}\"}}")),
+        "{moving}"
+    );
+    let cancelled = json_of(&ok(&d.fedmark(&["--json", "job", "cancel", &id2]).unwrap()));
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    assert!(
+        cancelled["phase"]
+            .as_str()
+            .unwrap()
+            .contains("cancelled by admin:")
+    );
+    let again = d.fedmark(&["job", "cancel", &id2]).unwrap();
+    assert_eq!(again.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("cannot be cancelled"));
+    let watch_cancelled = d.fedmark(&["job", "watch", &id2]).unwrap();
+    assert_eq!(watch_cancelled.status.code(), Some(1));
+
+    // A third job runs on the same, still connected partners.
+    let third = json_of(&ok(&d
+        .fedmark(&["--json", "job", "submit", "job3.toml"])
+        .unwrap()));
+    let id3 = third["job_id"].as_str().unwrap().to_owned();
+    let watched3 = ok(&d.fedmark(&["--json", "job", "watch", &id3]).unwrap());
+    let last = json_of(watched3.lines().last().unwrap());
+    assert_eq!(last["status"], "finished", "{watched3}");
+    for c in &mut clients {
+        assert!(c.0.try_wait().unwrap().is_none(), "a partner node left");
+    }
+
+    // The audit export names who submitted and who cancelled.
+    ok(&d
+        .fedmark(&["audit", "export", &id2, "--out", "job2.audit.jsonl"])
+        .unwrap());
+    let audit = std::fs::read_to_string(d.path().join("job2.audit.jsonl")).unwrap();
+    assert!(audit.contains("\"kind\":\"job_submitted\""), "{audit}");
+    assert!(audit.contains("\"kind\":\"job_cancelled\""), "{audit}");
+    assert!(
+        !audit.contains(&id3),
+        "another job's records leaked into the export"
+    );
+
+    // Unknown jobs, a wrong token and a partner's certificate are refused.
+    let unknown = d.fedmark(&["job", "watch", "job-000000000000"]).unwrap();
+    assert_eq!(unknown.status.code(), Some(64));
+    d.write_admin_config(coordinator.addr, "bank").unwrap();
+    let partner = d.fedmark(&["job", "list"]).unwrap();
+    assert_eq!(partner.status.code(), Some(77));
+    assert!(
+        String::from_utf8_lossy(&partner.stderr).contains("not an administrator"),
+        "{}",
+        String::from_utf8_lossy(&partner.stderr)
+    );
+    d.write_admin_config(coordinator.addr, "admin").unwrap();
+    std::fs::write(d.path().join("data/admin.token"), "0".repeat(64)).unwrap();
+    let wrong = d.fedmark(&["job", "list"]).unwrap();
+    assert_eq!(wrong.status.code(), Some(77));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("admin token is not valid"));
+}
