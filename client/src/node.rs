@@ -110,6 +110,8 @@ pub struct ClientSummary {
     pub refused: Option<String>,
     /// Jobs that ended while this node was connected (refused ones included).
     pub jobs_finished: u32,
+    /// The last job that ended.
+    pub last_finished: Option<String>,
 }
 
 /// Fault injection for simulations: where in a round a partner leaves.
@@ -725,7 +727,13 @@ impl Node {
                 }
             }
             Body::Finished(f) => {
+                if self.summary.last_finished.as_deref() == Some(f.job_id.as_str()) {
+                    // A refused job ends twice: at the refusal and for everyone at its end.
+                    debug!(job = %f.job_id, "job already finished here; ignored");
+                    return Ok(Flow::Continue);
+                }
                 info!(job = %f.job_id, reason = %f.reason, "job finished");
+                self.summary.last_finished = Some(f.job_id.clone());
                 self.audit(
                     "job_finished",
                     serde_json::json!({"job_id": f.job_id, "reason": f.reason}),

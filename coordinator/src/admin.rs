@@ -220,28 +220,19 @@ impl JobQueue {
         self.wake.notify_one();
     }
 
-    /// The next job to run, once there is one.
-    pub async fn next(&self) -> String {
+    /// The next job to run, once there is one, marked running in the same step (so a cancel
+    /// never finds it in neither place); the receiver hears the reason if it is cancelled.
+    pub async fn next(&self) -> (String, oneshot::Receiver<String>) {
         loop {
-            let next = self
-                .state
-                .lock()
-                .ok()
-                .and_then(|mut s| s.waiting.pop_front());
-            if let Some(id) = next {
-                return id;
+            if let Ok(mut s) = self.state.lock()
+                && let Some(id) = s.waiting.pop_front()
+            {
+                let (tx, rx) = oneshot::channel();
+                s.running = Some((id.clone(), Some(tx)));
+                return (id, rx);
             }
             self.wake.notified().await;
         }
-    }
-
-    /// Marks `id` running; the receiver hears the reason if it is cancelled.
-    pub fn start(&self, id: &str) -> oneshot::Receiver<String> {
-        let (tx, rx) = oneshot::channel();
-        if let Ok(mut s) = self.state.lock() {
-            s.running = Some((id.to_owned(), Some(tx)));
-        }
-        rx
     }
 
     /// Marks the running job done.
@@ -697,15 +688,15 @@ mod tests {
         q.push("b");
         q.push("a");
         q.push("c");
-        assert_eq!(q.next().await, "a");
-        let mut signal = q.start("a");
+        let (first, mut signal) = q.next().await;
+        assert_eq!(first, "a");
         q.push("a");
         assert_eq!(q.cancel("b", "x"), Cancelled::Dequeued);
         assert_eq!(q.cancel("a", "stop"), Cancelled::Signalled);
         assert_eq!(signal.try_recv().ok().as_deref(), Some("stop"));
         assert_eq!(q.cancel("zzz", "x"), Cancelled::NotHere);
         q.finish();
-        assert_eq!(q.next().await, "c");
+        assert_eq!(q.next().await.0, "c");
         assert_eq!(q.cancel("c", "x"), Cancelled::NotHere);
     }
 }

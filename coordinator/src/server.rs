@@ -159,11 +159,11 @@ pub async fn serve_jobs(
         loop {
             // Idle: wait for a job, answering nothing to partners (a session that opens now
             // is offered the next job when it starts).
-            let id = {
+            let next = {
                 let mut events = server.events.lock().await;
                 loop {
                     tokio::select! {
-                        id = queue.next() => break Some(id),
+                        next = queue.next() => break Some(next),
                         event = events.recv() => match event {
                             Some(Event::Message { partner, .. }) => {
                                 debug!(partner = %partner, "message between jobs; ignored");
@@ -175,11 +175,13 @@ pub async fn serve_jobs(
                     }
                 }
             };
-            let Some(id) = id else { break };
+            let Some((id, cancelled)) = next else { break };
             let Some(job) = store.job(&id)? else {
+                queue.finish();
                 continue;
             };
             if job.status.is_ended() {
+                queue.finish();
                 continue;
             }
             let spec = match JobSpec::from_toml(&job.spec_toml) {
@@ -194,11 +196,11 @@ pub async fn serve_jobs(
                         vec![("job_failed", json!({"job": id, "reason": reason}))],
                     )?;
                     board.set_status(&id, JobStatus::Failed, reason);
+                    queue.finish();
                     continue;
                 }
             };
             info!(job = %id, name = %spec.job.name, "starting job");
-            let cancelled = queue.start(&id);
             let hub = Hub::new(
                 server.sessions.clone(),
                 Arc::clone(&server.events),

@@ -298,8 +298,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     println!("{}", info_json(&info));
                 } else {
                     println!(
-                        "job {} ({}): {} — {}",
-                        info.job_id, info.name, info.status, info.phase
+                        "job {} ({}): {}",
+                        info.job_id,
+                        info.name,
+                        status_line(&info)
                     );
                 }
                 if watch {
@@ -346,7 +348,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 if json {
                     println!("{}", info_json(&info));
                 } else {
-                    println!("job {}: {} — {}", info.job_id, info.status, info.phase);
+                    println!("job {}: {}", info.job_id, status_line(&info));
                 }
             }
         },
@@ -538,6 +540,15 @@ fn round_line(r: &fedmark_proto::RoundProgress, planned: u64, budget: Option<f64
         "round {:>3}/{planned} [{bar}]  AUC {:.4}  loss {:.4}{eps}  participants {} (dropped {})  {:.2} s{retry}",
         r.round, r.auc, r.log_loss, r.participants, r.dropped, r.seconds
     )
+}
+
+/// The status, and the phase when it says more.
+fn status_line(info: &JobInfo) -> String {
+    if info.phase.is_empty() || info.phase == info.status {
+        info.status.clone()
+    } else {
+        format!("{} — {}", info.status, info.phase)
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {
