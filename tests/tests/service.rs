@@ -228,7 +228,23 @@ fn submit_watch_export_score_cancel_over_the_admin_api() {
         "another job's records leaked into the export"
     );
 
-    // Unknown jobs, a wrong token and a partner's certificate are refused.
+    // The same export to stdout.
+    let piped = ok(&d.fedmark(&["audit", "export", &id2]).unwrap());
+    assert_eq!(piped, audit);
+
+    // A bad spec, unknown jobs, a wrong token and a partner's certificate are refused.
+    std::fs::write(
+        d.path().join("bad.toml"),
+        job(2, 9).replace("rounds = 2", "rounds = -1"),
+    )
+    .unwrap();
+    let bad = d.fedmark(&["job", "submit", "bad.toml"]).unwrap();
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("the job spec is not valid"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     let unknown = d.fedmark(&["job", "watch", "job-000000000000"]).unwrap();
     assert_eq!(unknown.status.code(), Some(64));
     d.write_admin_config(coordinator.addr, "bank").unwrap();
@@ -244,4 +260,64 @@ fn submit_watch_export_score_cancel_over_the_admin_api() {
     let wrong = d.fedmark(&["job", "list"]).unwrap();
     assert_eq!(wrong.status.code(), Some(77));
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("admin token is not valid"));
+}
+
+#[test]
+fn a_killed_service_resumes_its_running_job_and_keeps_the_queue() {
+    let d = Deployment::new(&job(300, 11)).unwrap();
+    std::fs::write(d.path().join("job2.toml"), job(3, 12)).unwrap();
+    let first = d.start_service().unwrap();
+    // The restart listens where the partners already dial.
+    d.write_coordinator_config(&first.addr.to_string()).unwrap();
+    let mut clients = d.start_serving_clients(first.addr).unwrap();
+    d.write_admin_config(first.addr, "admin").unwrap();
+    let id = json_of(&ok(&d
+        .fedmark(&["--json", "job", "submit", "job.toml"])
+        .unwrap()))["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let id2 = json_of(&ok(&d
+        .fedmark(&["--json", "job", "submit", "job2.toml"])
+        .unwrap()))["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = wait_for(&d, &id, "three committed rounds", |j| {
+        j["rounds"].as_array().is_some_and(|r| r.len() >= 3)
+    });
+    let mut first = first;
+    first.process.kill9().unwrap();
+    let queued = d.start_service().unwrap();
+    assert_eq!(queued.addr, first.addr);
+    // The running job resumes after its last committed round; the queued one still waits.
+    let done_before = before["rounds"].as_array().unwrap().len();
+    let after = wait_for(&d, &id, "a round after the restart", |j| {
+        j["status"] == "running"
+            && j["rounds"]
+                .as_array()
+                .is_some_and(|r| r.len() > done_before + 1)
+    });
+    assert_eq!(after["rounds"][0]["round"], 1, "{after}");
+    let list = json_of(&ok(&d.fedmark(&["--json", "job", "list"]).unwrap()));
+    let second = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == id2.as_str())
+        .unwrap();
+    assert_eq!(second["status"], "queued", "{second}");
+    let log = std::fs::read_to_string(d.path().join("data/audit.jsonl")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"kind\":\"job_resumed\"") && l.contains(&id)),
+        "no job_resumed record"
+    );
+    // Cancelling the resumed job lets the queued one run, on the same partner nodes.
+    ok(&d.fedmark(&["job", "cancel", &id]).unwrap());
+    let watched = ok(&d.fedmark(&["job", "watch", &id2]).unwrap());
+    assert!(watched.contains("finished"), "{watched}");
+    for c in &mut clients {
+        assert!(c.0.try_wait().unwrap().is_none(), "a partner node left");
+    }
 }

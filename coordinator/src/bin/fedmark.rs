@@ -111,13 +111,14 @@ enum ModelCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Write a job's audit records (and the coordinator's own) as JSON lines.
+    /// Write a job's audit records (and the coordinator's own) as JSON lines, to FILE or,
+    /// without `--out`, to stdout (the summary then goes to stderr).
     Export {
         /// Job id.
         id: String,
         /// Output file.
         #[arg(long)]
-        out: PathBuf,
+        out: Option<PathBuf>,
     },
 }
 
@@ -365,12 +366,26 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Audit {
             command: AuditCommand::Export { id, out },
         } => {
-            let stream = client
+            let mut stream = client
                 .export_audit(JobRequest { job_id: id })
                 .await?
                 .into_inner();
-            let (summary, files) = receive_files(stream, &out, Some(&out)).await?;
-            report_export(json, &summary, &files);
+            match out {
+                Some(out) => {
+                    let (summary, files) = receive_files(stream, &out, Some(&out)).await?;
+                    report_export(json, &summary, &files);
+                }
+                None => {
+                    let mut stdout = std::io::stdout().lock();
+                    while let Some(chunk) = stream.message().await? {
+                        if !chunk.summary.is_empty() {
+                            eprintln!("{}", chunk.summary);
+                        }
+                        stdout.write_all(&chunk.data)?;
+                    }
+                    stdout.flush()?;
+                }
+            }
         }
     }
     Ok(0)
