@@ -538,6 +538,10 @@ impl Node {
         match body {
             Body::Welcome(w) => info!(coordinator = %w.coordinator_id, "session open"),
             Body::Offer(offer) => {
+                // A job offered again (resubmitted after a cancel) will end again.
+                if self.summary.last_finished.as_deref() == Some(offer.job_id.as_str()) {
+                    self.summary.last_finished = None;
+                }
                 let purpose = JobSpec::from_toml(&offer.spec_toml)
                     .ok()
                     .map(|s| s.job.purpose);

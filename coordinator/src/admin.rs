@@ -270,6 +270,8 @@ pub struct AdminService {
     board: Board,
     queue: Arc<JobQueue>,
     auth: AdminAuth,
+    /// Serialises submissions: each reads the store, then writes it.
+    submitting: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AdminService {
@@ -280,6 +282,7 @@ impl AdminService {
             board,
             queue,
             auth,
+            submitting: Arc::default(),
         }
     }
 
@@ -392,6 +395,7 @@ impl Admin for AdminService {
             .to_toml()
             .map_err(|e| Status::invalid_argument(format!("the job spec is not valid: {e}")))?;
         let id = crate::job_id(&spec_toml);
+        let _one_at_a_time = self.submitting.lock().await;
         let queue_it = match self.store.job(&id).map_err(store_status)? {
             None => {
                 let record = JobRecord {
@@ -548,8 +552,13 @@ impl Admin for AdminService {
                 )));
             }
         }
-        info!(job = %id, by = %who, "job cancelled");
-        Ok(Response::new(self.info(self.view(&id)?)))
+        let now = self.view(&id)?;
+        if now.status == "cancelled" {
+            info!(job = %id, by = %who, "job cancelled");
+        } else {
+            info!(job = %id, status = now.status, "the job ended before the cancel took effect");
+        }
+        Ok(Response::new(self.info(now)))
     }
 
     type ExportModelStream = FileStream;
@@ -696,7 +705,11 @@ mod tests {
         assert_eq!(signal.try_recv().ok().as_deref(), Some("stop"));
         assert_eq!(q.cancel("zzz", "x"), Cancelled::NotHere);
         q.finish();
-        assert_eq!(q.next().await.0, "c");
+        let (third, _signal) = q.next().await;
+        assert_eq!(third, "c");
+        // Taken off the queue is running at once: a cancel reaches it.
+        assert_eq!(q.cancel("c", "x"), Cancelled::Signalled);
+        q.finish();
         assert_eq!(q.cancel("c", "x"), Cancelled::NotHere);
     }
 }

@@ -291,7 +291,8 @@ impl Hub {
                     if !self.is_current(&partner, session) {
                         continue;
                     }
-                    if let client_message::Body::OfferReply(r) = body {
+                    if let client_message::Body::OfferReply(mut r) = body {
+                        r.reason = bounded_reason(&r.reason);
                         if r.job_id != self.job_id {
                             warn!(partner = %partner, "offer reply for another job; ignored");
                         } else if r.accept {
@@ -359,6 +360,24 @@ impl Hub {
             .cloned()
             .collect()
     }
+}
+
+/// Longest refusal reason kept from a partner, in characters.
+pub const MAX_REASON_CHARS: usize = 512;
+
+/// A partner's refusal reason as the coordinator keeps and shows it: at most
+/// [`MAX_REASON_CHARS`] characters, control characters (terminal escapes included) replaced,
+/// so one partner cannot bloat every job listing or write into an operator's terminal.
+pub fn bounded_reason(reason: &str) -> String {
+    let mut out: String = reason
+        .chars()
+        .take(MAX_REASON_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if reason.chars().count() > MAX_REASON_CHARS {
+        out.push('…');
+    }
+    out
 }
 
 /// A finished job.
@@ -835,7 +854,11 @@ pub async fn run_job(
             reason: stop_reason.clone(),
         };
         hub.sessions
-            .send(&p, server_message::Body::Finished(fin))
+            .send_within(
+                &p,
+                server_message::Body::Finished(fin),
+                Duration::from_secs(2),
+            )
             .await;
     }
     Ok(JobOutcome {
@@ -1034,5 +1057,20 @@ impl From<&Metrics> for FinalMetrics {
             lift_top_decile: m.lift_top_decile,
             rows: m.count,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_reasons_are_bounded_and_printable() {
+        assert_eq!(bounded_reason("ε above the cap"), "ε above the cap");
+        assert_eq!(bounded_reason("a\x1b[2Jb\nc"), "a [2Jb c");
+        let long = "x".repeat(10 * MAX_REASON_CHARS);
+        let cut = bounded_reason(&long);
+        assert_eq!(cut.chars().count(), MAX_REASON_CHARS + 1);
+        assert!(cut.ends_with('…'));
     }
 }

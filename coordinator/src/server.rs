@@ -95,7 +95,10 @@ impl PartnerServer {
         }
         match tokio::time::timeout(crate::SHUTDOWN_GRACE, &mut self.task).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Ok(()),
+            Ok(Err(e)) => {
+                warn!(error = %e, "the partner server task ended abnormally");
+                Ok(())
+            }
             Err(_) => {
                 self.task.abort();
                 Ok(())
@@ -104,7 +107,8 @@ impl PartnerServer {
     }
 }
 
-/// Tells every connected partner that job `id` is over, so it gets ready for the next.
+/// Tells every connected partner that job `id` is over, so it gets ready for the next. The
+/// reason is generic: why a job failed (e.g. other partners' refusals) is not theirs to read.
 async fn finish_for_partners(sessions: &Sessions, id: &str, reason: &str) {
     for partner in sessions.connected() {
         let fin = JobFinished {
@@ -112,9 +116,42 @@ async fn finish_for_partners(sessions: &Sessions, id: &str, reason: &str) {
             reason: reason.to_owned(),
         };
         sessions
-            .send(&partner, server_message::Body::Finished(fin))
+            .send_within(
+                &partner,
+                server_message::Body::Finished(fin),
+                FINISH_SEND_LIMIT,
+            )
             .await;
     }
+}
+
+/// How long telling one partner that a job ended may take: a partner that does not read its
+/// session must not hold up the scheduler.
+const FINISH_SEND_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Records that job `id` ended with `status`, unless it has ended already (a job can finish
+/// in the instant a cancel arrives: the finished record stands). Returns whether it recorded.
+fn record_end(
+    store: &crate::store::Store,
+    board: &crate::board::Board,
+    id: &str,
+    status: JobStatus,
+    reason: &str,
+    event: crate::store::AuditEvent,
+) -> Result<bool, ServerError> {
+    match store.job(id)? {
+        Some(job) if !job.status.is_ended() => {
+            store.end_job(id, status, reason, None, vec![event])?;
+        }
+        _ => {
+            info!(job = %id, "the job had already ended; its record stands");
+            return Ok(false);
+        }
+    }
+    if let Some(record) = store.job(id)? {
+        board.put(JobView::from_record(store, &record)?);
+    }
+    Ok(true)
 }
 
 /// How one scheduled job ended.
@@ -188,14 +225,8 @@ pub async fn serve_jobs(
                 Ok(spec) => spec,
                 Err(e) => {
                     let reason = format!("the stored spec does not parse: {e}");
-                    store.end_job(
-                        &id,
-                        JobStatus::Failed,
-                        &reason,
-                        None,
-                        vec![("job_failed", json!({"job": id, "reason": reason}))],
-                    )?;
-                    board.set_status(&id, JobStatus::Failed, reason);
+                    let event = ("job_failed", json!({"job": id, "reason": reason}));
+                    record_end(&store, &board, &id, JobStatus::Failed, &reason, event)?;
                     queue.finish();
                     continue;
                 }
@@ -223,33 +254,21 @@ pub async fn serve_jobs(
                 Ended::Ran(Err(e)) => {
                     let reason = e.to_string();
                     warn!(job = %id, reason = %reason, "job failed");
-                    store.end_job(
-                        &id,
-                        JobStatus::Failed,
-                        &reason,
-                        None,
-                        vec![("job_failed", json!({"job": id, "reason": reason}))],
-                    )?;
-                    board.set_status(&id, JobStatus::Failed, reason.clone());
-                    finish_for_partners(&server.sessions, &id, &reason).await;
+                    let event = ("job_failed", json!({"job": id, "reason": reason}));
+                    if record_end(&store, &board, &id, JobStatus::Failed, &reason, event)? {
+                        finish_for_partners(&server.sessions, &id, "the job failed").await;
+                    }
                 }
                 Ended::Cancelled(reason) => {
                     warn!(job = %id, reason = %reason, "job cancelled");
                     let at = store.checkpoint_rounds(&id)?.last().copied();
-                    store.end_job(
-                        &id,
-                        JobStatus::Cancelled,
-                        &reason,
-                        None,
-                        vec![(
-                            "job_cancelled",
-                            json!({"job": id, "reason": reason, "was": "running", "last_committed_round": at}),
-                        )],
-                    )?;
-                    if let Some(record) = store.job(&id)? {
-                        board.put(JobView::from_record(&store, &record)?);
+                    let event = (
+                        "job_cancelled",
+                        json!({"job": id, "reason": reason, "was": "running", "last_committed_round": at}),
+                    );
+                    if record_end(&store, &board, &id, JobStatus::Cancelled, &reason, event)? {
+                        finish_for_partners(&server.sessions, &id, "the job was cancelled").await;
                     }
-                    finish_for_partners(&server.sessions, &id, &reason).await;
                 }
             }
         }

@@ -119,6 +119,19 @@ impl Sessions {
         }
     }
 
+    /// [`Sessions::send`] that gives up after `limit` (for a last word to a partner that may
+    /// not be reading).
+    pub async fn send_within(
+        &self,
+        partner: &str,
+        body: server_message::Body,
+        limit: Duration,
+    ) -> bool {
+        tokio::time::timeout(limit, self.send(partner, body))
+            .await
+            .unwrap_or(false)
+    }
+
     /// Ends a partner's session with a status (used for protocol violations).
     pub async fn kick(&self, partner: &str, status: Status) {
         let handle = self.inner.lock().ok().and_then(|mut m| m.remove(partner));

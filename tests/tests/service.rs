@@ -290,14 +290,36 @@ fn a_killed_service_resumes_its_running_job_and_keeps_the_queue() {
     first.process.kill9().unwrap();
     let queued = d.start_service().unwrap();
     assert_eq!(queued.addr, first.addr);
-    // The running job resumes after its last committed round; the queued one still waits.
-    let done_before = before["rounds"].as_array().unwrap().len();
-    let after = wait_for(&d, &id, "a round after the restart", |j| {
+    // The running job resumes after its last committed round (a round commits after the
+    // `job_resumed` record); the queued one still waits.
+    let audit = d.path().join("data/audit.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let log = std::fs::read_to_string(&audit).unwrap_or_default();
+        let ours: Vec<&str> = log.lines().filter(|l| l.contains(&id)).collect();
+        let resumed = ours
+            .iter()
+            .position(|l| l.contains("\"kind\":\"job_resumed\""));
+        if resumed.is_some_and(|at| {
+            ours[at..]
+                .iter()
+                .any(|l| l.contains("\"kind\":\"round_committed\""))
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no round committed after the restart\n{}",
+            d.client_logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = wait_for(&d, &id, "running after the restart", |j| {
         j["status"] == "running"
-            && j["rounds"]
-                .as_array()
-                .is_some_and(|r| r.len() > done_before + 1)
     });
+    assert!(
+        after["rounds"].as_array().unwrap().len() >= before["rounds"].as_array().unwrap().len()
+    );
     assert_eq!(after["rounds"][0]["round"], 1, "{after}");
     let list = json_of(&ok(&d.fedmark(&["--json", "job", "list"]).unwrap()));
     let second = list["jobs"]
@@ -307,12 +329,6 @@ fn a_killed_service_resumes_its_running_job_and_keeps_the_queue() {
         .find(|j| j["job_id"] == id2.as_str())
         .unwrap();
     assert_eq!(second["status"], "queued", "{second}");
-    let log = std::fs::read_to_string(d.path().join("data/audit.jsonl")).unwrap();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("\"kind\":\"job_resumed\"") && l.contains(&id)),
-        "no job_resumed record"
-    );
     // Cancelling the resumed job lets the queued one run, on the same partner nodes.
     ok(&d.fedmark(&["job", "cancel", &id]).unwrap());
     let watched = ok(&d.fedmark(&["job", "watch", &id2]).unwrap());

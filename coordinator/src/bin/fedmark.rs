@@ -24,6 +24,8 @@ const EXIT_USAGE: u8 = 64;
 const EXIT_UNAVAILABLE: u8 = 69;
 /// Exit code when the coordinator refuses the credential.
 const EXIT_NOPERM: u8 = 77;
+/// Largest exported file accepted (a model of 500 million parameters).
+const MAX_FILE_BYTES: usize = 4 << 30;
 /// Largest message accepted from the coordinator (file chunks are 1 MiB).
 const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -422,7 +424,7 @@ async fn receive_files(
         }
         // Only a plain file name: the coordinator must not be able to write elsewhere.
         let name = &chunk.name;
-        if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+        if name.is_empty() || name.contains(['/', '\\', ':']) || name == "." || name == ".." {
             return Err(
                 anyhow::anyhow!("the coordinator sent a file named {name:?}; refusing it").into(),
             );
@@ -431,6 +433,12 @@ async fn receive_files(
         if open != *name {
             return Err(anyhow::anyhow!(
                 "the coordinator interleaved the files {open:?} and {name:?}"
+            )
+            .into());
+        }
+        if bytes.len() + chunk.data.len() > MAX_FILE_BYTES {
+            return Err(anyhow::anyhow!(
+                "the coordinator sent more than {MAX_FILE_BYTES} bytes for {name}; refusing it"
             )
             .into());
         }
