@@ -33,7 +33,7 @@ use tracing::{info, warn};
 
 use crate::board::{Board, JobView};
 use crate::export::{self, ExportError};
-use crate::store::{JobRecord, JobStatus, Store, StoreError};
+use crate::store::{JobStatus, Store, StoreError};
 
 /// The admin token's file in the coordinator's data folder.
 pub const TOKEN_FILE: &str = "admin.token";
@@ -398,30 +398,7 @@ impl Admin for AdminService {
         let _one_at_a_time = self.submitting.lock().await;
         let queue_it = match self.store.job(&id).map_err(store_status)? {
             None => {
-                let record = JobRecord {
-                    id: id.clone(),
-                    spec_toml: spec_toml.clone(),
-                    submitted_by: who.clone(),
-                    submitted_ms: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64),
-                    status: JobStatus::Queued,
-                    reason: None,
-                    report: None,
-                };
-                self.store
-                    .submit_job(
-                        &record,
-                        vec![(
-                            "job_submitted",
-                            json!({
-                                "job": id, "by": who, "name": spec.job.name,
-                                "purpose": spec.job.purpose, "rounds": spec.job.rounds,
-                                "spec_sha256": fedmark_core::audit::sha256_hex(spec_toml.as_bytes()),
-                                "privacy_mode": format!("{:?}", spec.privacy.mode),
-                            }),
-                        )],
-                    )
+                crate::job::submit(&self.store, &id, &spec, &spec_toml, &who, JobStatus::Queued)
                     .map_err(store_status)?;
                 info!(job = %id, by = %who, "job submitted");
                 true

@@ -232,14 +232,18 @@ impl Hub {
                 continue;
             }
             self.sessions_seen.insert(partner.clone(), session);
-            let offer = JobOffer {
-                job_id: self.job_id.clone(),
-                spec_toml: self.spec_toml.clone(),
-            };
-            self.sessions
-                .send(&partner, server_message::Body::Offer(offer))
-                .await;
+            self.offer(&partner).await;
         }
+    }
+
+    async fn offer(&self, partner: &str) {
+        let offer = JobOffer {
+            job_id: self.job_id.clone(),
+            spec_toml: self.spec_toml.clone(),
+        };
+        self.sessions
+            .send(partner, server_message::Body::Offer(offer))
+            .await;
     }
 
     fn is_current(&self, partner: &str, session: u64) -> bool {
@@ -266,13 +270,7 @@ impl Hub {
                         // Already offered by `offer_connected`.
                         continue;
                     }
-                    let offer = JobOffer {
-                        job_id: self.job_id.clone(),
-                        spec_toml: self.spec_toml.clone(),
-                    };
-                    self.sessions
-                        .send(&partner, server_message::Body::Offer(offer))
-                        .await;
+                    self.offer(&partner).await;
                     // A new session replaces the old one: whatever the old one was doing in a
                     // round is over, even if its close has not been seen yet.
                     if self
@@ -447,6 +445,41 @@ pub fn stored_outcome(
     }))
 }
 
+/// Stores a newly submitted job with status `status` and its `job_submitted` audit record
+/// (who, what, the spec's SHA-256), in one transaction.
+pub fn submit(
+    store: &Store,
+    id: &str,
+    spec: &JobSpec,
+    spec_toml: &str,
+    by: &str,
+    status: JobStatus,
+) -> Result<(), StoreError> {
+    let record = JobRecord {
+        id: id.to_owned(),
+        spec_toml: spec_toml.to_owned(),
+        submitted_by: by.to_owned(),
+        submitted_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        status,
+        reason: None,
+        report: None,
+    };
+    store.submit_job(
+        &record,
+        vec![(
+            "job_submitted",
+            json!({
+                "job": id, "by": by, "name": spec.job.name,
+                "purpose": spec.job.purpose, "rounds": spec.job.rounds,
+                "spec_sha256": fedmark_core::audit::sha256_hex(spec_toml.as_bytes()),
+                "privacy_mode": format!("{:?}", spec.privacy.mode),
+            }),
+        )],
+    )
+}
+
 /// Registers the job in the store, or finds where a restarted coordinator left it.
 fn register(
     hub: &Hub,
@@ -457,28 +490,13 @@ fn register(
     let id = &hub.job_id;
     match store.job(id)? {
         None => {
-            let record = JobRecord {
-                id: id.clone(),
-                spec_toml: hub.spec_toml.clone(),
-                submitted_by: settings.submitted_by.clone(),
-                submitted_ms: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
-                status: JobStatus::Running,
-                reason: None,
-                report: None,
-            };
-            store.submit_job(
-                &record,
-                vec![(
-                    "job_submitted",
-                    json!({
-                        "job": id, "by": settings.submitted_by, "name": spec.job.name,
-                        "purpose": spec.job.purpose, "rounds": spec.job.rounds,
-                        "spec_sha256": fedmark_core::audit::sha256_hex(hub.spec_toml.as_bytes()),
-                        "privacy_mode": format!("{:?}", spec.privacy.mode),
-                    }),
-                )],
+            submit(
+                store,
+                id,
+                spec,
+                &hub.spec_toml,
+                &settings.submitted_by,
+                JobStatus::Running,
             )?;
             Ok(None)
         }

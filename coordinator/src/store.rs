@@ -635,15 +635,7 @@ impl Store {
         status: JobStatus,
         events: Vec<AuditEvent>,
     ) -> Result<(), StoreError> {
-        let mut job = self
-            .job(id)?
-            .ok_or_else(|| self.corrupt(&format!("job {id}"), "not in the store".into()))?;
-        job.status = status;
-        let bytes = self.encode("job", &job)?;
-        self.write(events, |txn| {
-            txn.open_table(JOBS)?.insert(id, bytes.as_slice())?;
-            Ok(())
-        })
+        self.update_job(id, events, |job| job.status = status)
     }
 
     /// Marks a job finished, failed or cancelled, with its report, in one transaction with its
@@ -656,12 +648,23 @@ impl Store {
         report: Option<Value>,
         events: Vec<AuditEvent>,
     ) -> Result<(), StoreError> {
+        self.update_job(id, events, |job| {
+            job.status = status;
+            job.reason = Some(reason.to_owned());
+            job.report = report;
+        })
+    }
+
+    fn update_job(
+        &self,
+        id: &str,
+        events: Vec<AuditEvent>,
+        change: impl FnOnce(&mut JobRecord),
+    ) -> Result<(), StoreError> {
         let mut job = self
             .job(id)?
             .ok_or_else(|| self.corrupt(&format!("job {id}"), "not in the store".into()))?;
-        job.status = status;
-        job.reason = Some(reason.to_owned());
-        job.report = report;
+        change(&mut job);
         let bytes = self.encode("job", &job)?;
         self.write(events, |txn| {
             txn.open_table(JOBS)?.insert(id, bytes.as_slice())?;
