@@ -8,6 +8,9 @@
 //!   so it cannot drift from what the partners trained on;
 //! - `model_card.json` (finished jobs): the same card `serve` writes ([`model_card`]).
 //!
+//! [`model_files`] builds the same files in memory for the admin API (`fedmark model export`),
+//! so an export over the network and one from the store are byte for byte the same.
+//!
 //! [`job_audit_records`] selects one job's records from the audit chain. A selection is not a
 //! verifiable chain on its own (records of other jobs are cut out), so it carries the full
 //! chain's head to check `audit.jsonl` against.
