@@ -108,10 +108,6 @@ pub struct ClientSummary {
     pub finish_reason: String,
     /// Whether the job was refused by this partner's checks.
     pub refused: Option<String>,
-    /// Jobs that ended while this node was connected (refused ones included).
-    pub jobs_finished: u32,
-    /// The last job that ended.
-    pub last_finished: Option<String>,
 }
 
 /// Fault injection for simulations: where in a round a partner leaves.
@@ -413,6 +409,7 @@ async fn session(
             None => StdRng::from_rng(&mut rand::rng()),
         },
         summary: std::mem::take(summary),
+        finished: None,
     };
     let result = async {
         loop {
@@ -467,6 +464,8 @@ struct Node {
     round: Option<ActiveRound>,
     rng: StdRng,
     summary: ClientSummary,
+    /// The last job that ended on this session (a refused job ends twice).
+    finished: Option<String>,
 }
 
 /// The round in progress, from `RoundStart` to its result or abort.
@@ -539,8 +538,8 @@ impl Node {
             Body::Welcome(w) => info!(coordinator = %w.coordinator_id, "session open"),
             Body::Offer(offer) => {
                 // A job offered again (resubmitted after a cancel) will end again.
-                if self.summary.last_finished.as_deref() == Some(offer.job_id.as_str()) {
-                    self.summary.last_finished = None;
+                if self.finished.as_deref() == Some(offer.job_id.as_str()) {
+                    self.finished = None;
                 }
                 let purpose = JobSpec::from_toml(&offer.spec_toml)
                     .ok()
@@ -731,19 +730,18 @@ impl Node {
                 }
             }
             Body::Finished(f) => {
-                if self.summary.last_finished.as_deref() == Some(f.job_id.as_str()) {
+                if self.finished.as_deref() == Some(f.job_id.as_str()) {
                     // A refused job ends twice: at the refusal and for everyone at its end.
                     debug!(job = %f.job_id, "job already finished here; ignored");
                     return Ok(Flow::Continue);
                 }
                 info!(job = %f.job_id, reason = %f.reason, "job finished");
-                self.summary.last_finished = Some(f.job_id.clone());
+                self.finished = Some(f.job_id.clone());
                 self.audit(
                     "job_finished",
                     serde_json::json!({"job_id": f.job_id, "reason": f.reason}),
                 )?;
                 self.summary.finish_reason = f.reason;
-                self.summary.jobs_finished += 1;
                 // Ready for the next job: nothing of this one carries over.
                 self.job = None;
                 self.round = None;

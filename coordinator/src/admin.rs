@@ -310,7 +310,7 @@ pub fn job_info(view: JobView, audit_head: String) -> JobInfo {
         job_id: view.id,
         name: view.name,
         purpose: view.purpose,
-        status: view.status.to_owned(),
+        status: view.status.as_str().to_owned(),
         phase: view.phase,
         planned_rounds: view.planned_rounds,
         rounds: view
@@ -420,13 +420,7 @@ impl Admin for AdminService {
             Some(_) => false,
         };
         if queue_it {
-            let record = self
-                .store
-                .job(&id)
-                .map_err(store_status)?
-                .ok_or_else(|| Status::internal("the submitted job vanished from the store"))?;
-            self.board
-                .put(JobView::from_record(&self.store, &record).map_err(store_status)?);
+            self.board.refresh(&self.store, &id).map_err(store_status)?;
             self.queue.push(&id);
         }
         Ok(Response::new(self.info(self.view(&id)?)))
@@ -468,7 +462,7 @@ impl Admin for AdminService {
             loop {
                 changes.mark_unchanged();
                 let Some(view) = board.get(&id) else { break };
-                let ended = view.status != "queued" && view.status != "running";
+                let ended = view.status.is_ended();
                 if last.as_ref() != Some(&view) {
                     let info = job_info(view.clone(), store.audit_head());
                     if tx.send(Ok(info)).await.is_err() {
@@ -495,25 +489,23 @@ impl Admin for AdminService {
         let reason = format!("cancelled by {who}");
         match self.queue.cancel(&id, &reason) {
             Cancelled::Dequeued => {
-                self.store
-                    .end_job(
-                        &id,
-                        JobStatus::Cancelled,
-                        &reason,
-                        None,
-                        vec![(
-                            "job_cancelled",
-                            json!({"job": id, "by": who, "was": "queued"}),
-                        )],
-                    )
+                let event = (
+                    "job_cancelled",
+                    json!({"job": id, "by": who, "was": "queued"}),
+                );
+                self.board
+                    .end_job(&self.store, &id, JobStatus::Cancelled, &reason, event)
                     .map_err(store_status)?;
-                self.board.set_status(&id, JobStatus::Cancelled, reason);
             }
             Cancelled::Signalled => {
                 // The scheduler stops the job and records it; wait (bounded) to report it.
                 let mut changes = self.board.subscribe();
                 let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-                while self.board.get(&id).is_some_and(|v| v.status == "running") {
+                while self
+                    .board
+                    .get(&id)
+                    .is_some_and(|v| v.status == JobStatus::Running)
+                {
                     if tokio::time::timeout_at(deadline, changes.changed())
                         .await
                         .is_err()
@@ -525,15 +517,15 @@ impl Admin for AdminService {
             Cancelled::NotHere => {
                 return Err(Status::failed_precondition(format!(
                     "job `{id}` is {} and cannot be cancelled",
-                    view.status
+                    view.status.as_str()
                 )));
             }
         }
         let now = self.view(&id)?;
-        if now.status == "cancelled" {
+        if now.status == JobStatus::Cancelled {
             info!(job = %id, by = %who, "job cancelled");
         } else {
-            info!(job = %id, status = now.status, "the job ended before the cancel took effect");
+            info!(job = %id, status = now.status.as_str(), "the job ended before the cancel took effect");
         }
         Ok(Response::new(self.info(now)))
     }

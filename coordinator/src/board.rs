@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::report::{FinalMetrics, JobReport, RoundRecord};
-use crate::store::{JobRecord, JobStatus, Store, StoreError};
+use crate::store::{AuditEvent, JobRecord, JobStatus, Store, StoreError};
 
 /// What a watcher sees of one job.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -25,8 +25,8 @@ pub struct JobView {
     pub name: String,
     /// Processing purpose from the spec.
     pub purpose: String,
-    /// `queued`, `running`, `finished`, `failed` or `cancelled`.
-    pub status: &'static str,
+    /// Where the job stands (`queued`, `running`, `finished`, `failed` or `cancelled`).
+    pub status: JobStatus,
     /// What the job is doing now (e.g. "waiting for partners", "round 3"), or why it ended.
     pub phase: String,
     /// Training rounds the spec asks for.
@@ -73,7 +73,7 @@ impl JobView {
             purpose: spec
                 .as_ref()
                 .map_or_else(String::new, |s| s.job.purpose.clone()),
-            status: job.status.as_str(),
+            status: job.status,
             phase,
             planned_rounds: spec.as_ref().map_or(0, |s| u64::from(s.job.rounds)),
             rounds,
@@ -133,13 +133,36 @@ impl Board {
         }
     }
 
-    /// Sets a job's status and phase.
-    pub fn set_status(&self, id: &str, status: JobStatus, phase: impl Into<String>) {
-        let phase = phase.into();
-        self.update(id, |v| {
-            v.status = status.as_str();
-            v.phase = phase;
-        });
+    /// Shows job `id` as the store holds it now.
+    pub fn refresh(&self, store: &Store, id: &str) -> Result<(), StoreError> {
+        if let Some(job) = store.job(id)? {
+            self.put(JobView::from_record(store, &job)?);
+        }
+        Ok(())
+    }
+
+    /// Records in the store that job `id` ended with `status`, with its audit event, and
+    /// shows it; unless the job has ended already (it can finish in the instant a cancel
+    /// arrives: the finished record stands). Returns whether it recorded the end.
+    pub fn end_job(
+        &self,
+        store: &Store,
+        id: &str,
+        status: JobStatus,
+        reason: &str,
+        event: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        match store.job(id)? {
+            Some(job) if !job.status.is_ended() => {
+                store.end_job(id, status, reason, None, vec![event])?;
+            }
+            _ => {
+                tracing::info!(job = %id, "the job had already ended; its record stands");
+                return Ok(false);
+            }
+        }
+        self.refresh(store, id)?;
+        Ok(true)
     }
 
     /// Sets what a job is doing now.
@@ -191,7 +214,7 @@ mod tests {
             id: id.into(),
             name: String::new(),
             purpose: String::new(),
-            status: "queued",
+            status: JobStatus::Queued,
             phase: "queued".into(),
             planned_rounds: 3,
             rounds: Vec::new(),

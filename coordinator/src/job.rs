@@ -360,6 +360,10 @@ impl Hub {
     }
 }
 
+/// How long telling one partner that a job ended may take: a partner that does not read its
+/// session must not hold up the coordinator.
+pub const FINISH_SEND_LIMIT: Duration = Duration::from_secs(2);
+
 /// Longest refusal reason kept from a partner, in characters.
 pub const MAX_REASON_CHARS: usize = 512;
 
@@ -600,9 +604,7 @@ pub async fn run_job(
     let store = settings.store.clone();
     let resumed = register(&hub, &spec, &settings)?;
     let board = &settings.board;
-    if let Some(job) = store.job(&job_id)? {
-        board.put(crate::board::JobView::from_record(&store, &job)?);
-    }
+    board.refresh(&store, &job_id)?;
     board.set_phase(&job_id, "waiting for partners");
     hub.audit_to(store.clone());
     hub.metrics = settings.metrics.clone();
@@ -863,22 +865,10 @@ pub async fn run_job(
             }),
         )],
     )?;
-    if let Some(job) = store.job(&job_id)? {
-        board.put(crate::board::JobView::from_record(&store, &job)?);
-    }
-    for p in hub.sessions.connected() {
-        let fin = JobFinished {
-            job_id: job_id.clone(),
-            reason: stop_reason.clone(),
-        };
-        hub.sessions
-            .send_within(
-                &p,
-                server_message::Body::Finished(fin),
-                Duration::from_secs(2),
-            )
-            .await;
-    }
+    board.refresh(&store, &job_id)?;
+    hub.sessions
+        .finish_all(&job_id, &stop_reason, FINISH_SEND_LIMIT)
+        .await;
     Ok(JobOutcome {
         report,
         model: state.model,

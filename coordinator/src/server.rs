@@ -18,15 +18,13 @@ use std::future::Future;
 use std::sync::Arc;
 
 use fedmark_core::spec::JobSpec;
-use fedmark_proto::{JobFinished, server_message};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::admin::{AdminAuth, AdminService, JobQueue};
-use crate::board::JobView;
-use crate::job::{Hub, JobError, RunSettings, SharedEvents, run_job};
+use crate::job::{FINISH_SEND_LIMIT, Hub, JobError, RunSettings, SharedEvents, run_job};
 use crate::service::{CoordinatorService, Event, Sessions};
 use crate::store::{JobStatus, StoreError};
 
@@ -107,53 +105,6 @@ impl PartnerServer {
     }
 }
 
-/// Tells every connected partner that job `id` is over, so it gets ready for the next. The
-/// reason is generic: why a job failed (e.g. other partners' refusals) is not theirs to read.
-async fn finish_for_partners(sessions: &Sessions, id: &str, reason: &str) {
-    for partner in sessions.connected() {
-        let fin = JobFinished {
-            job_id: id.to_owned(),
-            reason: reason.to_owned(),
-        };
-        sessions
-            .send_within(
-                &partner,
-                server_message::Body::Finished(fin),
-                FINISH_SEND_LIMIT,
-            )
-            .await;
-    }
-}
-
-/// How long telling one partner that a job ended may take: a partner that does not read its
-/// session must not hold up the scheduler.
-const FINISH_SEND_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Records that job `id` ended with `status`, unless it has ended already (a job can finish
-/// in the instant a cancel arrives: the finished record stands). Returns whether it recorded.
-fn record_end(
-    store: &crate::store::Store,
-    board: &crate::board::Board,
-    id: &str,
-    status: JobStatus,
-    reason: &str,
-    event: crate::store::AuditEvent,
-) -> Result<bool, ServerError> {
-    match store.job(id)? {
-        Some(job) if !job.status.is_ended() => {
-            store.end_job(id, status, reason, None, vec![event])?;
-        }
-        _ => {
-            info!(job = %id, "the job had already ended; its record stands");
-            return Ok(false);
-        }
-    }
-    if let Some(record) = store.job(id)? {
-        board.put(JobView::from_record(store, &record)?);
-    }
-    Ok(true)
-}
-
 /// How one scheduled job ended.
 enum Ended {
     Ran(Result<(), JobError>),
@@ -226,7 +177,7 @@ pub async fn serve_jobs(
                 Err(e) => {
                     let reason = format!("the stored spec does not parse: {e}");
                     let event = ("job_failed", json!({"job": id, "reason": reason}));
-                    record_end(&store, &board, &id, JobStatus::Failed, &reason, event)?;
+                    board.end_job(&store, &id, JobStatus::Failed, &reason, event)?;
                     queue.finish();
                     continue;
                 }
@@ -255,8 +206,13 @@ pub async fn serve_jobs(
                     let reason = e.to_string();
                     warn!(job = %id, reason = %reason, "job failed");
                     let event = ("job_failed", json!({"job": id, "reason": reason}));
-                    if record_end(&store, &board, &id, JobStatus::Failed, &reason, event)? {
-                        finish_for_partners(&server.sessions, &id, "the job failed").await;
+                    // Partners hear a generic end: why a job failed (e.g. other partners'
+                    // refusals) is not theirs to read.
+                    if board.end_job(&store, &id, JobStatus::Failed, &reason, event)? {
+                        server
+                            .sessions
+                            .finish_all(&id, "the job failed", FINISH_SEND_LIMIT)
+                            .await;
                     }
                 }
                 Ended::Cancelled(reason) => {
@@ -266,8 +222,11 @@ pub async fn serve_jobs(
                         "job_cancelled",
                         json!({"job": id, "reason": reason, "was": "running", "last_committed_round": at}),
                     );
-                    if record_end(&store, &board, &id, JobStatus::Cancelled, &reason, event)? {
-                        finish_for_partners(&server.sessions, &id, "the job was cancelled").await;
+                    if board.end_job(&store, &id, JobStatus::Cancelled, &reason, event)? {
+                        server
+                            .sessions
+                            .finish_all(&id, "the job was cancelled", FINISH_SEND_LIMIT)
+                            .await;
                     }
                 }
             }

@@ -132,6 +132,19 @@ impl Sessions {
             .unwrap_or(false)
     }
 
+    /// Tells every connected partner that job `job_id` is over, so it gets ready for the next;
+    /// each send gives up after `limit`, so a partner that does not read holds up no one.
+    pub async fn finish_all(&self, job_id: &str, reason: &str, limit: Duration) {
+        for partner in self.connected() {
+            let fin = fedmark_proto::JobFinished {
+                job_id: job_id.to_owned(),
+                reason: reason.to_owned(),
+            };
+            self.send_within(&partner, server_message::Body::Finished(fin), limit)
+                .await;
+        }
+    }
+
     /// Ends a partner's session with a status (used for protocol violations).
     pub async fn kick(&self, partner: &str, status: Status) {
         let handle = self.inner.lock().ok().and_then(|mut m| m.remove(partner));
