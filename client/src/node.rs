@@ -30,8 +30,8 @@ use fedmark_core::features::Standardizer;
 use fedmark_core::model::Model;
 use fedmark_core::secagg::keys::parse_signing_key;
 use fedmark_core::secagg::{
-    ClientPolicy, ClientRound, Envelope, GraphSpec, KeyAdvertisement, Roster, RoundId, RoundParams,
-    ShareKind, SignedKeys,
+    ClientPolicy, ClientRound, Envelope, GraphSpec, KeyAdvertisement, Mask, MaskPlan, Roster,
+    RoundId, RoundParams, ShareKind, SignedKeys,
 };
 use fedmark_core::spec::{JobSpec, PrivacyMode};
 use fedmark_proto::coordinator_client::CoordinatorClient;
@@ -446,9 +446,17 @@ enum Flow {
 }
 
 /// A round's vector, computed on a blocking thread.
+/// A round's vector or its mask, computed on a blocking thread.
 struct Computed {
     rref: RoundRef,
-    words: Result<Vec<u32>, String>,
+    product: Result<Product, String>,
+}
+
+enum Product {
+    /// The encoded (and, under distributed DP, noised) vector, not yet masked.
+    Words(Vec<u32>),
+    /// The total mask, expanded while the vector is still being computed.
+    Mask(Mask),
 }
 
 struct Node {
@@ -478,8 +486,9 @@ struct ActiveRound {
     model_len: usize,
     /// Secure-aggregation state (secure rounds).
     secagg: Option<ClientRound>,
-    /// Shares for this partner arrived (or the round is not secure).
-    shares_done: bool,
+    /// The mask, expanded once the neighbours' shares arrived (secure rounds). The input
+    /// leaves only with it.
+    mask: Option<Mask>,
     /// The encoded vector, once computed.
     words: Option<Vec<u32>>,
     input_sent: bool,
@@ -671,11 +680,11 @@ impl Node {
                         "shares for a round without secure aggregation".into(),
                     ));
                 };
-                match envelopes.and_then(|env| secagg.on_shares(&env)) {
-                    Ok(()) => {
-                        round.shares_done = true;
-                        self.send_input().await?;
-                    }
+                match envelopes.and_then(|env| {
+                    secagg.on_shares(&env)?;
+                    secagg.take_mask()
+                }) {
+                    Ok(plan) => self.expand_mask(plan),
                     Err(e) => self.abandon(&e.to_string())?,
                 }
             }
@@ -1132,7 +1141,7 @@ impl Node {
             model: Vec::with_capacity(model_len),
             model_len,
             secagg: None,
-            shares_done: !secure,
+            mask: None,
             words: None,
             input_sent: false,
             consent_hash,
@@ -1294,7 +1303,30 @@ impl Node {
             let words = task
                 .await
                 .unwrap_or_else(|e| Err(format!("local computation failed: {e}")));
-            let _ = done.send(Computed { rref, words }).await;
+            let _ = done
+                .send(Computed {
+                    rref,
+                    product: words.map(Product::Words),
+                })
+                .await;
+        });
+    }
+
+    /// Expands the round's mask on a blocking thread: it needs only the seeds, so it runs
+    /// while the model arrives and the update is trained, off the round's critical path.
+    fn expand_mask(&mut self, plan: MaskPlan) {
+        let Some(round) = self.round.as_ref() else {
+            return;
+        };
+        let rref = round.rref.clone();
+        let done = self.done_tx.clone();
+        let task = tokio::task::spawn_blocking(move || plan.expand());
+        tokio::spawn(async move {
+            let product = task
+                .await
+                .map(Product::Mask)
+                .map_err(|e| format!("mask expansion failed: {e}"));
+            let _ = done.send(Computed { rref, product }).await;
         });
     }
 
@@ -1305,7 +1337,10 @@ impl Node {
         if round.rref != done.rref {
             return Ok(());
         }
-        round.words = Some(done.words.map_err(ClientError::Protocol)?);
+        match done.product.map_err(ClientError::Protocol)? {
+            Product::Words(words) => round.words = Some(words),
+            Product::Mask(mask) => round.mask = Some(mask),
+        }
         self.send_input().await
     }
 
@@ -1315,7 +1350,8 @@ impl Node {
         let Some(round) = self.round.as_mut() else {
             return Ok(());
         };
-        if round.input_sent || !round.shares_done {
+        let mask_ready = round.secagg.is_none() || round.mask.is_some();
+        if round.input_sent || !mask_ready {
             return Ok(());
         }
         let Some(mut words) = round.words.take() else {
@@ -1347,8 +1383,8 @@ impl Node {
                 }
             }
         }
-        let masked = match round.secagg.as_mut() {
-            Some(secagg) => secagg.mask(&mut words).map_err(|e| e.to_string()),
+        let masked = match round.mask.take() {
+            Some(mask) => mask.apply(&mut words).map_err(|e| e.to_string()),
             None => Ok(()),
         };
         let rref = round.rref.clone();

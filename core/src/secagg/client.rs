@@ -4,8 +4,8 @@
 //! | --- | --- | --- |
 //! | [`ClientPhase::AdvertisedKeys`] | [`ClientRound::new`]: fresh key pairs, signed advertisement | [`ClientRound::on_keys`] |
 //! | [`ClientPhase::SharedKeys`] | keys verified (U1), secrets shared, envelopes out | [`ClientRound::on_shares`] |
-//! | [`ClientPhase::ReadyToMask`] | neighbours' envelopes opened (U2) | [`ClientRound::mask`] |
-//! | [`ClientPhase::Masked`] | input masked once | [`ClientRound::on_unmask`] |
+//! | [`ClientPhase::ReadyToMask`] | neighbours' envelopes opened (U2) | [`ClientRound::mask`] or [`ClientRound::take_mask`] |
+//! | [`ClientPhase::Masked`] | input masked, or its masks taken, once | [`ClientRound::on_unmask`] |
 //! | [`ClientPhase::Revealed`] | shares revealed for one survivor set (U3) | — (final) |
 //!
 //! A refused step returns an error and leaves the state as it was; nothing secret leaves the
@@ -29,7 +29,7 @@ use super::keys::{
 };
 use super::message::{Envelope, KeyAdvertisement, RevealedShare, ShareKind, SignedKeys};
 use super::params::RoundParams;
-use super::prg::{add_mask, sub_mask};
+use super::prg::apply_masks;
 use super::shamir::{SHARE_LEN, Share, split};
 
 /// What this partner demands of any round it joins, beyond the round's own threshold.
@@ -104,6 +104,74 @@ impl fmt::Debug for ClientRound {
             .field("me", &self.params.id(self.me))
             .field("phase", &self.phase)
             .finish_non_exhaustive()
+    }
+}
+
+/// A client's masks for one round, taken once from [`ClientRound::take_mask`]: the seeds to
+/// add and to subtract. Applying or expanding consumes it, so one set of masks covers one
+/// input.
+pub struct MaskPlan {
+    len: usize,
+    add: Vec<[u8; 32]>,
+    sub: Vec<[u8; 32]>,
+}
+
+impl fmt::Debug for MaskPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MaskPlan")
+            .field("len", &self.len)
+            .field("masks", &(self.add.len() + self.sub.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl MaskPlan {
+    /// Masks `input` in place.
+    pub fn apply(self, input: &mut [u32]) -> Result<(), SecAggError> {
+        if input.len() != self.len {
+            return Err(SecAggError::VectorLength {
+                expected: self.len,
+                got: input.len(),
+            });
+        }
+        apply_masks(input, &self.add, &self.sub);
+        Ok(())
+    }
+
+    /// The total mask as a vector of its own, to add to the input once that is ready.
+    pub fn expand(self) -> Mask {
+        let mut words = vec![0u32; self.len];
+        apply_masks(&mut words, &self.add, &self.sub);
+        Mask { words }
+    }
+}
+
+/// A client's total mask for one round, expanded ahead of its input; adding it consumes it.
+pub struct Mask {
+    words: Vec<u32>,
+}
+
+impl fmt::Debug for Mask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mask")
+            .field("len", &self.words.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mask {
+    /// Masks `input` in place: adds the mask word by word, wrapping mod 2^32.
+    pub fn apply(self, input: &mut [u32]) -> Result<(), SecAggError> {
+        if input.len() != self.words.len() {
+            return Err(SecAggError::VectorLength {
+                expected: self.words.len(),
+                got: input.len(),
+            });
+        }
+        for (w, m) in input.iter_mut().zip(&self.words) {
+            *w = w.wrapping_add(*m);
+        }
+        Ok(())
     }
 }
 
@@ -388,25 +456,31 @@ impl ClientRound {
     /// over the neighbours j in U2. Masking twice is refused: two inputs under the same masks
     /// would reveal their difference.
     pub fn mask(&mut self, input: &mut [u32]) -> Result<(), SecAggError> {
+        self.take_mask()?.apply(input)
+    }
+
+    /// Takes the round's masks (the seeds of [`ClientRound::mask`]) once, so they can be
+    /// expanded away from the session, or before the input is ready: the mask does not depend
+    /// on it. Moves the round on as masking does; a second call is refused.
+    pub fn take_mask(&mut self) -> Result<MaskPlan, SecAggError> {
         self.expect_phase(ClientPhase::ReadyToMask, "mask")?;
-        if input.len() != self.params.vector_len() {
-            return Err(SecAggError::VectorLength {
-                expected: self.params.vector_len(),
-                got: input.len(),
-            });
-        }
-        add_mask(&self.self_seed, input);
+        let mut add = vec![self.self_seed];
+        let mut sub = Vec::new();
         for (&j, peer) in &self.peers {
             if peer.received.is_some() {
                 if j > self.me {
-                    add_mask(&peer.mask_seed, input);
+                    add.push(peer.mask_seed);
                 } else {
-                    sub_mask(&peer.mask_seed, input);
+                    sub.push(peer.mask_seed);
                 }
             }
         }
         self.phase = ClientPhase::Masked;
-        Ok(())
+        Ok(MaskPlan {
+            len: self.params.vector_len(),
+            add,
+            sub,
+        })
     }
 
     /// Phase 4: given the survivors U3 (whose masked inputs are in the sum), returns this

@@ -40,7 +40,7 @@ pub mod prg;
 pub mod server;
 pub mod shamir;
 
-pub use client::{ClientPhase, ClientPolicy, ClientRound};
+pub use client::{ClientPhase, ClientPolicy, ClientRound, Mask, MaskPlan};
 pub use error::SecAggError;
 pub use graph::{GraphSpec, NeighbourGraph, recommended_degree, recommended_threshold};
 pub use keys::{

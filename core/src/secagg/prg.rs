@@ -12,16 +12,16 @@
 //! The 32-bit block counter limits a mask to 2^36 words; [`MAX_WORDS`] stays well below.
 
 use chacha20::ChaCha20;
-use chacha20::cipher::{KeyIvInit, StreamCipher};
+use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 
 /// Bytes in a mask seed.
 pub const SEED_LEN: usize = 32;
 /// Longest vector a round may mask (2^31 words, 8 GiB; ChaCha20's counter allows 2^36).
 pub const MAX_WORDS: usize = 1 << 31;
 
-/// Keystream bytes produced per step: a multiple of the 64-byte ChaCha block, small enough for
-/// the stack.
-const BUF_BYTES: usize = 1024;
+/// Keystream bytes produced per step: a multiple of the 64-byte ChaCha block (and of the
+/// 1 KiB a wide backend makes per call), small enough for the stack and for L1.
+const BUF_BYTES: usize = 4096;
 
 fn cipher(seed: &[u8; SEED_LEN]) -> ChaCha20 {
     ChaCha20::new(&(*seed).into(), &[0u8; 12].into())
@@ -29,12 +29,20 @@ fn cipher(seed: &[u8; SEED_LEN]) -> ChaCha20 {
 
 /// Applies `op(word, mask_word)` to every word of `v`, with the mask expanded from `seed`.
 fn combine(seed: &[u8; SEED_LEN], v: &mut [u32], op: impl Fn(u32, u32) -> u32) {
+    combine_from(seed, 0, v, op);
+}
+
+/// [`combine`] for the words of a mask starting at word `first`: the keystream is seekable,
+/// so parts of one vector can be masked on different threads.
+fn combine_from(seed: &[u8; SEED_LEN], first: usize, v: &mut [u32], op: impl Fn(u32, u32) -> u32) {
     let mut c = cipher(seed);
+    if first > 0 {
+        c.seek(first as u64 * 4);
+    }
     let mut buf = [0u8; BUF_BYTES];
     for chunk in v.chunks_mut(BUF_BYTES / 4) {
         let bytes = &mut buf[..chunk.len() * 4];
-        bytes.fill(0);
-        c.apply_keystream(bytes);
+        c.write_keystream(bytes);
         for (w, m) in chunk.iter_mut().zip(bytes.chunks_exact(4)) {
             *w = op(*w, u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
         }
@@ -60,6 +68,48 @@ pub fn sub_mask(seed: &[u8; SEED_LEN], v: &mut [u32]) {
     combine(seed, v, u32::wrapping_sub);
 }
 
+/// Fewest words of the vector a thread of [`apply_masks`] takes on: below this, starting a
+/// thread costs more than it saves.
+const MIN_WORDS_PER_THREAD: usize = 1 << 16;
+
+/// Adds the masks of every seed in `add` to `v` and subtracts those in `sub`, wrapping mod
+/// 2^32: the same result as [`add_mask`] and [`sub_mask`] seed by seed, but with `v` split
+/// into contiguous parts masked on the machine's cores at once, each reading its own stretch
+/// of every keystream.
+///
+/// # Panics
+///
+/// As [`add_mask`].
+pub fn apply_masks(v: &mut [u32], add: &[[u8; SEED_LEN]], sub: &[[u8; SEED_LEN]]) {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    apply_masks_on(v, add, sub, cores);
+}
+
+fn apply_masks_on(v: &mut [u32], add: &[[u8; SEED_LEN]], sub: &[[u8; SEED_LEN]], threads: usize) {
+    let masks = add.len() + sub.len();
+    let threads = threads.min(v.len() / MIN_WORDS_PER_THREAD).max(1);
+    let part_words = |part: &mut [u32], first: usize| {
+        for seed in add {
+            combine_from(seed, first, part, u32::wrapping_add);
+        }
+        for seed in sub {
+            combine_from(seed, first, part, u32::wrapping_sub);
+        }
+    };
+    if threads == 1 || masks == 0 {
+        part_words(v, 0);
+        return;
+    }
+    // Parts start on a 64-byte block boundary, so no thread seeks into the middle of a block.
+    let per = v.len().div_ceil(threads).next_multiple_of(16);
+    std::thread::scope(|scope| {
+        for (i, part) in v.chunks_mut(per).enumerate() {
+            let part_words = &part_words;
+            scope.spawn(move || part_words(part, i * per));
+        }
+    });
+}
+
 /// Fills `buf` with the raw ChaCha20 keystream of `seed` (zero nonce, counter 0): the same
 /// bytes [`add_mask`] reads as words, for comparing mask expansion with raw ChaCha20
 /// throughput.
@@ -68,8 +118,7 @@ pub fn sub_mask(seed: &[u8; SEED_LEN], v: &mut [u32]) {
 ///
 /// As [`add_mask`], for buffers over 2^38 bytes.
 pub fn keystream(seed: &[u8; SEED_LEN], buf: &mut [u8]) {
-    buf.fill(0);
-    cipher(seed).apply_keystream(buf);
+    cipher(seed).write_keystream(buf);
 }
 
 /// An endless stream of uniform words from a seed, for deterministic choices every party must
@@ -92,8 +141,7 @@ impl WordStream {
 
     pub(crate) fn next_u32(&mut self) -> u32 {
         if self.pos == self.block.len() {
-            self.block = [0; 64];
-            self.cipher.apply_keystream(&mut self.block);
+            self.cipher.write_keystream(&mut self.block);
             self.pos = 0;
         }
         let b = &self.block[self.pos..self.pos + 4];
@@ -199,6 +247,39 @@ mod tests {
             counts.iter().all(|&c| (900..1100).contains(&c)),
             "{counts:?}"
         );
+    }
+
+    /// Split across threads, the masks come out as they do one seed at a time on one thread.
+    #[test]
+    fn parallel_masks_match_serial() {
+        let add = [[1u8; SEED_LEN], [2; SEED_LEN], [3; SEED_LEN]];
+        let sub = [[4u8; SEED_LEN], [5; SEED_LEN]];
+        for len in [
+            0,
+            1,
+            17,
+            MIN_WORDS_PER_THREAD * 2 - 1,
+            MIN_WORDS_PER_THREAD * 3 + 5,
+        ] {
+            let input: Vec<u32> = (0..len as u32)
+                .map(|i| i.wrapping_mul(2_654_435_761))
+                .collect();
+            let mut expected = input.clone();
+            for seed in &add {
+                add_mask(seed, &mut expected);
+            }
+            for seed in &sub {
+                sub_mask(seed, &mut expected);
+            }
+            for threads in 1..=4 {
+                let mut v = input.clone();
+                apply_masks_on(&mut v, &add, &sub, threads);
+                assert!(v == expected, "len {len}, {threads} threads");
+            }
+            let mut v = input.clone();
+            apply_masks(&mut v, &add, &sub);
+            assert!(v == expected, "len {len}, all cores");
+        }
     }
 
     proptest! {

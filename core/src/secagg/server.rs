@@ -26,7 +26,7 @@ use super::error::SecAggError;
 use super::keys::{ENVELOPE_LEN, Party, Purpose, Roster, pairwise_secret, public_of, verify_keys};
 use super::message::{Envelope, RevealedShare, ShareKind, SignedKeys};
 use super::params::RoundParams;
-use super::prg::{add_mask, sub_mask};
+use super::prg::apply_masks;
 use super::shamir::{Share, reconstruct};
 
 /// Where the coordinator is in a round.
@@ -365,7 +365,9 @@ impl ServerRound {
 
         // Every secret first: nothing is removed unless everything can be.
         let mut self_seeds = Vec::with_capacity(self.survivors.len());
-        let mut pair_masks = Vec::new();
+        // Survivor k added +PRG(s) if the dropped owner comes after it, else −PRG(s); those
+        // come off the sum now with the opposite sign.
+        let (mut pairs_added, mut pairs_subtracted) = (Vec::new(), Vec::new());
         for &owner in &self.sharers {
             if self.survivors.contains(&owner) {
                 self_seeds.push(recover(owner, ShareKind::SelfMask)?);
@@ -393,20 +395,15 @@ impl ServerRound {
                         id: self.params.id(k),
                     },
                 )?;
-                // Survivor k added +PRG(s) if the dropped owner comes after it, else −PRG(s).
-                pair_masks.push((seed, owner > k));
+                if owner > k {
+                    pairs_added.push(seed);
+                } else {
+                    pairs_subtracted.push(seed);
+                }
             }
         }
-        for seed in &self_seeds {
-            sub_mask(seed, sum);
-        }
-        for (seed, added) in &pair_masks {
-            if *added {
-                sub_mask(seed, sum);
-            } else {
-                add_mask(seed, sum);
-            }
-        }
+        self_seeds.extend(pairs_added);
+        apply_masks(sum, &pairs_subtracted, &self_seeds);
         Ok(())
     }
 }

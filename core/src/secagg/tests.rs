@@ -147,7 +147,12 @@ fn run_round(n: usize, t: usize, degree: usize, d: usize, stages: &[Stage], seed
         }
         let x: Vec<u32> = (0..d).map(|_| rng.random()).collect();
         let mut y = x.clone();
-        client.mask(&mut y).unwrap();
+        // Every way a client can mask; the sum must come out the same whichever it uses.
+        match i % 3 {
+            0 => client.mask(&mut y).unwrap(),
+            1 => client.take_mask().unwrap().apply(&mut y).unwrap(),
+            _ => client.take_mask().unwrap().expand().apply(&mut y).unwrap(),
+        }
         sum.add_all(&y);
         for (e, v) in expected.iter_mut().zip(&x) {
             *e = e.wrapping_add(*v);
@@ -370,6 +375,53 @@ fn masking_twice_is_refused() {
         })
     );
     assert_eq!(again, m.inputs[0], "nothing masked");
+    assert!(
+        m.clients[0].take_mask().is_err(),
+        "its masks cannot be taken after masking"
+    );
+}
+
+#[test]
+fn taken_masks_are_taken_once_and_fit_one_length() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let c = cohort(3, &mut rng);
+    let p = params(&c, 2, 2, 8);
+    let mut server = ServerRound::new(p.clone());
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let (client, keys) =
+            ClientRound::new(p.clone(), &c.ids[i], &c.identities[i], POLICY, &mut rng).unwrap();
+        let signed = SignedKeys {
+            partner_id: c.ids[i].clone(),
+            keys,
+        };
+        server.on_keys(signed, &c.roster).unwrap();
+        clients.push(client);
+    }
+    server.close_keys().unwrap();
+    for (i, client) in clients.iter_mut().enumerate() {
+        let keys = server.keys_for(&c.ids[i]).unwrap();
+        let envelopes = client.on_keys(&keys, &c.roster, &mut rng).unwrap();
+        server.on_shares(&c.ids[i], envelopes).unwrap();
+    }
+    server.close_shares().unwrap();
+    let client = &mut clients[0];
+    client
+        .on_shares(&server.envelopes_for(&c.ids[0]).unwrap())
+        .unwrap();
+    let mask = client.take_mask().unwrap();
+    assert_eq!(client.phase(), ClientPhase::Masked);
+    assert!(client.take_mask().is_err(), "masks are taken once");
+    assert!(client.mask(&mut [0; 8]).is_err(), "and not masked again");
+    let mut short = [0u32; 7];
+    assert_eq!(
+        mask.expand().apply(&mut short),
+        Err(SecAggError::VectorLength {
+            expected: 8,
+            got: 7
+        })
+    );
+    assert_eq!(short, [0; 7], "nothing masked");
 }
 
 #[test]
