@@ -364,6 +364,16 @@ async fn secure_round(
     )
     .map_err(secagg_failed)?;
     let mut server = ServerRound::new(params);
+    let began = std::time::Instant::now();
+    let phase_done = |phase: &str, members: usize| {
+        debug!(
+            round = plan.rref.round,
+            phase,
+            members,
+            ms = began.elapsed().as_secs_f64() * 1e3,
+            "secure phase closed"
+        );
+    };
 
     // Advertise keys (U1).
     let mut waiting: BTreeSet<String> = plan
@@ -395,6 +405,7 @@ async fn secure_round(
     )
     .await;
     let u1 = server.close_keys().map_err(secagg_failed)?;
+    phase_done("keys", u1.len());
     for member in &u1 {
         let keys = server.keys_for(member).map_err(secagg_failed)?;
         let msg = KeyBroadcast {
@@ -439,6 +450,7 @@ async fn secure_round(
     )
     .await;
     let u2 = server.close_shares().map_err(secagg_failed)?;
+    phase_done("shares", u2.len());
     for member in &u2 {
         let envelopes = server.envelopes_for(member).map_err(secagg_failed)?;
         let msg = SharesDelivery {
@@ -466,6 +478,7 @@ async fn secure_round(
 
     // Unmask.
     let u3 = server.close_inputs(&survivors).map_err(secagg_failed)?;
+    phase_done("input", u3.len());
     for member in &u3 {
         let msg = UnmaskRequest {
             round: Some(plan.rref.clone()),
@@ -508,8 +521,10 @@ async fn secure_round(
         },
     )
     .await;
+    phase_done("unmask shares", u3.len());
     let mut words = std::mem::replace(&mut sum, RunningSum::new(0)).into_inner();
     server.unmask(&mut words).map_err(secagg_failed)?;
+    phase_done("unmasked", u3.len());
     // A member that left during unmasking still had its input summed: it counts as a survivor.
     finish(plan, words, u3, consent)
 }
