@@ -265,6 +265,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
+/// Pretty JSON of `value` streamed into `path` (through a temporary file and a rename, as
+/// [`write_atomic`]), for values too large to hold twice in memory, such as a model of
+/// millions of parameters; the bytes are those [`json_bytes`] would give.
+pub fn write_json_streamed(path: &Path, value: &impl serde::Serialize) -> Result<(), ExportError> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let failed = |p: &Path, source| ExportError::Io {
+        path: p.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::create(&tmp).map_err(|e| failed(&tmp, e))?;
+    let mut out = std::io::BufWriter::new(file);
+    serde_json::to_writer_pretty(&mut out, value)
+        .map_err(std::io::Error::from)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(|e| failed(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| failed(path, e))
+}
+
 /// Pretty JSON of `value` with a final newline, as every exported JSON file is written.
 pub fn json_bytes(value: &Value) -> Vec<u8> {
     let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
@@ -513,6 +535,33 @@ pub fn job_audit_records(store: &Store, job_id: &str) -> Result<AuditSelection, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A streamed file holds exactly what building the `Value` and printing it would give,
+    /// with the final newline, and leaves no temporary file behind.
+    #[test]
+    fn streamed_json_matches_json_bytes() {
+        #[derive(serde::Serialize)]
+        struct Sorted<'a> {
+            a_values: &'a [f64],
+            b_name: &'a str,
+            c_count: usize,
+        }
+        let values = [0.1, -2.5e-300, 1e21, f64::MIN_POSITIVE, 3.0];
+        let x = Sorted {
+            a_values: &values,
+            b_name: "logistic \"q\"",
+            c_count: 7,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.json");
+        write_json_streamed(&path, &x).unwrap();
+        let expected = json_bytes(&serde_json::to_value(&x).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let missing = dir.path().join("no/such/dir/model.json");
+        let err = write_json_streamed(&missing, &x).unwrap_err().to_string();
+        assert!(err.contains("no/such/dir"), "{err}");
+    }
 
     #[test]
     fn npy_header_is_aligned_and_parses() {

@@ -555,14 +555,24 @@ async fn run_one(
         .await
         .context("running the job")?;
     outcome.report.peak_rss_bytes = fedmark_coordinator::report::peak_rss_bytes();
-    let model = serde_json::json!({
-        "model_kind": outcome.report.model_kind,
-        "input_dim": outcome.model.dim,
-        "params": outcome.model.params,
-        "feature_mean": outcome.standardizer.mean,
-        "feature_std": outcome.standardizer.std,
-    });
-    write_json(&cfg.out_dir.join("model.json"), &model)?;
+    // Streamed from the model itself: a `serde_json::Value` of a million parameters would
+    // take several times the model's own memory. Fields in the order a `Value` sorts them.
+    #[derive(serde::Serialize)]
+    struct ModelFile<'a> {
+        feature_mean: &'a [f64],
+        feature_std: &'a [f64],
+        input_dim: usize,
+        model_kind: &'a str,
+        params: &'a [f64],
+    }
+    let model = ModelFile {
+        feature_mean: &outcome.standardizer.mean,
+        feature_std: &outcome.standardizer.std,
+        input_dim: outcome.model.dim,
+        model_kind: &outcome.report.model_kind,
+        params: &outcome.model.params,
+    };
+    export::write_json_streamed(&cfg.out_dir.join("model.json"), &model)?;
     write_json(
         &cfg.out_dir.join("report.json"),
         &serde_json::to_value(&outcome.report)?,
