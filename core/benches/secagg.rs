@@ -16,6 +16,12 @@
 //! shows what the word conversion and wrapping add cost on top of ChaCha20 itself (the figure
 //! we report; target at least 50 %).
 //!
+//! # `mask_combination`
+//!
+//! A partner's total mask at n = 10 (5 masks added, 5 subtracted) combined into a 1M-word
+//! vector by [`prg::apply_masks`] on all cores, next to the same ten raw keystreams written
+//! one after another on one core: throughput in mask bytes per second.
+//!
 //! # `client_mask`
 //!
 //! Time of one [`ClientRound::mask`] for n = 10 partners on the complete graph (what
@@ -244,6 +250,27 @@ fn mask_expansion(c: &mut Criterion) {
     });
     group.bench_function("chacha20_keystream_4MB", |b| {
         b.iter(|| prg::keystream(black_box(&seed), black_box(&mut bytes)));
+    });
+    group.finish();
+
+    // A partner's whole mask at n = 10: ten keystreams combined into one vector, on all
+    // cores, against ten raw keystreams one after another on one core.
+    let add: Vec<[u8; SEED_LEN]> = (0..CLIENT_N as u8 / 2).map(|i| [i; SEED_LEN]).collect();
+    let sub: Vec<[u8; SEED_LEN]> = (CLIENT_N as u8 / 2..CLIENT_N as u8)
+        .map(|i| [i; SEED_LEN])
+        .collect();
+    let mut group = c.benchmark_group("mask_combination");
+    group.throughput(Throughput::Bytes((4 * BIG_D * CLIENT_N) as u64));
+    group.sample_size(20);
+    group.bench_function("apply_masks_10_seeds_1M_words_all_cores", |b| {
+        b.iter(|| prg::apply_masks(black_box(&mut words), &add, &sub));
+    });
+    group.bench_function("chacha20_keystream_10x4MB_one_core", |b| {
+        b.iter(|| {
+            for seed in add.iter().chain(&sub) {
+                prg::keystream(black_box(seed), black_box(&mut bytes));
+            }
+        });
     });
     group.finish();
 }

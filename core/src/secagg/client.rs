@@ -29,7 +29,7 @@ use super::keys::{
 };
 use super::message::{Envelope, KeyAdvertisement, RevealedShare, ShareKind, SignedKeys};
 use super::params::RoundParams;
-use super::prg::apply_masks;
+use super::prg::{apply_masks, expand_masks};
 use super::shamir::{SHARE_LEN, Share, split};
 
 /// What this partner demands of any round it joins, beyond the round's own threshold.
@@ -140,9 +140,9 @@ impl MaskPlan {
 
     /// The total mask as a vector of its own, to add to the input once that is ready.
     pub fn expand(self) -> Mask {
-        let mut words = vec![0u32; self.len];
-        apply_masks(&mut words, &self.add, &self.sub);
-        Mask { words }
+        Mask {
+            words: expand_masks(self.len, &self.add, &self.sub),
+        }
     }
 }
 

@@ -7,8 +7,10 @@
 //! mask is keystream bytes 4w..4w+4, so the coordinator and each partner derive identical
 //! masks without exchanging anything but the seed.
 //!
-//! Masks are added or subtracted into the target slice in place, one keystream buffer at a
-//! time, so unmasking a sum of d words needs O(d) memory however many masks are removed.
+//! Masks are added or subtracted into the target slice in place, a 4 KiB block at a time:
+//! every mask's keystream for the block is summed in a buffer that stays in L1 and the block
+//! is then touched once, so unmasking a sum of d words needs O(d) memory however many masks
+//! are removed, and combining k masks costs k keystreams plus one pass over the target.
 //! The 32-bit block counter limits a mask to 2^36 words; [`MAX_WORDS`] stays well below.
 
 use chacha20::ChaCha20;
@@ -27,28 +29,6 @@ fn cipher(seed: &[u8; SEED_LEN]) -> ChaCha20 {
     ChaCha20::new(&(*seed).into(), &[0u8; 12].into())
 }
 
-/// Applies `op(word, mask_word)` to every word of `v`, with the mask expanded from `seed`.
-fn combine(seed: &[u8; SEED_LEN], v: &mut [u32], op: impl Fn(u32, u32) -> u32) {
-    combine_from(seed, 0, v, op);
-}
-
-/// [`combine`] for the words of a mask starting at word `first`: the keystream is seekable,
-/// so parts of one vector can be masked on different threads.
-fn combine_from(seed: &[u8; SEED_LEN], first: usize, v: &mut [u32], op: impl Fn(u32, u32) -> u32) {
-    let mut c = cipher(seed);
-    if first > 0 {
-        c.seek(first as u64 * 4);
-    }
-    let mut buf = [0u8; BUF_BYTES];
-    for chunk in v.chunks_mut(BUF_BYTES / 4) {
-        let bytes = &mut buf[..chunk.len() * 4];
-        c.write_keystream(bytes);
-        for (w, m) in chunk.iter_mut().zip(bytes.chunks_exact(4)) {
-            *w = op(*w, u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
-        }
-    }
-}
-
 /// Adds the mask expanded from `seed` into `v`, word by word, wrapping mod 2^32.
 ///
 /// # Panics
@@ -56,7 +36,7 @@ fn combine_from(seed: &[u8; SEED_LEN], first: usize, v: &mut [u32], op: impl Fn(
 /// If `v` is longer than 2^36 words, where the ChaCha20 block counter would wrap
 /// ([`crate::secagg::RoundParams`] allows at most [`MAX_WORDS`]).
 pub fn add_mask(seed: &[u8; SEED_LEN], v: &mut [u32]) {
-    combine(seed, v, u32::wrapping_add);
+    combine_blocks(v, 0, &[*seed], &[], Target::Add);
 }
 
 /// Subtracts the mask expanded from `seed` from `v`, word by word, wrapping mod 2^32.
@@ -65,47 +45,143 @@ pub fn add_mask(seed: &[u8; SEED_LEN], v: &mut [u32]) {
 ///
 /// As [`add_mask`].
 pub fn sub_mask(seed: &[u8; SEED_LEN], v: &mut [u32]) {
-    combine(seed, v, u32::wrapping_sub);
+    combine_blocks(v, 0, &[], &[*seed], Target::Add);
 }
 
 /// Fewest words of the vector a thread of [`apply_masks`] takes on: below this, starting a
 /// thread costs more than it saves.
 const MIN_WORDS_PER_THREAD: usize = 1 << 16;
 
+/// Words of the target summed at a time by [`combine_blocks`]: every mask's keystream for
+/// one block is added into a buffer that stays in L1, and the block is written once.
+const BLOCK_WORDS: usize = BUF_BYTES / 4;
+
+/// What [`combine_blocks`] does with the total mask of a block.
+#[derive(Clone, Copy)]
+enum Target {
+    /// Adds it into the words there.
+    Add,
+    /// Writes it over them without reading them: into freshly allocated memory this touches
+    /// each page once, by a write, where a read first would map the shared zero page and the
+    /// write then copy it (a second fault, and a TLB flush on every core).
+    Overwrite,
+}
+
+/// For the words of `v` at mask positions `first..first + v.len()`: the sum of the masks of
+/// `add` minus those of `sub`, added into `v` or written over it, block by block. Each
+/// keystream is read once, sequentially; the words of `v` are touched once.
+fn combine_blocks(
+    v: &mut [u32],
+    first: usize,
+    add: &[[u8; SEED_LEN]],
+    sub: &[[u8; SEED_LEN]],
+    target: Target,
+) {
+    let start = |seed: &[u8; SEED_LEN]| {
+        let mut c = cipher(seed);
+        if first > 0 {
+            c.seek(first as u64 * 4);
+        }
+        c
+    };
+    let mut adders: Vec<ChaCha20> = add.iter().map(start).collect();
+    let mut subtractors: Vec<ChaCha20> = sub.iter().map(start).collect();
+    let mut acc = [0u32; BLOCK_WORDS];
+    let mut buf = [0u8; BUF_BYTES];
+    for block in v.chunks_mut(BLOCK_WORDS) {
+        let acc = &mut acc[..block.len()];
+        let bytes = &mut buf[..block.len() * 4];
+        // The first keystream is written into the accumulator, the others folded in.
+        let mut fresh = true;
+        for c in &mut adders {
+            c.write_keystream(bytes);
+            if fresh {
+                fold(acc, bytes, |_, m| m);
+            } else {
+                fold(acc, bytes, u32::wrapping_add);
+            }
+            fresh = false;
+        }
+        for c in &mut subtractors {
+            c.write_keystream(bytes);
+            if fresh {
+                fold(acc, bytes, |_, m| 0u32.wrapping_sub(m));
+            } else {
+                fold(acc, bytes, u32::wrapping_sub);
+            }
+            fresh = false;
+        }
+        if fresh {
+            acc.fill(0);
+        }
+        match target {
+            Target::Add => {
+                for (w, m) in block.iter_mut().zip(acc.iter()) {
+                    *w = w.wrapping_add(*m);
+                }
+            }
+            Target::Overwrite => block.copy_from_slice(acc),
+        }
+    }
+}
+
+/// `acc[i] = op(acc[i], word i of the keystream bytes)`; generic, so `op` is inlined and the
+/// loop vectorised.
+#[inline(always)]
+fn fold(acc: &mut [u32], bytes: &[u8], op: impl Fn(u32, u32) -> u32) {
+    for (a, m) in acc.iter_mut().zip(bytes.chunks_exact(4)) {
+        *a = op(*a, u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
+    }
+}
+
 /// Adds the masks of every seed in `add` to `v` and subtracts those in `sub`, wrapping mod
 /// 2^32: the same result as [`add_mask`] and [`sub_mask`] seed by seed, but with `v` split
 /// into contiguous parts masked on the machine's cores at once, each reading its own stretch
-/// of every keystream.
+/// of every keystream, block by block (see [`combine_blocks`]).
 ///
 /// # Panics
 ///
 /// As [`add_mask`].
 pub fn apply_masks(v: &mut [u32], add: &[[u8; SEED_LEN]], sub: &[[u8; SEED_LEN]]) {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    apply_masks_on(v, add, sub, cores);
+    apply_masks_on(v, add, sub, Target::Add, cores());
 }
 
-fn apply_masks_on(v: &mut [u32], add: &[[u8; SEED_LEN]], sub: &[[u8; SEED_LEN]], threads: usize) {
-    let masks = add.len() + sub.len();
+/// The total mask of `add` minus `sub` for a vector of `len` words, as a vector of its own:
+/// what [`apply_masks`] would add to a vector of zeros.
+///
+/// # Panics
+///
+/// As [`add_mask`].
+pub fn expand_masks(len: usize, add: &[[u8; SEED_LEN]], sub: &[[u8; SEED_LEN]]) -> Vec<u32> {
+    let mut words = vec![0u32; len];
+    apply_masks_on(&mut words, add, sub, Target::Overwrite, cores());
+    words
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+fn apply_masks_on(
+    v: &mut [u32],
+    add: &[[u8; SEED_LEN]],
+    sub: &[[u8; SEED_LEN]],
+    target: Target,
+    threads: usize,
+) {
+    if add.is_empty() && sub.is_empty() && matches!(target, Target::Add) {
+        return;
+    }
     let threads = threads.min(v.len() / MIN_WORDS_PER_THREAD).max(1);
-    let part_words = |part: &mut [u32], first: usize| {
-        for seed in add {
-            combine_from(seed, first, part, u32::wrapping_add);
-        }
-        for seed in sub {
-            combine_from(seed, first, part, u32::wrapping_sub);
-        }
-    };
-    if threads == 1 || masks == 0 {
-        part_words(v, 0);
+    if threads == 1 {
+        combine_blocks(v, 0, add, sub, target);
         return;
     }
     // Parts start on a 64-byte block boundary, so no thread seeks into the middle of a block.
     let per = v.len().div_ceil(threads).next_multiple_of(16);
     std::thread::scope(|scope| {
         for (i, part) in v.chunks_mut(per).enumerate() {
-            let part_words = &part_words;
-            scope.spawn(move || part_words(part, i * per));
+            scope.spawn(move || combine_blocks(part, i * per, add, sub, target));
         }
     });
 }
@@ -249,7 +325,8 @@ mod tests {
         );
     }
 
-    /// Split across threads, the masks come out as they do one seed at a time on one thread.
+    /// Split across threads and blocks, the masks come out as the raw keystreams summed word
+    /// by word, and as one seed at a time on one thread.
     #[test]
     fn parallel_masks_match_serial() {
         let add = [[1u8; SEED_LEN], [2; SEED_LEN], [3; SEED_LEN]];
@@ -264,21 +341,59 @@ mod tests {
             let input: Vec<u32> = (0..len as u32)
                 .map(|i| i.wrapping_mul(2_654_435_761))
                 .collect();
-            let mut expected = input.clone();
+            // The expectation straight from the raw keystream, word by word.
+            let words_of = |seed: &[u8; SEED_LEN]| {
+                let mut bytes = vec![0u8; len * 4];
+                keystream(seed, &mut bytes);
+                bytes
+                    .chunks_exact(4)
+                    .map(|m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]))
+                    .collect::<Vec<u32>>()
+            };
+            let mut alone = vec![0u32; len];
             for seed in &add {
-                add_mask(seed, &mut expected);
+                for (a, m) in alone.iter_mut().zip(words_of(seed)) {
+                    *a = a.wrapping_add(m);
+                }
             }
             for seed in &sub {
-                sub_mask(seed, &mut expected);
+                for (a, m) in alone.iter_mut().zip(words_of(seed)) {
+                    *a = a.wrapping_sub(m);
+                }
             }
+            let expected: Vec<u32> = input
+                .iter()
+                .zip(&alone)
+                .map(|(w, m)| w.wrapping_add(*m))
+                .collect();
+            let mut serial = input.clone();
+            for seed in &add {
+                add_mask(seed, &mut serial);
+            }
+            for seed in &sub {
+                sub_mask(seed, &mut serial);
+            }
+            assert!(serial == expected, "len {len}, seed by seed");
             for threads in 1..=4 {
                 let mut v = input.clone();
-                apply_masks_on(&mut v, &add, &sub, threads);
+                apply_masks_on(&mut v, &add, &sub, Target::Add, threads);
                 assert!(v == expected, "len {len}, {threads} threads");
+                // Overwriting ignores what was there: garbage in, the mask alone out.
+                let mut v = input.clone();
+                apply_masks_on(&mut v, &add, &sub, Target::Overwrite, threads);
+                assert!(v == alone, "len {len}, {threads} threads, overwrite");
             }
             let mut v = input.clone();
             apply_masks(&mut v, &add, &sub);
             assert!(v == expected, "len {len}, all cores");
+            assert!(
+                expand_masks(len, &add, &sub) == alone,
+                "len {len}, expanded"
+            );
+            assert!(
+                expand_masks(len, &[], &[]) == vec![0; len],
+                "len {len}, no masks"
+            );
         }
     }
 
