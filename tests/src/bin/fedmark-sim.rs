@@ -92,6 +92,10 @@ struct Cli {
     /// memory. Implies --no-baselines.
     #[arg(long)]
     bench: bool,
+    /// With --bench: how many plain/secure pairs to run, alternating, so that a noisy shared
+    /// machine slows both alike; the ratio reported is that of the medians.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    bench_pairs: u32,
     /// Where to write the JSON report.
     #[arg(long, default_value = "fedmark-report.json")]
     report: PathBuf,
@@ -204,7 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }));
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     if cli.bench {
-        return bench(&rt, opts, &cli.report);
+        return bench(&rt, opts, cli.bench_pairs, &cli.report);
     }
     let report = rt.block_on(sim::run(&opts))?;
     let json = serde_json::to_string_pretty(&report)?;
@@ -258,10 +262,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Seconds per round (mean over the rounds) and the coordinator's peak memory of one run.
+/// Seconds per round (mean over the rounds) and the coordinator's peak memory of `pairs`
+/// plain and secure runs, alternating; the ratio reported is that of the median seconds.
 fn bench(
     rt: &tokio::runtime::Runtime,
     mut opts: SimOptions,
+    pairs: u32,
     report_path: &std::path::Path,
 ) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating fedmark-sim")?;
@@ -279,40 +285,70 @@ fn bench(
     opts.skip_baselines = true;
     opts.show_progress = false;
     let mut runs = Vec::new();
-    for secure in [false, true] {
-        opts.secure_agg = Some(secure);
-        let report = rt.block_on(sim::run(&opts))?;
-        let rounds = report.rounds.len().max(1) as f64;
-        let per_round = report.rounds.iter().map(|r| r.seconds).sum::<f64>() / rounds;
-        let rss = report
-            .job
-            .peak_rss_bytes
-            .map(|b| b as f64 / (1024.0 * 1024.0));
-        println!(
-            "{:<6} partners {}  params {}  rounds {}  s/round {:.3}  coordinator peak RSS {}  final auc {:.4}",
-            if secure { "secure" } else { "plain" },
-            opts.partners,
-            report.job.model_params,
-            report.rounds.len(),
-            per_round,
-            rss.map_or("n/a".to_string(), |m| format!("{m:.1} MiB")),
-            report.final_metrics.auc
-        );
-        runs.push(serde_json::json!({
-            "secure_aggregation": secure,
-            "partners": opts.partners,
-            "model_params": report.job.model_params,
-            "rounds": report.rounds.len(),
-            "seconds_per_round": per_round,
-            "coordinator_peak_rss_bytes": report.job.peak_rss_bytes,
-            "final_auc": report.final_metrics.auc,
-        }));
+    let mut seconds: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for pair in 1..=pairs {
+        for secure in [false, true] {
+            opts.secure_agg = Some(secure);
+            let report = rt.block_on(sim::run(&opts))?;
+            let rounds = report.rounds.len().max(1) as f64;
+            let per_round = report.rounds.iter().map(|r| r.seconds).sum::<f64>() / rounds;
+            seconds[usize::from(secure)].push(per_round);
+            let rss = report
+                .job
+                .peak_rss_bytes
+                .map(|b| b as f64 / (1024.0 * 1024.0));
+            println!(
+                "{:<6} partners {}  params {}  rounds {}  s/round {:.3}  coordinator peak RSS {}  final auc {:.4}",
+                if secure { "secure" } else { "plain" },
+                opts.partners,
+                report.job.model_params,
+                report.rounds.len(),
+                per_round,
+                rss.map_or("n/a".to_string(), |m| format!("{m:.1} MiB")),
+                report.final_metrics.auc
+            );
+            runs.push(serde_json::json!({
+                "pair": pair,
+                "secure_aggregation": secure,
+                "partners": opts.partners,
+                "model_params": report.job.model_params,
+                "rounds": report.rounds.len(),
+                "seconds_per_round": per_round,
+                "coordinator_peak_rss_bytes": report.job.peak_rss_bytes,
+                "final_auc": report.final_metrics.auc,
+            }));
+        }
+        if pairs > 1 {
+            let [plain, secure] = &seconds;
+            println!(
+                "pair {pair}: secure/plain {:.3}",
+                secure[secure.len() - 1] / plain[plain.len() - 1]
+            );
+        }
     }
-    let ratio = runs[1]["seconds_per_round"].as_f64().unwrap_or(f64::NAN)
-        / runs[0]["seconds_per_round"].as_f64().unwrap_or(f64::NAN);
+    let [plain, secure] = seconds.map(median);
+    let ratio = secure / plain;
+    if pairs > 1 {
+        println!("median s/round over {pairs} pairs: plain {plain:.3}  secure {secure:.3}");
+    }
     println!("secure/plain seconds per round: {ratio:.3}");
-    let json = serde_json::json!({ "bench": runs, "secure_over_plain": ratio });
+    let json = serde_json::json!({
+        "bench": runs,
+        "median_seconds_per_round": { "plain": plain, "secure": secure },
+        "secure_over_plain": ratio,
+    });
     std::fs::write(report_path, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("writing {}", report_path.display()))?;
     Ok(())
+}
+
+/// The median of some values (the mean of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
