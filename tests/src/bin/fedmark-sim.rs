@@ -314,6 +314,7 @@ fn bench(
                 "model_params": report.job.model_params,
                 "rounds": report.rounds.len(),
                 "seconds_per_round": per_round,
+                "round_seconds": report.rounds.iter().map(|r| r.seconds).collect::<Vec<_>>(),
                 "coordinator_peak_rss_bytes": report.job.peak_rss_bytes,
                 "final_auc": report.final_metrics.auc,
             }));
