@@ -353,3 +353,16 @@ fn median(mut values: Vec<f64>) -> f64 {
         _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(vec![0.5, 0.1, 0.3]), 0.3);
+        assert_eq!(median(vec![0.4, 0.1, 0.3, 0.2]), 0.25);
+        assert_eq!(median(vec![2.0]), 2.0);
+        assert!(median(Vec::new()).is_nan());
+    }
+}
