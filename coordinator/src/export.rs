@@ -251,39 +251,40 @@ pub fn pipeline(
 
 /// Writes through a temporary file and a rename, so a crash never leaves half a file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
-    let io = |p: &Path| {
-        let shown = p.display().to_string();
-        move |source| ExportError::Io {
-            path: shown,
-            source,
-        }
-    };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    write_through_temp(path, |file| {
+        use std::io::Write;
+        file.write_all(bytes)
+    })
 }
 
-/// Pretty JSON of `value` streamed into `path` (through a temporary file and a rename, as
-/// [`write_atomic`]), for values too large to hold twice in memory, such as a model of
+/// Pretty JSON of `value` streamed into `path` through a temporary file and a rename, as
+/// [`write_atomic`], for values too large to hold twice in memory, such as a model of
 /// millions of parameters; the bytes are those [`json_bytes`] would give.
 pub fn write_json_streamed(path: &Path, value: &impl serde::Serialize) -> Result<(), ExportError> {
-    use std::io::Write;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
+    write_through_temp(path, |file| {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(file);
+        serde_json::to_writer_pretty(&mut out, value)?;
+        out.write_all(b"\n")?;
+        out.flush()
+    })
+}
+
+/// Creates `path.tmp`, lets `write` fill it, and renames it to `path`.
+fn write_through_temp(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<(), ExportError> {
     let failed = |p: &Path, source| ExportError::Io {
         path: p.display().to_string(),
         source,
     };
-    let file = std::fs::File::create(&tmp).map_err(|e| failed(&tmp, e))?;
-    let mut out = std::io::BufWriter::new(file);
-    serde_json::to_writer_pretty(&mut out, value)
-        .map_err(std::io::Error::from)
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.flush())
-        .map_err(|e| failed(&tmp, e))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = std::fs::File::create(&tmp).map_err(|e| failed(&tmp, e))?;
+    write(&mut file).map_err(|e| failed(&tmp, e))?;
+    drop(file);
     std::fs::rename(&tmp, path).map_err(|e| failed(path, e))
 }
 
