@@ -94,7 +94,7 @@ struct Cli {
     bench: bool,
     /// With --bench: how many plain/secure pairs to run, alternating, so that a noisy shared
     /// machine slows both alike; the ratio reported is that of the medians.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    #[arg(long, default_value_t = 1, requires = "bench", value_parser = clap::value_parser!(u32).range(1..=20))]
     bench_pairs: u32,
     /// Where to write the JSON report.
     #[arg(long, default_value = "fedmark-report.json")]
