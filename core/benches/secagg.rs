@@ -11,8 +11,8 @@
 //! Throughput (`Throughput::Bytes`) of [`prg::add_mask`] expanding a 32-byte seed into a mask of
 //! d = 1,000,000 words (4 MB) added in place into a `&mut [u32]`, next to [`prg::keystream`]
 //! filling a 4 MB byte buffer with the raw ChaCha20 keystream of the same `chacha20` crate under
-//! the same key, nonce and counter. Every mask in a round goes through `add_mask`/`sub_mask`,
-//! so this is the inner loop of both masking and unmasking; the ratio add_mask / keystream
+//! the same key, nonce and counter. `add_mask` runs the same block loop as the multi-seed
+//! [`prg::apply_masks`] that masking and unmasking use, so the ratio add_mask / keystream
 //! shows what the word conversion and wrapping add cost on top of ChaCha20 itself (the figure
 //! we report; target at least 50 %).
 //!

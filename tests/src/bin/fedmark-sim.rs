@@ -290,8 +290,8 @@ fn bench(
         for secure in [false, true] {
             opts.secure_agg = Some(secure);
             let report = rt.block_on(sim::run(&opts))?;
-            let rounds = report.rounds.len().max(1) as f64;
-            let per_round = report.rounds.iter().map(|r| r.seconds).sum::<f64>() / rounds;
+            let round_seconds: Vec<f64> = report.rounds.iter().map(|r| r.seconds).collect();
+            let per_round = round_seconds.iter().sum::<f64>() / round_seconds.len().max(1) as f64;
             seconds[usize::from(secure)].push(per_round);
             let rss = report
                 .job
@@ -314,17 +314,15 @@ fn bench(
                 "model_params": report.job.model_params,
                 "rounds": report.rounds.len(),
                 "seconds_per_round": per_round,
-                "round_seconds": report.rounds.iter().map(|r| r.seconds).collect::<Vec<_>>(),
+                "round_seconds": round_seconds,
                 "coordinator_peak_rss_bytes": report.job.peak_rss_bytes,
                 "final_auc": report.final_metrics.auc,
             }));
         }
-        if pairs > 1 {
-            let [plain, secure] = &seconds;
-            println!(
-                "pair {pair}: secure/plain {:.3}",
-                secure[secure.len() - 1] / plain[plain.len() - 1]
-            );
+        if let (true, [Some(plain), Some(secure)]) =
+            (pairs > 1, seconds.each_ref().map(|s| s.last()))
+        {
+            println!("pair {pair}: secure/plain {:.3}", secure / plain);
         }
     }
     let [plain, secure] = seconds.map(median);
