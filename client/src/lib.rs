@@ -6,7 +6,8 @@
 //! [`contribution`] (what the partner computes per round, no I/O), [`ledger`] (the
 //! partner's own privacy ledger), [`consent`] (the consent source and per-round snapshots),
 //! [`policy`] (the partner's own rules for which jobs it serves), [`audit`] (the partner's
-//! hash-chained audit file) and [`node`] (the protocol driver).
+//! hash-chained audit file), [`node`] (the protocol driver) and [`transfer`] (the round's model
+//! download and vector upload).
 
 pub mod audit;
 pub mod config;
@@ -16,3 +17,4 @@ pub mod data;
 pub mod ledger;
 pub mod node;
 pub mod policy;
+pub mod transfer;

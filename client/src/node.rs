@@ -3,10 +3,12 @@
 //!
 //! 1. `JobOffer` → the spec is parsed and checked, the declared columns loaded; accept or
 //!    refuse with the reason.
-//! 2. `RoundStart` (+ `ModelChunk`s) → everything in it is checked against what this partner
-//!    computes itself (cohort membership, vector length, model size); local work runs on a
-//!    blocking thread while the session stays responsive.
-//! 3. The round's vector is encoded in fixed point and streamed as `InputChunk`s.
+//! 2. `RoundStart` → everything in it is checked against what this partner computes itself
+//!    (cohort membership, vector length, model size); the model is downloaded on its own
+//!    stream ([`crate::transfer`]) and local work runs on a blocking thread while the session
+//!    stays responsive.
+//! 3. The round's vector is encoded in fixed point (masked in a secure round) and uploaded as
+//!    `InputChunk`s on its own stream, once the coordinator admits the upload.
 //! 4. `RoundResult` / `RoundAbort` close the round; `JobFinished` ends the job, and with it
 //!    the session unless the node keeps serving ([`NodeOptions::keep_serving`]): then it
 //!    waits, connected, for the coordinator's next offer.
@@ -36,8 +38,8 @@ use fedmark_core::secagg::{
 use fedmark_core::spec::{JobSpec, PrivacyMode};
 use fedmark_proto::coordinator_client::CoordinatorClient;
 use fedmark_proto::{
-    ClientMessage, EncryptedShares, Hello, InputChunk, OfferReply, PROTOCOL_VERSION, RevealedShare,
-    RoundRef, RoundStart, UnmaskReply, client_message, server_message,
+    ClientMessage, EncryptedShares, Hello, OfferReply, PROTOCOL_VERSION, RevealedShare, RoundRef,
+    RoundStart, UnmaskReply, client_message, server_message,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -53,12 +55,10 @@ use crate::contribution::{JobContext, RoundValues};
 use crate::data::{DataError, HoldoutSplit, load_csv, load_csv_keyed};
 use crate::ledger::{Ledger, LedgerError};
 use crate::policy::{PartnerPolicy, PolicyError};
+use crate::transfer::{SessionToken, Uploaded, download_model, upload_input};
 use fedmark_core::audit::{f64s_sha256, u32s_sha256};
 
-/// Words per `InputChunk`: 64 KiB, well under gRPC's 4 MiB message ceiling and small enough
-/// that the coordinator's queue of pending chunks stays small.
-pub const INPUT_CHUNK_WORDS: usize = 16 * 1024;
-/// Largest message the client accepts (model chunks are 1 MiB).
+/// Largest message the client accepts (model chunks are 64 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Why the client stopped.
@@ -381,7 +381,7 @@ async fn session(
         Some(path) => Some(AuditLog::open(path, &cfg.partner_id)?),
         None => None,
     };
-    let mut client = connect(cfg).await?;
+    let client = connect(cfg).await?;
     let (tx, rx) = mpsc::channel::<ClientMessage>(16);
     send(
         &tx,
@@ -391,9 +391,15 @@ async fn session(
         }),
     )
     .await?;
-    let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    let mut inbound = client
+        .clone()
+        .session(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
     let (done_tx, mut done_rx) = mpsc::channel::<Computed>(1);
     let mut node = Node {
+        client,
+        token: None,
         cfg: cfg.clone(),
         options,
         identity,
@@ -453,13 +459,30 @@ struct Computed {
 }
 
 enum Product {
+    /// The round's model, downloaded.
+    Model(Vec<f64>),
     /// The encoded (and, under distributed DP, noised) vector, not yet masked.
     Words(Vec<u32>),
     /// The total mask, expanded while the vector is still being computed.
     Mask(Mask),
+    /// The upload of the vector ended.
+    Uploaded(Uploaded),
+}
+
+/// A round's transfer task; it stops when the round it belongs to is dropped.
+struct TransferTask(tokio::task::JoinHandle<()>);
+
+impl Drop for TransferTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 struct Node {
+    /// The session's connection; the bulk streams share it.
+    client: CoordinatorClient<Channel>,
+    /// The session token of the welcome, which binds the bulk streams to this session.
+    token: Option<SessionToken>,
     cfg: ClientConfig,
     options: NodeOptions,
     identity: Option<Identity>,
@@ -483,7 +506,6 @@ struct ActiveRound {
     kind: RoundKind,
     layout: VectorLayout,
     model: Vec<f64>,
-    model_len: usize,
     /// Secure-aggregation state (secure rounds).
     secagg: Option<ClientRound>,
     /// The mask, expanded once the neighbours' shares arrived (secure rounds). The input
@@ -494,6 +516,8 @@ struct ActiveRound {
     input_sent: bool,
     /// SHA-256 of the round's consent snapshot (empty without a consent source).
     consent_hash: String,
+    /// The model download and vector upload running for this round.
+    transfers: Vec<TransferTask>,
 }
 
 async fn send(
@@ -544,7 +568,12 @@ impl Node {
     async fn handle(&mut self, body: server_message::Body) -> Result<Flow, ClientError> {
         use server_message::Body;
         match body {
-            Body::Welcome(w) => info!(coordinator = %w.coordinator_id, "session open"),
+            Body::Welcome(w) => {
+                info!(coordinator = %w.coordinator_id, "session open");
+                self.token = Some(
+                    SessionToken::from_welcome(&w.session_token).map_err(ClientError::Protocol)?,
+                );
+            }
             Body::Offer(offer) => {
                 // A job offered again (resubmitted after a cancel) will end again.
                 if self.finished.as_deref() == Some(offer.job_id.as_str()) {
@@ -567,53 +596,6 @@ impl Node {
                 send(&self.tx, client_message::Body::OfferReply(reply)).await?;
             }
             Body::RoundStart(start) => self.start_round(start).await?,
-            Body::Model(chunk) => {
-                let Some(round) = self.round.as_mut() else {
-                    // The tail of a round that ended here (aborted, or its job cancelled).
-                    debug!("model chunk outside a round; ignored");
-                    return Ok(Flow::Continue);
-                };
-                if chunk.round.as_ref() != Some(&round.rref) {
-                    return Err(ClientError::Protocol(
-                        "model chunk for another round".into(),
-                    ));
-                }
-                if chunk.offset as usize != round.model.len()
-                    || round.model.len() + chunk.values.len() / 8 > round.model_len
-                {
-                    return Err(ClientError::Protocol(format!(
-                        "model chunk at offset {} does not continue {} of {} values",
-                        chunk.offset,
-                        round.model.len(),
-                        round.model_len
-                    )));
-                }
-                if chunk.values.len() % 8 != 0 {
-                    return Err(ClientError::Protocol(
-                        "model chunk is not a whole number of f64 values".into(),
-                    ));
-                }
-                round.model.extend(
-                    chunk
-                        .values
-                        .chunks_exact(8)
-                        .map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8]))),
-                );
-                if chunk.last {
-                    if round.model.len() != round.model_len {
-                        return Err(ClientError::Protocol("model ended early".into()));
-                    }
-                    let data = serde_json::json!({
-                        "job_id": round.rref.job_id,
-                        "round": round.rref.round,
-                        "attempt": round.rref.attempt,
-                        "model_sha256": f64s_sha256(&round.model),
-                        "params": round.model.len(),
-                    });
-                    self.audit("model_received", data)?;
-                    self.compute();
-                }
-            }
             Body::Keys(keys) => {
                 if !self.in_round(&keys.round) {
                     return Ok(Flow::Continue);
@@ -1138,15 +1120,18 @@ impl Node {
             start,
             kind,
             layout,
-            model: Vec::with_capacity(model_len),
-            model_len,
+            model: Vec::new(),
             secagg: None,
             mask: None,
             words: None,
             input_sent: false,
             consent_hash,
+            transfers: Vec::new(),
         });
         self.leave_if(DropPoint::Start)?;
+        if model_len > 0 {
+            self.download(rref, model_len)?;
+        }
         if secure {
             self.advertise_keys().await?;
         }
@@ -1154,6 +1139,29 @@ impl Node {
             self.compute();
         }
         Ok(())
+    }
+
+    /// Fetches the round's model on its own stream; it arrives as a [`Product::Model`].
+    fn download(&mut self, rref: RoundRef, model_len: usize) -> Result<(), ClientError> {
+        let token = self.session_token()?;
+        let client = self.client.clone();
+        let done = self.done_tx.clone();
+        let Some(round) = self.round.as_mut() else {
+            return Ok(());
+        };
+        round.transfers.push(TransferTask(tokio::spawn(async move {
+            let product = download_model(client, token, rref.clone(), model_len)
+                .await
+                .map(Product::Model);
+            let _ = done.send(Computed { rref, product }).await;
+        })));
+        Ok(())
+    }
+
+    fn session_token(&self) -> Result<SessionToken, ClientError> {
+        self.token
+            .clone()
+            .ok_or_else(|| ClientError::Protocol("a round started before the welcome".into()))
     }
 
     /// Phase 1: fresh keys for this round, signed with the identity key.
@@ -1337,15 +1345,43 @@ impl Node {
         if round.rref != done.rref {
             return Ok(());
         }
-        match done.product.map_err(ClientError::Protocol)? {
+        let product = match done.product {
+            Ok(p) => p,
+            Err(reason) => {
+                // A transfer that failed (the coordinator refused it or the stream broke) or a
+                // computation that failed ends this partner's part in the round, not its
+                // session: the coordinator counts it out.
+                self.abandon(&reason)?;
+                return Ok(());
+            }
+        };
+        match product {
+            Product::Model(model) => {
+                let data = serde_json::json!({
+                    "job_id": round.rref.job_id,
+                    "round": round.rref.round,
+                    "attempt": round.rref.attempt,
+                    "model_sha256": f64s_sha256(&model),
+                    "params": model.len(),
+                });
+                round.model = model;
+                self.audit("model_received", data)?;
+                self.compute();
+                return Ok(());
+            }
             Product::Words(words) => round.words = Some(words),
             Product::Mask(mask) => round.mask = Some(mask),
+            Product::Uploaded(Uploaded::Whole) => {
+                self.summary.rounds_contributed += 1;
+                return Ok(());
+            }
+            Product::Uploaded(Uploaded::LeftMidway) => return Err(ClientError::Closed),
         }
         self.send_input().await
     }
 
     /// Phase 3: once the vector is computed and (in a secure round) the shares are in, mask
-    /// the vector and stream it.
+    /// the vector and upload it (the upload waits for the coordinator to admit it).
     async fn send_input(&mut self) -> Result<(), ClientError> {
         let Some(round) = self.round.as_mut() else {
             return Ok(());
@@ -1419,38 +1455,18 @@ impl Node {
             }),
         )?;
         let drop_mid = self.take_dropout(rref.round, DropPoint::MidInput);
-        // A scripted mid-input dropout needs at least two chunks to leave between them.
-        let chunk_words = if drop_mid {
-            words.len().div_ceil(2).max(1)
-        } else {
-            INPUT_CHUNK_WORDS
-        };
-        let chunks = words.len().div_ceil(chunk_words).max(1);
-        for i in 0..chunks {
-            if drop_mid && i == chunks / 2 && i > 0 {
-                warn!(round = rref.round, "injected dropout: leaving mid-input");
-                return Err(ClientError::Closed);
-            }
-            let a = (i * chunk_words).min(words.len());
-            let b = (a + chunk_words).min(words.len());
-            send(
-                &self.tx,
-                client_message::Body::Input(InputChunk {
-                    round: Some(rref.clone()),
-                    offset: a as u64,
-                    values: words[a..b].to_vec(),
-                    last: i + 1 == chunks,
-                    // The round's consent-snapshot hash travels with the last chunk.
-                    consent_snapshot: if i + 1 == chunks {
-                        consent_hash.clone()
-                    } else {
-                        String::new()
-                    },
-                }),
-            )
-            .await?;
+        let token = self.session_token()?;
+        let client = self.client.clone();
+        let done = self.done_tx.clone();
+        if let Some(round) = self.round.as_mut() {
+            round.transfers.push(TransferTask(tokio::spawn(async move {
+                let product =
+                    upload_input(client, token, rref.clone(), words, consent_hash, drop_mid)
+                        .await
+                        .map(Product::Uploaded);
+                let _ = done.send(Computed { rref, product }).await;
+            })));
         }
-        self.summary.rounds_contributed += 1;
         Ok(())
     }
 }

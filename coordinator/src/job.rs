@@ -140,6 +140,18 @@ pub enum RoundEvent {
         /// The message.
         body: client_message::Body,
     },
+    /// A chunk of a partner's vector, from an upload bound to its current session.
+    Input {
+        /// Partner id.
+        partner: String,
+        /// The chunk.
+        chunk: fedmark_proto::InputChunk,
+    },
+    /// A partner's upload stream ended.
+    UploadEnded {
+        /// Partner id.
+        partner: String,
+    },
     /// A partner's current session closed.
     Closed {
         /// Partner id.
@@ -314,6 +326,20 @@ impl Hub {
                         return Some(RoundEvent::OfferAnswered);
                     }
                     return Some(RoundEvent::Message { partner, body });
+                }
+                Event::Input {
+                    partner,
+                    session,
+                    chunk,
+                } => {
+                    if self.is_current(&partner, session) {
+                        return Some(RoundEvent::Input { partner, chunk });
+                    }
+                }
+                Event::UploadEnded { partner, session } => {
+                    if self.is_current(&partner, session) {
+                        return Some(RoundEvent::UploadEnded { partner });
+                    }
                 }
                 Event::Closed { partner, session } => {
                     // A close of a replaced session says nothing about the partner's presence.

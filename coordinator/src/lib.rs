@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 pub mod admin;
 pub mod board;
+pub mod bulk;
 pub mod config;
 pub mod dashboard;
 pub mod export;

@@ -3,18 +3,20 @@
 //! Phases and what moves them on (the bracketed ones run only with secure aggregation, the
 //! protocol of Bonawitz et al. with the SecAgg+ graph, see [`fedmark_core::secagg`]):
 //!
-//! 1. **Start.** `RoundStart` (and, for training and evaluation, the global model in
-//!    `ModelChunk`s) goes to every cohort member. A member whose session is gone is dropped.
+//! 1. **Start.** `RoundStart` goes to every cohort member on its session; for training and
+//!    evaluation each member then downloads the global model on a stream of its own
+//!    ([`crate::bulk`]). A member whose session is gone is dropped.
 //! 2. [**Advertise keys.**] Each member sends two fresh public keys signed with its identity
 //!    key; the signatures are checked against the roster. When all have answered (or at the
 //!    deadline) the advertisers are U1, at least `threshold` of them, and each gets its
 //!    neighbours' signed keys.
 //! 3. [**Share keys.**] Each member of U1 sends its encrypted shares; the coordinator only
 //!    routes them. The senders are U2, and each gets the envelopes addressed to it.
-//! 4. **Input.** Members stream their vectors in `InputChunk`s; each chunk is added into one
-//!    [`RunningSum`] as it arrives, so memory is one vector whatever the cohort size. The phase
-//!    ends when every member has finished or dropped, or at the phase deadline.
-//!    With secure aggregation each vector is masked, and only members of U2 may send one.
+//! 4. **Input.** Members upload their vectors in `InputChunk`s, a few members at a time (the
+//!    transfer slots of [`crate::bulk`]); each chunk is added into one [`RunningSum`] as it
+//!    arrives, so memory is one vector whatever the cohort size. The phase ends when every
+//!    member has finished or dropped, or at the phase deadline. With secure aggregation each
+//!    vector is masked, and only members of U2 may upload one.
 //! 5. [**Unmask.**] The complete members are U3. Each gets U3 and answers with its shares of
 //!    the survivors' self-mask seeds and of the dropped members' mask keys; from `threshold`
 //!    answers per neighbourhood the masks are removed from the sum, leaving exactly the sum of
@@ -38,17 +40,15 @@ use fedmark_core::secagg::{
     SecAggError, ServerRound, ShareKind, SignedKeys,
 };
 use fedmark_proto::{
-    KeyBroadcast, ModelChunk, RoundAbort, RoundRef, RoundStart, SharesDelivery, UnmaskRequest,
-    client_message, server_message,
+    KeyBroadcast, RoundAbort, RoundRef, RoundStart, SharesDelivery, UnmaskRequest, client_message,
+    server_message,
 };
 use tokio::time::Instant;
 use tonic::Status;
 use tracing::{debug, info, warn};
 
+use crate::bulk::{OpenRound, model_bytes};
 use crate::job::{Hub, RoundEvent};
-
-/// Model values per `ModelChunk`: 64 KiB of f64 (what is in flight per partner stays small).
-pub const MODEL_CHUNK_VALUES: usize = 8 * 1024;
 
 /// Everything a round needs to start.
 #[derive(Debug, Clone)]
@@ -197,8 +197,8 @@ pub fn round_id(rref: &RoundRef) -> RoundId {
     RoundId::new(&rref.job_id, rref.round, rref.attempt)
 }
 
-/// The tasks streaming a round's start and model to its members. They are stopped when the
-/// round is dropped, so a job cancelled mid-round sends nothing more of it.
+/// The tasks sending a round's start to its members. They are stopped when the round is
+/// dropped, so a job cancelled mid-round sends nothing more of it.
 struct Streams(Vec<tokio::task::JoinHandle<()>>);
 
 impl Streams {
@@ -221,64 +221,39 @@ impl Drop for Streams {
     }
 }
 
-/// Sends `RoundStart` and the model to every member, each on its own task so a slow partner
-/// holds up no other. The handles let an aborted round stop its streams before `RoundAbort`
-/// goes out, so no partner sees a message of this round after the abort.
-fn broadcast_start(hub: &Hub, plan: &RoundPlan) -> Streams {
+/// Opens the round's transfers (the model to download; uploads at once in a plain round) and
+/// sends `RoundStart` to every member, each on its own task so a partner that does not read
+/// holds up no other. The handles let an aborted round stop them before `RoundAbort` goes out,
+/// so no partner sees a message of this round after the abort.
+fn broadcast_start(hub: &Hub, plan: &RoundPlan) -> (Streams, OpenRound) {
     let start = start_message(plan);
-    // One little-endian copy of the model; every partner's chunks are slices of it.
-    let model = plan.model.as_ref().map(|m| {
-        let mut bytes = Vec::with_capacity(m.len() * 8);
-        for v in m.iter() {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-        fedmark_proto::Bytes::from(bytes)
-    });
+    // One little-endian copy of the model; every download's chunks are slices of it.
+    let model = plan.model.as_ref().map(|m| model_bytes(m));
+    let transfers = hub.sessions.bulk().open(
+        plan.rref.clone(),
+        &plan.cohort,
+        model,
+        plan.secure.is_none(),
+    );
     let mut streams = Vec::with_capacity(plan.cohort.len());
     for member in &plan.cohort {
         let Some(tx) = hub.offered_sender(member) else {
             continue;
         };
         let start = start.clone();
-        let model = model.clone();
-        let rref = plan.rref.clone();
         streams.push(tokio::spawn(async move {
-            let msg = |b| Ok(fedmark_proto::ServerMessage { body: Some(b) });
-            if tx
-                .send(msg(server_message::Body::RoundStart(start)))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let Some(model) = model else { return };
-            let values = model.len() / 8;
-            let chunks = values.div_ceil(MODEL_CHUNK_VALUES).max(1);
-            for i in 0..chunks {
-                let a = i * MODEL_CHUNK_VALUES;
-                let b = (a + MODEL_CHUNK_VALUES).min(values);
-                let chunk = ModelChunk {
-                    round: Some(rref.clone()),
-                    offset: a as u64,
-                    values: model.slice(a * 8..b * 8),
-                    last: i + 1 == chunks,
-                };
-                if tx
-                    .send(msg(server_message::Body::Model(chunk)))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
+            let msg = fedmark_proto::ServerMessage {
+                body: Some(server_message::Body::RoundStart(start)),
+            };
+            let _ = tx.send(Ok(msg)).await;
         }));
     }
-    Streams(streams)
+    (Streams(streams), transfers)
 }
 
 /// Runs one round to its sum or its abort.
 pub async fn run_round(hub: &mut Hub, plan: &RoundPlan) -> Result<RoundOutput, RoundError> {
-    let mut streams = broadcast_start(hub, plan);
+    let (mut streams, transfers) = broadcast_start(hub, plan);
     let mut dropped: BTreeSet<String> = plan
         .cohort
         .iter()
@@ -294,13 +269,15 @@ pub async fn run_round(hub: &mut Hub, plan: &RoundPlan) -> Result<RoundOutput, R
                     finish(plan, input.sum.into_inner(), input.survivors, input.consent)
                 })
         }
-        Some(setup) => secure_round(hub, plan, setup, &mut dropped).await,
+        Some(setup) => secure_round(hub, plan, setup, &transfers, &mut dropped).await,
     };
+    // The round's transfers end with it, whether it produced a sum or not.
+    drop(transfers);
     if let Err(e) = &result {
         warn!(round = plan.rref.round, attempt = plan.rref.attempt, reason = %e, "round aborted");
         // A partner that failed early (e.g. a bad first chunk) can abort the round while the
-        // model is still streaming to the others: stop those streams first, so the abort is
-        // the last word of this round on every session.
+        // start is still going out to the others: stop those sends first, so the abort is the
+        // last word of this round on every session.
         streams.stop().await;
         for member in &plan.cohort {
             let abort = RoundAbort {
@@ -351,6 +328,7 @@ async fn secure_round(
     hub: &mut Hub,
     plan: &RoundPlan,
     setup: &SecureSetup,
+    transfers: &OpenRound,
     dropped: &mut BTreeSet<String>,
 ) -> Result<RoundOutput, RoundError> {
     let rid = round_id(&plan.rref);
@@ -451,6 +429,9 @@ async fn secure_round(
     .await;
     let u2 = server.close_shares().map_err(secagg_failed)?;
     phase_done("shares", u2.len());
+    let senders: BTreeSet<String> = u2.iter().cloned().collect();
+    // Before any member of U2 learns its shares arrived, so none is refused for being early.
+    transfers.allow_uploads(&senders);
     for member in &u2 {
         let envelopes = server.envelopes_for(member).map_err(secagg_failed)?;
         let msg = SharesDelivery {
@@ -469,7 +450,6 @@ async fn secure_round(
     pause_if(plan, "shares").await;
 
     // Masked input (U3).
-    let senders: BTreeSet<String> = u2.iter().cloned().collect();
     let Input {
         mut sum,
         survivors,
@@ -578,6 +558,9 @@ async fn collect<F>(
                     }
                 }
             }
+            RoundEvent::Input { partner, .. } | RoundEvent::UploadEnded { partner } => {
+                debug!(partner = %partner, "input outside the input phase; ignored");
+            }
             RoundEvent::OfferAnswered => {}
             RoundEvent::Closed { partner } => {
                 if waiting.remove(&partner) {
@@ -632,10 +615,7 @@ async fn input_phase(
             break;
         };
         match event {
-            RoundEvent::Message {
-                partner,
-                body: client_message::Body::Input(chunk),
-            } => {
+            RoundEvent::Input { partner, chunk } => {
                 if !senders.contains(&partner) || dropped.contains(&partner) {
                     warn!(partner = %partner, "input from a partner not admitted to this phase; ignored");
                     continue;
@@ -684,6 +664,18 @@ async fn input_phase(
             }
             RoundEvent::Message { partner, .. } => {
                 warn!(partner = %partner, "message of the wrong phase; ignored");
+            }
+            RoundEvent::UploadEnded { partner } => {
+                // An upload cut short leaves part of a vector in the sum, which the round
+                // cannot take out again; one that ended whole or before any chunk changes
+                // nothing.
+                if let Some(p) = progress.get(&partner)
+                    && senders.contains(&partner)
+                    && !p.complete
+                    && p.received > 0
+                {
+                    return Err(RoundError::PartialInput(partner));
+                }
             }
             RoundEvent::OfferAnswered => {}
             RoundEvent::Closed { partner } => {

@@ -1,9 +1,11 @@
 //! The gRPC face of the coordinator: partner sessions in, events out.
 //!
-//! Each partner holds one bidirectional `Session` stream. This module only decodes and checks
-//! who is speaking; every message is forwarded as an [`Event`] to the single task that runs the
-//! job ([`crate::job`]), and that task answers through [`Sessions`]. Keeping all protocol state
-//! in one task means no locks are held across awaits and the round logic reads top to bottom.
+//! Each partner holds one bidirectional `Session` stream, and opens a short-lived stream for
+//! each bulk transfer of a round (`DownloadModel`, `UploadInput`, see [`crate::bulk`]), bound to
+//! the session by its token. This module only decodes and checks who is speaking; every
+//! message and input chunk is forwarded as an [`Event`] to the single task that runs the job
+//! ([`crate::job`]), and that task answers through [`Sessions`]. Keeping all protocol state in
+//! one task means no locks are held across awaits and the round logic reads top to bottom.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -15,16 +17,22 @@ use std::time::Duration;
 use fedmark_core::secagg::valid_partner_id;
 use fedmark_proto::coordinator_server::{Coordinator, CoordinatorServer};
 use fedmark_proto::{
-    ClientMessage, PROTOCOL_VERSION, ServerMessage, Welcome, client_message, server_message,
+    ClientMessage, InputChunk, ModelChunk, ModelRequest, PROTOCOL_VERSION, SESSION_METADATA,
+    ServerMessage, UploadState, UploadStatus, Welcome, client_message, server_message,
 };
+use rand::RngExt;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-/// Largest message accepted from a partner: input chunks are 1 MiB.
+use crate::bulk::{Bulk, Transfer, TransferError};
+
+/// Largest message accepted from a partner (input chunks are 64 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
 /// How long a new session may take to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// HTTP/2 receive window per stream and per connection (eight 64 KiB input chunks).
@@ -51,6 +59,22 @@ pub enum Event {
         /// The message.
         body: client_message::Body,
     },
+    /// A chunk of a partner's vector arrived on its upload stream.
+    Input {
+        /// Partner id.
+        partner: String,
+        /// Session number the upload is bound to.
+        session: u64,
+        /// The chunk.
+        chunk: InputChunk,
+    },
+    /// A partner's upload stream ended (whole, cut short or refused midway).
+    UploadEnded {
+        /// Partner id.
+        partner: String,
+        /// Session number the upload was bound to.
+        session: u64,
+    },
     /// A partner's session ended (closed, failed or replaced).
     Closed {
         /// Partner id.
@@ -63,20 +87,44 @@ pub enum Event {
 /// The sending half of a partner session's outbound stream.
 pub type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
 
-/// The open sessions, by partner id.
+/// The open sessions, by partner id, and the transfers of the round running on them.
 #[derive(Debug, Clone, Default)]
 pub struct Sessions {
     inner: Arc<Mutex<HashMap<String, (u64, Outbound)>>>,
+    /// SHA-256 of each open session's token → partner and session number. Keyed by the hash,
+    /// so a lookup's timing says nothing about how close a guessed token came.
+    tokens: Arc<Mutex<Tokens>>,
     next: Arc<AtomicU64>,
+    bulk: Arc<Bulk>,
+}
+
+/// SHA-256 of a session token → partner id and session number.
+type Tokens = HashMap<[u8; 32], (String, u64)>;
+
+fn token_key(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
 }
 
 impl Sessions {
-    fn register(&self, partner: &str, tx: Outbound) -> u64 {
+    /// Sessions whose transfers share `slots` slots.
+    pub fn with_transfer_slots(slots: usize) -> Self {
+        Self {
+            bulk: Arc::new(Bulk::with_slots(slots)),
+            ..Self::default()
+        }
+    }
+
+    /// Registers a session: its number and its token.
+    fn register(&self, partner: &str, tx: Outbound) -> (u64, [u8; 32]) {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let token: [u8; 32] = rand::rng().random();
         if let Ok(mut map) = self.inner.lock() {
             map.insert(partner.to_owned(), (id, tx));
         }
-        id
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.insert(token_key(&token), (partner.to_owned(), id));
+        }
+        (id, token)
     }
 
     fn unregister(&self, partner: &str, session: u64) {
@@ -85,6 +133,26 @@ impl Sessions {
         {
             map.remove(partner);
         }
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.retain(|_, (p, id)| !(p == partner && *id == session));
+        }
+    }
+
+    /// The partner and session a bulk stream's token names, if that session is still the
+    /// partner's current one.
+    fn by_token(&self, token: &[u8]) -> Option<(String, u64)> {
+        let (partner, session) = self.tokens.lock().ok()?.get(&token_key(token)).cloned()?;
+        self.is_current(&partner, session)
+            .then_some((partner, session))
+    }
+
+    fn is_current(&self, partner: &str, session: u64) -> bool {
+        self.sender(partner).is_some_and(|(id, _)| id == session)
+    }
+
+    /// The bulk transfers of the round running on these sessions.
+    pub fn bulk(&self) -> &Arc<Bulk> {
+        &self.bulk
     }
 
     /// The outbound channel of a partner's current session.
@@ -145,10 +213,14 @@ impl Sessions {
         }
     }
 
-    /// Ends a partner's session with a status (used for protocol violations).
+    /// Ends a partner's session with a status (used for protocol violations); its token
+    /// stops working at once, which also ends its bulk streams.
     pub async fn kick(&self, partner: &str, status: Status) {
         let handle = self.inner.lock().ok().and_then(|mut m| m.remove(partner));
-        if let Some((_, tx)) = handle {
+        if let Some((session, tx)) = handle {
+            if let Ok(mut tokens) = self.tokens.lock() {
+                tokens.retain(|_, (p, id)| !(p == partner && *id == session));
+            }
             let _ = tx.send(Err(status)).await;
         }
     }
@@ -233,30 +305,214 @@ pub async fn serve(
         .await
 }
 
+impl CoordinatorService {
+    /// With mutual TLS, the name the caller's certificate gives (required); None without TLS.
+    fn certified<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
+        if !self.bind_certificates {
+            return Ok(None);
+        }
+        let name = request
+            .peer_certs()
+            .and_then(|chain| chain.first().and_then(|leaf| crate::tls::common_name(leaf)));
+        match name {
+            Some(n) => Ok(Some(n)),
+            None => {
+                warn!("refused a stream without a client certificate");
+                Err(Status::unauthenticated(
+                    "a client certificate from the consortium CA is required",
+                ))
+            }
+        }
+    }
+
+    /// The partner and session a bulk stream belongs to: the token in its metadata must be
+    /// a current session's, and under mutual TLS the certificate must name that partner.
+    fn bulk_caller<T>(&self, request: &Request<T>) -> Result<(String, u64), Status> {
+        let certified = self.certified(request)?;
+        let token = request
+            .metadata()
+            .get(SESSION_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| hex::decode(v).ok())
+            .filter(|t| t.len() == 32)
+            .ok_or_else(|| {
+                Status::unauthenticated(format!(
+                    "`{SESSION_METADATA}` must carry the session token of the welcome (64 hex digits)"
+                ))
+            })?;
+        let (partner, session) = self
+            .sessions
+            .by_token(&token)
+            .ok_or_else(|| Status::unauthenticated("the session token names no open session"))?;
+        if let Some(name) = certified
+            && name != partner
+        {
+            warn!(partner = %partner, certificate = %name, "refused a bulk stream under another partner's certificate");
+            return Err(Status::permission_denied(
+                "the session token is not for the partner the client certificate names",
+            ));
+        }
+        Ok((partner, session))
+    }
+}
+
+fn refused(e: TransferError) -> Status {
+    match e {
+        TransferError::RoundOver | TransferError::NotRunning(_) => {
+            Status::failed_precondition(e.to_string())
+        }
+        _ => Status::permission_denied(e.to_string()),
+    }
+}
+
+/// Streams `transfer`'s model once it holds a slot; stops when the round ends or the partner
+/// stops reading.
+async fn send_model(
+    mut transfer: Transfer,
+    tx: mpsc::Sender<Result<ModelChunk, Status>>,
+    partner: String,
+) {
+    let _slot = match transfer.admit().await {
+        Ok(slot) => slot,
+        Err(e) => {
+            let _ = tx.send(Err(refused(e))).await;
+            return;
+        }
+    };
+    for chunk in transfer.model_chunks() {
+        if transfer.is_over() {
+            let _ = tx.send(Err(refused(TransferError::RoundOver))).await;
+            return;
+        }
+        if tx.send(Ok(chunk)).await.is_err() {
+            debug!(partner = %partner, "model download cut off by the partner");
+            return;
+        }
+    }
+    debug!(partner = %partner, round = transfer.rref().round, "model sent");
+}
+
+/// Admits `transfer` to a slot, then hands every chunk of the stream to the job task; tells the
+/// job task when the stream ends, however it ends.
+async fn receive_input(
+    mut transfer: Transfer,
+    mut inbound: Streaming<InputChunk>,
+    tx: mpsc::Sender<Result<UploadStatus, Status>>,
+    events: mpsc::Sender<Event>,
+    sessions: Sessions,
+    (partner, session): (String, u64),
+) {
+    let status = |state: UploadState| UploadStatus {
+        state: state as i32,
+    };
+    let outcome: Result<(), Status> = async {
+        let _slot = transfer.admit().await.map_err(refused)?;
+        tx.send(Ok(status(UploadState::Admitted)))
+            .await
+            .map_err(|_| Status::cancelled("the partner left"))?;
+        loop {
+            let next = tokio::select! {
+                next = inbound.message() => next,
+                () = transfer.round_over() => return Err(refused(TransferError::RoundOver)),
+            };
+            let chunk = match next {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => return Ok(()),
+                Err(status) => {
+                    // A message over the limit or not protobuf: malformed, like one on the
+                    // session, so it ends the session too.
+                    if matches!(
+                        status.code(),
+                        Code::Internal | Code::OutOfRange | Code::ResourceExhausted
+                    ) {
+                        warn!(partner = %partner, %status, "malformed upload; closing the partner's session");
+                        let kick = Status::invalid_argument(format!(
+                            "malformed upload: {}",
+                            status.message()
+                        ));
+                        sessions.kick(&partner, kick).await;
+                    }
+                    return Err(status);
+                }
+            };
+            // A chunk of another round is the job task's to ignore (as stale), like any
+            // message of another round.
+            if !sessions.is_current(&partner, session) {
+                return Err(Status::cancelled("the session this upload belongs to ended"));
+            }
+            let event = Event::Input {
+                partner: partner.clone(),
+                session,
+                chunk,
+            };
+            if events.send(event).await.is_err() {
+                return Err(Status::unavailable("coordinator is shutting down"));
+            }
+        }
+    }
+    .await;
+    let _ = events
+        .send(Event::UploadEnded {
+            partner: partner.clone(),
+            session,
+        })
+        .await;
+    let last = match outcome {
+        Ok(()) => Ok(status(UploadState::Received)),
+        Err(s) => {
+            debug!(partner = %partner, status = %s, "upload ended early");
+            Err(s)
+        }
+    };
+    let _ = tx.send(last).await;
+}
+
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
     type SessionStream = ReceiverStream<Result<ServerMessage, Status>>;
+    type DownloadModelStream = ReceiverStream<Result<ModelChunk, Status>>;
+    type UploadInputStream = ReceiverStream<Result<UploadStatus, Status>>;
+
+    async fn download_model(
+        &self,
+        request: Request<ModelRequest>,
+    ) -> Result<Response<Self::DownloadModelStream>, Status> {
+        let (partner, _) = self.bulk_caller(&request)?;
+        let rref = request.into_inner().round;
+        let transfer = self
+            .sessions
+            .bulk()
+            .download(&partner, rref.as_ref())
+            .map_err(refused)?;
+        // Two chunks buffered: the slot is what bounds memory, not this channel.
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(send_model(transfer, tx, partner));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn upload_input(
+        &self,
+        request: Request<Streaming<InputChunk>>,
+    ) -> Result<Response<Self::UploadInputStream>, Status> {
+        let caller = self.bulk_caller(&request)?;
+        let transfer = self.sessions.bulk().upload(&caller.0).map_err(refused)?;
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(receive_input(
+            transfer,
+            request.into_inner(),
+            tx,
+            self.events.clone(),
+            self.sessions.clone(),
+            caller,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
 
     async fn session(
         &self,
         request: Request<Streaming<ClientMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let certified = if self.bind_certificates {
-            let name = request
-                .peer_certs()
-                .and_then(|chain| chain.first().and_then(|leaf| crate::tls::common_name(leaf)));
-            match name {
-                Some(n) => Some(n),
-                None => {
-                    warn!("refused a session without a client certificate");
-                    return Err(Status::unauthenticated(
-                        "a client certificate from the consortium CA is required",
-                    ));
-                }
-            }
-        } else {
-            None
-        };
+        let certified = self.certified(&request)?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -296,15 +552,18 @@ impl Coordinator for CoordinatorService {
         }
         let partner = hello.partner_id;
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+        let (session, token) = self.sessions.register(&partner, tx.clone());
         let welcome = ServerMessage {
             body: Some(server_message::Body::Welcome(Welcome {
                 coordinator_id: self.id.clone(),
+                session_token: token.to_vec(),
             })),
         };
-        tx.send(Ok(welcome))
-            .await
-            .map_err(|_| Status::unavailable("session closed"))?;
-        let session = self.sessions.register(&partner, tx);
+        if tx.send(Ok(welcome)).await.is_err() {
+            self.sessions.unregister(&partner, session);
+            return Err(Status::unavailable("session closed"));
+        }
+        drop(tx);
         info!(partner = %partner, session, "partner connected");
         let events = self.events.clone();
         let sessions = self.sessions.clone();

@@ -6,7 +6,7 @@
 #![allow(missing_docs)]
 #![allow(clippy::large_enum_variant)]
 
-/// Version 1 of the protocol: the `Coordinator` (partner) and `Admin` services and their
+/// Version 2 of the protocol: the `Coordinator` (partner) and `Admin` services and their
 /// messages.
 pub mod v1 {
     tonic::include_proto!("fedmark.v1");
@@ -17,5 +17,9 @@ pub use v1::*;
 /// Shared byte buffers of the generated messages.
 pub use bytes::Bytes;
 
+/// The request metadata that binds a bulk stream (`DownloadModel`, `UploadInput`) to its
+/// session: the hex of the `Welcome`'s session token.
+pub const SESSION_METADATA: &str = "fedmark-session";
+
 /// The protocol version a client announces in its `Hello`; the coordinator refuses others.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

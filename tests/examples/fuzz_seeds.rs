@@ -149,6 +149,12 @@ max_epsilon = 2.5\nledger = \"ledger.json\"\n",
     for (name, bytes) in fuzzing::server_message_seeds(SPEC_UNIT) {
         write(&root, "server_message", &format!("{name}.pb"), &bytes)?;
     }
+    for (name, bytes) in fuzzing::input_chunk_seeds() {
+        write(&root, "input_chunk", &format!("{name}.pb"), &bytes)?;
+    }
+    for (name, bytes) in fuzzing::model_chunk_seeds() {
+        write(&root, "model_chunk", &format!("{name}.pb"), &bytes)?;
+    }
     println!("seed corpus written to {}", root.display());
     Ok(())
 }

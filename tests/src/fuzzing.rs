@@ -485,8 +485,7 @@ fn share_kind_from_proto(kind: fedmark_proto::ShareKind) -> Option<ShareKind> {
 /// feeds it to (as `coordinator/src/round.rs` does, without the round-reference filter so
 /// that every message reaches the core): `Keys` → `KeyAdvertisement::from_slices` +
 /// `ServerRound::on_keys` (then `close_keys`, `keys_for`); `Shares` → `Envelope::new` +
-/// `on_shares` (then `close_shares`, `envelopes_for`); `Input` → `RunningSum::add` on a
-/// vector of the round's length; `Unmask` → `RevealedShare::new` + `on_revealed` (then
+/// `on_shares` (then `close_shares`, `envelopes_for`); `Unmask` → `RevealedShare::new` + `on_revealed` (then
 /// `unmask` of the real masked sum); `Hello` → the partner-id check and roster lookup;
 /// `OfferReply` → the `offer_refused` audit record built from the reason, which must verify.
 pub fn client_message(data: &[u8]) {
@@ -549,20 +548,6 @@ pub fn client_message(data: &[u8]) {
                 }
             }
         }
-        client_message::Body::Input(chunk) => {
-            let mut sum = RunningSum::new(fx.params.vector_len());
-            let mut progress = Progress::default();
-            let offset = usize::try_from(chunk.offset).unwrap_or(usize::MAX);
-            if sum
-                .add(&mut progress, offset, &chunk.values, chunk.last)
-                .is_ok()
-            {
-                assert!(
-                    progress.received <= fx.params.vector_len(),
-                    "input: progress past the vector's end"
-                );
-            }
-        }
         client_message::Body::Unmask(u) => {
             let Ok(shares) = u
                 .shares
@@ -597,8 +582,8 @@ const MAX_FUZZ_COHORT: usize = 64;
 /// `on_shares`; `Unmask` → `on_unmask` (each on `p0` rebuilt at the matching phase).
 /// The node's own checks (round reference, model-chunk offsets, the round start against the
 /// accepted job) live inside the async `Node` in `client/src/node.rs` and are not reachable
-/// without a session: `Model`, `Welcome`, `RoundResult`, `RoundAbort` and `Finished` are
-/// decoded only.
+/// without a session: `Welcome`, `RoundResult`, `RoundAbort` and `Finished` are decoded only.
+/// Model chunks have their own target, [`model_chunk`].
 pub fn server_message(data: &[u8]) {
     let Ok(msg) = ServerMessage::decode(data) else {
         return;
@@ -675,7 +660,6 @@ pub fn server_message(data: &[u8]) {
             }
         }
         server_message::Body::Welcome(_)
-        | server_message::Body::Model(_)
         | server_message::Body::RoundResult(_)
         | server_message::Body::RoundAbort(_)
         | server_message::Body::Finished(_) => {}
@@ -722,26 +706,6 @@ pub fn client_message_seeds() -> Vec<(&'static str, Vec<u8>)> {
             }),
         ),
         (
-            "input_whole",
-            Body::Input(fedmark_proto::InputChunk {
-                round: rref.clone(),
-                offset: 0,
-                values: fx.p0_input.clone(),
-                last: true,
-                consent_snapshot: fedmark_core::audit::sha256_hex(b"consent"),
-            }),
-        ),
-        (
-            "input_first_half",
-            Body::Input(fedmark_proto::InputChunk {
-                round: rref.clone(),
-                offset: 0,
-                values: fx.p0_input[..VECTOR_LEN / 2].to_vec(),
-                last: false,
-                consent_snapshot: String::new(),
-            }),
-        ),
-        (
             "unmask",
             Body::Unmask(fedmark_proto::UnmaskReply {
                 round: rref,
@@ -780,6 +744,7 @@ pub fn server_message_seeds(offer_spec: &str) -> Vec<(&'static str, Vec<u8>)> {
             "welcome",
             Body::Welcome(fedmark_proto::Welcome {
                 coordinator_id: "coordinator".into(),
+                session_token: vec![0x5a; 32],
             }),
         ),
         (
@@ -803,18 +768,6 @@ pub fn server_message_seeds(offer_spec: &str) -> Vec<(&'static str, Vec<u8>)> {
                 model_len: 2,
                 graph_seed: graph.seed.to_vec(),
                 graph_degree: graph.degree as u32,
-            }),
-        ),
-        (
-            "model",
-            Body::Model(fedmark_proto::ModelChunk {
-                round: rref.clone(),
-                offset: 0,
-                values: [0.5f64, -0.25]
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-                last: true,
             }),
         ),
         (
@@ -877,6 +830,111 @@ pub fn server_message_seeds(offer_spec: &str) -> Vec<(&'static str, Vec<u8>)> {
         .collect()
 }
 
+/// Decodes an `InputChunk` (what an upload stream carries) and adds it, as the coordinator's
+/// input phase does, to a `RunningSum` of the fixture round's vector length with a fresh
+/// `Progress`: an accepted chunk never runs past the vector.
+pub fn input_chunk(data: &[u8]) {
+    let Ok(chunk) = fedmark_proto::InputChunk::decode(data) else {
+        return;
+    };
+    let fx = Fixture::get();
+    let mut sum = RunningSum::new(fx.params.vector_len());
+    let mut progress = Progress::default();
+    let offset = usize::try_from(chunk.offset).unwrap_or(usize::MAX);
+    if sum
+        .add(&mut progress, offset, &chunk.values, chunk.last)
+        .is_ok()
+    {
+        assert!(
+            progress.received <= fx.params.vector_len(),
+            "input: progress past the vector's end"
+        );
+    }
+}
+
+/// Model length the [`model_chunk`] target assembles.
+const FUZZ_MODEL_LEN: usize = 4;
+
+/// Decodes a `ModelChunk` (what a model download carries) and pushes it, as the client does,
+/// into a `ModelAssembly` of the fixture round for a 4-parameter model, first on its own and
+/// then after the fixture's first half: an accepted chunk never grows the model past its
+/// length, and a chunk that completes it leaves exactly that length.
+pub fn model_chunk(data: &[u8]) {
+    use fedmark_client::transfer::ModelAssembly;
+    let Ok(chunk) = fedmark_proto::ModelChunk::decode(data) else {
+        return;
+    };
+    let first_half = fedmark_proto::ModelChunk {
+        round: Some(fixture_rref()),
+        offset: 0,
+        values: [0.5f64, -0.25]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        last: false,
+    };
+    for prefix in [None, Some(&first_half)] {
+        let mut model = ModelAssembly::new(fixture_rref(), FUZZ_MODEL_LEN);
+        if let Some(p) = prefix
+            && !matches!(model.push(p), Ok(false))
+        {
+            panic!("model: the fixture's first half was not accepted");
+        }
+        if let Ok(done) = model.push(&chunk) {
+            let values = model.into_values();
+            assert!(
+                values.len() <= FUZZ_MODEL_LEN,
+                "model: grew past its length"
+            );
+            assert!(
+                !done || values.len() == FUZZ_MODEL_LEN,
+                "model: completed at the wrong length"
+            );
+        }
+    }
+}
+
+/// Seeds of [`input_chunk`]: `p0`'s whole vector of the fixture round and its first half.
+pub fn input_chunk_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let fx = Fixture::get();
+    let rref = Some(fixture_rref());
+    let whole = fedmark_proto::InputChunk {
+        round: rref.clone(),
+        offset: 0,
+        values: fx.p0_input.clone(),
+        last: true,
+        consent_snapshot: fedmark_core::audit::sha256_hex(b"consent"),
+    };
+    let half = fedmark_proto::InputChunk {
+        round: rref,
+        offset: 0,
+        values: fx.p0_input[..VECTOR_LEN / 2].to_vec(),
+        last: false,
+        consent_snapshot: String::new(),
+    };
+    vec![
+        ("input_whole", whole.encode_to_vec()),
+        ("input_first_half", half.encode_to_vec()),
+    ]
+}
+
+/// Seeds of [`model_chunk`]: a whole 4-parameter model and the second half of one.
+pub fn model_chunk_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let chunk = |offset: u64, values: &[f64]| fedmark_proto::ModelChunk {
+        round: Some(fixture_rref()),
+        offset,
+        values: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        last: true,
+    };
+    vec![
+        (
+            "model_whole",
+            chunk(0, &[0.5, -0.25, 1.0, 2.0]).encode_to_vec(),
+        ),
+        ("model_second_half", chunk(2, &[1.0, 2.0]).encode_to_vec()),
+    ]
+}
+
 /// A small valid audit log of `records` records (the seed corpus of [`audit_log`]).
 pub fn audit_log_seed(records: usize) -> String {
     let mut chain = AuditChain::new("coordinator");
@@ -915,4 +973,6 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("audit_log", audit_log),
     ("client_message", client_message),
     ("server_message", server_message),
+    ("input_chunk", input_chunk),
+    ("model_chunk", model_chunk),
 ];

@@ -122,6 +122,44 @@ pub struct HandDriven {
     pub tx: tokio::sync::mpsc::Sender<fedmark_proto::ClientMessage>,
     /// What it receives.
     pub inbound: tonic::Streaming<fedmark_proto::ServerMessage>,
+    /// Its connection, for its bulk streams.
+    pub client: fedmark_proto::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
+}
+
+/// Uploads `chunks` on an `UploadInput` stream bound to session `token` (the welcome's), as a
+/// hand-driven partner: waits to be admitted, sends every chunk, closes its half and waits for
+/// the coordinator's last word.
+pub async fn upload(
+    client: &fedmark_proto::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
+    token: &[u8],
+    chunks: Vec<fedmark_proto::InputChunk>,
+) -> Result<(), tonic::Status> {
+    use fedmark_proto::UploadState;
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let value = hex::encode(token)
+        .parse()
+        .map_err(|_| tonic::Status::internal("token is not ASCII"))?;
+    request
+        .metadata_mut()
+        .insert(fedmark_proto::SESSION_METADATA, value);
+    let mut replies = client.clone().upload_input(request).await?.into_inner();
+    let state = |m: Option<fedmark_proto::UploadStatus>| m.map(|s| s.state());
+    if state(replies.message().await?) != Some(UploadState::Admitted) {
+        return Err(tonic::Status::internal("not admitted"));
+    }
+    for chunk in chunks {
+        if tx.send(chunk).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    match state(replies.message().await?) {
+        Some(UploadState::Received) => Ok(()),
+        other => Err(tonic::Status::internal(format!(
+            "upload ended with {other:?}"
+        ))),
+    }
 }
 
 /// Starts a [`HandDriven`] job. Plain aggregation, so the hand-driven partner can send
@@ -176,5 +214,6 @@ pub async fn hand_driven(
         honest,
         tx,
         inbound,
+        client,
     })
 }

@@ -17,7 +17,7 @@ use fedmark_proto::{
     ClientMessage, InputChunk, KeyAdvertisement, OfferReply, RoundRef, RoundStart, UnmaskReply,
     client_message, server_message,
 };
-use fedmark_tests::harness::{HandDriven, hand_driven};
+use fedmark_tests::harness::{HandDriven, hand_driven, upload};
 
 /// What the hostile partner does in round 1.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,14 +40,14 @@ fn msg(body: client_message::Body) -> ClientMessage {
     ClientMessage { body: Some(body) }
 }
 
-fn input(rref: &RoundRef, values: Vec<u32>) -> ClientMessage {
-    msg(client_message::Body::Input(InputChunk {
+fn input(rref: &RoundRef, values: Vec<u32>) -> InputChunk {
+    InputChunk {
         round: Some(rref.clone()),
         offset: 0,
         values,
         last: true,
         consent_snapshot: String::new(),
-    }))
+    }
 }
 
 /// Runs a job with two honest partners and one that misbehaves as told. Returns the outcome,
@@ -59,10 +59,12 @@ async fn run(bad: Misbehaviour) -> (JobOutcome, Option<tonic::Status>, Vec<serde
         honest,
         tx,
         mut inbound,
+        client,
     } = hand_driven("hostile", 2, Duration::from_secs(20))
         .await
         .unwrap();
     let hostile = tokio::spawn(async move {
+        let mut token = Vec::new();
         // Bounded: each wait ends within 60 s, and the job has four rounds.
         loop {
             let next = tokio::time::timeout(Duration::from_secs(60), inbound.message()).await;
@@ -77,7 +79,16 @@ async fn run(bad: Misbehaviour) -> (JobOutcome, Option<tonic::Status>, Vec<serde
                     let _ = tx.send(m).await;
                 }
             };
+            // The coordinator's refusal shows on the session; the upload's own status is not
+            // what these tests check.
+            let send_input = |chunks: Vec<InputChunk>| {
+                let (client, token) = (client.clone(), token.clone());
+                async move {
+                    let _ = upload(&client, &token, chunks).await;
+                }
+            };
             match m.body {
+                Some(server_message::Body::Welcome(w)) => token = w.session_token,
                 Some(server_message::Body::Offer(o)) => {
                     if bad == Misbehaviour::WrongJob {
                         send(msg(client_message::Body::OfferReply(OfferReply {
@@ -102,23 +113,25 @@ async fn run(bad: Misbehaviour) -> (JobOutcome, Option<tonic::Status>, Vec<serde
                     let n = vector_len as usize;
                     // Zeros are a valid encoding of "no rows": they change no sum.
                     if rref.round != 1 {
-                        send(input(&rref, vec![0; n])).await;
+                        send_input(vec![input(&rref, vec![0; n])]).await;
                         continue;
                     }
                     match bad {
-                        Misbehaviour::TooLong => send(input(&rref, vec![0; n + 5])).await,
+                        Misbehaviour::TooLong => {
+                            send_input(vec![input(&rref, vec![0; n + 5])]).await
+                        }
                         Misbehaviour::Duplicate => {
-                            send(input(&rref, vec![0; n])).await;
-                            send(input(&rref, vec![0; n])).await;
+                            send_input(vec![input(&rref, vec![0; n])]).await;
+                            send_input(vec![input(&rref, vec![0; n])]).await;
                         }
                         Misbehaviour::Oversized => {
-                            send(input(&rref, vec![0; 3 * 1024 * 1024])).await;
+                            send_input(vec![input(&rref, vec![0; 3 * 1024 * 1024])]).await;
                         }
                         Misbehaviour::Replay => {
                             let mut old = rref.clone();
                             old.attempt += 5;
-                            send(input(&old, vec![7; n])).await;
-                            send(input(&rref, vec![0; n])).await;
+                            send_input(vec![input(&old, vec![7; n])]).await;
+                            send_input(vec![input(&rref, vec![0; n])]).await;
                         }
                         Misbehaviour::WrongPhase => {
                             send(msg(client_message::Body::Keys(KeyAdvertisement {
@@ -133,9 +146,9 @@ async fn run(bad: Misbehaviour) -> (JobOutcome, Option<tonic::Status>, Vec<serde
                                 shares: Vec::new(),
                             })))
                             .await;
-                            send(input(&rref, vec![0; n])).await;
+                            send_input(vec![input(&rref, vec![0; n])]).await;
                         }
-                        Misbehaviour::WrongJob => send(input(&rref, vec![0; n])).await,
+                        Misbehaviour::WrongJob => send_input(vec![input(&rref, vec![0; n])]).await,
                     }
                 }
                 Some(server_message::Body::Finished(_)) => return None,

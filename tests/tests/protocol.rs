@@ -1,6 +1,6 @@
-//! The coordinator against hand-driven partners speaking raw gRPC: who may connect, what
-//! happens to a round when a partner's input breaks off after part of it was summed, and a
-//! secure round that a partner leaves in the middle of unmasking.
+//! The coordinator against hand-driven partners speaking raw gRPC: who may connect (sessions
+//! and bulk streams), what happens to a round when a partner's input breaks off after part of
+//! it was summed, and a secure round that a partner leaves in the middle of unmasking.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly
 
@@ -12,7 +12,8 @@ use fedmark_proto::{
     ClientMessage, Hello, InputChunk, OfferReply, PROTOCOL_VERSION, client_message, server_message,
 };
 use fedmark_tests::harness::{
-    HandDriven, bank_spec, client_config, consortium, hand_driven, start_coordinator, with_identity,
+    HandDriven, bank_spec, client_config, consortium, hand_driven, start_coordinator, upload,
+    with_identity,
 };
 use fedmark_tests::partition::{Split, partition_csv};
 use fedmark_tests::sim::SimOptions;
@@ -69,6 +70,100 @@ async fn strangers_and_bad_openings_are_refused() {
     coordinator.job.abort();
 }
 
+/// Opens a session as `id` and returns its stream and the welcome's token.
+async fn session_of(
+    client: &mut CoordinatorClient<tonic::transport::Channel>,
+    id: &str,
+) -> (
+    tonic::Streaming<fedmark_proto::ServerMessage>,
+    mpsc::Sender<ClientMessage>,
+    Vec<u8>,
+) {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(hello(id)).await.unwrap();
+    let mut inbound = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = inbound.message().await.unwrap().unwrap();
+    let Some(server_message::Body::Welcome(w)) = first.body else {
+        panic!("the first message is the welcome: {first:?}");
+    };
+    assert_eq!(w.session_token.len(), 32);
+    (inbound, tx, w.session_token)
+}
+
+fn model_request(token: Option<&[u8]>) -> tonic::Request<fedmark_proto::ModelRequest> {
+    let mut request = tonic::Request::new(fedmark_proto::ModelRequest {
+        round: Some(fedmark_proto::RoundRef {
+            job_id: "any".into(),
+            round: 1,
+            attempt: 0,
+        }),
+    });
+    if let Some(t) = token {
+        request.metadata_mut().insert(
+            fedmark_proto::SESSION_METADATA,
+            hex::encode(t).parse().unwrap(),
+        );
+    }
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_streams_need_the_token_of_the_partners_current_session() {
+    let (roster, _) = consortium(&["a", "b"]).unwrap();
+    let coordinator = start_coordinator(bank_spec(1).unwrap(), roster, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut client = CoordinatorClient::connect(format!("http://{}", coordinator.addr))
+        .await
+        .unwrap();
+    fn code<T>(r: Result<T, tonic::Status>) -> tonic::Code {
+        r.map(|_| ()).unwrap_err().code()
+    }
+    // No token, a malformed one, a guessed one.
+    assert_eq!(
+        code(client.download_model(model_request(None)).await),
+        tonic::Code::Unauthenticated
+    );
+    assert_eq!(
+        code(client.download_model(model_request(Some(&[1; 7]))).await),
+        tonic::Code::Unauthenticated
+    );
+    assert_eq!(
+        code(client.download_model(model_request(Some(&[9; 32]))).await),
+        tonic::Code::Unauthenticated
+    );
+    assert_eq!(
+        code(upload(&client, &[9; 32], Vec::new()).await),
+        tonic::Code::Unauthenticated
+    );
+    // A real session's token, while no round runs (the job waits for `b`).
+    let (_inbound, _tx, token) = session_of(&mut client, "a").await;
+    assert_eq!(
+        code(client.download_model(model_request(Some(&token))).await),
+        tonic::Code::FailedPrecondition
+    );
+    assert_eq!(
+        code(upload(&client, &token, Vec::new()).await),
+        tonic::Code::FailedPrecondition
+    );
+    // A new session of the same partner replaces the old one, and with it the old token.
+    let (_inbound2, _tx2, token2) = session_of(&mut client, "a").await;
+    assert_ne!(token, token2);
+    assert_eq!(
+        code(upload(&client, &token, Vec::new()).await),
+        tonic::Code::Unauthenticated
+    );
+    assert_eq!(
+        code(upload(&client, &token2, Vec::new()).await),
+        tonic::Code::FailedPrecondition
+    );
+    coordinator.job.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partner_breaking_off_mid_input_makes_the_round_retry_without_it() {
     // The flaky partner: accepts, then in round 1 sends a stale chunk (ignored), half a
@@ -79,16 +174,19 @@ async fn a_partner_breaking_off_mid_input_makes_the_round_retry_without_it() {
         honest,
         tx,
         mut inbound,
+        client,
     } = hand_driven("flaky", 2, Duration::from_secs(60))
         .await
         .unwrap();
     let flaky = tokio::spawn(async move {
+        let mut token = Vec::new();
         loop {
             let next = tokio::time::timeout(Duration::from_secs(60), inbound.message()).await;
             let Ok(Ok(Some(m))) = next else {
                 return next.ok().and_then(|r| r.err());
             };
             match m.body {
+                Some(server_message::Body::Welcome(w)) => token = w.session_token,
                 Some(server_message::Body::Offer(o)) => {
                     let reply = OfferReply {
                         job_id: o.job_id,
@@ -110,9 +208,7 @@ async fn a_partner_breaking_off_mid_input_makes_the_round_retry_without_it() {
                         last: true,
                         consent_snapshot: String::new(),
                     };
-                    tx.send(msg(client_message::Body::Input(zeros)))
-                        .await
-                        .unwrap();
+                    upload(&client, &token, vec![zeros]).await.unwrap();
                 }
                 Some(server_message::Body::RoundStart(s))
                     if s.round.as_ref().is_some_and(|r| r.round == 1) =>
@@ -120,18 +216,22 @@ async fn a_partner_breaking_off_mid_input_makes_the_round_retry_without_it() {
                     let rref = s.round.clone().unwrap();
                     let mut stale = rref.clone();
                     stale.attempt += 7;
-                    let chunk = |round, offset, last| {
-                        msg(client_message::Body::Input(InputChunk {
-                            round: Some(round),
-                            offset,
-                            values: vec![1; 10],
-                            last,
-                            consent_snapshot: String::new(),
-                        }))
+                    let chunk = |round, offset, last| InputChunk {
+                        round: Some(round),
+                        offset,
+                        values: vec![1; 10],
+                        last,
+                        consent_snapshot: String::new(),
                     };
-                    tx.send(chunk(stale, 0, false)).await.unwrap();
-                    tx.send(chunk(rref.clone(), 0, false)).await.unwrap();
-                    tx.send(chunk(rref, 999, false)).await.unwrap();
+                    // One upload: the stale chunk is ignored, the first real one summed, and
+                    // the one at a wrong offset closes the session. What the upload itself
+                    // answers depends on how far the coordinator read before the close.
+                    let chunks = vec![
+                        chunk(stale, 0, false),
+                        chunk(rref.clone(), 0, false),
+                        chunk(rref, 999, false),
+                    ];
+                    let _ = upload(&client, &token, chunks).await;
                 }
                 _ => {}
             }

@@ -1,3 +1,3 @@
 
-
-coordinator
+/
+coordinator ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ
