@@ -21,6 +21,7 @@
 //! is re-read and only consented users' rows are used ([`crate::consent`]); and every step is
 //! written to the partner's audit file ([`crate::audit`]) before it is acted on.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -518,6 +519,8 @@ struct ActiveRound {
     consent_hash: String,
     /// The model download and vector upload running for this round.
     transfers: Vec<TransferTask>,
+    /// Set by the upload once its last chunk is out.
+    sent: Arc<AtomicBool>,
 }
 
 async fn send(
@@ -711,7 +714,14 @@ impl Node {
                     participants = r.participants,
                     "round complete"
                 );
-                self.round = None;
+                // A round counts as contributed once it completed with this partner's whole
+                // vector sent (the upload's own last word may still be on its way).
+                if let Some(round) = self.round.take()
+                    && r.round.as_ref() == Some(&round.rref)
+                    && round.sent.load(Ordering::Acquire)
+                {
+                    self.summary.rounds_contributed += 1;
+                }
             }
             Body::RoundAbort(a) => {
                 // Only the round it names: a late abort must not end a newer round.
@@ -1127,6 +1137,7 @@ impl Node {
             input_sent: false,
             consent_hash,
             transfers: Vec::new(),
+            sent: Arc::new(AtomicBool::new(false)),
         });
         self.leave_if(DropPoint::Start)?;
         if model_len > 0 {
@@ -1371,10 +1382,7 @@ impl Node {
             }
             Product::Words(words) => round.words = Some(words),
             Product::Mask(mask) => round.mask = Some(mask),
-            Product::Uploaded(Uploaded::Whole) => {
-                self.summary.rounds_contributed += 1;
-                return Ok(());
-            }
+            Product::Uploaded(Uploaded::Whole) => return Ok(()),
             Product::Uploaded(Uploaded::LeftMidway) => return Err(ClientError::Closed),
         }
         self.send_input().await
@@ -1459,11 +1467,19 @@ impl Node {
         let client = self.client.clone();
         let done = self.done_tx.clone();
         if let Some(round) = self.round.as_mut() {
+            let sent = Arc::clone(&round.sent);
             round.transfers.push(TransferTask(tokio::spawn(async move {
-                let product =
-                    upload_input(client, token, rref.clone(), words, consent_hash, drop_mid)
-                        .await
-                        .map(Product::Uploaded);
+                let product = upload_input(
+                    client,
+                    token,
+                    rref.clone(),
+                    words,
+                    consent_hash,
+                    drop_mid,
+                    &sent,
+                )
+                .await
+                .map(Product::Uploaded);
                 let _ = done.send(Computed { rref, product }).await;
             })));
         }

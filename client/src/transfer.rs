@@ -5,6 +5,8 @@
 //! slot; the node runs them as tasks and keeps answering its session meanwhile. What is
 //! received is checked here before the node uses it ([`ModelAssembly`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use fedmark_proto::coordinator_client::CoordinatorClient;
 use fedmark_proto::{
     InputChunk, ModelChunk, ModelRequest, RoundRef, SESSION_METADATA, UploadState,
@@ -148,8 +150,8 @@ pub enum Uploaded {
 }
 
 /// Uploads `words` for round `rref` once the coordinator admits it; the last chunk carries
-/// `consent_snapshot`. With `leave_midway` it stops after half the chunks, as a partner that
-/// crashed mid-stream would.
+/// `consent_snapshot`, and `sent` is set as it is handed to the stream. With `leave_midway`
+/// it stops after half the chunks, as a partner that crashed mid-stream would.
 pub async fn upload_input(
     mut client: CoordinatorClient<Channel>,
     token: SessionToken,
@@ -157,6 +159,7 @@ pub async fn upload_input(
     words: Vec<u32>,
     consent_snapshot: String,
     leave_midway: bool,
+    sent: &AtomicBool,
 ) -> Result<Uploaded, String> {
     let (tx, rx) = mpsc::channel::<InputChunk>(2);
     let mut replies = client
@@ -200,6 +203,12 @@ pub async fn upload_input(
                 String::new()
             },
         };
+        if last {
+            // Before the send: the round may complete (and say so on the session) as soon as
+            // the coordinator has this chunk. Should the send fail, the vector is partial and
+            // the round is aborted, so it is never counted.
+            sent.store(true, Ordering::Release);
+        }
         if tx.send(chunk).await.is_err() {
             // The request stream is gone: the coordinator ended the call; its status says why.
             state(replies.message().await)?;

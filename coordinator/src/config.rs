@@ -59,6 +59,11 @@ pub struct CoordinatorConfig {
     /// Deadline of each round's input phase (covers local training).
     #[serde(default = "default_phase")]
     pub phase_timeout_secs: u64,
+    /// Model downloads and vector uploads running at once (the rest wait their turn). What
+    /// the coordinator holds for transfers grows with this, not with the number of partners;
+    /// raise it for many partners on slow links.
+    #[serde(default = "default_slots")]
+    pub transfer_slots: usize,
     /// Mutual TLS; plaintext when absent (development only).
     #[serde(default)]
     pub tls: Option<TlsFiles>,
@@ -110,6 +115,9 @@ fn default_join() -> u64 {
 fn default_phase() -> u64 {
     120
 }
+fn default_slots() -> usize {
+    crate::bulk::TRANSFER_SLOTS
+}
 
 impl CoordinatorConfig {
     /// Reads and validates a config file.
@@ -151,6 +159,12 @@ impl CoordinatorConfig {
                 });
             }
         }
+        if !(1..=1024).contains(&self.transfer_slots) {
+            return Err(ConfigError::Invalid {
+                field: "transfer_slots",
+                reason: format!("must be 1..=1024, got {}", self.transfer_slots),
+            });
+        }
         Ok(())
     }
 
@@ -182,5 +196,37 @@ impl CoordinatorConfig {
     /// The per-phase deadline.
     pub fn phase_timeout(&self) -> Duration {
         Duration::from_secs(self.phase_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn load(extra: &str) -> Result<CoordinatorConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coordinator.toml");
+        let text = format!("listen = \"127.0.0.1:7070\"\nroster = \"roster.toml\"\n{extra}");
+        std::fs::write(&path, text).unwrap();
+        CoordinatorConfig::load(&path)
+    }
+
+    #[test]
+    fn transfer_slots_default_to_four_and_must_be_1_to_1024() {
+        assert_eq!(load("").unwrap().transfer_slots, 4);
+        assert_eq!(load("transfer_slots = 16").unwrap().transfer_slots, 16);
+        for bad in ["transfer_slots = 0", "transfer_slots = 5000"] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(e.contains("transfer_slots"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_example_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/coordinator.toml");
+        let cfg = CoordinatorConfig::load(&path).unwrap();
+        assert_eq!(cfg.transfer_slots, 4);
     }
 }

@@ -113,6 +113,8 @@ pub struct RunSettings {
     pub join_timeout: Duration,
     /// Deadline of each round phase.
     pub phase_timeout: Duration,
+    /// Bulk transfers running at once (see [`crate::bulk`]).
+    pub transfer_slots: usize,
     /// Every partner's identity key (checked in secure aggregation).
     pub roster: Arc<Roster>,
     /// The durable store the job commits to (in memory for simulations).
@@ -684,6 +686,14 @@ pub async fn run_job(
                 }),
             )?;
             info!(job = %job_id, training_rows = state.training_rows, "feature statistics agreed");
+            announce(
+                &hub,
+                &job_id,
+                (0, done.attempt),
+                &done.output.survivors,
+                &Default::default(),
+            )
+            .await;
             state
         }
     };
@@ -811,20 +821,14 @@ pub async fn run_job(
             seconds = record.seconds,
             "round complete"
         );
-        for p in &done.output.survivors {
-            let result = fedmark_proto::RoundResult {
-                round: Some(RoundRef {
-                    job_id: job_id.clone(),
-                    round,
-                    attempt: done.attempt,
-                }),
-                participants: record.participants,
-                auc: eval.auc,
-                log_loss: eval.log_loss,
-                accuracy: eval.accuracy,
-            };
-            hub.send(p, server_message::Body::RoundResult(result)).await;
-        }
+        announce(
+            &hub,
+            &job_id,
+            (round, done.attempt),
+            &done.output.survivors,
+            &eval,
+        )
+        .await;
         if let Some(tx) = &progress {
             let _ = tx.send(record);
         }
@@ -845,6 +849,14 @@ pub async fn run_job(
     )
     .await?;
     let final_metrics = eval_stats_from_slice(&done.sum.stats, bins).metrics();
+    announce(
+        &hub,
+        &job_id,
+        (final_round, done.attempt),
+        &done.output.survivors,
+        &final_metrics,
+    )
+    .await;
     info!(job = %job_id, auc = final_metrics.auc, log_loss = final_metrics.log_loss, "job finished");
     let report = JobReport {
         job_id: job_id.clone(),
@@ -933,6 +945,32 @@ async fn wait_for_partners(
 }
 
 /// A round that produced its result.
+/// Tells a round's survivors that it completed, with the federated evaluation it measured
+/// (zeros for the statistics round): every round a partner sends to ends, for it, with
+/// `RoundResult` or `RoundAbort`.
+async fn announce(
+    hub: &Hub,
+    job_id: &str,
+    (round, attempt): (u64, u32),
+    survivors: &[String],
+    eval: &fedmark_core::metrics::Metrics,
+) {
+    for p in survivors {
+        let result = fedmark_proto::RoundResult {
+            round: Some(RoundRef {
+                job_id: job_id.to_owned(),
+                round,
+                attempt,
+            }),
+            participants: survivors.len() as u32,
+            auc: eval.auc,
+            log_loss: eval.log_loss,
+            accuracy: eval.accuracy,
+        };
+        hub.send(p, server_message::Body::RoundResult(result)).await;
+    }
+}
+
 struct Done {
     /// The decoded sum.
     sum: fedmark_core::aggregate::DecodedSum,

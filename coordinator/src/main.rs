@@ -516,6 +516,7 @@ fn serve(cfg: CoordinatorConfig, spec: Option<JobSpec>) -> anyhow::Result<()> {
             expected_partners: roster.len(),
             join_timeout: cfg.join_timeout(),
             phase_timeout: cfg.phase_timeout(),
+            transfer_slots: cfg.transfer_slots,
             roster: std::sync::Arc::new(roster),
             store: store.clone(),
             submitted_by: std::env::var("USER").unwrap_or_else(|_| "operator".into()),

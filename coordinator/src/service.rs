@@ -440,6 +440,7 @@ async fn receive_input(
             if !sessions.is_current(&partner, session) {
                 return Err(Status::cancelled("the session this upload belongs to ended"));
             }
+            let last = chunk.last && chunk.round.as_ref() == Some(transfer.rref());
             let event = Event::Input {
                 partner: partner.clone(),
                 session,
@@ -447,6 +448,11 @@ async fn receive_input(
             };
             if events.send(event).await.is_err() {
                 return Err(Status::unavailable("coordinator is shutting down"));
+            }
+            // The vector is complete: the round may end now, before the client's half-close
+            // arrives, and that must not turn a whole upload into a failed one.
+            if last {
+                return Ok(());
             }
         }
     }

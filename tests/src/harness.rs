@@ -66,6 +66,9 @@ pub async fn start_coordinator_with_tls(
         expected_partners: roster.len(),
         join_timeout: Duration::from_secs(30),
         phase_timeout,
+        // Fewer slots than most tests have partners, so transfers wait their turn in every
+        // test that runs a round.
+        transfer_slots: 2,
         roster,
         store: store.clone(),
         submitted_by: "test".into(),

@@ -382,6 +382,7 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                 expected_partners: opts.partners,
                 join_timeout: Duration::from_secs(60),
                 phase_timeout: opts.phase_timeout,
+                transfer_slots: fedmark_coordinator::bulk::TRANSFER_SLOTS,
                 roster: std::sync::Arc::clone(&roster),
                 store: coordinator_store.clone(),
                 submitted_by: "fedmark-sim".into(),
