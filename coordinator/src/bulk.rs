@@ -15,6 +15,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use fedmark_proto::{Bytes, ModelChunk, RoundRef};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -23,6 +24,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 /// cores busy on loopback and a WAN link full; each costs a few chunk-sized buffers.
 pub const TRANSFER_SLOTS: usize = 4;
 
+/// How long an admitted transfer may go without moving a chunk before it loses its slot: a
+/// partner that stalls must not keep the others waiting until the phase deadline.
+pub const TRANSFER_IDLE: Duration = Duration::from_secs(15);
+
 /// Model values per `ModelChunk`: 64 KiB of f64.
 pub const MODEL_CHUNK_VALUES: usize = 8 * 1024;
 
@@ -30,12 +35,13 @@ pub const MODEL_CHUNK_VALUES: usize = 8 * 1024;
 #[derive(Debug)]
 pub struct Bulk {
     slots: Arc<Semaphore>,
+    idle: Duration,
     round: Mutex<Option<Arc<RoundData>>>,
 }
 
 impl Default for Bulk {
     fn default() -> Self {
-        Self::with_slots(TRANSFER_SLOTS)
+        Self::new(TRANSFER_SLOTS, TRANSFER_IDLE)
     }
 }
 
@@ -94,10 +100,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Bulk {
-    /// A `Bulk` with `slots` transfer slots (at least one).
-    pub fn with_slots(slots: usize) -> Self {
+    /// A `Bulk` with `slots` transfer slots (at least one) whose transfers may stall for
+    /// `idle` at most.
+    pub fn new(slots: usize, idle: Duration) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(slots.max(1))),
+            idle,
             round: Mutex::new(None),
         }
     }
@@ -182,6 +190,7 @@ impl Bulk {
     fn transfer(&self, round: Arc<RoundData>, partner: &str, upload: bool) -> Transfer {
         Transfer {
             slots: Arc::clone(&self.slots),
+            idle: self.idle,
             closed: round.closed.subscribe(),
             round,
             partner: partner.to_owned(),
@@ -219,6 +228,7 @@ impl Drop for OpenRound {
 #[derive(Debug)]
 pub struct Transfer {
     slots: Arc<Semaphore>,
+    idle: Duration,
     closed: watch::Receiver<bool>,
     round: Arc<RoundData>,
     partner: String,
@@ -229,6 +239,11 @@ impl Transfer {
     /// The round this transfer belongs to.
     pub fn rref(&self) -> &RoundRef {
         &self.round.rref
+    }
+
+    /// How long the transfer may go without moving a chunk.
+    pub fn idle(&self) -> Duration {
+        self.idle
     }
 
     /// Waits for a transfer slot; fails if the round ends first.
@@ -307,7 +322,7 @@ mod tests {
 
     #[test]
     fn downloads_are_for_cohort_members_of_the_running_round_once_each() {
-        let bulk = Arc::new(Bulk::with_slots(2));
+        let bulk = Arc::new(Bulk::new(2, TRANSFER_IDLE));
         let model = model_bytes(&[1.0, 2.0]);
         let _open = bulk.open(rref(0), &cohort(), Some(model), true);
         assert!(bulk.download("a", Some(&rref(0))).is_ok());
@@ -384,7 +399,7 @@ mod tests {
 
     #[tokio::test]
     async fn slots_bound_the_transfers_running_at_once() {
-        let bulk = Arc::new(Bulk::with_slots(2));
+        let bulk = Arc::new(Bulk::new(2, TRANSFER_IDLE));
         let _open = bulk.open(rref(0), &cohort(), None, true);
         let mut a = bulk.upload("a").unwrap();
         let mut b = bulk.upload("b").unwrap();
@@ -399,7 +414,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_transfer_waiting_for_a_slot_ends_with_its_round() {
-        let bulk = Arc::new(Bulk::with_slots(1));
+        let bulk = Arc::new(Bulk::new(1, TRANSFER_IDLE));
         let open = bulk.open(rref(0), &cohort(), None, true);
         let mut a = bulk.upload("a").unwrap();
         let mut b = bulk.upload("b").unwrap();

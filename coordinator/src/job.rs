@@ -115,6 +115,8 @@ pub struct RunSettings {
     pub phase_timeout: Duration,
     /// Bulk transfers running at once (see [`crate::bulk`]).
     pub transfer_slots: usize,
+    /// How long an admitted transfer may stall before it loses its slot.
+    pub transfer_idle: Duration,
     /// Every partner's identity key (checked in secure aggregation).
     pub roster: Arc<Roster>,
     /// The durable store the job commits to (in memory for simulations).

@@ -517,6 +517,7 @@ fn serve(cfg: CoordinatorConfig, spec: Option<JobSpec>) -> anyhow::Result<()> {
             join_timeout: cfg.join_timeout(),
             phase_timeout: cfg.phase_timeout(),
             transfer_slots: cfg.transfer_slots,
+            transfer_idle: fedmark_coordinator::bulk::TRANSFER_IDLE,
             roster: std::sync::Arc::new(roster),
             store: store.clone(),
             submitted_by: std::env::var("USER").unwrap_or_else(|_| "operator".into()),

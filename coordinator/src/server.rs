@@ -55,7 +55,7 @@ impl PartnerServer {
         settings: &RunSettings,
         admin: Option<AdminService>,
     ) -> Self {
-        let sessions = Sessions::with_transfer_slots(settings.transfer_slots);
+        let sessions = Sessions::with_transfers(settings.transfer_slots, settings.transfer_idle);
         // Bounded so that partners streaming faster than the job task sums wait (HTTP/2 flow
         // control then holds them back) instead of piling chunks up in memory.
         let (events_tx, events_rx) = mpsc::channel(64);

@@ -106,10 +106,10 @@ fn token_key(token: &[u8]) -> [u8; 32] {
 }
 
 impl Sessions {
-    /// Sessions whose transfers share `slots` slots.
-    pub fn with_transfer_slots(slots: usize) -> Self {
+    /// Sessions whose transfers share `slots` slots and may stall for `idle` at most.
+    pub fn with_transfers(slots: usize, idle: Duration) -> Self {
         Self {
-            bulk: Arc::new(Bulk::with_slots(slots)),
+            bulk: Arc::new(Bulk::new(slots, idle)),
             ..Self::default()
         }
     }
@@ -365,6 +365,13 @@ fn refused(e: TransferError) -> Status {
     }
 }
 
+fn stalled(idle: Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "no chunk moved for {} s; the transfer slot went to another partner",
+        idle.as_secs_f64()
+    ))
+}
+
 /// Streams `transfer`'s model once it holds a slot; stops when the round ends or the partner
 /// stops reading.
 async fn send_model(
@@ -384,9 +391,17 @@ async fn send_model(
             let _ = tx.send(Err(refused(TransferError::RoundOver))).await;
             return;
         }
-        if tx.send(Ok(chunk)).await.is_err() {
-            debug!(partner = %partner, "model download cut off by the partner");
-            return;
+        match tokio::time::timeout(transfer.idle(), tx.send(Ok(chunk))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                debug!(partner = %partner, "model download cut off by the partner");
+                return;
+            }
+            Err(_) => {
+                warn!(partner = %partner, "model download stalled; freeing its slot");
+                let _ = tx.try_send(Err(stalled(transfer.idle())));
+                return;
+            }
         }
     }
     debug!(partner = %partner, round = transfer.rref().round, "model sent");
@@ -411,8 +426,15 @@ async fn receive_input(
             .await
             .map_err(|_| Status::cancelled("the partner left"))?;
         loop {
+            let idle = transfer.idle();
             let next = tokio::select! {
-                next = inbound.message() => next,
+                next = tokio::time::timeout(idle, inbound.message()) => match next {
+                    Ok(next) => next,
+                    Err(_) => {
+                        warn!(partner = %partner, "upload stalled; freeing its slot");
+                        return Err(stalled(idle));
+                    }
+                },
                 () = transfer.round_over() => return Err(refused(TransferError::RoundOver)),
             };
             let chunk = match next {

@@ -69,6 +69,8 @@ pub async fn start_coordinator_with_tls(
         // Fewer slots than most tests have partners, so transfers wait their turn in every
         // test that runs a round.
         transfer_slots: 2,
+        // Short, so a test can watch a stalled transfer lose its slot.
+        transfer_idle: Duration::from_secs(5),
         roster,
         store: store.clone(),
         submitted_by: "test".into(),

@@ -383,6 +383,7 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                 join_timeout: Duration::from_secs(60),
                 phase_timeout: opts.phase_timeout,
                 transfer_slots: fedmark_coordinator::bulk::TRANSFER_SLOTS,
+                transfer_idle: fedmark_coordinator::bulk::TRANSFER_IDLE,
                 roster: std::sync::Arc::clone(&roster),
                 store: coordinator_store.clone(),
                 submitted_by: "fedmark-sim".into(),

@@ -326,3 +326,96 @@ async fn secure_round_survives_dropouts_at_every_phase() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_loses_its_slot_and_the_round_goes_on() {
+    // The harness gives the coordinator 2 transfer slots and 5 s of allowed stall. The
+    // staller is admitted twice in round 1 and sends nothing: were a stalled upload to keep
+    // its slot, both slots would be gone and no one could upload. Then it sends its real
+    // (empty) vector, and the round completes with all three, on its first attempt.
+    let HandDriven {
+        dir: _dir,
+        coordinator,
+        honest,
+        tx,
+        mut inbound,
+        client,
+    } = hand_driven("staller", 2, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let staller = tokio::spawn(async move {
+        let mut token = Vec::new();
+        let mut stalls = Vec::new();
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(60), inbound.message()).await;
+            let Ok(Ok(Some(m))) = next else {
+                return stalls;
+            };
+            match m.body {
+                Some(server_message::Body::Welcome(w)) => token = w.session_token,
+                Some(server_message::Body::Offer(o)) => {
+                    let reply = OfferReply {
+                        job_id: o.job_id,
+                        accept: true,
+                        reason: String::new(),
+                    };
+                    tx.send(msg(client_message::Body::OfferReply(reply)))
+                        .await
+                        .unwrap();
+                }
+                Some(server_message::Body::RoundStart(s)) => {
+                    let rref = s.round.clone().unwrap();
+                    if rref.round == 1 {
+                        for _ in 0..2 {
+                            stalls.push(stall(&client, &token).await);
+                        }
+                    }
+                    let zeros = InputChunk {
+                        round: Some(rref),
+                        offset: 0,
+                        values: vec![0; s.vector_len as usize],
+                        last: true,
+                        consent_snapshot: String::new(),
+                    };
+                    upload(&client, &token, vec![zeros]).await.unwrap();
+                }
+                Some(server_message::Body::Finished(_)) => return stalls,
+                _ => {}
+            }
+        }
+    });
+    let outcome = coordinator.job.await.unwrap().unwrap();
+    let r1 = &outcome.report.rounds[0];
+    assert_eq!((r1.attempts, r1.participants), (1, 3), "{r1:?}");
+    for p in honest {
+        p.await.unwrap().unwrap();
+    }
+    let stalls = staller.await.unwrap();
+    assert_eq!(stalls.len(), 2);
+    for s in stalls {
+        assert_eq!(s, tonic::Code::DeadlineExceeded);
+    }
+}
+
+/// Opens an upload, waits to be admitted, sends nothing: the coordinator's last word.
+async fn stall(client: &CoordinatorClient<tonic::transport::Channel>, token: &[u8]) -> tonic::Code {
+    let (_tx, rx) = mpsc::channel::<InputChunk>(1);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request.metadata_mut().insert(
+        fedmark_proto::SESSION_METADATA,
+        hex::encode(token).parse().unwrap(),
+    );
+    let mut replies = client
+        .clone()
+        .upload_input(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let admitted = replies.message().await.unwrap().unwrap();
+    assert_eq!(admitted.state(), fedmark_proto::UploadState::Admitted);
+    // Bounded: the coordinator ends a stalled upload after 5 s.
+    match tokio::time::timeout(Duration::from_secs(30), replies.message()).await {
+        Ok(Err(status)) => status.code(),
+        other => panic!("a stalled upload ends with a status: {other:?}"),
+    }
+}
