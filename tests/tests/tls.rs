@@ -1,7 +1,8 @@
 //! Mutual TLS at the coordinator's door: only a client certificate from the consortium CA,
 //! naming the partner id the client says hello with, for a partner in the roster, gets a
 //! session. A certificate from another CA, a valid certificate of a partner outside the
-//! roster, a certificate naming someone else, and a plaintext client get nothing. The
+//! roster, a certificate naming someone else, and a plaintext client get nothing; a bulk
+//! stream must come under the certificate of the partner whose session token it carries. The
 //! simulation tests run whole jobs over TLS (the simulator's default).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly
@@ -11,7 +12,7 @@ use std::time::Duration;
 use fedmark_coordinator::tls::{CertKey, DevCerts, server_config};
 use fedmark_proto::coordinator_client::CoordinatorClient;
 use fedmark_proto::{ClientMessage, Hello, PROTOCOL_VERSION, client_message, server_message};
-use fedmark_tests::harness::{bank_spec, consortium, start_coordinator_with_tls};
+use fedmark_tests::harness::{bank_spec, consortium, start_coordinator_with_tls, upload};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -141,5 +142,55 @@ async fn only_roster_partners_with_consortium_certificates_get_a_session() {
         plaintext.is_none() || plaintext.as_ref().is_some_and(Result::is_err),
         "a plaintext client got {plaintext:?}"
     );
+    coordinator.job.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_token_works_only_under_its_partners_certificate() {
+    let ids = ["bank".to_owned(), "retailer".to_owned()];
+    let certs = DevCerts::generate("consortium CA", &ids).unwrap();
+    let (roster, _) = consortium(&["bank", "retailer"]).unwrap();
+    let tls = server_config(
+        &certs.ca_pem,
+        &certs.coordinator.cert_pem,
+        &certs.coordinator.key_pem,
+    );
+    let coordinator = start_coordinator_with_tls(
+        bank_spec(1).unwrap(),
+        roster,
+        Duration::from_secs(30),
+        Some(tls),
+    )
+    .await
+    .unwrap();
+    let addr = coordinator.addr;
+    let mut bank = dial(addr, &certs.ca_pem, Some(&certs.partners[0]))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(hello("bank")).await.unwrap();
+    let mut inbound = bank
+        .session(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = inbound.message().await.unwrap().and_then(|m| m.body);
+    let Some(server_message::Body::Welcome(w)) = first else {
+        panic!("expected the welcome, got {first:?}");
+    };
+    // Retailer's own (valid) certificate with bank's token: refused.
+    let retailer = dial(addr, &certs.ca_pem, Some(&certs.partners[1]))
+        .await
+        .unwrap();
+    let status = upload(&retailer, &w.session_token, Vec::new())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
+    // Bank's certificate with bank's token gets past the door (no round runs yet).
+    let status = upload(&bank, &w.session_token, Vec::new())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status}");
+    drop(tx);
     coordinator.job.abort();
 }
