@@ -131,6 +131,18 @@ pub struct HandDriven {
     pub client: fedmark_proto::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
 }
 
+/// A request carrying session `token` (the welcome's) as a bulk stream's metadata.
+pub fn bind<T>(message: T, token: &[u8]) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    // Hex digits are always valid ASCII metadata.
+    if let Ok(value) = hex::encode(token).parse() {
+        request
+            .metadata_mut()
+            .insert(fedmark_proto::SESSION_METADATA, value);
+    }
+    request
+}
+
 /// Uploads `chunks` on an `UploadInput` stream bound to session `token` (the welcome's), as a
 /// hand-driven partner: waits to be admitted, sends every chunk, closes its half and waits for
 /// the coordinator's last word.
@@ -141,13 +153,7 @@ pub async fn upload(
 ) -> Result<(), tonic::Status> {
     use fedmark_proto::UploadState;
     let (tx, rx) = tokio::sync::mpsc::channel(2);
-    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let value = hex::encode(token)
-        .parse()
-        .map_err(|_| tonic::Status::internal("token is not ASCII"))?;
-    request
-        .metadata_mut()
-        .insert(fedmark_proto::SESSION_METADATA, value);
+    let request = bind(tokio_stream::wrappers::ReceiverStream::new(rx), token);
     let mut replies = client.clone().upload_input(request).await?.into_inner();
     let state = |m: Option<fedmark_proto::UploadStatus>| m.map(|s| s.state());
     if state(replies.message().await?) != Some(UploadState::Admitted) {

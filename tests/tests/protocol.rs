@@ -12,7 +12,7 @@ use fedmark_proto::{
     ClientMessage, Hello, InputChunk, OfferReply, PROTOCOL_VERSION, client_message, server_message,
 };
 use fedmark_tests::harness::{
-    HandDriven, bank_spec, client_config, consortium, hand_driven, start_coordinator, upload,
+    HandDriven, bank_spec, bind, client_config, consortium, hand_driven, start_coordinator, upload,
     with_identity,
 };
 use fedmark_tests::partition::{Split, partition_csv};
@@ -95,20 +95,17 @@ async fn session_of(
 }
 
 fn model_request(token: Option<&[u8]>) -> tonic::Request<fedmark_proto::ModelRequest> {
-    let mut request = tonic::Request::new(fedmark_proto::ModelRequest {
+    let message = fedmark_proto::ModelRequest {
         round: Some(fedmark_proto::RoundRef {
             job_id: "any".into(),
             round: 1,
             attempt: 0,
         }),
-    });
-    if let Some(t) = token {
-        request.metadata_mut().insert(
-            fedmark_proto::SESSION_METADATA,
-            hex::encode(t).parse().unwrap(),
-        );
+    };
+    match token {
+        Some(t) => bind(message, t),
+        None => tonic::Request::new(message),
     }
-    request
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,14 +397,9 @@ async fn a_stalled_upload_loses_its_slot_and_the_round_goes_on() {
 /// Opens an upload, waits to be admitted, sends nothing: the coordinator's last word.
 async fn stall(client: &CoordinatorClient<tonic::transport::Channel>, token: &[u8]) -> tonic::Code {
     let (_tx, rx) = mpsc::channel::<InputChunk>(1);
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request.metadata_mut().insert(
-        fedmark_proto::SESSION_METADATA,
-        hex::encode(token).parse().unwrap(),
-    );
     let mut replies = client
         .clone()
-        .upload_input(request)
+        .upload_input(bind(ReceiverStream::new(rx), token))
         .await
         .unwrap()
         .into_inner();
