@@ -457,11 +457,12 @@ async fn receive_input(
                     return Err(status);
                 }
             };
-            // A chunk of another round is the job task's to ignore (as stale), like any
-            // message of another round.
+            // A kicked or replaced session takes its uploads with it.
             if !sessions.is_current(&partner, session) {
                 return Err(Status::cancelled("the session this upload belongs to ended"));
             }
+            // A chunk of another round goes on too: the job task ignores it as stale, like
+            // any message of another round; only this round's last chunk ends the upload.
             let last = chunk.last && chunk.round.as_ref() == Some(transfer.rref());
             let event = Event::Input {
                 partner: partner.clone(),
