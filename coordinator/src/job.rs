@@ -263,9 +263,7 @@ impl Hub {
     }
 
     fn is_current(&self, partner: &str, session: u64) -> bool {
-        self.sessions
-            .sender(partner)
-            .is_some_and(|(id, _)| id == session)
+        self.sessions.is_current(partner, session)
     }
 
     /// The next round-relevant event before `deadline` (None at the deadline or when the

@@ -133,6 +133,10 @@ impl Sessions {
         {
             map.remove(partner);
         }
+        self.forget_token(partner, session);
+    }
+
+    fn forget_token(&self, partner: &str, session: u64) {
         if let Ok(mut tokens) = self.tokens.lock() {
             tokens.retain(|_, (p, id)| !(p == partner && *id == session));
         }
@@ -146,8 +150,13 @@ impl Sessions {
             .then_some((partner, session))
     }
 
-    fn is_current(&self, partner: &str, session: u64) -> bool {
-        self.sender(partner).is_some_and(|(id, _)| id == session)
+    /// Whether `session` is `partner`'s current session (checked for every uploaded chunk,
+    /// so it clones nothing).
+    pub fn is_current(&self, partner: &str, session: u64) -> bool {
+        self.inner
+            .lock()
+            .ok()
+            .is_some_and(|m| m.get(partner).is_some_and(|(id, _)| *id == session))
     }
 
     /// The bulk transfers of the round running on these sessions.
@@ -218,9 +227,7 @@ impl Sessions {
     pub async fn kick(&self, partner: &str, status: Status) {
         let handle = self.inner.lock().ok().and_then(|mut m| m.remove(partner));
         if let Some((session, tx)) = handle {
-            if let Ok(mut tokens) = self.tokens.lock() {
-                tokens.retain(|_, (p, id)| !(p == partner && *id == session));
-            }
+            self.forget_token(partner, session);
             let _ = tx.send(Err(status)).await;
         }
     }

@@ -131,6 +131,30 @@ pub struct HandDriven {
     pub client: fedmark_proto::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
 }
 
+/// A hand-driven partner's acceptance of the job offered as `job_id`.
+pub fn accept(job_id: &str) -> fedmark_proto::ClientMessage {
+    use fedmark_proto::client_message::Body;
+    fedmark_proto::ClientMessage {
+        body: Some(Body::OfferReply(fedmark_proto::OfferReply {
+            job_id: job_id.to_owned(),
+            accept: true,
+            reason: String::new(),
+        })),
+    }
+}
+
+/// A whole vector of round `rref` in one chunk (all zeros encode "no rows": they change no
+/// sum).
+pub fn whole_input(rref: &fedmark_proto::RoundRef, values: Vec<u32>) -> fedmark_proto::InputChunk {
+    fedmark_proto::InputChunk {
+        round: Some(rref.clone()),
+        offset: 0,
+        values,
+        last: true,
+        consent_snapshot: String::new(),
+    }
+}
+
 /// A request carrying session `token` (the welcome's) as a bulk stream's metadata.
 pub fn bind<T>(message: T, token: &[u8]) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use fedmark_coordinator::job::JobOutcome;
 use fedmark_proto::{
-    ClientMessage, InputChunk, KeyAdvertisement, OfferReply, RoundRef, RoundStart, UnmaskReply,
+    ClientMessage, InputChunk, KeyAdvertisement, OfferReply, RoundStart, UnmaskReply,
     client_message, server_message,
 };
-use fedmark_tests::harness::{HandDriven, hand_driven, upload};
+use fedmark_tests::harness::{HandDriven, accept, hand_driven, upload, whole_input};
 
 /// What the hostile partner does in round 1.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,16 +38,6 @@ enum Misbehaviour {
 
 fn msg(body: client_message::Body) -> ClientMessage {
     ClientMessage { body: Some(body) }
-}
-
-fn input(rref: &RoundRef, values: Vec<u32>) -> InputChunk {
-    InputChunk {
-        round: Some(rref.clone()),
-        offset: 0,
-        values,
-        last: true,
-        consent_snapshot: String::new(),
-    }
 }
 
 /// Runs a job with two honest partners and one that misbehaves as told. Returns the outcome,
@@ -98,12 +88,7 @@ async fn run(bad: Misbehaviour) -> (JobOutcome, Option<tonic::Status>, Vec<serde
                         })))
                         .await;
                     }
-                    send(msg(client_message::Body::OfferReply(OfferReply {
-                        job_id: o.job_id,
-                        accept: true,
-                        reason: String::new(),
-                    })))
-                    .await;
+                    send(accept(&o.job_id)).await;
                 }
                 Some(server_message::Body::RoundStart(RoundStart {
                     round: Some(rref),
@@ -113,25 +98,25 @@ async fn run(bad: Misbehaviour) -> (JobOutcome, Option<tonic::Status>, Vec<serde
                     let n = vector_len as usize;
                     // Zeros are a valid encoding of "no rows": they change no sum.
                     if rref.round != 1 {
-                        send_input(vec![input(&rref, vec![0; n])]).await;
+                        send_input(vec![whole_input(&rref, vec![0; n])]).await;
                         continue;
                     }
                     match bad {
                         Misbehaviour::TooLong => {
-                            send_input(vec![input(&rref, vec![0; n + 5])]).await
+                            send_input(vec![whole_input(&rref, vec![0; n + 5])]).await
                         }
                         Misbehaviour::Duplicate => {
-                            send_input(vec![input(&rref, vec![0; n])]).await;
-                            send_input(vec![input(&rref, vec![0; n])]).await;
+                            send_input(vec![whole_input(&rref, vec![0; n])]).await;
+                            send_input(vec![whole_input(&rref, vec![0; n])]).await;
                         }
                         Misbehaviour::Oversized => {
-                            send_input(vec![input(&rref, vec![0; 3 * 1024 * 1024])]).await;
+                            send_input(vec![whole_input(&rref, vec![0; 3 * 1024 * 1024])]).await;
                         }
                         Misbehaviour::Replay => {
                             let mut old = rref.clone();
                             old.attempt += 5;
-                            send_input(vec![input(&old, vec![7; n])]).await;
-                            send_input(vec![input(&rref, vec![0; n])]).await;
+                            send_input(vec![whole_input(&old, vec![7; n])]).await;
+                            send_input(vec![whole_input(&rref, vec![0; n])]).await;
                         }
                         Misbehaviour::WrongPhase => {
                             send(msg(client_message::Body::Keys(KeyAdvertisement {
@@ -146,9 +131,11 @@ async fn run(bad: Misbehaviour) -> (JobOutcome, Option<tonic::Status>, Vec<serde
                                 shares: Vec::new(),
                             })))
                             .await;
-                            send_input(vec![input(&rref, vec![0; n])]).await;
+                            send_input(vec![whole_input(&rref, vec![0; n])]).await;
                         }
-                        Misbehaviour::WrongJob => send_input(vec![input(&rref, vec![0; n])]).await,
+                        Misbehaviour::WrongJob => {
+                            send_input(vec![whole_input(&rref, vec![0; n])]).await
+                        }
                     }
                 }
                 Some(server_message::Body::Finished(_)) => return None,

@@ -12,8 +12,8 @@ use fedmark_proto::{
     ClientMessage, Hello, InputChunk, OfferReply, PROTOCOL_VERSION, client_message, server_message,
 };
 use fedmark_tests::harness::{
-    HandDriven, bank_spec, bind, client_config, consortium, hand_driven, start_coordinator, upload,
-    with_identity,
+    HandDriven, accept, bank_spec, bind, client_config, consortium, hand_driven, start_coordinator,
+    upload, whole_input, with_identity,
 };
 use fedmark_tests::partition::{Split, partition_csv};
 use fedmark_tests::sim::SimOptions;
@@ -184,27 +184,12 @@ async fn a_partner_breaking_off_mid_input_makes_the_round_retry_without_it() {
             };
             match m.body {
                 Some(server_message::Body::Welcome(w)) => token = w.session_token,
-                Some(server_message::Body::Offer(o)) => {
-                    let reply = OfferReply {
-                        job_id: o.job_id,
-                        accept: true,
-                        reason: String::new(),
-                    };
-                    tx.send(msg(client_message::Body::OfferReply(reply)))
-                        .await
-                        .unwrap();
-                }
+                Some(server_message::Body::Offer(o)) => tx.send(accept(&o.job_id)).await.unwrap(),
                 Some(server_message::Body::RoundStart(s))
                     if s.round.as_ref().is_some_and(|r| r.round == 0) =>
                 {
                     // Statistics: zeros are a valid encoding of "no rows".
-                    let zeros = InputChunk {
-                        round: s.round.clone(),
-                        offset: 0,
-                        values: vec![0; s.vector_len as usize],
-                        last: true,
-                        consent_snapshot: String::new(),
-                    };
+                    let zeros = whole_input(&s.round.unwrap(), vec![0; s.vector_len as usize]);
                     upload(&client, &token, vec![zeros]).await.unwrap();
                 }
                 Some(server_message::Body::RoundStart(s))
@@ -350,16 +335,7 @@ async fn a_stalled_upload_loses_its_slot_and_the_round_goes_on() {
             };
             match m.body {
                 Some(server_message::Body::Welcome(w)) => token = w.session_token,
-                Some(server_message::Body::Offer(o)) => {
-                    let reply = OfferReply {
-                        job_id: o.job_id,
-                        accept: true,
-                        reason: String::new(),
-                    };
-                    tx.send(msg(client_message::Body::OfferReply(reply)))
-                        .await
-                        .unwrap();
-                }
+                Some(server_message::Body::Offer(o)) => tx.send(accept(&o.job_id)).await.unwrap(),
                 Some(server_message::Body::RoundStart(s)) => {
                     let rref = s.round.clone().unwrap();
                     if rref.round == 1 {
@@ -367,13 +343,7 @@ async fn a_stalled_upload_loses_its_slot_and_the_round_goes_on() {
                             stalls.push(stall(&client, &token).await);
                         }
                     }
-                    let zeros = InputChunk {
-                        round: Some(rref),
-                        offset: 0,
-                        values: vec![0; s.vector_len as usize],
-                        last: true,
-                        consent_snapshot: String::new(),
-                    };
+                    let zeros = whole_input(&rref, vec![0; s.vector_len as usize]);
                     upload(&client, &token, vec![zeros]).await.unwrap();
                 }
                 Some(server_message::Body::Finished(_)) => return stalls,

@@ -12,7 +12,9 @@ use std::time::Duration;
 use fedmark_coordinator::tls::{CertKey, DevCerts, server_config};
 use fedmark_proto::coordinator_client::CoordinatorClient;
 use fedmark_proto::{ClientMessage, Hello, PROTOCOL_VERSION, client_message, server_message};
-use fedmark_tests::harness::{bank_spec, consortium, start_coordinator_with_tls, upload};
+use fedmark_tests::harness::{
+    Coordinator, bank_spec, consortium, start_coordinator_with_tls, upload,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -61,16 +63,10 @@ async fn session(
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_roster_partners_with_consortium_certificates_get_a_session() {
-    let ids = [
-        "bank".to_owned(),
-        "retailer".to_owned(),
-        "mallory".to_owned(),
-    ];
-    // The consortium CA issued mallory a certificate too, but the roster does not list her.
-    let certs = DevCerts::generate("consortium CA", &ids).unwrap();
-    let other_ca = DevCerts::generate("another CA", &ids[..1]).unwrap();
+/// Certificates from one consortium CA for `ids`, and a mutual-TLS coordinator whose roster
+/// holds `bank` and `retailer` only.
+async fn tls_coordinator(ids: &[String]) -> (DevCerts, Coordinator) {
+    let certs = DevCerts::generate("consortium CA", ids).unwrap();
     let (roster, _) = consortium(&["bank", "retailer"]).unwrap();
     let tls = server_config(
         &certs.ca_pem,
@@ -85,6 +81,19 @@ async fn only_roster_partners_with_consortium_certificates_get_a_session() {
     )
     .await
     .unwrap();
+    (certs, coordinator)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_roster_partners_with_consortium_certificates_get_a_session() {
+    let ids = [
+        "bank".to_owned(),
+        "retailer".to_owned(),
+        "mallory".to_owned(),
+    ];
+    // The consortium CA issued mallory a certificate too, but the roster does not list her.
+    let (certs, coordinator) = tls_coordinator(&ids).await;
+    let other_ca = DevCerts::generate("another CA", &ids[..1]).unwrap();
     let addr = coordinator.addr;
 
     // The right certificate for the right partner: welcomed.
@@ -148,21 +157,7 @@ async fn only_roster_partners_with_consortium_certificates_get_a_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_token_works_only_under_its_partners_certificate() {
     let ids = ["bank".to_owned(), "retailer".to_owned()];
-    let certs = DevCerts::generate("consortium CA", &ids).unwrap();
-    let (roster, _) = consortium(&["bank", "retailer"]).unwrap();
-    let tls = server_config(
-        &certs.ca_pem,
-        &certs.coordinator.cert_pem,
-        &certs.coordinator.key_pem,
-    );
-    let coordinator = start_coordinator_with_tls(
-        bank_spec(1).unwrap(),
-        roster,
-        Duration::from_secs(30),
-        Some(tls),
-    )
-    .await
-    .unwrap();
+    let (certs, coordinator) = tls_coordinator(&ids).await;
     let addr = coordinator.addr;
     let mut bank = dial(addr, &certs.ca_pem, Some(&certs.partners[0]))
         .await
