@@ -21,26 +21,29 @@
 //! is re-read and only consented users' rows are used ([`crate::consent`]); and every step is
 //! written to the partner's audit file ([`crate::audit`]) before it is acted on.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use fedmark_core::aggregate::{RoundKind, VectorLayout};
-use fedmark_core::budget::{PrivacyPlan, noise_threshold, secure_shape};
+use fedmark_core::budget::{PrivacyPlan, noise_threshold};
 use fedmark_core::dp::add_skellam_noise;
 use fedmark_core::features::Standardizer;
+use fedmark_core::guard::{GuardRefusal, RoundGuard};
 use fedmark_core::model::Model;
 use fedmark_core::secagg::keys::parse_signing_key;
 use fedmark_core::secagg::{
-    ClientPolicy, ClientRound, Envelope, GraphSpec, KeyAdvertisement, Mask, MaskPlan, Roster,
-    RoundId, RoundParams, ShareKind, SignedKeys,
+    ClientPolicy, ClientRound, Envelope, KeyAdvertisement, Mask, MaskPlan, Roster, RoundId,
+    RoundParams, SecAggError, ShareKind, SignedKeys, SurvivorSignature as CoreSurvivorSignature,
 };
+use fedmark_core::shape::{Announced, RoundShape};
 use fedmark_core::spec::{JobSpec, PrivacyMode};
 use fedmark_proto::coordinator_client::CoordinatorClient;
 use fedmark_proto::{
     ClientMessage, EncryptedShares, Hello, OfferReply, PROTOCOL_VERSION, RevealedShare, RoundRef,
-    RoundStart, UnmaskReply, client_message, server_message,
+    RoundStart, SurvivorSignature, UnmaskReply, client_message, server_message,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -122,8 +125,10 @@ pub enum DropPoint {
     AfterShares,
     /// In the middle of streaming its input.
     MidInput,
-    /// After its whole input, when asked to help unmask (secure rounds).
+    /// After its whole input, when asked to sign the survivor set (secure rounds).
     AfterInput,
+    /// After signing the survivor set, when asked to help unmask (secure rounds).
+    AfterSignature,
 }
 
 impl DropPoint {
@@ -134,7 +139,8 @@ impl DropPoint {
             "shares" => DropPoint::AfterKeys,
             "input" => DropPoint::AfterShares,
             "mid-input" => DropPoint::MidInput,
-            "unmask" => DropPoint::AfterInput,
+            "consistency" => DropPoint::AfterInput,
+            "unmask" => DropPoint::AfterSignature,
             _ => return None,
         })
     }
@@ -219,6 +225,9 @@ pub struct NodeOptions {
     /// Stay connected after a job ends and wait for the next offer (a partner's node beside
     /// a long-running coordinator); otherwise the session ends with the first job.
     pub keep_serving: bool,
+    /// What each job has asked of this partner ([`RoundGuard`]), kept across its sessions so
+    /// that a reconnect does not reset it.
+    pub guards: Arc<Mutex<HashMap<String, RoundGuard>>>,
 }
 
 /// The client side of mutual TLS from the config's PEM files.
@@ -506,6 +515,8 @@ struct ActiveRound {
     start: RoundStart,
     kind: RoundKind,
     layout: VectorLayout,
+    /// The round's shape as this partner derived it.
+    shape: RoundShape,
     model: Vec<f64>,
     /// Secure-aggregation state (secure rounds).
     secagg: Option<ClientRound>,
@@ -530,6 +541,15 @@ async fn send(
     tx.send(ClientMessage { body: Some(body) })
         .await
         .map_err(|_| ClientError::Closed)
+}
+
+/// The source of every secret a round draws (X25519 keys, self-mask seeds, Shamir
+/// coefficients, AEAD nonces) and of DP noise: the operating system's generator, never the
+/// configured seed, so no two sessions, rounds or restarts ever draw the same secrets. (A
+/// seeded partner that reused its keys after a reconnect would hand over, when declared
+/// dropped, the mask key that unmasks an input it sent before.)
+pub fn secret_rng() -> rand::rand_core::UnwrapErr<rand::rngs::SysRng> {
+    rand::rand_core::UnwrapErr(rand::rngs::SysRng)
 }
 
 /// The partner's secret key for consent-snapshot hashes, derived (HKDF-SHA256) from its
@@ -629,7 +649,7 @@ impl Node {
                         "keys for a round without secure aggregation".into(),
                     ));
                 };
-                match secagg.on_keys(&signed, &identity.roster, &mut self.rng) {
+                match secagg.on_keys(&signed, &identity.roster, &mut secret_rng()) {
                     Ok(envelopes) => {
                         let msg = EncryptedShares {
                             round: Some(round.rref.clone()),
@@ -673,12 +693,38 @@ impl Node {
                     Err(e) => self.abandon(&e.to_string())?,
                 }
             }
+            Body::SurvivorCheck(check) => {
+                if !self.in_round(&check.round) {
+                    return Ok(Flow::Continue);
+                }
+                self.leave_if(DropPoint::AfterInput)?;
+                let (Some(round), Some(identity)) = (self.round.as_mut(), self.identity.as_ref())
+                else {
+                    return Ok(Flow::Continue);
+                };
+                let Some(secagg) = round.secagg.as_mut() else {
+                    return Err(ClientError::Protocol(
+                        "survivor check for a round without secure aggregation".into(),
+                    ));
+                };
+                match secagg.on_survivors(&check.survivors, &identity.key) {
+                    Ok(signature) => {
+                        let msg = SurvivorSignature {
+                            round: Some(round.rref.clone()),
+                            signature: signature.to_vec(),
+                        };
+                        send(&self.tx, client_message::Body::SurvivorSignature(msg)).await?;
+                    }
+                    Err(e) => self.abandon(&e.to_string())?,
+                }
+            }
             Body::Unmask(request) => {
                 if !self.in_round(&request.round) {
                     return Ok(Flow::Continue);
                 }
-                self.leave_if(DropPoint::AfterInput)?;
-                let Some(round) = self.round.as_mut() else {
+                self.leave_if(DropPoint::AfterSignature)?;
+                let (Some(round), Some(identity)) = (self.round.as_mut(), self.identity.as_ref())
+                else {
                     return Ok(Flow::Continue);
                 };
                 let Some(secagg) = round.secagg.as_mut() else {
@@ -686,8 +732,23 @@ impl Node {
                         "unmask request for a round without secure aggregation".into(),
                     ));
                 };
-                match secagg.on_unmask(&request.survivors) {
+                let revealed = if request.survivors != secagg.signed_survivors() {
+                    Err(SecAggError::SurvivorSetChanged)
+                } else {
+                    request
+                        .signatures
+                        .into_iter()
+                        .map(|s| CoreSurvivorSignature::new(s.partner_id, &s.signature))
+                        .collect::<Result<Vec<_>, _>>()
+                        .and_then(|signatures| secagg.on_unmask(&signatures, &identity.roster))
+                };
+                match revealed {
                     Ok(shares) => {
+                        if let Ok(mut guards) = self.options.guards.lock()
+                            && let Some(guard) = guards.get_mut(&round.rref.job_id)
+                        {
+                            guard.unmasked(round.rref.round);
+                        }
                         let msg = UnmaskReply {
                             round: Some(round.rref.clone()),
                             shares: shares
@@ -750,6 +811,17 @@ impl Node {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// Checks a round start against the job's [`RoundGuard`] and records it.
+    fn admit(&self, rref: &RoundRef, kind: RoundKind) -> Result<(), GuardRefusal> {
+        let Ok(mut guards) = self.options.guards.lock() else {
+            return Ok(());
+        };
+        match guards.get_mut(&rref.job_id) {
+            Some(guard) => guard.admit(rref.round, rref.attempt, kind),
+            None => Ok(()),
+        }
     }
 
     /// The fewest partners this partner aggregates with in the current job: its config's
@@ -840,6 +912,11 @@ impl Node {
                         "holdout_rows": holdout_rows,
                     }),
                 )?;
+                if let Ok(mut guards) = self.options.guards.lock() {
+                    guards
+                        .entry(job_id.to_owned())
+                        .or_insert_with(|| RoundGuard::new(&ctx.spec));
+                }
                 self.job = Some((job_id.to_owned(), Arc::new(Mutex::new(ctx))));
                 Ok(OfferReply {
                     job_id: job_id.to_owned(),
@@ -1044,42 +1121,57 @@ impl Node {
             return Ok(());
         }
         let kind = kind_of(&start)?;
-        let (layout, num_params, numeric, secure) = {
+        if let Err(refusal) = self.admit(&rref, kind) {
+            // Not this partner's round: it sends nothing, and the coordinator counts it out.
+            warn!(round = rref.round, attempt = rref.attempt, reason = %refusal, "refusing a round this job may not ask for");
+            self.audit(
+                "round_refused",
+                serde_json::json!({
+                    "job_id": rref.job_id,
+                    "round": rref.round,
+                    "attempt": rref.attempt,
+                    "reason": refusal.to_string(),
+                }),
+            )?;
+            return Ok(());
+        }
+        // The round's shape is the partner's own derivation from the spec it accepted and
+        // the cohort's members; a start that announces anything else is sat out.
+        let (shape, numeric) = {
             let ctx = ctx
                 .lock()
                 .map_err(|_| ClientError::Protocol("job state poisoned".into()))?;
-            let layout = kind
-                .layout(&ctx.spec, ctx.num_params(), start.cohort.len())
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            (
-                layout,
-                ctx.num_params(),
-                ctx.spec.features.numeric.len(),
-                ctx.spec.aggregation.secure,
-            )
+            let shape = RoundShape::derive(&ctx.spec, kind, start.cohort.clone(), ctx.num_params());
+            (shape, ctx.spec.features.numeric.len())
         };
-        if start.secure != secure {
-            return Err(ClientError::Protocol(
-                "round's secure-aggregation setting differs from the accepted job".into(),
-            ));
-        }
-        if start.vector_len as usize != layout.len() {
-            return Err(ClientError::Protocol(format!(
-                "round asks for a vector of {} words; this job's layout has {}",
-                start.vector_len,
-                layout.len()
-            )));
-        }
-        let model_len = match kind {
-            RoundKind::Statistics => 0,
-            RoundKind::Training | RoundKind::Evaluation => num_params,
+        let announced = Announced {
+            secure: start.secure,
+            vector_len: start.vector_len,
+            model_len: start.model_len,
+            threshold: u64::from(start.threshold),
+            graph_degree: u64::from(start.graph_degree),
+            graph_seed: &start.graph_seed,
         };
-        if start.model_len as usize != model_len {
-            return Err(ClientError::Protocol(format!(
-                "round announces a model of {} parameters; the job's model has {model_len}",
-                start.model_len
-            )));
-        }
+        let shape = match shape.and_then(|shape| {
+            shape.check(&announced, &rref.job_id, rref.round, rref.attempt)?;
+            Ok(shape)
+        }) {
+            Ok(shape) => shape,
+            Err(e) => {
+                warn!(round = rref.round, attempt = rref.attempt, reason = %e, "refusing a round whose shape is not the job's");
+                self.audit(
+                    "round_refused",
+                    serde_json::json!({
+                        "job_id": rref.job_id,
+                        "round": rref.round,
+                        "attempt": rref.attempt,
+                        "reason": e.to_string(),
+                    }),
+                )?;
+                return Ok(());
+            }
+        };
+        let (layout, model_len, secure) = (shape.layout, shape.model_len, shape.secure.is_some());
         if kind != RoundKind::Statistics
             && (start.feature_mean.len() != numeric || start.feature_std.len() != numeric)
         {
@@ -1130,6 +1222,7 @@ impl Node {
             start,
             kind,
             layout,
+            shape,
             model: Vec::new(),
             secagg: None,
             mask: None,
@@ -1183,36 +1276,15 @@ impl Node {
                 "secure round without an identity".into(),
             ));
         };
-        // The graph and the threshold follow from the spec and the cohort size; the partner
-        // computes them itself and refuses a round that announces anything else.
-        let spec_shape = match &self.job {
-            Some((_, ctx)) => ctx
-                .lock()
-                .map(|c| secure_shape(&c.spec, round.start.cohort.len()))
-                .ok(),
-            None => None,
-        };
-        let Some((degree, threshold)) = spec_shape else {
+        // The graph and the threshold are the partner's own derivation (checked against the
+        // announcement when the round started).
+        let Some(shape) = round.shape.secure else {
             return Err(ClientError::Protocol(
-                "secure round without an accepted job".into(),
+                "secure round without a secure shape".into(),
             ));
         };
+        let (degree, threshold) = (shape.degree, shape.threshold);
         let rid = RoundId::new(&round.rref.job_id, round.rref.round, round.rref.attempt);
-        let graph = GraphSpec::for_round(&rid, degree);
-        if round.start.graph_degree as usize != degree
-            || graph.seed.as_slice() != round.start.graph_seed.as_slice()
-        {
-            self.abandon(
-                "the announced neighbour graph is not the one the job's spec and cohort give",
-            )?;
-            return Ok(());
-        }
-        if (round.start.threshold as usize) < threshold {
-            self.abandon(
-                "the announced threshold is below the one the job's spec and cohort give",
-            )?;
-            return Ok(());
-        }
         let policy_floor = match (&self.policy, &self.job) {
             (Some(policy), Some((_, ctx))) => ctx
                 .lock()
@@ -1228,14 +1300,20 @@ impl Node {
             ))?;
             return Ok(());
         }
+        // The sum is revealed only over at least the round's own floor, which the partner
+        // derives itself: the job's minimum, the threshold and, for distributed noise, the
+        // survivors its noise share was sized for.
+        let round_floor = round.shape.min_survivors;
         let policy = ClientPolicy {
-            min_partners: cohort_floor,
+            min_partners: cohort_floor.max(round_floor),
         };
+        // The canonical cohort and the graph derived from it are checked by RoundParams; the
+        // announced seed and degree must be the ones derived.
         let created = RoundParams::new(
             rid,
             round.start.cohort.clone(),
             threshold,
-            graph,
+            degree,
             round.layout.len(),
         )
         .and_then(|params| {
@@ -1244,7 +1322,7 @@ impl Node {
                 &self.cfg.partner_id,
                 &identity.key,
                 policy,
-                &mut self.rng,
+                &mut secret_rng(),
             )
         });
         match created {
@@ -1286,7 +1364,7 @@ impl Node {
             // Differential-privacy noise must be unpredictable to everyone, so DP jobs draw
             // from the OS; others stay reproducible under the configured seed.
             let mut rng = match ctx.privacy {
-                Some(_) => StdRng::from_rng(&mut rand::rng()),
+                Some(_) => StdRng::from_rng(&mut secret_rng()),
                 None => StdRng::seed_from_u64(seed),
             };
             let model = Model {

@@ -21,13 +21,14 @@ use fedmark_core::accountant::{Accountant, AccountantError};
 use fedmark_core::aggregate::VectorLayout;
 use fedmark_core::aggregate::{RoundKind, eval_stats_from_slice};
 use fedmark_core::budget::PrivacyPlan;
-use fedmark_core::budget::{noise_threshold, secure_shape};
+use fedmark_core::budget::noise_threshold;
 use fedmark_core::codec::CodecError;
 use fedmark_core::dp::{DpError, add_gaussian_noise};
 use fedmark_core::features::{FeatureSchema, Standardizer};
 use fedmark_core::metrics::Metrics;
 use fedmark_core::model::{Architecture, Model};
 use fedmark_core::secagg::Roster;
+use fedmark_core::shape::RoundShape;
 use fedmark_core::spec::JobSpec;
 use fedmark_core::spec::PrivacyMode;
 use fedmark_core::train::ServerOptimizer;
@@ -74,9 +75,23 @@ pub enum JobError {
         /// Last failure.
         last: RoundError,
     },
+    /// A round's unmask failed after partners revealed their shares, and too few others
+    /// remain to retry it.
+    #[error(
+        "round {round} is lost: its unmask failed after {sat_out} partners revealed their shares, and they do not help unmask a round twice"
+    )]
+    RoundLost {
+        /// Round number.
+        round: u64,
+        /// Partners sitting its retries out.
+        sat_out: usize,
+    },
     /// The fixed-point layout cannot be built for this cohort.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// The round's shape cannot be derived for this cohort.
+    #[error(transparent)]
+    Shape(#[from] fedmark_core::shape::ShapeError),
     /// The privacy plan or ledger failed (e.g. an unreachable ε target).
     #[error("privacy accounting: {0}")]
     Privacy(#[from] AccountantError),
@@ -706,6 +721,7 @@ pub async fn run_job(
     // Central noise must be unpredictable to everyone, the job's seed included.
     let mut noise_rng = StdRng::from_rng(&mut rand::rng());
     let mut stop_reason = format!("completed {} rounds", spec.job.rounds);
+    let mut rounds_lost: Vec<u64> = Vec::new();
     for round in state.next_round..=u64::from(spec.job.rounds) {
         if let Some(plan) = &privacy {
             let next = match plan.mode {
@@ -743,7 +759,7 @@ pub async fn run_job(
         );
         let t0 = Instant::now();
         let shared = Some(Arc::new(state.model.params.clone()));
-        let done = run_with_retries(
+        let done = match run_with_retries(
             &mut hub,
             &spec,
             &settings,
@@ -752,7 +768,20 @@ pub async fn run_job(
             shared,
             Some(state.standardizer.clone()),
         )
-        .await?;
+        .await
+        {
+            Err(JobError::RoundLost { round, sat_out }) => {
+                // No second unmask of a round: the job goes on from the same model.
+                warn!(job = %job_id, round, sat_out, "round lost; going on with the next round");
+                settings.store.audit(vec![(
+                    "round_lost",
+                    json!({"job": job_id, "round": round, "sat_out": sat_out}),
+                )])?;
+                rounds_lost.push(round);
+                continue;
+            }
+            other => other?,
+        };
         let weight = done.sum.stats[0];
         let eval = eval_stats_from_slice(&done.sum.stats[1..], bins).metrics();
         let mut update = done.sum.update;
@@ -834,6 +863,9 @@ pub async fn run_job(
         }
     }
 
+    if !rounds_lost.is_empty() {
+        stop_reason = format!("{stop_reason} ({} lost)", rounds_lost.len());
+    }
     // Final evaluation of the last model.
     board.set_phase(&job_id, "final evaluation");
     let final_round = u64::from(spec.job.rounds) + 1;
@@ -871,6 +903,7 @@ pub async fn run_job(
         training_rows: state.training_rows,
         evaluated_by: done.output.survivors.len() as u32,
         rounds: state.records,
+        rounds_lost,
         final_metrics: FinalMetrics::from(&final_metrics),
         seconds: started.elapsed().as_secs_f64(),
         peak_rss_bytes: None,
@@ -1004,8 +1037,24 @@ async fn run_with_retries(
         cohort: 0,
         threshold: min,
     };
+    // Partners that revealed their shares in a failed unmask of this round sit out its
+    // retries (a partner's input is unmasked at most once), unless they re-contribute with
+    // fresh noise (training rounds where the partners noise their own updates).
+    let fresh_noise = kind == RoundKind::Training
+        && matches!(
+            spec.privacy.mode,
+            PrivacyMode::Record | PrivacyMode::PartnerDistributed
+        );
+    let mut sat_out: BTreeSet<String> = BTreeSet::new();
     for tries in 1..=spec.aggregation.max_attempts {
         let mut cohort = wait_for_available(hub, settings, min).await?;
+        cohort.retain(|p| !sat_out.contains(p));
+        if cohort.len() < min && !sat_out.is_empty() {
+            return Err(JobError::RoundLost {
+                round,
+                sat_out: sat_out.len(),
+            });
+        }
         let attempt = settings.store.next_attempt(&hub.job_id, round)?;
         // The cohort draw depends only on (seed, round, attempt), so a restarted coordinator
         // draws as an uninterrupted one would have for the same attempt.
@@ -1025,22 +1074,19 @@ async fn run_with_retries(
             };
             continue;
         }
-        let n = cohort.len();
-        let secure = spec.aggregation.secure.then(|| {
-            let (degree, threshold) = secure_shape(spec, n);
-            SecureSetup {
-                roster: Arc::clone(&settings.roster),
-                degree,
-                threshold,
-            }
+        // One rule for both sides: the partners derive the same shape and refuse another.
+        let shape = RoundShape::derive(spec, kind, cohort, num_params)?;
+        let secure = shape.secure.map(|s| SecureSetup {
+            roster: Arc::clone(&settings.roster),
+            degree: s.degree,
+            threshold: s.threshold,
         });
-        let mut threshold = secure.as_ref().map_or(min, |s| s.threshold.max(min));
-        if kind == RoundKind::Training && spec.privacy.mode == PrivacyMode::PartnerDistributed {
-            // The partners sized their noise for this many survivors; fewer would carry too
-            // little noise, so such a round is aborted.
-            threshold = threshold.max(noise_threshold(spec, n));
-        }
-        let layout = kind.layout(spec, num_params, n)?;
+        let RoundShape {
+            cohort,
+            layout,
+            min_survivors: threshold,
+            ..
+        } = shape;
         settings.store.audit(vec![(
             "round_started",
             json!({
@@ -1081,6 +1127,11 @@ async fn run_with_retries(
             Err(e) => {
                 if hub.stopped {
                     return Err(JobError::ServerStopped);
+                }
+                if let RoundError::UnmaskFailed { revealers, .. } = &e
+                    && !fresh_noise
+                {
+                    sat_out.extend(revealers.iter().cloned());
                 }
                 let event: AuditEvent = (
                     "round_aborted",

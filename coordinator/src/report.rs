@@ -109,6 +109,10 @@ pub struct JobReport {
     pub evaluated_by: u32,
     /// Training rounds.
     pub rounds: Vec<RoundRecord>,
+    /// Training rounds lost in this run of the coordinator: their unmask failed after some
+    /// partners revealed their shares, and too few others remained to retry them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rounds_lost: Vec<u64>,
     /// Final federated metrics.
     #[serde(rename = "final")]
     pub final_metrics: FinalMetrics,

@@ -17,11 +17,14 @@
 //!    arrives, so memory is one vector whatever the cohort size. The phase ends when every
 //!    member has finished or dropped, or at the phase deadline. With secure aggregation each
 //!    vector is masked, and only members of U2 may upload one.
-//! 5. [**Unmask.**] The complete members are U3. Each gets U3 and answers with its shares of
-//!    the survivors' self-mask seeds and of the dropped members' mask keys; from `threshold`
-//!    answers per neighbourhood the masks are removed from the sum, leaving exactly the sum of
-//!    U3's vectors.
-//! 6. **Result.** With at least `threshold` complete members the sum is the round's result.
+//! 5. [**Consistency check.**] The complete members are U3. Fewer than `threshold` abort the
+//!    round here, before anyone is asked to reveal anything. Each member of U3 gets U3 and
+//!    answers with its signature over it; the signers are U4.
+//! 6. [**Unmask.**] Each member of U4 gets U3 again with the signatures of its neighbourhood
+//!    and, once it has checked t of them, answers with its shares of the survivors' self-mask
+//!    seeds and of the dropped members' mask keys; from `threshold` answers per neighbourhood
+//!    the masks are removed from the sum, leaving exactly the sum of U3's vectors.
+//! 7. **Result.** With at least `threshold` complete members the sum is the round's result.
 //!    Otherwise — or if a member left after part of its vector was summed, which would corrupt
 //!    the sum — the round is aborted (`RoundAbort` to the cohort) and the job retries it with a
 //!    fresh cohort.
@@ -37,11 +40,11 @@ use fedmark_core::aggregate::{Progress, RoundKind, RunningSum, VectorLayout};
 use fedmark_core::features::Standardizer;
 use fedmark_core::secagg::{
     Envelope, GraphSpec, KeyAdvertisement, RevealedShare, Roster, RoundId, RoundParams,
-    SecAggError, ServerRound, ShareKind, SignedKeys,
+    SecAggError, ServerRound, ShareKind, SignedKeys, SurvivorSignature,
 };
 use fedmark_proto::{
-    KeyBroadcast, RoundAbort, RoundRef, RoundStart, SharesDelivery, UnmaskRequest, client_message,
-    server_message,
+    KeyBroadcast, PartnerSignature, RoundAbort, RoundRef, RoundStart, SharesDelivery,
+    SurvivorCheck, UnmaskRequest, client_message, server_message,
 };
 use tokio::time::Instant;
 use tonic::Status;
@@ -157,6 +160,15 @@ pub enum RoundError {
     /// Secure aggregation could not complete (too few advertisers, sharers or unmaskers).
     #[error("secure aggregation: {0}")]
     SecAgg(String),
+    /// The unmask failed after some members revealed their shares. They will not help unmask
+    /// this round again (see [`fedmark_core::guard`]), so its retries go on without them.
+    #[error("unmasking failed after {} partners revealed their shares: {reason}", revealers.len())]
+    UnmaskFailed {
+        /// Why.
+        reason: String,
+        /// Members whose shares were accepted.
+        revealers: Vec<String>,
+    },
 }
 
 fn start_message(plan: &RoundPlan) -> RoundStart {
@@ -183,7 +195,7 @@ fn start_message(plan: &RoundPlan) -> RoundStart {
             .secure
             .as_ref()
             .map(|sec| {
-                GraphSpec::for_round(&round_id(&plan.rref), sec.degree)
+                GraphSpec::for_cohort(&round_id(&plan.rref), &plan.cohort, sec.degree)
                     .seed
                     .to_vec()
             })
@@ -331,13 +343,11 @@ async fn secure_round(
     transfers: &OpenRound,
     dropped: &mut BTreeSet<String>,
 ) -> Result<RoundOutput, RoundError> {
-    let rid = round_id(&plan.rref);
-    let graph = GraphSpec::for_round(&rid, setup.degree);
     let params = RoundParams::new(
-        rid,
+        round_id(&plan.rref),
         plan.cohort.clone(),
         setup.threshold,
-        graph,
+        setup.degree,
         plan.layout.len(),
     )
     .map_err(secagg_failed)?;
@@ -456,28 +466,77 @@ async fn secure_round(
         consent,
     } = input_phase(hub, plan, &senders, dropped).await?;
 
-    // Unmask.
+    // Consistency check (U4). The round's floors are checked first: a sum of fewer than
+    // `threshold` members is never unmasked.
     let u3 = server.close_inputs(&survivors).map_err(secagg_failed)?;
     phase_done("input", u3.len());
+    if u3.len() < plan.threshold {
+        return Err(RoundError::BelowThreshold {
+            survivors: u3.len(),
+            cohort: plan.cohort.len(),
+            threshold: plan.threshold,
+        });
+    }
     for member in &u3 {
-        let msg = UnmaskRequest {
+        let msg = SurvivorCheck {
             round: Some(plan.rref.clone()),
             survivors: u3.clone(),
         };
-        hub.send(member, server_message::Body::Unmask(msg)).await;
+        hub.send(member, server_message::Body::SurvivorCheck(msg))
+            .await;
     }
-    pause_if(plan, "unmask").await;
     let mut waiting: BTreeSet<String> = u3
         .iter()
         .filter(|m| !dropped.contains(*m))
         .cloned()
         .collect();
-    let mut unmask_dropped = dropped.clone();
+    // A member that stops answering now still had its input summed: it stays in U3.
+    let mut late_dropped = dropped.clone();
     collect(
         hub,
         plan,
         &mut waiting,
-        &mut unmask_dropped,
+        &mut late_dropped,
+        |partner, body| match body {
+            client_message::Body::SurvivorSignature(s) if s.round.as_ref() == Some(&plan.rref) => {
+                let signed = SurvivorSignature::new(partner.to_owned(), &s.signature)?;
+                server.on_signature(signed, &setup.roster)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        },
+    )
+    .await;
+    let u4 = server.close_consistency().map_err(secagg_failed)?;
+    phase_done("consistency", u4.len());
+
+    // Unmask.
+    for member in &u4 {
+        let signatures = server.signatures_for(member).map_err(secagg_failed)?;
+        let msg = UnmaskRequest {
+            round: Some(plan.rref.clone()),
+            survivors: u3.clone(),
+            signatures: signatures
+                .into_iter()
+                .map(|s| PartnerSignature {
+                    partner_id: s.partner_id,
+                    signature: s.signature.to_vec(),
+                })
+                .collect(),
+        };
+        hub.send(member, server_message::Body::Unmask(msg)).await;
+    }
+    pause_if(plan, "unmask").await;
+    let mut waiting: BTreeSet<String> = u4
+        .iter()
+        .filter(|m| !late_dropped.contains(*m))
+        .cloned()
+        .collect();
+    collect(
+        hub,
+        plan,
+        &mut waiting,
+        &mut late_dropped,
         |partner, body| match body {
             client_message::Body::Unmask(u) if u.round.as_ref() == Some(&plan.rref) => {
                 let shares = u
@@ -503,7 +562,12 @@ async fn secure_round(
     .await;
     phase_done("unmask shares", u3.len());
     let mut words = std::mem::replace(&mut sum, RunningSum::new(0)).into_inner();
-    server.unmask(&mut words).map_err(secagg_failed)?;
+    server
+        .unmask(&mut words)
+        .map_err(|e| RoundError::UnmaskFailed {
+            reason: e.to_string(),
+            revealers: server.revealers(),
+        })?;
     phase_done("unmasked", u3.len());
     // A member that left during unmasking still had its input summed: it counts as a survivor.
     finish(plan, words, u3, consent)

@@ -49,6 +49,13 @@
 //! so the dropouts are chosen spread over the graph (greedily, in random order, never letting a
 //! neighbourhood fall below t); the setup also prints how often a uniformly random dropout set
 //! of the same size would have made the round abort.
+//!
+//! # `consistency_check`
+//!
+//! The CPU the consistency check adds to one round at N = 200 and N = 1,000, all parties
+//! together: N Ed25519 signatures over U3, N verifications by the coordinator and N × (k + 1)
+//! by the partners (each checks its closed neighbourhood, k = `recommended_degree(N)`). In the
+//! simulator all of it lands on the same cores; on real partners each pays 1/N of it.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -57,8 +64,10 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, 
 use ed25519_dalek::SigningKey;
 use fedmark_core::secagg::prg::{self, SEED_LEN};
 use fedmark_core::secagg::{
-    ClientPolicy, ClientRound, GraphSpec, Roster, RoundId, RoundParams, ServerRound, SignedKeys,
-    generate_identity, recommended_degree, recommended_threshold,
+    ClientPolicy, ClientRound, Roster, RoundId, RoundParams, ServerRound, SignedKeys,
+    SurvivorSignature, generate_identity,
+    keys::{sign_survivors, verify_survivors},
+    recommended_degree, recommended_threshold,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -81,10 +90,13 @@ struct SharedRound {
     params: RoundParams,
     server: ServerRound,
     clients: Vec<ClientRound>,
+    identities: Vec<SigningKey>,
+    roster: Roster,
 }
 
 fn shared_round(n: usize, d: usize, rng: &mut StdRng) -> SharedRound {
-    let ids: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+    // Zero-padded: the cohort is in canonical (sorted) order.
+    let ids: Vec<String> = (0..n).map(|i| format!("p{i:05}")).collect();
     let identities: Vec<SigningKey> = (0..n).map(|_| generate_identity(rng)).collect();
     let mut roster = Roster::new();
     for (id, key) in ids.iter().zip(&identities) {
@@ -94,14 +106,8 @@ fn shared_round(n: usize, d: usize, rng: &mut StdRng) -> SharedRound {
     }
     let degree = recommended_degree(n);
     let round = RoundId::new("bench", rng.random(), 0);
-    let params = RoundParams::new(
-        round,
-        ids.clone(),
-        recommended_threshold(degree),
-        GraphSpec::for_round(&round, degree),
-        d,
-    )
-    .expect("valid round parameters");
+    let params = RoundParams::new(round, ids.clone(), recommended_threshold(degree), degree, d)
+        .expect("valid round parameters");
 
     let mut server = ServerRound::new(params.clone());
     let mut clients = Vec::with_capacity(n);
@@ -140,6 +146,8 @@ fn shared_round(n: usize, d: usize, rng: &mut StdRng) -> SharedRound {
         params,
         server,
         clients,
+        identities,
+        roster,
     }
 }
 
@@ -315,6 +323,8 @@ fn revealed_round(dropout_pct: usize, rng: &mut StdRng) -> RevealedRound {
         params,
         mut server,
         mut clients,
+        identities,
+        roster,
     } = shared_round(SERVER_N, SERVER_D, rng);
     let count = SERVER_N * dropout_pct / 100;
     if count > 0 {
@@ -350,7 +360,26 @@ fn revealed_round(dropout_pct: usize, rng: &mut StdRng) -> RevealedRound {
         if dropped[i] {
             continue;
         }
-        let shares = client.on_unmask(&u3).expect("survivor reveals its shares");
+        let signature = client
+            .on_survivors(&u3, &identities[i])
+            .expect("survivor signs U3");
+        let signed = SurvivorSignature {
+            partner_id: ids[i].clone(),
+            signature,
+        };
+        server
+            .on_signature(signed, &roster)
+            .expect("server accepts the signature");
+    }
+    server.close_consistency().expect("consistency quorum");
+    for (i, client) in clients.iter_mut().enumerate() {
+        if dropped[i] {
+            continue;
+        }
+        let signatures = server.signatures_for(&ids[i]).expect("signatures to relay");
+        let shares = client
+            .on_unmask(&signatures, &roster)
+            .expect("survivor reveals its shares");
         server
             .on_revealed(&ids[i], shares)
             .expect("server accepts revealed shares");
@@ -397,11 +426,57 @@ fn server_unmask(c: &mut Criterion) {
     group.finish();
 }
 
+/// The consistency check's whole CPU cost in one round of N partners, as all parties pay it
+/// together: every survivor signs U3, the coordinator verifies N signatures, and every
+/// survivor verifies the signatures of its closed neighbourhood (degree + 1 of them, the
+/// recommended SecAgg+ degree). Signing and verifying only; the check adds one round trip.
+fn consistency_check(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut group = c.benchmark_group("consistency_check");
+    group.sample_size(10);
+    for n in [200usize, 1000] {
+        let ids: Vec<String> = (0..n).map(|i| format!("p{i:05}")).collect();
+        let keys: Vec<SigningKey> = (0..n).map(|_| generate_identity(&mut rng)).collect();
+        let mut roster = Roster::new();
+        for (id, key) in ids.iter().zip(&keys) {
+            roster
+                .insert(id.clone(), key.verifying_key())
+                .expect("distinct partner ids");
+        }
+        let round = RoundId::new("bench", n as u64, 0);
+        let survivors: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let close = recommended_degree(n) + 1;
+        group.bench_function(BenchmarkId::new("sign_and_verify_all", n), |b| {
+            b.iter(|| {
+                let signed: Vec<SurvivorSignature> = ids
+                    .iter()
+                    .zip(&keys)
+                    .map(|(id, key)| SurvivorSignature {
+                        partner_id: id.clone(),
+                        signature: sign_survivors(key, &round, &survivors),
+                    })
+                    .collect();
+                // The coordinator checks each once; each partner checks its neighbourhood's.
+                for s in &signed {
+                    verify_survivors(&roster, &round, &survivors, s).expect("valid");
+                }
+                for i in 0..n {
+                    for s in signed.iter().cycle().skip(i).take(close) {
+                        verify_survivors(&roster, &round, &survivors, s).expect("valid");
+                    }
+                }
+                black_box(signed)
+            });
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = mask_expansion, client_mask, server_unmask
+    targets = mask_expansion, client_mask, server_unmask, consistency_check
 }
 criterion_main!(benches);

@@ -22,4 +22,4 @@ pub use bytes::Bytes;
 pub const SESSION_METADATA: &str = "fedmark-session";
 
 /// The protocol version a client announces in its `Hello`; the coordinator refuses others.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;

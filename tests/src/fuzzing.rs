@@ -21,8 +21,9 @@ use ed25519_dalek::SigningKey;
 use fedmark_core::aggregate::{Progress, RunningSum};
 use fedmark_core::audit::{AuditChain, AuditRecord, verify};
 use fedmark_core::secagg::{
-    ClientPolicy, ClientRound, Envelope, GraphSpec, KeyAdvertisement, RevealedShare, Roster,
-    RoundId, RoundParams, ServerRound, ShareKind, SignedKeys, generate_identity, valid_partner_id,
+    ClientPolicy, ClientRound, Envelope, KeyAdvertisement, RevealedShare, Roster, RoundId,
+    RoundParams, ServerRound, ShareKind, SignedKeys, SurvivorSignature, generate_identity,
+    valid_partner_id,
 };
 use fedmark_core::spec::JobSpec;
 use fedmark_proto::{ClientMessage, ServerMessage, client_message, server_message};
@@ -234,6 +235,8 @@ pub struct Fixture {
     pub server_keys: ServerRound,
     /// Server collecting shares: all keys in, shares of `p1` and `p2` in.
     pub server_shares: ServerRound,
+    /// Server checking consistency: the signatures of `p1` and `p2` in.
+    pub server_signatures: ServerRound,
     /// Server collecting reveals: all three inputs summed, reveals of `p1` and `p2` in.
     pub server_reveals: ServerRound,
     /// Sum of the three masked inputs.
@@ -247,6 +250,8 @@ pub struct Fixture {
     keys_for_p0: Vec<SignedKeys>,
     envelopes_for_p0: Vec<Envelope>,
     survivors: Vec<String>,
+    /// Every survivor's signature over the survivor set.
+    signatures: Vec<SurvivorSignature>,
 }
 
 /// The round id of the fixture.
@@ -281,14 +286,8 @@ impl Fixture {
                 .map_err(|x| e("roster", &x))?;
         }
         let round = fixture_round();
-        let params = RoundParams::new(
-            round,
-            ids.clone(),
-            2,
-            GraphSpec::for_round(&round, PARTNERS - 1),
-            VECTOR_LEN,
-        )
-        .map_err(|x| e("params", &x))?;
+        let params = RoundParams::new(round, ids.clone(), 2, PARTNERS - 1, VECTOR_LEN)
+            .map_err(|x| e("params", &x))?;
         let mut rngs: Vec<StdRng> = (0..PARTNERS).map(client_rng).collect();
         let mut clients = Vec::new();
         let mut adverts = Vec::new();
@@ -370,9 +369,34 @@ impl Fixture {
         let survivors = server
             .close_inputs(&ids)
             .map_err(|x| e("close_inputs", &x))?;
+        let mut signatures = Vec::new();
+        for (i, c) in clients.iter_mut().enumerate() {
+            let signature = c
+                .on_survivors(&survivors, &identities[i])
+                .map_err(|x| e("on_survivors", &x))?;
+            signatures.push(SurvivorSignature {
+                partner_id: ids[i].clone(),
+                signature,
+            });
+        }
+        for signed in signatures.iter().skip(1) {
+            server
+                .on_signature(signed.clone(), &roster)
+                .map_err(|x| e("on_signature", &x))?;
+        }
+        let server_signatures = server.clone();
+        server
+            .on_signature(signatures[0].clone(), &roster)
+            .map_err(|x| e("on_signature p0", &x))?;
+        server
+            .close_consistency()
+            .map_err(|x| e("close_consistency", &x))?;
         let mut reveals = Vec::new();
         for c in &mut clients {
-            reveals.push(c.on_unmask(&survivors).map_err(|x| e("on_unmask", &x))?);
+            reveals.push(
+                c.on_unmask(&signatures, &roster)
+                    .map_err(|x| e("on_unmask", &x))?,
+            );
         }
         for i in 1..PARTNERS {
             server
@@ -399,6 +423,7 @@ impl Fixture {
             identities,
             server_keys,
             server_shares,
+            server_signatures,
             server_reveals,
             masked_sum: sum.into_inner(),
             p0_keys: adverts[0].clone(),
@@ -408,6 +433,7 @@ impl Fixture {
             keys_for_p0,
             envelopes_for_p0,
             survivors,
+            signatures,
         })
     }
 
@@ -439,6 +465,9 @@ impl Fixture {
                 c.on_shares(&self.envelopes_for_p0)?;
                 let mut y = input_of(0);
                 c.mask(&mut y)?;
+            }
+            if phase >= 3 {
+                c.on_survivors(&self.survivors, &self.identities[0])?;
             }
             Ok(c)
         });
@@ -548,6 +577,18 @@ pub fn client_message(data: &[u8]) {
                 }
             }
         }
+        client_message::Body::SurvivorSignature(sig) => {
+            let Ok(signed) = SurvivorSignature::new("p0".into(), &sig.signature) else {
+                return;
+            };
+            let mut server = fx.server_signatures.clone();
+            if server.on_signature(signed, &fx.roster).is_ok() {
+                assert!(
+                    server.close_consistency().is_ok(),
+                    "survivor signature: three valid signatures do not close the check"
+                );
+            }
+        }
         client_message::Body::Unmask(u) => {
             let Ok(shares) = u
                 .shares
@@ -604,16 +645,12 @@ pub fn server_message(data: &[u8]) {
                 return;
             }
             let rid = RoundId::new(&rref.job_id, rref.round, rref.attempt);
-            let graph = match <[u8; 32]>::try_from(start.graph_seed.as_slice()) {
-                Ok(seed) => GraphSpec {
-                    seed,
-                    degree: start.graph_degree as usize,
-                },
-                Err(_) => GraphSpec::for_round(&rid, start.graph_degree as usize),
-            };
+            let degree = start.graph_degree as usize;
             let len = usize::try_from(start.vector_len).unwrap_or(usize::MAX);
             let threshold = start.threshold as usize;
-            if let Ok(params) = RoundParams::new(rid, start.cohort.clone(), threshold, graph, len) {
+            if let Ok(params) = RoundParams::new(rid, start.cohort.clone(), threshold, degree, len)
+                && params.graph_spec().seed.as_slice() == start.graph_seed.as_slice()
+            {
                 let mut rng = client_rng(0);
                 let _ = ClientRound::new(params, "p0", &fx.identities[0], POLICY, &mut rng);
             }
@@ -650,11 +687,33 @@ pub fn server_message(data: &[u8]) {
                 let _ = client.mask(&mut y);
             }
         }
-        server_message::Body::Unmask(request) => {
+        server_message::Body::SurvivorCheck(check) => {
             let mut client = fx.p0_at(2);
-            if client.on_unmask(&request.survivors).is_ok() {
+            if client
+                .on_survivors(&check.survivors, &fx.identities[0])
+                .is_ok()
+            {
                 assert!(
-                    client.on_unmask(&request.survivors).is_err(),
+                    client
+                        .on_survivors(&check.survivors, &fx.identities[0])
+                        .is_err(),
+                    "survivor check: a client signed a second survivor set"
+                );
+            }
+        }
+        server_message::Body::Unmask(request) => {
+            let Ok(signatures) = request
+                .signatures
+                .into_iter()
+                .map(|s| SurvivorSignature::new(s.partner_id, &s.signature))
+                .collect::<Result<Vec<_>, _>>()
+            else {
+                return;
+            };
+            let mut client = fx.p0_at(3);
+            if client.on_unmask(&signatures, &fx.roster).is_ok() {
+                assert!(
+                    client.on_unmask(&signatures, &fx.roster).is_err(),
                     "unmask: a client answered a second unmask request"
                 );
             }
@@ -706,6 +765,13 @@ pub fn client_message_seeds() -> Vec<(&'static str, Vec<u8>)> {
             }),
         ),
         (
+            "survivor_signature",
+            Body::SurvivorSignature(fedmark_proto::SurvivorSignature {
+                round: rref.clone(),
+                signature: fx.signatures[0].signature.to_vec(),
+            }),
+        ),
+        (
             "unmask",
             Body::Unmask(fedmark_proto::UnmaskReply {
                 round: rref,
@@ -737,8 +803,7 @@ pub fn server_message_seeds(offer_spec: &str) -> Vec<(&'static str, Vec<u8>)> {
     use server_message::Body;
     let fx = Fixture::get();
     let rref = Some(fixture_rref());
-    let round = fixture_round();
-    let graph = GraphSpec::for_round(&round, PARTNERS - 1);
+    let graph = fx.params.graph_spec();
     let msgs = [
         (
             "welcome",
@@ -796,6 +861,21 @@ pub fn server_message_seeds(offer_spec: &str) -> Vec<(&'static str, Vec<u8>)> {
         (
             "unmask",
             Body::Unmask(fedmark_proto::UnmaskRequest {
+                round: rref.clone(),
+                survivors: fx.survivors.clone(),
+                signatures: fx
+                    .signatures
+                    .iter()
+                    .map(|s| fedmark_proto::PartnerSignature {
+                        partner_id: s.partner_id.clone(),
+                        signature: s.signature.to_vec(),
+                    })
+                    .collect(),
+            }),
+        ),
+        (
+            "survivor_check",
+            Body::SurvivorCheck(fedmark_proto::SurvivorCheck {
                 round: rref.clone(),
                 survivors: fx.survivors.clone(),
             }),

@@ -497,6 +497,7 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
             identity: Some(identity),
             round_hook,
             keep_serving: false,
+            guards: Default::default(),
         };
         clients.push(tokio::spawn(run_partner(cfg, options)));
     }
@@ -887,6 +888,7 @@ fn scheduled_dropouts(opts: &SimOptions, rounds: u32) -> Vec<Vec<Dropout>> {
             DropPoint::AfterKeys,
             DropPoint::AfterShares,
             DropPoint::AfterInput,
+            DropPoint::AfterSignature,
         ];
         for round in 1..=u64::from(rounds) {
             for list in per_partner.iter_mut() {

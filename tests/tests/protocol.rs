@@ -241,7 +241,8 @@ async fn a_partner_breaking_off_mid_input_makes_the_round_retry_without_it() {
 async fn secure_round_survives_dropouts_at_every_phase() {
     // Seven partners (threshold 5 of the complete graph): in round 1 one partner leaves after
     // advertising keys and another after sending its input, before unmasking; in round 2 one
-    // leaves after sharing keys. Every round must still produce the survivors' exact sum,
+    // leaves after sharing keys; in round 3 one leaves after the consistency check's
+    // signature. Every round must still produce the survivors' exact sum,
     // which shows in the metrics being those of a model that keeps learning.
     let dir = tempfile::tempdir().unwrap();
     let ids: Vec<String> = (0..7).map(|i| format!("p{i}")).collect();
@@ -273,6 +274,13 @@ async fn secure_round_survives_dropouts_at_every_phase() {
                 point: DropPoint::AfterShares,
             },
         ),
+        (
+            4,
+            Dropout {
+                round: 3,
+                point: DropPoint::AfterSignature,
+            },
+        ),
     ];
     let mut partners = Vec::new();
     for (i, id) in ids.iter().enumerate() {
@@ -287,9 +295,11 @@ async fn secure_round_survives_dropouts_at_every_phase() {
     assert!(outcome.report.secure_aggregation);
     let r = &outcome.report.rounds;
     // Round 1: p1 left before sharing (not in the sum); p2 left after its input was summed:
-    // its input counts and its mask is removed with the others' shares.
+    // its input counts and its mask is removed with the others' shares. Round 3: p4 left
+    // after signing the survivor set, before unmasking: the same.
     assert_eq!((r[0].participants, r[0].attempts), (6, 1), "{:?}", r[0]);
     assert_eq!((r[1].participants, r[1].attempts), (4, 1), "{:?}", r[1]);
+    assert_eq!(r[2].attempts, 1, "{:?}", r[2]);
     assert!(
         r[2].auc > 0.6,
         "a correctly unmasked sum trains a useful model: {:?}",

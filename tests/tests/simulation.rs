@@ -247,7 +247,10 @@ async fn twenty_rounds_with_twenty_percent_dropout_complete() {
     opts.skip_baselines = true;
     opts.phase_timeout = Duration::from_secs(20);
     let report = sim::run(&opts).await.unwrap();
-    assert_eq!(report.rounds.len(), 20);
+    // A round whose unmask failed after some partners revealed cannot be unmasked again with
+    // them; with five partners it is lost and the job goes on.
+    assert_eq!(report.rounds.len() + report.job.rounds_lost.len(), 20);
+    assert!(report.rounds.len() >= 15, "{:?}", report.job.rounds_lost);
     let dropped: u32 = report.rounds.iter().map(|r| r.dropped).sum();
     assert!(dropped > 0, "some partners dropped out");
     assert!(

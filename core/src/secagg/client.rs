@@ -5,8 +5,9 @@
 //! | [`ClientPhase::AdvertisedKeys`] | [`ClientRound::new`]: fresh key pairs, signed advertisement | [`ClientRound::on_keys`] |
 //! | [`ClientPhase::SharedKeys`] | keys verified (U1), secrets shared, envelopes out | [`ClientRound::on_shares`] |
 //! | [`ClientPhase::ReadyToMask`] | neighbours' envelopes opened (U2) | [`ClientRound::mask`] or [`ClientRound::take_mask`] |
-//! | [`ClientPhase::Masked`] | input masked, or its masks taken, once | [`ClientRound::on_unmask`] |
-//! | [`ClientPhase::Revealed`] | shares revealed for one survivor set (U3) | — (final) |
+//! | [`ClientPhase::Masked`] | input masked, or its masks taken, once | [`ClientRound::on_survivors`] |
+//! | [`ClientPhase::Signed`] | the survivor set U3 checked and signed, once | [`ClientRound::on_unmask`] |
+//! | [`ClientPhase::Revealed`] | shares revealed for the one survivor set it signed | — (final) |
 //!
 //! A refused step returns an error and leaves the state as it was; nothing secret leaves the
 //! client on a refusal. The client checks everything it can check itself, because the
@@ -14,6 +15,16 @@
 //! neighbourhood at every phase, that the survivors completed the share phase, that it is a
 //! survivor itself, and that it reveals only once, so it never gives out both the self-mask
 //! share and the mask-key share of one partner.
+//!
+//! **Consistency check** (Bonawitz et al., CCS 2017, §4, within each SecAgg+ neighbourhood):
+//! a coordinator that shows different survivor sets to different partners could collect, for
+//! one partner, both its self-mask seed (from those told it survived) and the mask keys of its
+//! neighbours (from those told they dropped), and so unmask its input alone. So each survivor
+//! signs the one set it was shown ([`ClientRound::on_survivors`]) and reveals nothing until it
+//! holds valid signatures over exactly that set from at least t distinct members of its own
+//! closed neighbourhood ([`ClientRound::on_unmask`]). Every honest partner signs one set per
+//! round, so two honest partners of a neighbourhood that reveal have revealed for the same
+//! set.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -22,12 +33,14 @@ use ed25519_dalek::SigningKey;
 use rand::CryptoRng;
 
 use super::error::SecAggError;
-use super::graph::GraphSpec;
 use super::keys::{
-    ENVELOPE_LEN, ENVELOPE_PLAINTEXT_LEN, Party, Purpose, Roster, RoundKeyPairs, open,
-    pairwise_secret, public_of, seal, sign_keys, verify_keys,
+    ENVELOPE_LEN, ENVELOPE_PLAINTEXT_LEN, Party, Purpose, Roster, RoundKeyPairs, SIGNATURE_LEN,
+    open, pairwise_secret, public_of, seal, sign_keys, sign_survivors, verify_keys,
+    verify_survivors,
 };
-use super::message::{Envelope, KeyAdvertisement, RevealedShare, ShareKind, SignedKeys};
+use super::message::{
+    Envelope, KeyAdvertisement, RevealedShare, ShareKind, SignedKeys, SurvivorSignature,
+};
 use super::params::RoundParams;
 use super::prg::{apply_masks, expand_masks};
 use super::shamir::{SHARE_LEN, Share, split};
@@ -56,6 +69,8 @@ pub enum ClientPhase {
     ReadyToMask,
     /// Input masked; waiting for the survivor list.
     Masked,
+    /// Survivor list checked and signed; waiting for the neighbours' signatures.
+    Signed,
     /// Shares revealed; the round is over for this client.
     Revealed,
 }
@@ -68,6 +83,7 @@ impl ClientPhase {
             ClientPhase::SharedKeys => "shared-keys",
             ClientPhase::ReadyToMask => "ready-to-mask",
             ClientPhase::Masked => "masked",
+            ClientPhase::Signed => "signed",
             ClientPhase::Revealed => "revealed",
         }
     }
@@ -95,6 +111,8 @@ pub struct ClientRound {
     self_seed: [u8; 32],
     /// This client's own shares of its two secrets.
     own_shares: Option<(Share, Share)>,
+    /// The survivor set it signed (U3, cohort indices).
+    survivors: Vec<usize>,
 }
 
 impl fmt::Debug for ClientRound {
@@ -176,9 +194,9 @@ impl Mask {
 }
 
 impl ClientRound {
-    /// Joins a round as `my_id`: checks the parameters against the policy (cohort size, and
-    /// that the graph seed is the one derived from the round id), makes the round's two key
-    /// pairs and signs their public halves with `identity`.
+    /// Joins a round as `my_id`: checks the parameters against the policy (cohort size; the
+    /// graph and the canonical cohort are checked by [`RoundParams::new`]), makes the round's
+    /// two key pairs and signs their public halves with `identity`.
     pub fn new<R: CryptoRng + ?Sized>(
         params: RoundParams,
         my_id: &str,
@@ -192,10 +210,6 @@ impl ClientRound {
                 got: params.len(),
                 minimum: policy.min_partners,
             });
-        }
-        let expected = GraphSpec::for_round(params.round(), params.graph_spec().degree);
-        if expected.seed != params.graph_spec().seed {
-            return Err(SecAggError::GraphSeedMismatch);
         }
         let secrets = RoundKeyPairs::generate(rng);
         let cipher_public = public_of(&secrets.cipher);
@@ -222,6 +236,7 @@ impl ClientRound {
             peers: BTreeMap::new(),
             self_seed: [0; 32],
             own_shares: None,
+            survivors: Vec::new(),
         };
         Ok((round, advert))
     }
@@ -483,20 +498,23 @@ impl ClientRound {
         })
     }
 
-    /// Phase 4: given the survivors U3 (whose masked inputs are in the sum), returns this
-    /// client's share of each U2 neighbour's self-mask seed if it survived, or of its mask key
-    /// if it dropped, and its own self-mask share — never both kinds for one partner, because
-    /// it answers only once.
+    /// Phase 4a: given the survivors U3 (whose masked inputs are in the sum), checks the set
+    /// and signs it with `identity`, once. The signature goes to the coordinator, which relays
+    /// the neighbours' signatures back with the unmask request.
     ///
     /// Refuses a second call, a survivor listed twice or outside the cohort, a survivor in its
     /// neighbourhood that did not complete the share phase (U3 ⊄ U2), being left out of U3
     /// itself, fewer than t survivors in its closed neighbourhood, and fewer survivors than
     /// its policy minimum.
-    pub fn on_unmask(&mut self, survivors: &[String]) -> Result<Vec<RevealedShare>, SecAggError> {
-        if self.phase == ClientPhase::Revealed {
+    pub fn on_survivors(
+        &mut self,
+        survivors: &[String],
+        identity: &SigningKey,
+    ) -> Result<[u8; SIGNATURE_LEN], SecAggError> {
+        if matches!(self.phase, ClientPhase::Signed | ClientPhase::Revealed) {
             return Err(SecAggError::AlreadyRevealed);
         }
-        self.expect_phase(ClientPhase::Masked, "on_unmask")?;
+        self.expect_phase(ClientPhase::Masked, "on_survivors")?;
         let mut u3 = HashSet::with_capacity(survivors.len());
         for id in survivors {
             let j = self.params.require_index(id)?;
@@ -535,6 +553,65 @@ impl ClientRound {
                 minimum: self.policy.min_partners,
             });
         }
+        let mut sorted: Vec<usize> = u3.into_iter().collect();
+        sorted.sort_unstable();
+        let signature = sign_survivors(identity, self.params.round(), &self.survivor_ids(&sorted));
+        self.survivors = sorted;
+        self.phase = ClientPhase::Signed;
+        Ok(signature)
+    }
+
+    fn survivor_ids<'a>(&'a self, survivors: &[usize]) -> Vec<&'a str> {
+        survivors.iter().map(|&j| self.params.id(j)).collect()
+    }
+
+    /// Phase 4b: given the survivors' signatures over the set this client signed, checks that
+    /// each verifies under its signer's roster key over exactly that set and that at least t
+    /// distinct members of its closed neighbourhood signed it; then returns this client's
+    /// share of each U2 neighbour's self-mask seed if it survived, or of its mask key if it
+    /// dropped, and its own self-mask share — never both kinds for one partner, because it
+    /// answers only once.
+    ///
+    /// Refuses a second call, a signature that does not verify, one from a partner outside
+    /// the set or given twice, and fewer than t valid signers in its closed neighbourhood.
+    pub fn on_unmask(
+        &mut self,
+        signatures: &[SurvivorSignature],
+        roster: &Roster,
+    ) -> Result<Vec<RevealedShare>, SecAggError> {
+        if self.phase == ClientPhase::Revealed {
+            return Err(SecAggError::AlreadyRevealed);
+        }
+        self.expect_phase(ClientPhase::Signed, "on_unmask")?;
+        let ids = self.survivor_ids(&self.survivors);
+        let round = *self.params.round();
+        let mut signers = HashSet::with_capacity(signatures.len());
+        for signed in signatures {
+            let j = self.params.require_index(&signed.partner_id)?;
+            if self.survivors.binary_search(&j).is_err() {
+                return Err(SecAggError::SignerNotASurvivor(signed.partner_id.clone()));
+            }
+            if !signers.insert(j) {
+                return Err(SecAggError::DuplicateSignature(signed.partner_id.clone()));
+            }
+            verify_survivors(roster, &round, &ids, signed)?;
+        }
+        let close_signers = self
+            .params
+            .graph()
+            .closed_neighbourhood(self.me)
+            .into_iter()
+            .filter(|j| signers.contains(j))
+            .count();
+        let t = self.params.threshold();
+        if close_signers < t {
+            return Err(SecAggError::BelowThreshold {
+                phase: "consistency",
+                partner: self.my_id().to_owned(),
+                got: close_signers,
+                need: t,
+            });
+        }
 
         let x = RoundParams::point(self.me);
         let reveal = |owner: usize, kind, share: &Share| RevealedShare {
@@ -549,7 +626,7 @@ impl ClientRound {
         }
         for (&j, peer) in &self.peers {
             if let Some((b, k)) = &peer.received {
-                out.push(if u3.contains(&j) {
+                out.push(if self.survivors.binary_search(&j).is_ok() {
                     reveal(j, ShareKind::SelfMask, b)
                 } else {
                     reveal(j, ShareKind::MaskKey, k)
@@ -558,5 +635,14 @@ impl ClientRound {
         }
         self.phase = ClientPhase::Revealed;
         Ok(out)
+    }
+
+    /// The survivor set this client signed, in cohort order (empty before
+    /// [`ClientRound::on_survivors`]).
+    pub fn signed_survivors(&self) -> Vec<String> {
+        self.survivor_ids(&self.survivors)
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
     }
 }

@@ -53,7 +53,7 @@ pub enum SecAggError {
     #[error("neighbour graph: {0}")]
     Graph(#[from] GraphError),
     /// The graph seed is not the one derived from the round id.
-    #[error("graph seed does not derive from the round id")]
+    #[error("the announced neighbour graph is not the one derived from the round and its cohort")]
     GraphSeedMismatch,
     /// The cohort is smaller than this partner's policy minimum.
     #[error("cohort of {got} partners is below the minimum of {minimum}")]
@@ -240,6 +240,22 @@ pub enum SecAggError {
         /// Threshold.
         need: usize,
     },
+    /// A survivor-set signature does not verify under the signer's roster key, or is over
+    /// another set than the one this partner was shown.
+    #[error("signature of partner {0:?} over the survivor set does not verify")]
+    BadSurvivorSignature(String),
+    /// A survivor-set signature from a partner that is not a survivor.
+    #[error("partner {0:?} signed the survivor set but is not in it")]
+    SignerNotASurvivor(String),
+    /// Two signatures from one partner.
+    #[error("partner {0:?} signed the survivor set twice")]
+    DuplicateSignature(String),
+    /// The cohort is not in canonical (strictly ascending) order.
+    #[error("the cohort is not in canonical order (sorted, each partner once)")]
+    CohortNotCanonical,
+    /// The unmask request names another survivor set than the one this partner signed.
+    #[error("the unmask request's survivor set differs from the one this partner signed")]
+    SurvivorSetChanged,
     /// A reconstructed mask key does not match the public key its owner signed: some share
     /// was wrong.
     #[error("reconstructed mask key of {0:?} does not match its advertised public key")]

@@ -48,22 +48,24 @@ pub struct GraphSpec {
 }
 
 impl GraphSpec {
-    /// The graph of a round: the seed is derived from the round id, so that the coordinator
-    /// cannot pick a permutation that isolates a partner among chosen neighbours (it can only
-    /// retry with a new attempt number, which every partner sees).
-    pub fn for_round(round: &RoundId, degree: usize) -> Self {
+    /// The graph of a round: the seed is derived from the round instance, the canonical
+    /// cohort and the degree, so that the coordinator cannot pick a permutation that isolates
+    /// a partner among chosen neighbours (it can only retry with a new attempt number, which
+    /// every partner sees and caps), and every partner rebuilds the same graph.
+    pub fn for_cohort(instance: &RoundId, cohort: &[String], degree: usize) -> Self {
         let mut h = Sha256::new();
-        h.update(b"fedmark/secagg/graph-seed/v1");
-        h.update(round.as_bytes());
+        h.update(b"fedmark/secagg/graph-seed/v2");
+        h.update(instance.as_bytes());
+        h.update((cohort.len() as u64).to_le_bytes());
+        for id in cohort {
+            h.update((id.len() as u64).to_le_bytes());
+            h.update(id.as_bytes());
+        }
+        h.update((degree as u64).to_le_bytes());
         Self {
             seed: h.finalize().into(),
             degree,
         }
-    }
-
-    /// The complete graph over `n` partners (the original Bonawitz et al. protocol).
-    pub fn complete(round: &RoundId, n: usize) -> Self {
-        Self::for_round(round, n.saturating_sub(1))
     }
 }
 
@@ -243,9 +245,15 @@ mod tests {
         let a = NeighbourGraph::new(&spec(5, 6), 40).unwrap();
         assert_eq!(a, NeighbourGraph::new(&spec(5, 6), 40).unwrap());
         assert_ne!(a, NeighbourGraph::new(&spec(6, 6), 40).unwrap());
-        let r1 = GraphSpec::for_round(&RoundId::new("job", 1, 0), 6);
-        let r2 = GraphSpec::for_round(&RoundId::new("job", 1, 1), 6);
+        // The seed changes with the attempt, the cohort and the degree.
+        let cohort: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let r1 = GraphSpec::for_cohort(&RoundId::new("job", 1, 0), &cohort, 2);
+        let r2 = GraphSpec::for_cohort(&RoundId::new("job", 1, 1), &cohort, 2);
+        let r3 = GraphSpec::for_cohort(&RoundId::new("job", 1, 0), &cohort[..2], 2);
+        let r4 = GraphSpec::for_cohort(&RoundId::new("job", 1, 0), &cohort, 1);
         assert_ne!(r1.seed, r2.seed);
+        assert_ne!(r1.seed, r3.seed);
+        assert_ne!(r1.seed, r4.seed);
     }
 
     #[test]

@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::error::SecAggError;
-use super::message::SignedKeys;
+use super::message::{SignedKeys, SurvivorSignature};
 use super::shamir::SHARE_LEN;
 
 /// Bytes of an X25519 or Ed25519 public key.
@@ -370,6 +370,50 @@ pub fn verify_keys(
     );
     key.verify_strict(&msg, &Signature::from_bytes(&signed.keys.signature))
         .map_err(|_| SecAggError::BadSignature(signed.partner_id.clone()))
+}
+
+/// The bytes a survivor signs in the consistency check: a domain label, the round id (which
+/// binds the job, round, attempt, cohort, graph and threshold, see
+/// [`super::params::RoundParams::round`]) and the survivor set U3 it was shown, in cohort
+/// order. A partner signs one set per round; a partner reveals shares only for a set that at
+/// least t of its own neighbourhood signed.
+pub fn survivors_signature_message(round: &RoundId, survivors: &[&str]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(64 + survivors.iter().map(|s| s.len() + 8).sum::<usize>());
+    put(&mut msg, b"fedmark/secagg/survivors/v1");
+    put(&mut msg, round.as_bytes());
+    msg.extend_from_slice(&(survivors.len() as u64).to_le_bytes());
+    for id in survivors {
+        put(&mut msg, id.as_bytes());
+    }
+    msg
+}
+
+/// Signs a survivor set with an identity key.
+pub fn sign_survivors(
+    identity: &SigningKey,
+    round: &RoundId,
+    survivors: &[&str],
+) -> [u8; SIGNATURE_LEN] {
+    identity
+        .sign(&survivors_signature_message(round, survivors))
+        .to_bytes()
+}
+
+/// Checks a partner's signature over a survivor set against its roster key.
+pub fn verify_survivors(
+    roster: &Roster,
+    round: &RoundId,
+    survivors: &[&str],
+    signed: &SurvivorSignature,
+) -> Result<(), SecAggError> {
+    let key = roster
+        .get(&signed.partner_id)
+        .ok_or_else(|| SecAggError::UnknownPartner(signed.partner_id.clone()))?;
+    key.verify_strict(
+        &survivors_signature_message(round, survivors),
+        &Signature::from_bytes(&signed.signature),
+    )
+    .map_err(|_| SecAggError::BadSurvivorSignature(signed.partner_id.clone()))
 }
 
 /// A client's two X25519 key pairs for one round.

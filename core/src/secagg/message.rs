@@ -52,6 +52,26 @@ pub struct SignedKeys {
     pub keys: KeyAdvertisement,
 }
 
+/// A survivor's signature over the survivor set it was shown ([`super::keys::sign_survivors`]),
+/// as the coordinator relays it in the consistency check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SurvivorSignature {
+    /// The signing partner.
+    pub partner_id: String,
+    /// Ed25519 signature over [`super::keys::survivors_signature_message`].
+    pub signature: [u8; SIGNATURE_LEN],
+}
+
+impl SurvivorSignature {
+    /// Builds a signature from wire bytes, checking its length.
+    pub fn new(partner_id: String, signature: &[u8]) -> Result<Self, SecAggError> {
+        Ok(Self {
+            partner_id,
+            signature: array("signature", signature)?,
+        })
+    }
+}
+
 /// One client's encrypted shares for one neighbour: a random 12-byte nonce followed by the
 /// ChaCha20-Poly1305 ciphertext and tag ([`ENVELOPE_LEN`] bytes in all).
 #[derive(Debug, Clone, PartialEq, Eq)]

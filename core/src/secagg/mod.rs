@@ -26,7 +26,9 @@
 //! client: ClientRound::new ─ KeyAdvertisement ─▶ server: on_keys … close_keys (U1)
 //! server: keys_for(i) ─▶ client: on_keys ─ Vec<Envelope> ─▶ server: on_shares … close_shares (U2)
 //! server: envelopes_for(i) ─▶ client: on_shares; mask(x) ─ y ─▶ caller sums y (RunningSum)
-//! server: close_inputs(U3) ─▶ client: on_unmask ─ Vec<RevealedShare> ─▶ server: on_revealed
+//! server: close_inputs(U3) ─▶ client: on_survivors ─ SurvivorSignature ─▶ server: on_signature
+//! server: close_consistency(U4); signatures_for(i) ─▶ client: on_unmask ─ Vec<RevealedShare>
+//!                                                              ─▶ server: on_revealed
 //! server: unmask(&mut sum)   // sum is now Σ_{i∈U3} x_i
 //! ```
 
@@ -47,9 +49,13 @@ pub use keys::{
     Roster, RosterError, RoundId, generate_identity, parse_public_key, public_key_hex,
     valid_partner_id,
 };
-pub use message::{Envelope, KeyAdvertisement, RevealedShare, ShareKind, SignedKeys};
+pub use message::{
+    Envelope, KeyAdvertisement, RevealedShare, ShareKind, SignedKeys, SurvivorSignature,
+};
 pub use params::RoundParams;
 pub use server::{ServerPhase, ServerRound};
 
+#[cfg(test)]
+mod adversary;
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,9 @@
 //! The public parameters of a round that the coordinator announces and every party checks:
-//! round id, ordered cohort, threshold, neighbour graph and vector length.
+//! round id, canonical cohort, threshold, neighbour graph and vector length.
 
 use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
 
 use super::error::SecAggError;
 use super::graph::{GraphSpec, NeighbourGraph};
@@ -14,11 +16,19 @@ pub const MAX_COHORT: usize = crate::codec::MAX_PARTIES;
 /// Validated parameters of one round.
 ///
 /// A partner's index is its position in the cohort; its Shamir evaluation point is index + 1.
-/// The threshold t applies within each closed neighbourhood N⁺(i) (see
+/// The cohort is canonical (sorted, each partner once), so a coordinator cannot show two
+/// partners the same cohort in two orders, and the neighbour graph's seed derives from the
+/// round instance, the cohort and the degree ([`GraphSpec::for_cohort`]), so it cannot choose
+/// the neighbourhoods. The threshold t applies within each closed neighbourhood N⁺(i) (see
 /// [`super::graph`]): secrets are shared t-of-|N⁺(i) ∩ U1| and every phase needs t partners of
 /// each neighbourhood still present. With the complete graph this is the plain t-of-n.
+///
+/// Everything a round signs, derives or encrypts is bound to [`RoundParams::round`], a hash of
+/// the instance id and the whole shape, so a partner shown another cohort, degree, threshold
+/// or vector length than its peers shares no key, signature or envelope with them.
 #[derive(Debug, Clone)]
 pub struct RoundParams {
+    instance: RoundId,
     round: RoundId,
     cohort: Vec<String>,
     index: HashMap<String, usize>,
@@ -29,14 +39,14 @@ pub struct RoundParams {
 }
 
 impl RoundParams {
-    /// Checks and builds a round's parameters: a non-empty cohort of distinct non-empty ids,
-    /// a graph that builds, a threshold of more than half and at most all of a closed
-    /// neighbourhood, and a vector a mask can cover.
+    /// Checks and builds a round's parameters: a non-empty canonical cohort of distinct
+    /// non-empty ids, a graph that builds, a threshold of more than half and at most all of a
+    /// closed neighbourhood, and a vector a mask can cover.
     pub fn new(
-        round: RoundId,
+        instance: RoundId,
         cohort: Vec<String>,
         threshold: usize,
-        graph: GraphSpec,
+        degree: usize,
         vector_len: usize,
     ) -> Result<Self, SecAggError> {
         if cohort.is_empty() {
@@ -63,6 +73,10 @@ impl RoundParams {
                 return Err(SecAggError::DuplicateInCohort(id.clone()));
             }
         }
+        if cohort.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(SecAggError::CohortNotCanonical);
+        }
+        let graph = GraphSpec::for_cohort(&instance, &cohort, degree);
         let built = NeighbourGraph::new(&graph, cohort.len())?;
         let neighbourhood = built.degree() + 1;
         if threshold > neighbourhood || 2 * threshold <= neighbourhood {
@@ -71,7 +85,9 @@ impl RoundParams {
                 neighbourhood,
             });
         }
+        let round = context_id(&instance, &cohort, threshold, &graph, vector_len);
         Ok(Self {
+            instance,
             round,
             cohort,
             index,
@@ -82,7 +98,14 @@ impl RoundParams {
         })
     }
 
-    /// The round id.
+    /// The round instance (job, round, attempt) these parameters were built for.
+    pub fn instance(&self) -> &RoundId {
+        &self.instance
+    }
+
+    /// The id every signature, key derivation and envelope of the round is bound to: a hash
+    /// of the instance, the cohort, the threshold, the graph (seed and degree) and the vector
+    /// length.
     pub fn round(&self) -> &RoundId {
         &self.round
     }
@@ -145,37 +168,67 @@ impl RoundParams {
     }
 }
 
+/// SHA-256 over the whole shape of a round, domain-separated and length-prefixed.
+fn context_id(
+    instance: &RoundId,
+    cohort: &[String],
+    threshold: usize,
+    graph: &GraphSpec,
+    vector_len: usize,
+) -> RoundId {
+    let mut h = Sha256::new();
+    h.update(b"fedmark/secagg/round-context/v1");
+    h.update(instance.as_bytes());
+    h.update((cohort.len() as u64).to_le_bytes());
+    for id in cohort {
+        h.update((id.len() as u64).to_le_bytes());
+        h.update(id.as_bytes());
+    }
+    h.update((threshold as u64).to_le_bytes());
+    h.update(graph.seed);
+    h.update((graph.degree as u64).to_le_bytes());
+    h.update((vector_len as u64).to_le_bytes());
+    RoundId::from_bytes(h.finalize().into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ids(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("p{i}")).collect()
+        let mut ids: Vec<String> = (0..n).map(|i| format!("p{i:04}")).collect();
+        ids.sort();
+        ids
     }
 
     #[test]
     fn parameters_are_validated() {
         let round = RoundId::new("job", 1, 0);
-        let full = |n| GraphSpec::complete(&round, n);
-        assert!(RoundParams::new(round, ids(5), 3, full(5), 10).is_ok());
-        assert!(RoundParams::new(round, ids(1), 1, full(1), 10).is_ok());
+        assert!(RoundParams::new(round, ids(5), 3, 4, 10).is_ok());
+        assert!(RoundParams::new(round, ids(1), 1, 0, 10).is_ok());
         assert_eq!(
-            RoundParams::new(round, vec![], 1, full(0), 10).err(),
+            RoundParams::new(round, vec![], 1, 0, 10).err(),
             Some(SecAggError::EmptyCohort)
         );
         let mut dup = ids(3);
-        dup.push("p1".into());
+        dup.push("p0001".into());
         assert_eq!(
-            RoundParams::new(round, dup, 3, full(4), 10).err(),
-            Some(SecAggError::DuplicateInCohort("p1".into()))
+            RoundParams::new(round, dup, 3, 3, 10).err(),
+            Some(SecAggError::DuplicateInCohort("p0001".into()))
         );
         assert_eq!(
-            RoundParams::new(round, vec!["a".into(), String::new()], 2, full(2), 10).err(),
+            RoundParams::new(round, vec!["a".into(), String::new()], 2, 1, 10).err(),
             Some(SecAggError::EmptyPartnerId(1))
+        );
+        let mut reordered = ids(4);
+        reordered.swap(1, 2);
+        assert_eq!(
+            RoundParams::new(round, reordered, 3, 3, 10).err(),
+            Some(SecAggError::CohortNotCanonical)
         );
         for t in [0, 2, 6] {
             assert_eq!(
-                RoundParams::new(round, ids(4), t, full(4), 10).err(),
+                RoundParams::new(round, ids(4), t, 3, 10).err(),
                 Some(SecAggError::ThresholdOutOfRange {
                     threshold: t,
                     neighbourhood: 4
@@ -183,9 +236,33 @@ mod tests {
             );
         }
         // Sparse: t counts within the neighbourhood of degree 4 (5 partners).
-        let sparse = GraphSpec::for_round(&round, 4);
-        assert!(RoundParams::new(round, ids(20), 3, sparse, 10).is_ok());
-        assert!(RoundParams::new(round, ids(20), 11, sparse, 10).is_err());
-        assert!(RoundParams::new(round, ids(3), 2, full(3), MAX_WORDS + 1).is_err());
+        assert!(RoundParams::new(round, ids(20), 3, 4, 10).is_ok());
+        assert!(RoundParams::new(round, ids(20), 11, 4, 10).is_err());
+        assert!(RoundParams::new(round, ids(3), 2, 2, MAX_WORDS + 1).is_err());
+    }
+
+    #[test]
+    fn the_round_id_binds_the_whole_shape() {
+        let instance = RoundId::new("job", 1, 0);
+        let id = |cohort: Vec<String>, t, degree, len| {
+            *RoundParams::new(instance, cohort, t, degree, len)
+                .unwrap()
+                .round()
+        };
+        let base = id(ids(20), 3, 4, 10);
+        assert_eq!(base, id(ids(20), 3, 4, 10));
+        assert_ne!(base, *instance_params(RoundId::new("job", 1, 1)).round());
+        assert_ne!(base, id(ids(21), 3, 4, 10));
+        assert_ne!(base, id(ids(20), 4, 4, 10));
+        assert_ne!(base, id(ids(20), 4, 6, 10));
+        assert_ne!(base, id(ids(20), 3, 4, 11));
+        let mut other = ids(20);
+        other[0] = "q".into();
+        other.sort();
+        assert_ne!(base, id(other, 3, 4, 10));
+    }
+
+    fn instance_params(instance: RoundId) -> RoundParams {
+        RoundParams::new(instance, ids(20), 3, 4, 10).unwrap()
     }
 }

@@ -6,10 +6,12 @@
 //! | [`ServerPhase::CollectingKeys`] | signed key sets ([`ServerRound::on_keys`]) | [`ServerRound::close_keys`] | U1 |
 //! | [`ServerPhase::CollectingShares`] | each client's envelopes ([`ServerRound::on_shares`]) | [`ServerRound::close_shares`] | U2 |
 //! | [`ServerPhase::CollectingInputs`] | masked inputs, summed by the caller (e.g. [`crate::aggregate::RunningSum`]) | [`ServerRound::close_inputs`] | U3 |
+//! | [`ServerPhase::CheckingConsistency`] | survivors' signatures over U3 ([`ServerRound::on_signature`]) | [`ServerRound::close_consistency`] | U4 |
 //! | [`ServerPhase::CollectingReveals`] | revealed shares ([`ServerRound::on_revealed`]) | [`ServerRound::unmask`] | — |
 //!
 //! Between phases the coordinator relays [`ServerRound::keys_for`] and
-//! [`ServerRound::envelopes_for`] to each client, and announces U3. Each phase needs at least t
+//! [`ServerRound::envelopes_for`] to each client, announces U3, and relays
+//! [`ServerRound::signatures_for`] with the unmask request. Each phase needs at least t
 //! partners in all; each client checks t within its own neighbourhood.
 //!
 //! Unmasking reconstructs, for each partner in U2, its self-mask seed if it is in U3 or its
@@ -23,8 +25,10 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use x25519_dalek::StaticSecret;
 
 use super::error::SecAggError;
-use super::keys::{ENVELOPE_LEN, Party, Purpose, Roster, pairwise_secret, public_of, verify_keys};
-use super::message::{Envelope, RevealedShare, ShareKind, SignedKeys};
+use super::keys::{
+    ENVELOPE_LEN, Party, Purpose, Roster, pairwise_secret, public_of, verify_keys, verify_survivors,
+};
+use super::message::{Envelope, RevealedShare, ShareKind, SignedKeys, SurvivorSignature};
 use super::params::RoundParams;
 use super::prg::apply_masks;
 use super::shamir::{Share, reconstruct};
@@ -38,6 +42,8 @@ pub enum ServerPhase {
     CollectingShares,
     /// Collecting masked inputs.
     CollectingInputs,
+    /// Collecting the survivors' signatures over U3.
+    CheckingConsistency,
     /// Collecting revealed shares.
     CollectingReveals,
 }
@@ -49,6 +55,7 @@ impl ServerPhase {
             ServerPhase::CollectingKeys => "collecting-keys",
             ServerPhase::CollectingShares => "collecting-shares",
             ServerPhase::CollectingInputs => "collecting-inputs",
+            ServerPhase::CheckingConsistency => "checking-consistency",
             ServerPhase::CollectingReveals => "collecting-reveals",
         }
     }
@@ -67,6 +74,8 @@ pub struct ServerRound {
     sharers: BTreeSet<usize>,
     /// U3.
     survivors: BTreeSet<usize>,
+    /// U4: survivors' verified signatures over U3.
+    signatures: BTreeMap<usize, SurvivorSignature>,
     /// Survivors that revealed their shares.
     revealers: BTreeSet<usize>,
     /// Revealed shares by owner and kind.
@@ -83,6 +92,7 @@ impl ServerRound {
             outbox: BTreeMap::new(),
             sharers: BTreeSet::new(),
             survivors: BTreeSet::new(),
+            signatures: BTreeMap::new(),
             revealers: BTreeSet::new(),
             shares: BTreeMap::new(),
         }
@@ -264,8 +274,58 @@ impl ServerRound {
         }
         self.quorum("inputs", u3.len())?;
         self.survivors = u3;
-        self.phase = ServerPhase::CollectingReveals;
+        self.phase = ServerPhase::CheckingConsistency;
         Ok(self.ids(self.survivors.iter().copied()))
+    }
+
+    /// Records a survivor's signature over U3 after checking it against the coordinator's
+    /// roster. Refuses a signer outside U3, a second signature, and one that does not verify.
+    pub fn on_signature(
+        &mut self,
+        signed: SurvivorSignature,
+        roster: &Roster,
+    ) -> Result<(), SecAggError> {
+        self.expect_phase(ServerPhase::CheckingConsistency, "on_signature")?;
+        let i = self.params.require_index(&signed.partner_id)?;
+        if !self.survivors.contains(&i) {
+            return Err(SecAggError::SignerNotASurvivor(signed.partner_id));
+        }
+        if self.signatures.contains_key(&i) {
+            return Err(SecAggError::DuplicateSignature(signed.partner_id));
+        }
+        let ids: Vec<String> = self.ids(self.survivors.iter().copied());
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        verify_survivors(roster, self.params.round(), &ids, &signed)?;
+        self.signatures.insert(i, signed);
+        Ok(())
+    }
+
+    /// Ends the consistency check: the survivors that signed are U4 (returned in cohort
+    /// order), the partners to ask for their shares. Refused with fewer than t.
+    pub fn close_consistency(&mut self) -> Result<Vec<String>, SecAggError> {
+        self.expect_phase(ServerPhase::CheckingConsistency, "close_consistency")?;
+        self.quorum("consistency", self.signatures.len())?;
+        self.phase = ServerPhase::CollectingReveals;
+        Ok(self.ids(self.signatures.keys().copied()))
+    }
+
+    /// The signatures to relay to `partner` with its unmask request: those of the signers in
+    /// its closed neighbourhood, the only ones it counts.
+    pub fn signatures_for(&self, partner: &str) -> Result<Vec<SurvivorSignature>, SecAggError> {
+        self.expect_phase(ServerPhase::CollectingReveals, "signatures_for")?;
+        let i = self.params.require_index(partner)?;
+        Ok(self
+            .params
+            .graph()
+            .closed_neighbourhood(i)
+            .into_iter()
+            .filter_map(|j| self.signatures.get(&j).cloned())
+            .collect())
+    }
+
+    /// The partners whose revealed shares were accepted, in cohort order.
+    pub fn revealers(&self) -> Vec<String> {
+        self.ids(self.revealers.iter().copied())
     }
 
     /// Records one survivor's revealed shares, checking each: its owner is a U2 partner in
@@ -279,7 +339,7 @@ impl ServerRound {
     ) -> Result<(), SecAggError> {
         self.expect_phase(ServerPhase::CollectingReveals, "on_revealed")?;
         let i = self.params.require_index(from)?;
-        if !self.survivors.contains(&i) {
+        if !self.signatures.contains_key(&i) {
             return Err(SecAggError::UnexpectedSender(from.to_owned()));
         }
         if self.revealers.contains(&i) {

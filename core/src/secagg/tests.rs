@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::keys::{ENVELOPE_LEN, sign_keys};
+use super::keys::{ENVELOPE_LEN, sign_keys, sign_survivors};
 use super::*;
 use crate::aggregate::RunningSum;
 
@@ -22,8 +22,10 @@ enum Stage {
     AfterKeys,
     /// Sends shares, sends no masked input.
     AfterShares,
-    /// Sends its masked input, reveals nothing.
+    /// Sends its masked input, signs no survivor set.
     AfterInput,
+    /// Signs the survivor set, reveals nothing.
+    AfterSignature,
     /// Takes part throughout.
     Never,
 }
@@ -34,6 +36,7 @@ fn stage_of(code: u8) -> Stage {
         1 => Stage::AfterKeys,
         2 => Stage::AfterShares,
         3 => Stage::AfterInput,
+        4 => Stage::AfterSignature,
         _ => Stage::Never,
     }
 }
@@ -45,7 +48,9 @@ struct Cohort {
 }
 
 fn cohort(n: usize, rng: &mut StdRng) -> Cohort {
-    let ids: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+    // Zero-padded so that cohort order is sorted order (the canonical order).
+    let width = n.saturating_sub(1).to_string().len();
+    let ids: Vec<String> = (0..n).map(|i| format!("p{i:0width$}")).collect();
     let identities: Vec<SigningKey> = (0..n).map(|_| generate_identity(rng)).collect();
     let mut roster = Roster::new();
     for (id, key) in ids.iter().zip(&identities) {
@@ -60,14 +65,34 @@ fn cohort(n: usize, rng: &mut StdRng) -> Cohort {
 
 fn params(c: &Cohort, t: usize, degree: usize, d: usize) -> RoundParams {
     let round = RoundId::new("job-1", 7, 0);
-    RoundParams::new(
-        round,
-        c.ids.clone(),
-        t,
-        GraphSpec::for_round(&round, degree),
-        d,
-    )
-    .unwrap()
+    RoundParams::new(round, c.ids.clone(), t, degree, d).unwrap()
+}
+
+/// Every survivor's signature over `survivors`, as honest survivors would send them.
+fn signatures(c: &Cohort, p: &RoundParams, survivors: &[String]) -> Vec<SurvivorSignature> {
+    let ids: Vec<&str> = survivors.iter().map(String::as_str).collect();
+    survivors
+        .iter()
+        .map(|id| {
+            let i = c.ids.iter().position(|x| x == id).unwrap();
+            SurvivorSignature {
+                partner_id: id.clone(),
+                signature: sign_survivors(&c.identities[i], p.round(), &ids),
+            }
+        })
+        .collect()
+}
+
+/// The consistency check and the unmask for one client, with every survivor's signature.
+fn unmask(
+    client: &mut ClientRound,
+    c: &Cohort,
+    i: usize,
+    survivors: &[String],
+) -> Result<Vec<RevealedShare>, SecAggError> {
+    client.on_survivors(survivors, &c.identities[i])?;
+    let p = client.params().clone();
+    client.on_unmask(&signatures(c, &p, survivors), &c.roster)
 }
 
 const POLICY: ClientPolicy = ClientPolicy { min_partners: 1 };
@@ -163,21 +188,48 @@ fn run_round(n: usize, t: usize, degree: usize, d: usize, stages: &[Stage], seed
         Ok(u3) => u3,
         Err(e) => {
             // A coordinator that pressed on anyway gets nothing from any survivor.
-            for client in clients.iter_mut().flatten() {
-                assert!(client.on_unmask(&survivors).is_err());
+            for (i, client) in clients.iter_mut().enumerate() {
+                if let Some(client) = client {
+                    assert!(client.on_survivors(&survivors, &c.identities[i]).is_err());
+                }
             }
             return fail(e, expected);
         }
     };
 
-    // Phase 4: unmask.
+    // Phase 4a: consistency check.
+    for i in 0..n {
+        let Some(client) = clients[i].as_mut() else {
+            continue;
+        };
+        match client.on_survivors(&u3, &c.identities[i]) {
+            Ok(signature) if stages[i] > Stage::AfterInput => {
+                let signed = SurvivorSignature {
+                    partner_id: c.ids[i].clone(),
+                    signature,
+                };
+                server.on_signature(signed, &c.roster).unwrap();
+            }
+            _ => clients[i] = None,
+        }
+    }
+    let u4 = match server.close_consistency() {
+        Ok(u4) => u4,
+        Err(e) => return fail(e, expected),
+    };
+
+    // Phase 4b: unmask.
     let mut revealers = 0;
     for i in 0..n {
         let Some(client) = clients[i].as_mut() else {
             continue;
         };
-        if let Ok(shares) = client.on_unmask(&u3)
-            && stages[i] > Stage::AfterInput
+        if !u4.contains(&c.ids[i]) {
+            continue;
+        }
+        let signatures = server.signatures_for(&c.ids[i]).unwrap();
+        if let Ok(shares) = client.on_unmask(&signatures, &c.roster)
+            && stages[i] > Stage::AfterSignature
         {
             server.on_revealed(&c.ids[i], shares).unwrap();
             revealers += 1;
@@ -271,17 +323,18 @@ fn two_hundred_partners_with_the_sparse_graph() {
         Stage::AfterKeys,
         Stage::AfterShares,
         Stage::AfterInput,
+        Stage::AfterSignature,
     ]
     .into_iter()
     .enumerate()
     {
         for j in 0..3 {
-            stages[k * 50 + j * 13 + 1] = stage;
+            stages[k * 40 + j * 13 + 1] = stage;
         }
     }
     let out = run_round(n, t, degree, 64, &stages, 200);
     assert_eq!(out.result, Ok(out.expected));
-    assert_eq!(out.revealers, n - 12);
+    assert_eq!(out.revealers, n - 15);
 }
 
 /// Drives a round for `n` partners up to the point where every client has masked its input.
@@ -428,16 +481,16 @@ fn taken_masks_are_taken_once_and_fit_one_length() {
 fn a_client_reveals_once_whatever_the_survivor_sets() {
     let mut m = masked_round(5, 3, 8, 7);
     let all = m.c.ids.clone();
-    let first = m.clients[0].on_unmask(&all).unwrap();
+    let first = unmask(&mut m.clients[0], &m.c, 0, &all).unwrap();
     assert!(first.iter().all(|s| s.kind == ShareKind::SelfMask));
     // A coordinator that now claims p4 dropped would get p4's mask key share too.
     let fewer: Vec<String> = all[..4].to_vec();
     assert_eq!(
-        m.clients[0].on_unmask(&fewer),
+        unmask(&mut m.clients[0], &m.c, 0, &fewer),
         Err(SecAggError::AlreadyRevealed)
     );
     assert_eq!(
-        m.clients[0].on_unmask(&all),
+        unmask(&mut m.clients[0], &m.c, 0, &all),
         Err(SecAggError::AlreadyRevealed)
     );
 }
@@ -446,10 +499,14 @@ fn a_client_reveals_once_whatever_the_survivor_sets() {
 fn dishonest_survivor_lists_are_refused_without_revealing() {
     let mut m = masked_round(5, 3, 8, 8);
     let ids = m.c.ids.clone();
+    let c = &m.c;
     let client = &mut m.clients[0];
-    assert_eq!(client.on_unmask(&ids[1..]), Err(SecAggError::NotASurvivor));
     assert_eq!(
-        client.on_unmask(&[ids[0].clone(), ids[1].clone()]),
+        unmask(client, c, 0, &ids[1..]),
+        Err(SecAggError::NotASurvivor)
+    );
+    assert_eq!(
+        unmask(client, c, 0, &[ids[0].clone(), ids[1].clone()]),
         Err(SecAggError::BelowThreshold {
             phase: "inputs",
             partner: "p0".into(),
@@ -458,16 +515,20 @@ fn dishonest_survivor_lists_are_refused_without_revealing() {
         })
     );
     assert_eq!(
-        client.on_unmask(&[ids[0].clone(), ids[1].clone(), ids[1].clone()]),
+        unmask(
+            client,
+            c,
+            0,
+            &[ids[0].clone(), ids[1].clone(), ids[1].clone()]
+        ),
         Err(SecAggError::DuplicateSurvivor("p1".into()))
     );
     assert_eq!(
-        client.on_unmask(&[ids[0].clone(), "mallory".into()]),
+        unmask(client, c, 0, &[ids[0].clone(), "mallory".into()]),
         Err(SecAggError::NotInCohort("mallory".into()))
     );
-    // Policy: the survivors must be at least the partner's own minimum.
     // (Refusals above changed nothing: an honest list still works, once.)
-    let shares = client.on_unmask(&ids[..3]).unwrap();
+    let shares = unmask(client, c, 0, &ids[..3]).unwrap();
     let kinds: Vec<ShareKind> = shares.iter().map(|s| s.kind).collect();
     assert_eq!(
         kinds.iter().filter(|&&k| k == ShareKind::SelfMask).count(),
@@ -476,6 +537,73 @@ fn dishonest_survivor_lists_are_refused_without_revealing() {
     assert_eq!(
         kinds.iter().filter(|&&k| k == ShareKind::MaskKey).count(),
         2
+    );
+}
+
+/// The consistency check on the client: it reveals only for the one set it signed, with
+/// valid signatures over exactly that set from at least t of its neighbourhood.
+#[test]
+fn a_client_reveals_only_with_t_signatures_over_the_set_it_signed() {
+    let mut m = masked_round(5, 3, 8, 18);
+    let ids = m.c.ids.clone();
+    let c = &m.c;
+    let p = m.clients[0].params().clone();
+    let client = &mut m.clients[0];
+    // Nothing before signing.
+    assert!(matches!(
+        client.on_unmask(&signatures(c, &p, &ids), &c.roster),
+        Err(SecAggError::WrongPhase { .. })
+    ));
+    client.on_survivors(&ids[..4], &c.identities[0]).unwrap();
+    // A second set is never signed.
+    assert_eq!(
+        client.on_survivors(&ids[..3], &c.identities[0]),
+        Err(SecAggError::AlreadyRevealed)
+    );
+    // Signatures over another set (the coordinator showed others all five).
+    let other = signatures(c, &p, &ids);
+    assert!(matches!(
+        client.on_unmask(&other[..4], &c.roster),
+        Err(SecAggError::BadSurvivorSignature(_))
+    ));
+    let good = signatures(c, &p, &ids[..4]);
+    // t − 1 valid signatures are not enough.
+    assert_eq!(
+        client.on_unmask(&good[..2], &c.roster),
+        Err(SecAggError::BelowThreshold {
+            phase: "consistency",
+            partner: "p0".into(),
+            got: 2,
+            need: 3
+        })
+    );
+    // A signer twice, a signer outside the set, a forged signature.
+    let twice = vec![good[0].clone(), good[1].clone(), good[1].clone()];
+    assert_eq!(
+        client.on_unmask(&twice, &c.roster),
+        Err(SecAggError::DuplicateSignature("p1".into()))
+    );
+    let mut outside = good[..3].to_vec();
+    outside.push(SurvivorSignature {
+        partner_id: "p4".into(),
+        signature: other[4].signature,
+    });
+    assert_eq!(
+        client.on_unmask(&outside, &c.roster),
+        Err(SecAggError::SignerNotASurvivor("p4".into()))
+    );
+    let mut forged = good[..3].to_vec();
+    forged[2].signature[0] ^= 1;
+    assert_eq!(
+        client.on_unmask(&forged, &c.roster),
+        Err(SecAggError::BadSurvivorSignature("p2".into()))
+    );
+    // Exactly t valid signatures: it reveals, once.
+    let shares = client.on_unmask(&good[..3], &c.roster).unwrap();
+    assert_eq!(shares.len(), 5);
+    assert_eq!(
+        client.on_unmask(&good, &c.roster),
+        Err(SecAggError::AlreadyRevealed)
     );
 }
 
@@ -509,10 +637,13 @@ fn survivors_that_never_shared_are_refused() {
     clients[0].on_shares(&to_p0).unwrap();
     clients[0].mask(&mut [0; 4]).unwrap();
     assert_eq!(
-        clients[0].on_unmask(&c.ids),
+        unmask(&mut clients[0], &c, 0, &c.ids),
         Err(SecAggError::SurvivorWithoutShares("p4".into()))
     );
-    assert_eq!(clients[0].on_unmask(&c.ids[..4]).map(|s| s.len()), Ok(4));
+    assert_eq!(
+        unmask(&mut clients[0], &c, 0, &c.ids[..4]).map(|s| s.len()),
+        Ok(4)
+    );
 }
 
 #[test]
@@ -746,9 +877,22 @@ fn the_coordinator_checks_revealed_shares_and_refuses_to_unmask_without_enough()
     }
     // p3 sent its shares but not its input.
     let u3 = m.server.close_inputs(&ids[..3]).unwrap();
+    for (i, cl) in m.clients[..3].iter_mut().enumerate() {
+        let signature = cl.on_survivors(&u3, &m.c.identities[i]).unwrap();
+        let signed = SurvivorSignature {
+            partner_id: ids[i].clone(),
+            signature,
+        };
+        m.server.on_signature(signed, &m.c.roster).unwrap();
+    }
+    assert_eq!(m.server.close_consistency().unwrap(), u3);
     let mut reveals: Vec<Vec<RevealedShare>> = m.clients[..3]
         .iter_mut()
-        .map(|cl| cl.on_unmask(&u3).unwrap())
+        .enumerate()
+        .map(|(i, cl)| {
+            let signatures = m.server.signatures_for(&ids[i]).unwrap();
+            cl.on_unmask(&signatures, &m.c.roster).unwrap()
+        })
         .collect();
     // Wrong kind for p3 (dropped): the self mask would unmask its input if it arrived late.
     let mut wrong = reveals[0].clone();
@@ -798,18 +942,15 @@ fn the_coordinator_checks_revealed_shares_and_refuses_to_unmask_without_enough()
 }
 
 #[test]
-fn clients_refuse_a_graph_not_derived_from_the_round() {
+fn clients_refuse_a_reordered_cohort_and_one_below_their_minimum() {
     let mut rng = StdRng::seed_from_u64(14);
     let c = cohort(5, &mut rng);
     let round = RoundId::new("job-1", 7, 0);
-    let chosen = GraphSpec {
-        seed: [1; 32],
-        degree: 2,
-    };
-    let p = RoundParams::new(round, c.ids.clone(), 2, chosen, 4).unwrap();
+    let mut reordered = c.ids.clone();
+    reordered.swap(0, 4);
     assert_eq!(
-        ClientRound::new(p, "p0", &c.identities[0], POLICY, &mut rng).err(),
-        Some(SecAggError::GraphSeedMismatch)
+        RoundParams::new(round, reordered, 3, 4, 4).err(),
+        Some(SecAggError::CohortNotCanonical)
     );
     let p = params(&c, 3, 4, 4);
     assert_eq!(
@@ -823,4 +964,47 @@ fn clients_refuse_a_graph_not_derived_from_the_round() {
         .err(),
         Some(SecAggError::BelowMinimum { got: 5, minimum: 6 })
     );
+}
+
+/// The server's side of the consistency check.
+#[test]
+fn the_coordinator_checks_survivor_signatures() {
+    let mut m = masked_round(4, 3, 4, 19);
+    let ids = m.c.ids.clone();
+    let p = m.server.params().clone();
+    assert!(matches!(
+        m.server
+            .on_signature(signatures(&m.c, &p, &ids)[0].clone(), &m.c.roster),
+        Err(SecAggError::WrongPhase { .. })
+    ));
+    let u3 = m.server.close_inputs(&ids[..3]).unwrap();
+    let good = signatures(&m.c, &p, &u3);
+    // Over another set, from a non-survivor, twice.
+    let other = signatures(&m.c, &p, &ids);
+    assert_eq!(
+        m.server.on_signature(other[0].clone(), &m.c.roster),
+        Err(SecAggError::BadSurvivorSignature("p0".into()))
+    );
+    assert_eq!(
+        m.server.on_signature(other[3].clone(), &m.c.roster),
+        Err(SecAggError::SignerNotASurvivor("p3".into()))
+    );
+    m.server.on_signature(good[0].clone(), &m.c.roster).unwrap();
+    assert_eq!(
+        m.server.on_signature(good[0].clone(), &m.c.roster),
+        Err(SecAggError::DuplicateSignature("p0".into()))
+    );
+    m.server.on_signature(good[1].clone(), &m.c.roster).unwrap();
+    // Two of t = 3 signed: the check cannot close.
+    assert_eq!(
+        m.server.clone().close_consistency(),
+        Err(SecAggError::QuorumLost {
+            phase: "consistency",
+            got: 2,
+            need: 3
+        })
+    );
+    m.server.on_signature(good[2].clone(), &m.c.roster).unwrap();
+    assert_eq!(m.server.close_consistency().unwrap(), u3);
+    assert_eq!(m.server.signatures_for("p0").unwrap(), good);
 }

@@ -78,7 +78,7 @@ struct Cli {
     /// Each partner drops out of each training round with this probability, at a random phase.
     #[arg(long, default_value_t = 0.0)]
     dropout: f64,
-    /// Force the phase of random dropouts: keys, shares, input, mid-input or unmask.
+    /// Force the phase of random dropouts: keys, shares, input, mid-input, consistency or unmask.
     #[arg(long)]
     dropout_phase: Option<String>,
     /// Skip the centralised and partner-alone baselines.
@@ -192,7 +192,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(name) => Some(
             fedmark_client::node::DropPoint::from_phase(name).with_context(|| {
                 format!(
-                    "--dropout-phase takes keys, shares, input, mid-input or unmask, not `{name}`"
+                    "--dropout-phase takes keys, shares, input, mid-input, consistency or unmask, not `{name}`"
                 )
             })?,
         ),

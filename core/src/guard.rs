@@ -1,0 +1,302 @@
+//! What a partner may be asked next in a job: the partner's own defence against a coordinator
+//! that replays, reshapes or retries rounds to isolate one partner's contribution.
+//!
+//! Secure aggregation hides each partner's vector inside a sum, but a coordinator that obtains
+//! two unmasked sums over cohorts S and S ∖ {C} of the *same* deterministic contribution learns
+//! C's contribution exactly: the feature statistics of round 0, the evaluation statistics of
+//! one model, or a retried round's update. So each partner keeps a [`RoundGuard`] per job and
+//! checks every round start against it before it takes part:
+//!
+//! - **Kinds follow the plan.** Round 0 is the statistics round, rounds 1..=R (the spec's
+//!   `job.rounds`) are training rounds, round R + 1 is the final evaluation; nothing else.
+//! - **Round instances only move forward.** (round, attempt) strictly increases: an old
+//!   instance is never answered again, and an earlier round never comes back.
+//! - **Attempts are capped** at the spec's `aggregation.max_attempts` per round.
+//! - **A secure round is unmasked once.** Once the partner has revealed its shares for one
+//!   attempt of a round, it sits out every later attempt of that round (so one statistics
+//!   round, one final evaluation, one update per training round). The exception is a training
+//!   round in a mode where the partner adds its own noise (`record`, `partner-distributed`):
+//!   a later attempt gets a freshly trained and freshly noised update, which the partner's
+//!   ledger charges again.
+//!
+//! Plain (non-secure) rounds show each vector to the coordinator anyway; only the order and
+//! kind rules apply to them. The guard is pure state with no I/O; the node keeps one per job
+//! across its sessions.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::aggregate::RoundKind;
+use crate::spec::{JobSpec, PrivacyMode};
+
+/// Why a partner will not take part in a round it was asked to join.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GuardRefusal {
+    /// The round number has no place in the job's plan.
+    #[error("round {round} is outside the job's plan of {rounds} training rounds")]
+    BeyondPlan {
+        /// Asked round.
+        round: u64,
+        /// The spec's training rounds.
+        rounds: u64,
+    },
+    /// The round's kind is not the one its number gives.
+    #[error("round {round} must be a {expected} round, not {asked}")]
+    WrongKind {
+        /// Asked round.
+        round: u64,
+        /// Kind the plan gives.
+        expected: &'static str,
+        /// Kind asked.
+        asked: &'static str,
+    },
+    /// A round instance at or before one already seen.
+    #[error(
+        "round {round} attempt {attempt} does not come after round {last_round} attempt {last_attempt}"
+    )]
+    NotAfter {
+        /// Asked round.
+        round: u64,
+        /// Asked attempt.
+        attempt: u32,
+        /// Latest round seen.
+        last_round: u64,
+        /// Its attempt.
+        last_attempt: u32,
+    },
+    /// More attempts at one round than the spec allows.
+    #[error("round {round} asked for a {count}th attempt; the job allows {max}")]
+    TooManyAttempts {
+        /// Round.
+        round: u64,
+        /// This attempt's count.
+        count: u32,
+        /// The spec's cap.
+        max: u32,
+    },
+    /// This partner already revealed its shares for an attempt of this round.
+    #[error("this partner already helped unmask round {round}; it sits out its retries")]
+    AlreadyUnmasked {
+        /// Round.
+        round: u64,
+    },
+}
+
+/// The name of a round kind in messages and audit records.
+pub fn kind_name(kind: RoundKind) -> &'static str {
+    match kind {
+        RoundKind::Statistics => "statistics",
+        RoundKind::Training => "training",
+        RoundKind::Evaluation => "evaluation",
+    }
+}
+
+/// The kind of round `round` in a job of `rounds` training rounds, or `None` past the plan.
+pub fn planned_kind(rounds: u64, round: u64) -> Option<RoundKind> {
+    match round {
+        0 => Some(RoundKind::Statistics),
+        r if r <= rounds => Some(RoundKind::Training),
+        r if r == rounds + 1 => Some(RoundKind::Evaluation),
+        _ => None,
+    }
+}
+
+/// A partner's record of the rounds of one job it was asked into and unmasked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoundGuard {
+    rounds: u64,
+    max_attempts: u32,
+    secure: bool,
+    fresh_noise: bool,
+    last: Option<(u64, u32)>,
+    attempts: BTreeMap<u64, u32>,
+    unmasked: BTreeSet<u64>,
+}
+
+impl RoundGuard {
+    /// A guard for a job, from the spec the partner accepted.
+    pub fn new(spec: &JobSpec) -> Self {
+        Self {
+            rounds: u64::from(spec.job.rounds),
+            max_attempts: spec.aggregation.max_attempts,
+            secure: spec.aggregation.secure,
+            fresh_noise: matches!(
+                spec.privacy.mode,
+                PrivacyMode::Record | PrivacyMode::PartnerDistributed
+            ),
+            last: None,
+            attempts: BTreeMap::new(),
+            unmasked: BTreeSet::new(),
+        }
+    }
+
+    /// Checks a round start and, when the partner may take part, records it. A refused start
+    /// that is in order still moves the guard past it, so it cannot be replayed either.
+    pub fn admit(&mut self, round: u64, attempt: u32, kind: RoundKind) -> Result<(), GuardRefusal> {
+        let expected = planned_kind(self.rounds, round).ok_or(GuardRefusal::BeyondPlan {
+            round,
+            rounds: self.rounds,
+        })?;
+        if expected != kind {
+            return Err(GuardRefusal::WrongKind {
+                round,
+                expected: kind_name(expected),
+                asked: kind_name(kind),
+            });
+        }
+        if let Some((last_round, last_attempt)) = self.last
+            && (round, attempt) <= (last_round, last_attempt)
+        {
+            return Err(GuardRefusal::NotAfter {
+                round,
+                attempt,
+                last_round,
+                last_attempt,
+            });
+        }
+        self.last = Some((round, attempt));
+        let count = self.attempts.entry(round).or_insert(0);
+        *count += 1;
+        if *count > self.max_attempts {
+            return Err(GuardRefusal::TooManyAttempts {
+                round,
+                count: *count,
+                max: self.max_attempts,
+            });
+        }
+        let redo_allowed = kind == RoundKind::Training && self.fresh_noise;
+        if self.secure && self.unmasked.contains(&round) && !redo_allowed {
+            return Err(GuardRefusal::AlreadyUnmasked { round });
+        }
+        Ok(())
+    }
+
+    /// Records that the partner revealed its shares for an attempt of `round`.
+    pub fn unmasked(&mut self, round: u64) {
+        self.unmasked.insert(round);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> JobSpec {
+        JobSpec::from_toml(&format!(
+            "[job]\nname = \"t\"\npurpose = \"p\"\nrounds = 3\n[label]\ncolumn = \"y\"\npositive = \"1\"\n\
+             [features]\nnumeric = [\"a\"]\n[model]\nkind = \"logistic\"\n\
+             [aggregation]\nmax_attempts = 2\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    use RoundKind::{Evaluation as E, Statistics as S, Training as T};
+
+    #[test]
+    fn an_honest_job_passes_with_retries_before_any_unmask() {
+        let mut g = RoundGuard::new(&spec(""));
+        for (round, attempt, kind) in [(0, 0, S), (1, 3, T), (1, 4, T), (2, 5, T), (3, 6, T)] {
+            g.admit(round, attempt, kind).unwrap();
+        }
+        g.admit(4, 7, E).unwrap();
+    }
+
+    #[test]
+    fn kinds_follow_the_plan_and_rounds_only_move_forward() {
+        let mut g = RoundGuard::new(&spec(""));
+        assert_eq!(
+            g.admit(0, 0, T),
+            Err(GuardRefusal::WrongKind {
+                round: 0,
+                expected: "statistics",
+                asked: "training"
+            })
+        );
+        assert!(matches!(
+            g.admit(2, 0, E),
+            Err(GuardRefusal::WrongKind { .. })
+        ));
+        assert_eq!(
+            g.admit(5, 0, E),
+            Err(GuardRefusal::BeyondPlan {
+                round: 5,
+                rounds: 3
+            })
+        );
+        g.admit(2, 4, T).unwrap();
+        // The same instance, an older attempt, an earlier round.
+        for (round, attempt, kind) in [(2, 4, T), (2, 3, T), (1, 9, T), (0, 9, S)] {
+            assert!(
+                matches!(
+                    g.admit(round, attempt, kind),
+                    Err(GuardRefusal::NotAfter { .. })
+                ),
+                "{round}/{attempt}"
+            );
+        }
+    }
+
+    #[test]
+    fn attempts_are_capped_by_the_spec() {
+        let mut g = RoundGuard::new(&spec(""));
+        g.admit(1, 0, T).unwrap();
+        g.admit(1, 1, T).unwrap();
+        assert_eq!(
+            g.admit(1, 2, T),
+            Err(GuardRefusal::TooManyAttempts {
+                round: 1,
+                count: 3,
+                max: 2
+            })
+        );
+    }
+
+    /// The S then S ∖ {C} pattern: a coordinator that unmasked a round over S retries it to
+    /// unmask it again over a cohort without C. Every partner that helped unmask the first
+    /// time sits the retry out, so no second sum of the same contributions exists.
+    #[test]
+    fn a_round_unmasked_once_is_never_unmasked_again() {
+        for (round, kind) in [(0, S), (2, T), (4, E)] {
+            let mut g = RoundGuard::new(&spec(""));
+            g.admit(round, 0, kind).unwrap();
+            g.unmasked(round);
+            assert_eq!(
+                g.admit(round, 1, kind),
+                Err(GuardRefusal::AlreadyUnmasked { round })
+            );
+        }
+    }
+
+    #[test]
+    fn noised_training_rounds_may_be_retried_with_fresh_noise() {
+        for mode in ["record", "partner-distributed"] {
+            let mut g = RoundGuard::new(&spec(&format!(
+                "[privacy]\nmode = \"{mode}\"\nepsilon = 4.0\n"
+            )));
+            g.admit(1, 0, T).unwrap();
+            g.unmasked(1);
+            g.admit(1, 1, T).unwrap();
+            // Not the deterministic rounds.
+            g.admit(4, 2, E).unwrap();
+            g.unmasked(4);
+            assert!(g.admit(4, 3, E).is_err());
+        }
+        // Central noise is added after the unmask: the partner's own update is exact.
+        let mut g = RoundGuard::new(&spec(
+            "[privacy]\nmode = \"partner-central\"\nepsilon = 4.0\n",
+        ));
+        g.admit(1, 0, T).unwrap();
+        g.unmasked(1);
+        assert!(g.admit(1, 1, T).is_err());
+    }
+
+    #[test]
+    fn plain_rounds_only_keep_order() {
+        let mut plain = spec("");
+        plain.aggregation.secure = false;
+        let mut g = RoundGuard::new(&plain);
+        g.admit(1, 0, T).unwrap();
+        g.unmasked(1);
+        g.admit(1, 1, T).unwrap();
+    }
+}

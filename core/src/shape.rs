@@ -1,0 +1,333 @@
+//! The shape of a round, derived once from the job spec and the cohort: the one rule both
+//! sides follow.
+//!
+//! The coordinator builds the round start it sends from [`RoundShape::derive`]; each partner
+//! derives the same shape from the spec it accepted and the cohort it was shown, and refuses a
+//! start that announces anything else ([`RoundShape::check`]). So the coordinator cannot show
+//! a partner a lower threshold, a larger vector, another graph or a cohort in its own order:
+//! the partner needs nothing from it but the round number, the attempt, the kind and the
+//! cohort's members.
+//!
+//! | field | rule |
+//! | --- | --- |
+//! | cohort | canonical: sorted, each partner once |
+//! | layout | [`RoundKind::layout`] for the cohort size |
+//! | model length | the model's parameters in training and evaluation, none in statistics |
+//! | graph degree, t | [`crate::budget::secure_shape`] (secure jobs) |
+//! | graph seed | [`GraphSpec::for_cohort`] of the instance, the cohort and the degree |
+//! | survivor floor | the job's `min_participants`, t, and for distributed-noise training the survivors the noise was sized for ([`crate::budget::noise_threshold`]) |
+
+use crate::aggregate::{RoundKind, VectorLayout};
+use crate::budget::{noise_threshold, secure_shape};
+use crate::codec::CodecError;
+use crate::secagg::{GraphSpec, RoundId};
+use crate::spec::{JobSpec, PrivacyMode};
+
+/// Why a round's shape cannot be derived, or why an announced round does not match it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShapeError {
+    /// The cohort is empty.
+    #[error("the round's cohort is empty")]
+    EmptyCohort,
+    /// The cohort is not sorted, or lists a partner twice.
+    #[error("the round's cohort is not in canonical order (sorted, each partner once)")]
+    CohortNotCanonical,
+    /// The fixed-point layout cannot be built for this cohort.
+    #[error("layout: {0}")]
+    Layout(#[from] CodecError),
+    /// An announced field differs from the derived one.
+    #[error("the round announces {field} = {announced}; this job and cohort give {derived}")]
+    Mismatch {
+        /// The field.
+        field: &'static str,
+        /// What was announced.
+        announced: String,
+        /// What the partner derived.
+        derived: String,
+    },
+}
+
+/// The secure-aggregation part of a round's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecureShape {
+    /// Neighbours per partner (cohort size − 1 for the complete graph).
+    pub degree: usize,
+    /// Shares needed in every closed neighbourhood.
+    pub threshold: usize,
+}
+
+/// What a round start announces beyond its instance and cohort, as the wire carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announced<'a> {
+    /// Whether the round is secure.
+    pub secure: bool,
+    /// Words in every partner's vector.
+    pub vector_len: u64,
+    /// Parameters of the model to download.
+    pub model_len: u64,
+    /// Complete members needed for a result.
+    pub threshold: u64,
+    /// Neighbours per partner.
+    pub graph_degree: u64,
+    /// The neighbour graph's seed.
+    pub graph_seed: &'a [u8],
+}
+
+/// A round's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundShape {
+    /// What the round aggregates.
+    pub kind: RoundKind,
+    /// The canonical cohort.
+    pub cohort: Vec<String>,
+    /// Every member's vector.
+    pub layout: VectorLayout,
+    /// Parameters of the model members download (0 in the statistics round).
+    pub model_len: usize,
+    /// Secure aggregation, when the job has it.
+    pub secure: Option<SecureShape>,
+    /// Complete members without which the round's sum is not unmasked or used.
+    pub min_survivors: usize,
+}
+
+impl RoundShape {
+    /// The shape of a `kind` round over `cohort` in a job whose model has `num_params`
+    /// parameters.
+    pub fn derive(
+        spec: &JobSpec,
+        kind: RoundKind,
+        cohort: Vec<String>,
+        num_params: usize,
+    ) -> Result<Self, ShapeError> {
+        if cohort.is_empty() {
+            return Err(ShapeError::EmptyCohort);
+        }
+        if cohort.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(ShapeError::CohortNotCanonical);
+        }
+        let n = cohort.len();
+        let layout = kind.layout(spec, num_params, n)?;
+        let model_len = match kind {
+            RoundKind::Statistics => 0,
+            RoundKind::Training | RoundKind::Evaluation => num_params,
+        };
+        let secure = spec.aggregation.secure.then(|| {
+            let (degree, threshold) = secure_shape(spec, n);
+            SecureShape { degree, threshold }
+        });
+        let mut min_survivors = spec.aggregation.min_participants as usize;
+        if let Some(s) = &secure {
+            min_survivors = min_survivors.max(s.threshold);
+        }
+        if kind == RoundKind::Training && spec.privacy.mode == PrivacyMode::PartnerDistributed {
+            min_survivors = min_survivors.max(noise_threshold(spec, n));
+        }
+        Ok(Self {
+            kind,
+            cohort,
+            layout,
+            model_len,
+            secure,
+            min_survivors: min_survivors.min(n),
+        })
+    }
+
+    /// The neighbour graph's seed for the instance (job, round, attempt); empty for a plain
+    /// round.
+    pub fn graph_seed(&self, job_id: &str, round: u64, attempt: u32) -> Vec<u8> {
+        self.secure.map_or_else(Vec::new, |s| {
+            GraphSpec::for_cohort(
+                &RoundId::new(job_id, round, attempt),
+                &self.cohort,
+                s.degree,
+            )
+            .seed
+            .to_vec()
+        })
+    }
+
+    /// What an honest coordinator announces for this shape.
+    pub fn announce<'a>(&self, graph_seed: &'a [u8]) -> Announced<'a> {
+        Announced {
+            secure: self.secure.is_some(),
+            vector_len: self.layout.len() as u64,
+            model_len: self.model_len as u64,
+            threshold: self.min_survivors as u64,
+            graph_degree: self.secure.map_or(0, |s| s.degree as u64),
+            graph_seed,
+        }
+    }
+
+    /// Checks an announced round against this shape, field by field; the first difference is
+    /// the error.
+    pub fn check(
+        &self,
+        announced: &Announced<'_>,
+        job_id: &str,
+        round: u64,
+        attempt: u32,
+    ) -> Result<(), ShapeError> {
+        let seed = self.graph_seed(job_id, round, attempt);
+        let derived = self.announce(&seed);
+        let mismatch = |field: &'static str, a: String, d: String| {
+            Err(ShapeError::Mismatch {
+                field,
+                announced: a,
+                derived: d,
+            })
+        };
+        if announced.secure != derived.secure {
+            return mismatch(
+                "secure",
+                announced.secure.to_string(),
+                derived.secure.to_string(),
+            );
+        }
+        for (field, a, d) in [
+            ("vector_len", announced.vector_len, derived.vector_len),
+            ("model_len", announced.model_len, derived.model_len),
+            ("threshold", announced.threshold, derived.threshold),
+            ("graph_degree", announced.graph_degree, derived.graph_degree),
+        ] {
+            if a != d {
+                return mismatch(field, a.to_string(), d.to_string());
+            }
+        }
+        if announced.graph_seed != derived.graph_seed {
+            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+            return mismatch(
+                "graph_seed",
+                hex(announced.graph_seed),
+                hex(derived.graph_seed),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> JobSpec {
+        JobSpec::from_toml(&format!(
+            "[job]\nname = \"t\"\npurpose = \"p\"\nrounds = 3\n[label]\ncolumn = \"y\"\npositive = \"1\"\n\
+             [features]\nnumeric = [\"a\", \"b\"]\n[model]\nkind = \"logistic\"\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("p{i:03}")).collect()
+    }
+
+    #[test]
+    fn an_honest_announcement_checks_and_every_changed_field_is_named() {
+        let s = spec("");
+        let shape = RoundShape::derive(&s, RoundKind::Training, ids(5), 3).unwrap();
+        let seed = shape.graph_seed("j", 2, 1);
+        let honest = shape.announce(&seed);
+        shape.check(&honest, "j", 2, 1).unwrap();
+        // The complete graph over 5 with t = recommended_threshold(4) = 4.
+        assert_eq!(
+            shape.secure,
+            Some(SecureShape {
+                degree: 4,
+                threshold: 4
+            })
+        );
+        let other_seed = shape.graph_seed("j", 2, 2);
+        let cases: Vec<(&str, Announced<'_>)> = vec![
+            (
+                "secure",
+                Announced {
+                    secure: false,
+                    ..honest.clone()
+                },
+            ),
+            (
+                "vector_len",
+                Announced {
+                    vector_len: honest.vector_len + 1,
+                    ..honest.clone()
+                },
+            ),
+            (
+                "model_len",
+                Announced {
+                    model_len: 4,
+                    ..honest.clone()
+                },
+            ),
+            (
+                "threshold",
+                Announced {
+                    threshold: 3,
+                    ..honest.clone()
+                },
+            ),
+            (
+                "graph_degree",
+                Announced {
+                    graph_degree: 2,
+                    ..honest.clone()
+                },
+            ),
+            (
+                "graph_seed",
+                Announced {
+                    graph_seed: &other_seed,
+                    ..honest.clone()
+                },
+            ),
+        ];
+        for (field, announced) in cases {
+            match shape.check(&announced, "j", 2, 1) {
+                Err(ShapeError::Mismatch { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        // The same announcement for another attempt carries the wrong seed.
+        assert!(shape.check(&honest, "j", 2, 2).is_err());
+    }
+
+    #[test]
+    fn the_cohort_must_be_canonical() {
+        let s = spec("");
+        let mut cohort = ids(4);
+        cohort.swap(0, 1);
+        assert_eq!(
+            RoundShape::derive(&s, RoundKind::Evaluation, cohort, 3),
+            Err(ShapeError::CohortNotCanonical)
+        );
+        let mut twice = ids(3);
+        twice.push(twice[2].clone());
+        assert_eq!(
+            RoundShape::derive(&s, RoundKind::Evaluation, twice, 3),
+            Err(ShapeError::CohortNotCanonical)
+        );
+    }
+
+    #[test]
+    fn the_survivor_floor_takes_the_strictest_rule() {
+        // min_participants alone (plain), then t, then the distributed-noise floor.
+        let plain = spec("[aggregation]\nsecure = false\nmin_participants = 3\n");
+        let shape = RoundShape::derive(&plain, RoundKind::Training, ids(10), 3).unwrap();
+        assert_eq!((shape.secure, shape.min_survivors), (None, 3));
+        let secure = spec("[aggregation]\nmin_participants = 3\n");
+        let shape = RoundShape::derive(&secure, RoundKind::Training, ids(10), 3).unwrap();
+        // Complete graph over 10: t = 2·10/3 + 1 = 7.
+        assert_eq!(shape.min_survivors, 7);
+        let sparse = RoundShape::derive(&secure, RoundKind::Training, ids(200), 3).unwrap();
+        let t = sparse.secure.unwrap().threshold;
+        assert_eq!(sparse.min_survivors, t.max(3));
+        let noised = spec(
+            "[aggregation]\nmin_participants = 3\n[privacy]\nmode = \"partner-distributed\"\nepsilon = 4.0\n",
+        );
+        let shape = RoundShape::derive(&noised, RoundKind::Training, ids(200), 3).unwrap();
+        assert_eq!(shape.min_survivors, 2 * 200 / 3 + 1);
+        let eval = RoundShape::derive(&noised, RoundKind::Evaluation, ids(200), 3).unwrap();
+        assert_eq!(eval.min_survivors, t);
+    }
+}
