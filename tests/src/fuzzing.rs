@@ -18,13 +18,16 @@ use std::io::Write;
 use std::sync::OnceLock;
 
 use ed25519_dalek::SigningKey;
+use fedmark_core::aggregate::RoundKind;
 use fedmark_core::aggregate::{Progress, RunningSum};
 use fedmark_core::audit::{AuditChain, AuditRecord, verify};
+use fedmark_core::guard::RoundGuard;
 use fedmark_core::secagg::{
     ClientPolicy, ClientRound, Envelope, KeyAdvertisement, RevealedShare, Roster, RoundId,
     RoundParams, ServerRound, ShareKind, SignedKeys, SurvivorSignature, generate_identity,
     valid_partner_id,
 };
+use fedmark_core::shape::{Announced, RoundShape};
 use fedmark_core::spec::JobSpec;
 use fedmark_proto::{ClientMessage, ServerMessage, client_message, server_message};
 use prost::Message;
@@ -613,11 +616,25 @@ pub fn client_message(data: &[u8]) {
     }
 }
 
+/// The job a fuzzed `RoundStart` is checked against.
+fn fuzz_spec() -> &'static JobSpec {
+    static SPEC: OnceLock<JobSpec> = OnceLock::new();
+    SPEC.get_or_init(|| {
+        JobSpec::from_toml(
+            "[job]\nname = \"fuzz\"\npurpose = \"p\"\nrounds = 3\n\
+             [label]\ncolumn = \"y\"\npositive = \"yes\"\n\
+             [features]\nnumeric = [\"age\", \"balance\"]\n[model]\nkind = \"logistic\"\n",
+        )
+        .unwrap_or_else(|e| panic!("fuzz spec: {e}"))
+    })
+}
+
 /// Largest cohort a fuzzed `RoundStart` is checked with (graph building is quadratic in it).
 const MAX_FUZZ_COHORT: usize = 64;
 
 /// Decodes a `ServerMessage` and feeds it to the client-side core state `p0`'s node feeds
-/// it to: `Offer` → `JobSpec::from_toml` on the offered spec; `RoundStart` → the round's
+/// it to: `Offer` → `JobSpec::from_toml` on the offered spec; `RoundStart` → the partner's
+/// `RoundShape::check` and `RoundGuard::admit` (against a fixed job), then the round's
 /// `RoundParams::new` and `ClientRound::new` for `p0`; `Keys` →
 /// `KeyAdvertisement::from_slices` + `ClientRound::on_keys`; `Shares` → `Envelope::new` +
 /// `on_shares`; `Unmask` → `on_unmask` (each on `p0` rebuilt at the matching phase).
@@ -643,6 +660,42 @@ pub fn server_message(data: &[u8]) {
             };
             if start.cohort.len() > MAX_FUZZ_COHORT {
                 return;
+            }
+            // The partner's production checks: the round's shape against its own derivation,
+            // and its round guard.
+            let kind = match start.kind() {
+                fedmark_proto::RoundKind::Statistics => RoundKind::Statistics,
+                fedmark_proto::RoundKind::Training => RoundKind::Training,
+                fedmark_proto::RoundKind::Evaluation => RoundKind::Evaluation,
+                fedmark_proto::RoundKind::Unspecified => return,
+            };
+            let spec = fuzz_spec();
+            if let Ok(shape) = RoundShape::derive(spec, kind, start.cohort.clone(), 3) {
+                let announced = Announced {
+                    secure: start.secure,
+                    vector_len: start.vector_len,
+                    model_len: start.model_len,
+                    threshold: u64::from(start.threshold),
+                    graph_degree: u64::from(start.graph_degree),
+                    graph_seed: &start.graph_seed,
+                };
+                if shape
+                    .check(&announced, &rref.job_id, rref.round, rref.attempt)
+                    .is_ok()
+                {
+                    assert_eq!(
+                        start.vector_len,
+                        shape.layout.len() as u64,
+                        "round start: a checked shape announced another vector length"
+                    );
+                }
+            }
+            let mut guard = RoundGuard::new(spec);
+            if guard.admit(rref.round, rref.attempt, kind).is_ok() {
+                assert!(
+                    guard.admit(rref.round, rref.attempt, kind).is_err(),
+                    "round start: the guard admitted one round instance twice"
+                );
             }
             let rid = RoundId::new(&rref.job_id, rref.round, rref.attempt);
             let degree = start.graph_degree as usize;
