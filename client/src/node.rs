@@ -376,7 +376,8 @@ async fn session(
         Some(i) => Some(i),
         None => Identity::from_config(cfg)?,
     };
-    let ledger = Ledger::open(cfg.ledger.as_deref())?;
+    // Reopened from its file by every session, so a reconnect or a restart carries it on.
+    let ledger = Ledger::open(cfg.ledger_path().as_deref())?;
     let policy = cfg.policy.as_deref().map(PartnerPolicy::load).transpose()?;
     let audit = match &cfg.audit {
         Some(path) => Some(AuditLog::open(path, &cfg.partner_id)?),
