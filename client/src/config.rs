@@ -71,9 +71,18 @@ pub struct ClientConfig {
     /// Cap on the ε this partner's records may spend per purpose, across jobs.
     #[serde(default)]
     pub max_epsilon: Option<f64>,
-    /// The partner's privacy ledger file (per purpose, across jobs); in memory when absent.
+    /// The node's own state folder (its privacy ledger lives there). Default: `fedmark-state`
+    /// beside the config file (beside the data file for a config built in code).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// The partner's privacy ledger file (per purpose across jobs, per job against its plan).
+    /// Default: `<data_dir>/<partner_id>.ledger.json`, see [`ClientConfig::ledger_path`].
     #[serde(default)]
     pub ledger: Option<PathBuf>,
+    /// Keep the privacy ledger in memory only: it is forgotten when a session ends. For tests;
+    /// never the default, and not allowed together with `ledger`.
+    #[serde(default)]
+    pub ledger_in_memory: bool,
     /// The consent source (CSV `user_id,purpose,granted_at,withdrawn_at`, see
     /// [`crate::consent`]); re-read at the start of every round. Needs `user_id_column`.
     #[serde(default)]
@@ -110,6 +119,9 @@ pub struct ClientTls {
     pub domain: Option<String>,
 }
 
+/// The node's state folder when `data_dir` is not set, beside the config file.
+pub const STATE_DIR: &str = "fedmark-state";
+
 fn default_min_cohort() -> usize {
     2
 }
@@ -122,8 +134,12 @@ fn default_connect_timeout() -> u64 {
 }
 
 impl ClientConfig {
-    /// A config with the defaults for everything but the three required fields.
+    /// A config with the defaults for everything but the three required fields; its data
+    /// directory is `fedmark-state` beside the data file.
     pub fn new(coordinator: String, partner_id: String, data: PathBuf) -> Self {
+        let data_dir = data
+            .parent()
+            .map_or_else(|| PathBuf::from(STATE_DIR), |d| d.join(STATE_DIR));
         Self {
             coordinator,
             partner_id,
@@ -136,7 +152,9 @@ impl ClientConfig {
             roster: None,
             min_cohort: default_min_cohort(),
             max_epsilon: None,
+            data_dir: Some(data_dir),
             ledger: None,
+            ledger_in_memory: false,
             consent: None,
             user_id_column: None,
             policy: None,
@@ -145,7 +163,25 @@ impl ClientConfig {
         }
     }
 
-    /// Reads and validates a config file; relative data paths are resolved against its folder.
+    /// Where the privacy ledger is kept: `ledger` if set, else `<partner_id>.ledger.json` in
+    /// the data directory (the partner id in the name, so partners whose configs share a
+    /// folder never share a ledger); `None` only when `ledger_in_memory` asks for it.
+    pub fn ledger_path(&self) -> Option<PathBuf> {
+        if self.ledger_in_memory {
+            return None;
+        }
+        if let Some(path) = &self.ledger {
+            return Some(path.clone());
+        }
+        let dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(STATE_DIR));
+        Some(dir.join(format!("{}.ledger.json", self.partner_id)))
+    }
+
+    /// Reads and validates a config file; relative paths (data, keys, policy, audit, ledger,
+    /// data directory …) are resolved against its folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
@@ -162,6 +198,8 @@ impl ClientConfig {
             &mut cfg.consent,
             &mut cfg.policy,
             &mut cfg.audit,
+            &mut cfg.ledger,
+            &mut cfg.data_dir,
         ]
         .into_iter()
         .flatten()
@@ -180,6 +218,10 @@ impl ClientConfig {
             && let Some(dir) = path.parent()
         {
             cfg.data = dir.join(&cfg.data);
+        }
+        if cfg.data_dir.is_none() {
+            let dir = path.parent().unwrap_or(Path::new(""));
+            cfg.data_dir = Some(dir.join(STATE_DIR));
         }
         cfg.validate()?;
         Ok(cfg)
@@ -225,6 +267,12 @@ impl ClientConfig {
             return Err(ConfigError::Invalid {
                 field: "max_epsilon",
                 reason: format!("must be a positive number, got {cap}"),
+            });
+        }
+        if self.ledger_in_memory && self.ledger.is_some() {
+            return Err(ConfigError::Invalid {
+                field: "ledger_in_memory",
+                reason: "cannot be set together with `ledger` (a file)".into(),
             });
         }
         if self.min_cohort == 0 {
@@ -280,6 +328,35 @@ mod tests {
         let c = ClientConfig::load(&p).unwrap();
         assert_eq!(c.data, dir.path().join("d.csv"));
         assert_eq!(c.holdout_fraction, 0.2);
+        // The ledger is durable by default, in the data directory beside the config.
+        assert_eq!(
+            c.ledger_path(),
+            Some(dir.path().join("fedmark-state/bank.ledger.json"))
+        );
+    }
+
+    #[test]
+    fn ledger_and_data_dir_resolve_against_the_config_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("client.toml");
+        let base =
+            "coordinator = \"http://127.0.0.1:1\"\npartner_id = \"bank\"\ndata = \"d.csv\"\n";
+        std::fs::write(&p, format!("{base}ledger = \"state/l.json\"\n")).unwrap();
+        let c = ClientConfig::load(&p).unwrap();
+        assert_eq!(c.ledger_path(), Some(dir.path().join("state/l.json")));
+        std::fs::write(&p, format!("{base}data_dir = \"var\"\n")).unwrap();
+        let c = ClientConfig::load(&p).unwrap();
+        assert_eq!(
+            c.ledger_path(),
+            Some(dir.path().join("var/bank.ledger.json"))
+        );
+        std::fs::write(&p, format!("{base}ledger_in_memory = true\n")).unwrap();
+        assert_eq!(ClientConfig::load(&p).unwrap().ledger_path(), None);
+        let built = ClientConfig::new("http://x".into(), "a".into(), dir.path().join("d.csv"));
+        assert_eq!(
+            built.ledger_path(),
+            Some(dir.path().join("fedmark-state/a.ledger.json"))
+        );
     }
 
     #[test]
@@ -310,6 +387,10 @@ mod tests {
             (
                 "coordinator = \"http://x\"\npartner_id = \"b\"\ndata = \"d\"\nuser_id_column = \"id\"\n",
                 "`consent` is required",
+            ),
+            (
+                "coordinator = \"http://x\"\npartner_id = \"b\"\ndata = \"d\"\nledger = \"l.json\"\nledger_in_memory = true\n",
+                "`ledger_in_memory` cannot be set together with `ledger`",
             ),
         ] {
             std::fs::write(&p, text).unwrap();

@@ -1,17 +1,53 @@
 //! The partner's own privacy ledger: what differentially private jobs have spent of its
-//! records' privacy, per purpose, across jobs.
+//! records' privacy, per purpose across jobs, and per job against the plan it accepted.
 //!
 //! The partner does not take the coordinator's word for it. It computes each job's plan from
-//! the spec itself, refuses a job that would take a purpose past its cap, and charges a round
-//! *before* its update leaves — so a coordinator that runs more rounds than planned, or
-//! restarts a job, cannot spend more than the partner allows. The ledger is a JSON file
-//! written through a temporary file and a rename, so a crash never leaves half a ledger.
+//! the spec itself and keeps, per job, the plan (training rounds × mechanism steps a round),
+//! the training rounds it has been charged for and what they spent. A round is charged — and
+//! the charge fsynced — *before* its update leaves, and refused when it is
+//!
+//! * outside the plan: a round number of 0 or above the spec's `rounds`, or one more round
+//!   than planned;
+//! * past the job's own ε: this job's charges would pass the budget the spec states;
+//! * past the partner's cap: the purpose's total across jobs would pass the lower of the
+//!   config's and the policy's `max_epsilon`.
+//!
+//! **Once per round, ever.** A partner contributes at most one noised update to a training
+//! round of a job ([`Ledger::prepare`] says [`Prepared::AlreadyCharged`] the second time): a
+//! retried attempt or a re-run after a coordinator restart gets the *same* update again
+//! ([`Ledger::save_replay`], [`Ledger::replay`]) — re-sending a released value spends nothing
+//! more — or, where re-sending is not safe (distributed noise, see the node) or the update is
+//! gone, the partner sits the round out. A fresh update for a round already charged would be
+//! a second release and is never sent. So the job's charges never pass its plan, and a re-offer
+//! of a job the partner has already served is checked against what is *left* of its plan
+//! ([`Ledger::check_offer`]), not the whole plan again: a coordinator crash never makes a
+//! capped job impossible to finish.
+//!
+//! The ledger is a JSON file (by default in the node's data directory, see
+//! [`crate::config::ClientConfig::ledger_path`]) written to a temporary file that is fsynced,
+//! renamed over the old one, and the folder fsynced: a crash leaves the old ledger or the
+//! new one, never half of one, and a charge that returned is on disk. Files of the first
+//! format (a map of purpose to spent RDP) still load; they have no per-job records.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use fedmark_core::accountant::{Accountant, AccountantError};
+use fedmark_core::aggregate::VectorLayout;
 use fedmark_core::budget::PrivacyPlan;
+use fedmark_core::spec::JobSpec;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::policy::PartnerPolicy;
+
+/// The ledger file's format version.
+const VERSION: u32 = 2;
+
+/// Relative slack on the job's own ε, so that rounds composed one by one are not refused for
+/// a rounding error against a plan calibrated to fit exactly.
+const JOB_EPSILON_SLACK: f64 = 1e-9;
 
 /// Why the ledger refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,116 +75,623 @@ pub enum LedgerError {
         /// The cap.
         cap: f64,
     },
+    /// The charge would pass the job's own budget.
+    #[error(
+        "this job has spent epsilon {spent:.4} of this partner's records; round {round} would bring it to {after:.4}, above the job's budget of {budget}"
+    )]
+    OverJobBudget {
+        /// The training round asked for.
+        round: u64,
+        /// ε this job has spent.
+        spent: f64,
+        /// ε after the charge.
+        after: f64,
+        /// The job's budget.
+        budget: f64,
+    },
+    /// The round is not in the plan the partner accepted.
+    #[error("training round {round} is past the plan this partner accepted: {reason}")]
+    PastPlan {
+        /// The training round asked for.
+        round: u64,
+        /// How it is outside the plan.
+        reason: String,
+    },
+    /// The job id names a job with another spec.
+    #[error(
+        "this partner's ledger holds job `{job_id}` with another spec; a job id is never reused"
+    )]
+    SpecMismatch {
+        /// The job id.
+        job_id: String,
+    },
     /// Accounting failed.
     #[error(transparent)]
     Accounting(#[from] AccountantError),
 }
 
-/// Spent privacy per purpose, optionally backed by a file.
+/// One job as the partner accepted it, and what it has spent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRecord {
+    /// The job's purpose.
+    pub purpose: String,
+    /// SHA-256 of the spec text the partner accepted: a job id is bound to one spec.
+    pub spec_sha256: String,
+    /// Training rounds in the plan (the spec's `rounds`).
+    pub planned_rounds: u64,
+    /// Mechanism applications per round (the plan's steps per round).
+    pub steps_per_round: u64,
+    /// The job's own ε budget.
+    pub epsilon: f64,
+    /// δ of the budget.
+    pub delta: f64,
+    /// The training rounds this partner has been charged for (each at most once).
+    pub charged_rounds: BTreeSet<u64>,
+    /// What this job's charges spent.
+    pub spent: Accountant,
+}
+
+/// The file's content.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct State {
+    version: u32,
+    /// Spent privacy per purpose, across jobs.
+    purposes: BTreeMap<String, Accountant>,
+    /// Per job id.
+    #[serde(default)]
+    jobs: BTreeMap<String, JobRecord>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            version: VERSION,
+            purposes: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+        }
+    }
+}
+
+/// A job as offered, with the partner's own plan and cap for it.
+#[derive(Debug, Clone, Copy)]
+pub struct JobTerms<'a> {
+    /// The coordinator's job id.
+    pub job_id: &'a str,
+    /// SHA-256 (hex) of the offered spec text.
+    pub spec_sha256: &'a str,
+    /// The job's purpose.
+    pub purpose: &'a str,
+    /// The plan the partner computed from the spec.
+    pub plan: &'a PrivacyPlan,
+    /// Training rounds in the spec.
+    pub planned_rounds: u64,
+    /// The partner's cap for the purpose (the lower of config and policy), if any.
+    pub cap: Option<f64>,
+}
+
+/// What the ledger says of an offer it accepts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OfferCheck {
+    /// Training rounds of the plan this partner has not yet been charged for.
+    pub remaining_rounds: u64,
+    /// The purpose's ε if all of them run (within the job's budget).
+    pub projected_epsilon: f64,
+}
+
+/// Whether a training round is still to be charged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prepared {
+    /// A new round within the plan and the caps: [`Ledger::charge`] it before sending.
+    Fresh,
+    /// This partner was already charged for this round of the job: it may only re-send the
+    /// update it sent then, never a new one.
+    AlreadyCharged,
+}
+
+/// The update a partner sent for a round, kept so that a re-run of the round gets the same
+/// one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replay {
+    /// The training round.
+    pub round: u64,
+    /// The layout the words were encoded with.
+    pub layout: VectorLayout,
+    /// The encoded words before masking.
+    pub words: Vec<u32>,
+}
+
+/// Spent privacy per purpose and per job, backed by a file unless explicitly in memory.
 #[derive(Debug, Clone, Default)]
 pub struct Ledger {
     path: Option<PathBuf>,
-    spent: BTreeMap<String, Accountant>,
+    state: State,
+    /// In-memory replays (a ledger without a file).
+    replays: HashMap<String, Replay>,
+}
+
+#[cfg(test)]
+static SYNCS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn io_error(path: &Path, e: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Writes `bytes` to `path` durably: a temporary file in the same folder, fsynced, renamed
+/// over `path`, and the folder fsynced so the rename itself survives a crash.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "ledger".into());
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(&dir)?.sync_all()?;
+    #[cfg(test)]
+    SYNCS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    Ok(())
+}
+
+/// `n` rounds of `plan` composed onto `acc`.
+fn with_rounds(acc: &Accountant, plan: &PrivacyPlan, n: u64) -> Result<Accountant, LedgerError> {
+    let mut acc = acc.clone();
+    if n > 0 {
+        let steps = plan
+            .steps_per_round
+            .checked_mul(n)
+            .ok_or(LedgerError::PastPlan {
+                round: n,
+                reason: "the plan's steps overflow".into(),
+            })?;
+        acc.compose_subsampled_gaussian(plan.sampling_rate, plan.noise_multiplier, steps)?;
+    }
+    Ok(acc)
+}
+
+/// The lower of two optional caps.
+pub fn lower_cap(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The partner's cap for `purpose`: the lower of its config's `max_epsilon` and its policy's
+/// for the purpose, if either is set.
+pub fn partner_cap(
+    config_cap: Option<f64>,
+    policy: Option<&PartnerPolicy>,
+    purpose: &str,
+) -> Option<f64> {
+    let policy_cap = policy
+        .and_then(|p| p.purposes.get(purpose))
+        .and_then(|p| p.max_epsilon);
+    lower_cap(config_cap, policy_cap)
+}
+
+/// The digest that binds a job id to its spec in the ledger: SHA-256 of the spec's canonical
+/// TOML (the same for the same spec however the coordinator formatted it).
+pub fn spec_digest(spec: &JobSpec) -> String {
+    let text = spec.to_toml().unwrap_or_else(|_| format!("{spec:?}"));
+    fedmark_core::audit::sha256_hex(text.as_bytes())
+}
+
+/// What a training round's update does, as the ledger decides it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Contribution {
+    /// A new round: charged (and fsynced); the purpose's ε after it.
+    Charged(f64),
+    /// A round this partner already contributed to: send these words (the update it sent
+    /// then, re-encoded if the round's layout changed) instead of the new ones; nothing is
+    /// charged, nothing new is released.
+    Replayed(Vec<u32>),
+}
+
+/// Decides a training round's contribution before anything leaves: refuses it (`Err` is
+/// the reason, for the audit file) when it is outside the plan or the caps, or when it is a
+/// round already contributed to whose update cannot be re-sent as it was (`replayable` is
+/// false for distributed noise, where re-sending one partner's noise share while the others'
+/// differ could isolate it); otherwise charges a new round — keeping its words first when
+/// `replayable` — or hands back the words sent before.
+pub fn contribute<R: rand::Rng + ?Sized>(
+    ledger: &mut Ledger,
+    terms: &JobTerms<'_>,
+    round: u64,
+    layout: &VectorLayout,
+    words: &[u32],
+    replayable: bool,
+    rng: &mut R,
+) -> Result<Contribution, String> {
+    match ledger.prepare(terms, round).map_err(|e| e.to_string())? {
+        Prepared::AlreadyCharged => {
+            let already =
+                format!("this partner already contributed to training round {round} of this job");
+            if !replayable {
+                return Err(format!(
+                    "{already}; under distributed noise it sends no second update"
+                ));
+            }
+            let Some(replay) = ledger.replay(terms.job_id, round) else {
+                return Err(format!(
+                    "{already} and no longer keeps that update; a new one would be a second release"
+                ));
+            };
+            if replay.layout == *layout {
+                return Ok(Contribution::Replayed(replay.words));
+            }
+            // Another cohort size gives another fixed-point scale: the same values, encoded
+            // anew (fresh rounding of released values releases nothing new).
+            let sum = replay.layout.decode(&replay.words);
+            if sum.update.len() != layout.update_len || sum.stats.len() != layout.stats_len {
+                return Err(format!(
+                    "{already}; this re-run asks for a vector of another shape"
+                ));
+            }
+            Ok(Contribution::Replayed(layout.encode(
+                &sum.update,
+                &sum.stats,
+                rng,
+            )))
+        }
+        Prepared::Fresh => {
+            if replayable {
+                ledger
+                    .save_replay(
+                        terms.job_id,
+                        Replay {
+                            round,
+                            layout: *layout,
+                            words: words.to_vec(),
+                        },
+                    )
+                    .map_err(|e| e.to_string())?;
+            }
+            ledger
+                .charge(terms, round)
+                .map(Contribution::Charged)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Test-only crash point (`FEDMARK_TEST_PAUSE_AFTER_CHARGE=ROUND`): after training round
+/// `round` is charged and before its update is handed to the upload, print a marker to
+/// stderr and say how long to hold, so that a test can kill the node exactly there.
+pub fn pause_after_charge(round: u64) -> Option<std::time::Duration> {
+    let at: u64 = std::env::var("FEDMARK_TEST_PAUSE_AFTER_CHARGE")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if at != round {
+        return None;
+    }
+    eprintln!("FEDMARK_CLIENT_PAUSED after charging round {round}");
+    Some(std::time::Duration::from_secs(300))
 }
 
 impl Ledger {
-    /// Opens the ledger at `path` (an absent file is an empty ledger), or an in-memory one.
+    /// Opens the ledger file at `path` (an absent file is an empty ledger), or, with `None`,
+    /// a ledger in memory that forgets everything when dropped (tests only: ask for it
+    /// explicitly with `ledger_in_memory`).
     pub fn open(path: Option<&Path>) -> Result<Self, LedgerError> {
         let Some(path) = path else {
             return Ok(Self::default());
         };
-        let shown = path.display().to_string();
-        let spent = match std::fs::read_to_string(path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| LedgerError::Io {
-                path: shown,
-                reason: format!("not a valid ledger: {e}"),
+        let state = match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text).map_err(|reason| LedgerError::Io {
+                path: path.display().to_string(),
+                reason: format!("not a valid ledger: {reason}"),
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => {
-                return Err(LedgerError::Io {
-                    path: shown,
-                    reason: e.to_string(),
-                });
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => return Err(io_error(path, e)),
         };
         Ok(Self {
             path: Some(path.to_owned()),
-            spent,
+            state,
+            replays: HashMap::new(),
         })
     }
 
-    /// ε spent for `purpose` at `delta`.
+    /// The file behind the ledger, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    fn parse(text: &str) -> Result<State, String> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if value
+            .get("version")
+            .is_some_and(serde_json::Value::is_number)
+        {
+            let state: State = serde_json::from_value(value).map_err(|e| e.to_string())?;
+            if state.version != VERSION {
+                return Err(format!("format version {} is not {VERSION}", state.version));
+            }
+            return Ok(state);
+        }
+        // The first format: purpose → spent RDP, no per-job records.
+        let purposes: BTreeMap<String, Accountant> =
+            serde_json::from_value(value).map_err(|e| e.to_string())?;
+        Ok(State {
+            purposes,
+            ..State::default()
+        })
+    }
+
+    /// ε spent for `purpose` at `delta`, across jobs.
     pub fn spent(&self, purpose: &str, delta: f64) -> Result<f64, LedgerError> {
-        match self.spent.get(purpose) {
+        match self.state.purposes.get(purpose) {
             Some(acc) => Ok(acc.epsilon(delta)?.0),
             None => Ok(0.0),
         }
     }
 
-    /// What `rounds` rounds of `plan` would bring `purpose` to, without charging.
-    pub fn projected(
-        &self,
-        purpose: &str,
-        plan: &PrivacyPlan,
-        rounds: u64,
-    ) -> Result<f64, LedgerError> {
-        let mut acc = self.spent.get(purpose).cloned().unwrap_or_default();
-        for _ in 0..rounds {
-            plan.charge_round(&mut acc)?;
-        }
-        Ok(acc.epsilon(plan.delta)?.0)
+    /// The record of job `job_id`, if this partner has been charged for it.
+    pub fn job(&self, job_id: &str) -> Option<&JobRecord> {
+        self.state.jobs.get(job_id)
     }
 
-    /// Checks that `rounds` rounds fit under `cap`.
-    pub fn check(
-        &self,
-        purpose: &str,
+    /// The job's record, checked against the offered spec.
+    fn job_for(&self, terms: &JobTerms<'_>) -> Result<Option<&JobRecord>, LedgerError> {
+        match self.state.jobs.get(terms.job_id) {
+            Some(job) if job.spec_sha256 != terms.spec_sha256 || job.purpose != terms.purpose => {
+                Err(LedgerError::SpecMismatch {
+                    job_id: terms.job_id.to_owned(),
+                })
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// How many of `remaining` further rounds fit the job's own budget after `spent`.
+    fn rounds_within_budget(
+        spent: &Accountant,
         plan: &PrivacyPlan,
-        rounds: u64,
-        cap: f64,
-    ) -> Result<(), LedgerError> {
-        let after = self.projected(purpose, plan, rounds)?;
-        if after > cap {
+        remaining: u64,
+    ) -> Result<u64, LedgerError> {
+        let fits = |n: u64| -> Result<bool, LedgerError> {
+            let eps = with_rounds(spent, plan, n)?.epsilon(plan.delta)?.0;
+            Ok(eps <= plan.epsilon * (1.0 + JOB_EPSILON_SLACK))
+        };
+        if fits(remaining)? {
+            return Ok(remaining);
+        }
+        // ε grows with the rounds: the largest n with fits(n), by bisection.
+        let (mut lo, mut hi) = (0u64, remaining);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if fits(mid)? {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// Checks an offer: the rounds of the plan this partner has not yet been charged for
+    /// (as many of them as fit the job's own budget) must fit the cap on top of what the
+    /// purpose has spent. A job offered again after it ran in part is charged only what is
+    /// left of it.
+    pub fn check_offer(&self, terms: &JobTerms<'_>) -> Result<OfferCheck, LedgerError> {
+        let job = self.job_for(terms)?;
+        let (done, job_spent) = match job {
+            Some(j) => (j.charged_rounds.len() as u64, j.spent.clone()),
+            None => (0, Accountant::new()),
+        };
+        let remaining = terms.planned_rounds.saturating_sub(done);
+        let runnable = Self::rounds_within_budget(&job_spent, terms.plan, remaining)?;
+        let purpose = self
+            .state
+            .purposes
+            .get(terms.purpose)
+            .cloned()
+            .unwrap_or_default();
+        let projected = with_rounds(&purpose, terms.plan, runnable)?
+            .epsilon(terms.plan.delta)?
+            .0;
+        if let Some(cap) = terms.cap
+            && projected > cap
+        {
             return Err(LedgerError::OverCap {
-                purpose: purpose.to_owned(),
-                spent: self.spent(purpose, plan.delta)?,
-                after,
+                purpose: terms.purpose.to_owned(),
+                spent: self.spent(terms.purpose, terms.plan.delta)?,
+                after: projected,
                 cap,
             });
         }
-        Ok(())
+        Ok(OfferCheck {
+            remaining_rounds: remaining,
+            projected_epsilon: projected,
+        })
     }
 
-    /// Charges one round of `plan` to `purpose` if it fits under `cap`, and persists it.
-    pub fn charge_round(
-        &mut self,
-        purpose: &str,
-        plan: &PrivacyPlan,
-        cap: Option<f64>,
-    ) -> Result<f64, LedgerError> {
-        if let Some(cap) = cap {
-            self.check(purpose, plan, 1, cap)?;
+    /// Whether training round `round` may be charged (without charging it): `Fresh` if it is
+    /// new and fits the plan, the job's budget and the cap; `AlreadyCharged` if this partner
+    /// was charged for it before; an error naming the reason otherwise.
+    pub fn prepare(&self, terms: &JobTerms<'_>, round: u64) -> Result<Prepared, LedgerError> {
+        self.next_state(terms, round).map(|next| match next {
+            Some(_) => Prepared::Fresh,
+            None => Prepared::AlreadyCharged,
+        })
+    }
+
+    /// The state after charging `round`, or `None` if it was charged before.
+    fn next_state(&self, terms: &JobTerms<'_>, round: u64) -> Result<Option<State>, LedgerError> {
+        let planned = terms.planned_rounds;
+        if round == 0 || round > planned {
+            return Err(LedgerError::PastPlan {
+                round,
+                reason: format!("the job plans training rounds 1 to {planned}"),
+            });
         }
-        let acc = self.spent.entry(purpose.to_owned()).or_default();
-        plan.charge_round(acc)?;
-        let eps = acc.epsilon(plan.delta)?.0;
-        self.save()?;
-        Ok(eps)
+        let job = match self.job_for(terms)? {
+            Some(job) => job.clone(),
+            None => JobRecord {
+                purpose: terms.purpose.to_owned(),
+                spec_sha256: terms.spec_sha256.to_owned(),
+                planned_rounds: planned,
+                steps_per_round: terms.plan.steps_per_round,
+                epsilon: terms.plan.epsilon,
+                delta: terms.plan.delta,
+                charged_rounds: BTreeSet::new(),
+                spent: Accountant::new(),
+            },
+        };
+        if job.charged_rounds.contains(&round) {
+            return Ok(None);
+        }
+        if job.charged_rounds.len() as u64 >= planned {
+            return Err(LedgerError::PastPlan {
+                round,
+                reason: format!("all {planned} planned rounds were charged"),
+            });
+        }
+        let job_after = with_rounds(&job.spent, terms.plan, 1)?;
+        let after = job_after.epsilon(terms.plan.delta)?.0;
+        if after > terms.plan.epsilon * (1.0 + JOB_EPSILON_SLACK) {
+            return Err(LedgerError::OverJobBudget {
+                round,
+                spent: job.spent.epsilon(terms.plan.delta)?.0,
+                after,
+                budget: terms.plan.epsilon,
+            });
+        }
+        let purpose = self
+            .state
+            .purposes
+            .get(terms.purpose)
+            .cloned()
+            .unwrap_or_default();
+        let purpose_after = with_rounds(&purpose, terms.plan, 1)?;
+        if let Some(cap) = terms.cap {
+            let after = purpose_after.epsilon(terms.plan.delta)?.0;
+            if after > cap {
+                return Err(LedgerError::OverCap {
+                    purpose: terms.purpose.to_owned(),
+                    spent: purpose.epsilon(terms.plan.delta)?.0,
+                    after,
+                    cap,
+                });
+            }
+        }
+        let mut next = self.state.clone();
+        next.purposes
+            .insert(terms.purpose.to_owned(), purpose_after);
+        let mut job = job;
+        job.charged_rounds.insert(round);
+        job.spent = job_after;
+        next.jobs.insert(terms.job_id.to_owned(), job);
+        Ok(Some(next))
     }
 
-    fn save(&self) -> Result<(), LedgerError> {
+    /// Charges training round `round` of a job and persists the charge (fsynced) before it
+    /// returns; returns the purpose's ε after it. A round this partner was already charged
+    /// for, a round outside the plan, or one past the job's budget or the cap is refused and
+    /// spends nothing; so does a charge that cannot be written.
+    pub fn charge(&mut self, terms: &JobTerms<'_>, round: u64) -> Result<f64, LedgerError> {
+        let Some(next) = self.next_state(terms, round)? else {
+            return Err(LedgerError::PastPlan {
+                round,
+                reason: "this partner already contributed to this round of the job".into(),
+            });
+        };
+        self.save(&next)?;
+        self.state = next;
+        self.spent(terms.purpose, terms.plan.delta)
+    }
+
+    fn save(&self, state: &State) -> Result<(), LedgerError> {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let io = |e: &dyn std::fmt::Display| LedgerError::Io {
-            path: path.display().to_string(),
-            reason: e.to_string(),
+        let text = serde_json::to_string_pretty(state).map_err(|e| io_error(path, e))?;
+        write_durably(path, text.as_bytes()).map_err(|e| io_error(path, e))
+    }
+
+    /// Where the replay of job `job_id` is kept: beside the ledger, one file per job named by
+    /// the hash of its id (the id is the coordinator's word, never a path).
+    fn replay_path(&self, job_id: &str) -> Option<PathBuf> {
+        let path = self.path.as_ref()?;
+        let mut dir = path.as_os_str().to_owned();
+        dir.push(".replay");
+        let name = hex::encode(&Sha256::digest(job_id.as_bytes())[..16]);
+        Some(PathBuf::from(dir).join(format!("{name}.bin")))
+    }
+
+    /// Keeps the update sent for `round` of `job_id` (fsynced), replacing the job's previous
+    /// one: only the latest round can be re-run (a coordinator resumes after its last
+    /// committed round), an older one sits out.
+    pub fn save_replay(&mut self, job_id: &str, replay: Replay) -> Result<(), LedgerError> {
+        let Some(path) = self.replay_path(job_id) else {
+            self.replays.insert(job_id.to_owned(), replay);
+            return Ok(());
         };
-        let text = serde_json::to_string_pretty(&self.spent).map_err(|e| io(&e))?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text).map_err(|e| io(&e))?;
-        std::fs::rename(&tmp, path).map_err(|e| io(&e))?;
-        Ok(())
+        let header = serde_json::json!({
+            "job_sha256": fedmark_core::audit::sha256_hex(job_id.as_bytes()),
+            "round": replay.round,
+            "layout": replay.layout,
+            "words": replay.words.len(),
+            "words_sha256": fedmark_core::audit::u32s_sha256(&replay.words),
+        })
+        .to_string();
+        let mut bytes = Vec::with_capacity(header.len() + 1 + replay.words.len() * 4);
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.push(b'\n');
+        for w in &replay.words {
+            bytes.extend_from_slice(&w.to_le_bytes());
+        }
+        write_durably(&path, &bytes).map_err(|e| io_error(&path, e))
+    }
+
+    /// The update sent for `round` of `job_id`, if it is the one kept and intact.
+    pub fn replay(&self, job_id: &str, round: u64) -> Option<Replay> {
+        let Some(path) = self.replay_path(job_id) else {
+            return self
+                .replays
+                .get(job_id)
+                .filter(|r| r.round == round)
+                .cloned();
+        };
+        let bytes = std::fs::read(&path).ok()?;
+        let split = bytes.iter().position(|&b| b == b'\n')?;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[..split]).ok()?;
+        let body = &bytes[split + 1..];
+        if header["job_sha256"] != fedmark_core::audit::sha256_hex(job_id.as_bytes())
+            || header["round"].as_u64() != Some(round)
+            || !body.len().is_multiple_of(4)
+            || header["words"].as_u64() != Some((body.len() / 4) as u64)
+        {
+            return None;
+        }
+        let layout: VectorLayout = serde_json::from_value(header["layout"].clone()).ok()?;
+        let words: Vec<u32> = body
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if header["words_sha256"] != fedmark_core::audit::u32s_sha256(&words) {
+            return None;
+        }
+        Some(Replay {
+            round,
+            layout,
+            words,
+        })
     }
 }
 
@@ -169,6 +712,17 @@ mod tests {
         }
     }
 
+    fn terms<'a>(job_id: &'a str, plan: &'a PrivacyPlan, rounds: u64) -> JobTerms<'a> {
+        JobTerms {
+            job_id,
+            spec_sha256: "spec",
+            purpose: "campaign_response",
+            plan,
+            planned_rounds: rounds,
+            cap: None,
+        }
+    }
+
     #[test]
     fn charges_persist_across_openings_and_the_cap_holds() {
         let dir = tempfile::tempdir().unwrap();
@@ -176,12 +730,25 @@ mod tests {
         let mut ledger = Ledger::open(Some(&path)).unwrap();
         // σ = 1.5, q = 0.01: 900 steps spend ε ≈ 0.97, 1000 steps ≈ 1.013 (see the
         // `privacy epsilon` command) — 9 rounds fit a cap of 1, the 10th does not.
-        for _ in 0..9 {
-            ledger
-                .charge_round("campaign_response", &plan(), Some(1.0))
-                .unwrap();
+        let mut p = plan();
+        p.epsilon = 100.0; // the job's own budget is not what this test is about
+        let t = JobTerms {
+            cap: Some(1.0),
+            ..terms("job-a", &p, 20)
+        };
+        let before = SYNCS.load(std::sync::atomic::Ordering::SeqCst);
+        for round in 1..=9 {
+            ledger.charge(&t, round).unwrap();
         }
-        let reopened = Ledger::open(Some(&path)).unwrap();
+        assert!(
+            SYNCS.load(std::sync::atomic::Ordering::SeqCst) >= before + 9,
+            "every charge went through the fsynced write"
+        );
+        assert!(
+            !dir.path().join(".ledger.json.tmp").exists(),
+            "the temporary file was renamed"
+        );
+        let mut reopened = Ledger::open(Some(&path)).unwrap();
         let spent = reopened.spent("campaign_response", 1e-5).unwrap();
         assert!(spent > 0.9 && spent < 1.0, "{spent}");
         assert_eq!(
@@ -189,10 +756,10 @@ mod tests {
             0.0,
             "purposes are separate"
         );
-        let mut reopened = reopened;
-        let err = reopened
-            .charge_round("campaign_response", &plan(), Some(1.0))
-            .unwrap_err();
+        let job = reopened.job("job-a").unwrap();
+        assert_eq!(job.charged_rounds, (1..=9).collect());
+        assert_eq!(job.planned_rounds, 20);
+        let err = reopened.charge(&t, 10).unwrap_err();
         assert!(
             err.to_string().contains("above this partner's cap of 1"),
             "{err}"
@@ -202,8 +769,154 @@ mod tests {
             spent,
             "a refused charge spends nothing"
         );
-        assert!(reopened.check("churn", &plan(), 9, 1.0).is_ok());
-        assert!(reopened.check("churn", &plan(), 10, 1.0).is_err());
+        let churn = JobTerms {
+            purpose: "churn",
+            ..terms("job-c", &p, 9)
+        };
+        let capped = |cap| JobTerms {
+            cap: Some(cap),
+            ..churn
+        };
+        assert!(reopened.check_offer(&capped(1.0)).is_ok());
+        let ten = JobTerms {
+            planned_rounds: 10,
+            ..capped(1.0)
+        };
+        assert!(reopened.check_offer(&ten).is_err());
+    }
+
+    #[test]
+    fn rounds_past_the_plan_or_the_job_budget_are_refused() {
+        let mut ledger = Ledger::open(None).unwrap();
+        let p = plan(); // the job's budget is ε = 1: 9 rounds fit, 10 do not
+        let t = terms("job-a", &p, 12);
+        for round in [0, 13, 200] {
+            let err = ledger.charge(&t, round).unwrap_err();
+            assert!(
+                matches!(err, LedgerError::PastPlan { .. }) && err.to_string().contains("1 to 12"),
+                "{err}"
+            );
+        }
+        for round in 1..=9 {
+            assert_eq!(ledger.prepare(&t, round).unwrap(), Prepared::Fresh);
+            ledger.charge(&t, round).unwrap();
+        }
+        let err = ledger.charge(&t, 10).unwrap_err();
+        assert!(
+            err.to_string().contains("above the job's budget of 1"),
+            "{err}"
+        );
+        // A round already charged is never charged (nor sent fresh) again.
+        assert_eq!(ledger.prepare(&t, 4).unwrap(), Prepared::AlreadyCharged);
+        assert!(ledger.charge(&t, 4).is_err());
+        let job = ledger.job("job-a").unwrap();
+        assert_eq!(job.charged_rounds.len(), 9);
+        assert!(job.spent.epsilon(1e-5).unwrap().0 <= 1.0);
+        // Another spec under the same job id is refused.
+        let other = JobTerms {
+            spec_sha256: "another",
+            ..t
+        };
+        assert!(matches!(
+            ledger.check_offer(&other),
+            Err(LedgerError::SpecMismatch { .. })
+        ));
+        assert!(ledger.prepare(&other, 10).is_err());
+    }
+
+    #[test]
+    fn a_plan_never_passes_its_rounds() {
+        let mut ledger = Ledger::open(None).unwrap();
+        let mut p = plan();
+        p.epsilon = 100.0;
+        let t = terms("job-a", &p, 3);
+        for round in 1..=3 {
+            ledger.charge(&t, round).unwrap();
+        }
+        for round in 4..8 {
+            assert!(matches!(
+                ledger.prepare(&t, round),
+                Err(LedgerError::PastPlan { .. })
+            ));
+        }
+        assert_eq!(ledger.job("job-a").unwrap().charged_rounds.len(), 3);
+    }
+
+    #[test]
+    fn a_re_offer_counts_only_what_is_left_of_the_plan() {
+        // The case: a job calibrated to ε = 6, cap 7, stopped after 6 of its rounds.
+        let rounds = 12;
+        let mut p = plan();
+        p.epsilon = 6.0;
+        p.noise_multiplier = fedmark_core::accountant::calibrate_noise_multiplier(
+            6.0,
+            p.delta,
+            p.sampling_rate,
+            p.steps_per_round * rounds,
+        )
+        .unwrap();
+        let mut ledger = Ledger::open(None).unwrap();
+        let t = JobTerms {
+            cap: Some(7.0),
+            ..terms("job-6", &p, rounds)
+        };
+        let whole = ledger.check_offer(&t).unwrap();
+        assert_eq!(whole.remaining_rounds, rounds);
+        assert!(
+            whole.projected_epsilon <= 6.0 && whole.projected_epsilon > 5.9,
+            "{whole:?}"
+        );
+        for round in 1..=6 {
+            ledger.charge(&t, round).unwrap();
+        }
+        let again = ledger.check_offer(&t).unwrap();
+        assert_eq!(again.remaining_rounds, 6);
+        assert!(
+            (again.projected_epsilon - whole.projected_epsilon).abs() < 1e-9,
+            "{again:?} vs {whole:?}"
+        );
+        // Counting the whole plan again on top of the spent half is what refused before.
+        let naive = with_rounds(&ledger.state.purposes["campaign_response"], &p, rounds)
+            .unwrap()
+            .epsilon(p.delta)
+            .unwrap()
+            .0;
+        assert!(naive > 7.0, "{naive}");
+        for round in 7..=rounds {
+            ledger.charge(&t, round).unwrap();
+        }
+        let spent = ledger.spent("campaign_response", p.delta).unwrap();
+        assert!(spent <= 6.0 * (1.0 + JOB_EPSILON_SLACK), "{spent}");
+        // A new job of the same purpose is checked against the rest of the cap.
+        let next = JobTerms {
+            spec_sha256: "next",
+            ..terms("job-7", &p, rounds)
+        };
+        let next = JobTerms {
+            cap: Some(7.0),
+            ..next
+        };
+        assert!(ledger.check_offer(&next).is_err());
+    }
+
+    #[test]
+    fn the_first_format_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.json");
+        let mut acc = Accountant::new();
+        plan().charge_round(&mut acc).unwrap();
+        let old: BTreeMap<&str, &Accountant> = [("campaign_response", &acc)].into();
+        std::fs::write(&path, serde_json::to_string_pretty(&old).unwrap()).unwrap();
+        let mut ledger = Ledger::open(Some(&path)).unwrap();
+        let spent = ledger.spent("campaign_response", 1e-5).unwrap();
+        assert!(spent > 0.0);
+        let mut p = plan();
+        p.epsilon = 100.0;
+        ledger.charge(&terms("job-a", &p, 5), 1).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"version\": 2"), "{text}");
+        let reopened = Ledger::open(Some(&path)).unwrap();
+        assert!(reopened.spent("campaign_response", 1e-5).unwrap() > spent);
     }
 
     #[test]
@@ -213,5 +926,120 @@ mod tests {
         std::fs::write(&path, "{ not json").unwrap();
         let err = Ledger::open(Some(&path)).unwrap_err();
         assert!(err.to_string().contains("not a valid ledger"), "{err}");
+        std::fs::write(&path, "{\"version\": 9, \"purposes\": {}}").unwrap();
+        let err = Ledger::open(Some(&path)).unwrap_err();
+        assert!(err.to_string().contains("format version 9"), "{err}");
+    }
+
+    #[test]
+    fn a_round_is_contributed_once_then_replayed_or_sat_out() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.json");
+        let mut ledger = Ledger::open(Some(&path)).unwrap();
+        let p = plan();
+        let t = terms("job-a", &p, 5);
+        let three = VectorLayout::new(3, 4, 1.0, 2).unwrap();
+        let update = [0.5, -0.25, 0.125, 0.0];
+        let stats = [7.0, 3.0];
+        let words = three.encode(&update, &stats, &mut rng);
+        let first = contribute(&mut ledger, &t, 1, &three, &words, true, &mut rng).unwrap();
+        assert!(matches!(first, Contribution::Charged(_)), "{first:?}");
+        let spent = ledger.spent("campaign_response", 1e-5).unwrap();
+        // A restart (the ledger reopened) and a re-run of the round with new words: the old
+        // words go out again and nothing is charged.
+        let mut ledger = Ledger::open(Some(&path)).unwrap();
+        let other = three.encode(&[0.9; 4], &stats, &mut rng);
+        let again = contribute(&mut ledger, &t, 1, &three, &other, true, &mut rng).unwrap();
+        assert_eq!(again, Contribution::Replayed(words.clone()));
+        assert_eq!(ledger.spent("campaign_response", 1e-5).unwrap(), spent);
+        // A smaller cohort re-runs it with another scale: the same values, encoded anew.
+        let two = VectorLayout::new(2, 4, 1.0, 2).unwrap();
+        assert_ne!(two, three);
+        let Contribution::Replayed(re) =
+            contribute(&mut ledger, &t, 1, &two, &other, true, &mut rng).unwrap()
+        else {
+            panic!("not replayed");
+        };
+        let decoded = two.decode(&re);
+        for (a, b) in decoded.update.iter().zip(update) {
+            assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+        }
+        assert_eq!(decoded.stats, stats);
+        // Under distributed noise a round already contributed to sits out.
+        let err = contribute(&mut ledger, &t, 1, &three, &words, false, &mut rng).unwrap_err();
+        assert!(
+            err.contains("already contributed to training round 1"),
+            "{err}"
+        );
+        // An update no longer kept (an older round) cannot be re-sent: it sits out.
+        contribute(&mut ledger, &t, 2, &three, &words, true, &mut rng).unwrap();
+        let err = contribute(&mut ledger, &t, 1, &three, &words, true, &mut rng).unwrap_err();
+        assert!(err.contains("no longer keeps that update"), "{err}");
+        assert_eq!(
+            ledger.job("job-a").unwrap().charged_rounds,
+            [1, 2].into_iter().collect()
+        );
+    }
+
+    #[test]
+    fn the_partner_cap_is_the_lower_of_config_and_policy() {
+        let policy = PartnerPolicy::from_toml(
+            "allowed_purposes = [\"a\"]\nallowed_features = [\"x\"]\n[purposes.a]\nmax_epsilon = 3.0\n",
+            "policy.toml",
+        )
+        .unwrap();
+        assert_eq!(partner_cap(Some(5.0), Some(&policy), "a"), Some(3.0));
+        assert_eq!(partner_cap(Some(2.0), Some(&policy), "a"), Some(2.0));
+        assert_eq!(partner_cap(None, Some(&policy), "a"), Some(3.0));
+        assert_eq!(partner_cap(None, Some(&policy), "b"), None);
+        assert_eq!(partner_cap(Some(4.0), None, "b"), Some(4.0));
+    }
+
+    #[test]
+    fn replays_are_kept_per_job_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.json");
+        let layout = VectorLayout::new(3, 4, 1.0, 2).unwrap();
+        for mut ledger in [
+            Ledger::open(Some(&path)).unwrap(),
+            Ledger::open(None).unwrap(),
+        ] {
+            let replay = Replay {
+                round: 2,
+                layout,
+                words: (0..layout.len() as u32).collect(),
+            };
+            ledger.save_replay("job/../a", replay.clone()).unwrap();
+            assert_eq!(ledger.replay("job/../a", 2), Some(replay.clone()));
+            assert_eq!(ledger.replay("job/../a", 3), None, "another round");
+            assert_eq!(ledger.replay("job-b", 2), None, "another job");
+            let newer = Replay {
+                round: 3,
+                ..replay.clone()
+            };
+            ledger.save_replay("job/../a", newer).unwrap();
+            assert_eq!(
+                ledger.replay("job/../a", 2),
+                None,
+                "only the latest is kept"
+            );
+        }
+        // A damaged replay is not used.
+        let file = std::fs::read_dir(dir.path().join("ledger.json.replay"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&file, bytes).unwrap();
+        assert_eq!(
+            Ledger::open(Some(&path)).unwrap().replay("job/../a", 3),
+            None
+        );
     }
 }

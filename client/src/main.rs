@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fedmark_client::audit::verify_file;
 use fedmark_client::config::ClientConfig;
+use fedmark_client::ledger::Ledger;
 use fedmark_client::node::{self, NodeOptions};
 use fedmark_client::policy::PartnerPolicy;
 use tracing_subscriber::EnvFilter;
@@ -102,6 +103,12 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    // The privacy ledger must be usable before dialling anyone: its folder is made now, and a
+    // damaged ledger is refused, never started over.
+    if let Err(e) = check_ledger(&cfg) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     match run(cfg, once) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -109,6 +116,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn check_ledger(cfg: &ClientConfig) -> anyhow::Result<()> {
+    let Some(path) = cfg.ledger_path() else {
+        tracing::warn!(
+            "the privacy ledger is kept in memory only (`ledger_in_memory`): it is forgotten when a session ends"
+        );
+        return Ok(());
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the ledger's folder {}", dir.display()))?;
+    }
+    Ledger::open(Some(&path))?;
+    tracing::info!(ledger = %path.display(), "privacy ledger");
+    Ok(())
 }
 
 fn verify(path: &std::path::Path, head: Option<&str>) -> ExitCode {

@@ -57,7 +57,7 @@ use crate::config::ClientConfig;
 use crate::consent::{ConsentSource, now_unix};
 use crate::contribution::{JobContext, RoundValues};
 use crate::data::{DataError, HoldoutSplit, load_csv, load_csv_keyed};
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{self, Contribution, JobTerms, Ledger, LedgerError};
 use crate::policy::{PartnerPolicy, PolicyError};
 use crate::transfer::{SessionToken, Uploaded, download_model, upload_input};
 use fedmark_core::audit::{f64s_sha256, u32s_sha256};
@@ -385,7 +385,8 @@ async fn session(
         Some(i) => Some(i),
         None => Identity::from_config(cfg)?,
     };
-    let ledger = Ledger::open(cfg.ledger.as_deref())?;
+    // Reopened from its file by every session, so a reconnect or a restart carries it on.
+    let ledger = Ledger::open(cfg.ledger_path().as_deref())?;
     let policy = cfg.policy.as_deref().map(PartnerPolicy::load).transpose()?;
     let audit = match &cfg.audit {
         Some(path) => Some(AuditLog::open(path, &cfg.partner_id)?),
@@ -900,7 +901,7 @@ impl Node {
     /// Checks an offered job and loads the data for it; the reply says why on refusal. The
     /// decision is written to the audit file before it is sent.
     fn consider(&mut self, job_id: &str, spec_toml: &str) -> Result<OfferReply, ClientError> {
-        match self.check_offer(spec_toml) {
+        match self.check_offer(job_id, spec_toml) {
             Ok(ctx) => {
                 let (train_rows, holdout_rows) = ctx.rows_before_consent();
                 info!(job = %job_id, train_rows, holdout_rows, consent = ctx.has_consent_source(), "accepted job");
@@ -940,7 +941,7 @@ impl Node {
         }
     }
 
-    fn check_offer(&self, spec_toml: &str) -> Result<JobContext, String> {
+    fn check_offer(&self, job_id: &str, spec_toml: &str) -> Result<JobContext, String> {
         let spec = JobSpec::from_toml(spec_toml).map_err(|e| e.to_string())?;
         // The partner's own policy comes first: a job outside it is refused whatever else.
         if let Some(policy) = &self.policy {
@@ -964,8 +965,13 @@ impl Node {
                 spec.aggregation.min_participants, self.cfg.min_cohort
             ));
         }
+        let cap = ledger::partner_cap(
+            self.cfg.max_epsilon,
+            self.policy.as_ref(),
+            &spec.job.purpose,
+        );
         if spec.privacy.mode != PrivacyMode::None
-            && let Some(cap) = self.cfg.max_epsilon
+            && let Some(cap) = cap
             && spec.privacy.epsilon > cap
         {
             return Err(format!(
@@ -974,10 +980,18 @@ impl Node {
             ));
         }
         let privacy = PrivacyPlan::from_spec(&spec).map_err(|e| format!("privacy plan: {e}"))?;
-        if let (Some(plan), Some(cap)) = (&privacy, self.cfg.max_epsilon) {
-            self.ledger
-                .check(&spec.job.purpose, plan, u64::from(spec.job.rounds), cap)
-                .map_err(|e| e.to_string())?;
+        if let Some(plan) = &privacy {
+            // Only what is left of the plan for this partner (a job offered again after a
+            // coordinator restart) must fit the cap on top of what the purpose has spent.
+            let terms = JobTerms {
+                job_id,
+                spec_sha256: &ledger::spec_digest(&spec),
+                purpose: &spec.job.purpose,
+                plan,
+                planned_rounds: u64::from(spec.job.rounds),
+                cap,
+            };
+            self.ledger.check_offer(&terms).map_err(|e| e.to_string())?;
         }
         let split = HoldoutSplit {
             fraction: self.cfg.holdout_fraction,
@@ -1479,38 +1493,91 @@ impl Node {
         let Some(mut words) = round.words.take() else {
             return Ok(());
         };
-        // The partner's own ledger is charged before a training update leaves; a round that
-        // would pass its cap is not sent, whatever the coordinator's plan says.
+        // The partner's own ledger is charged and fsynced before a training update leaves; a
+        // round outside the accepted plan or past a cap is not sent, and a round already
+        // contributed to gets the same update again or none (see `crate::ledger`).
         let mut charged = None;
+        let mut replayed = false;
         if round.kind == RoundKind::Training
-            && let Some((_, ctx)) = &self.job
+            && let Some((job_id, ctx)) = &self.job
         {
-            let (purpose, plan) = match ctx.lock() {
-                Ok(ctx) => (ctx.spec.job.purpose.clone(), ctx.privacy),
+            let (purpose, plan, planned, digest) = match ctx.lock() {
+                Ok(ctx) => (
+                    ctx.spec.job.purpose.clone(),
+                    ctx.privacy,
+                    u64::from(ctx.spec.job.rounds),
+                    ledger::spec_digest(&ctx.spec),
+                ),
                 Err(_) => return Err(ClientError::Protocol("job state poisoned".into())),
             };
-            if let Some(plan) = plan {
-                match self
-                    .ledger
-                    .charge_round(&purpose, &plan, self.cfg.max_epsilon)
-                {
-                    Ok(eps) => {
-                        debug!(purpose = %purpose, epsilon = eps, "charged the privacy ledger");
-                        charged = Some((purpose, eps));
+            let number = round.rref.round;
+            let decided = match plan {
+                None if number == 0 || number > planned => Err(format!(
+                    "training round {number} is past the plan this partner accepted: the job plans training rounds 1 to {planned}"
+                )),
+                None => Ok(None),
+                Some(plan) => {
+                    let cap =
+                        ledger::partner_cap(self.cfg.max_epsilon, self.policy.as_ref(), &purpose);
+                    let terms = JobTerms {
+                        job_id,
+                        spec_sha256: &digest,
+                        purpose: &purpose,
+                        plan: &plan,
+                        planned_rounds: planned,
+                        cap,
+                    };
+                    let replayable = plan.mode != PrivacyMode::PartnerDistributed;
+                    ledger::contribute(
+                        &mut self.ledger,
+                        &terms,
+                        number,
+                        &round.layout,
+                        &words,
+                        replayable,
+                        &mut self.rng,
+                    )
+                    .map(Some)
+                }
+            };
+            match decided {
+                Ok(Some(Contribution::Charged(eps))) => {
+                    debug!(epsilon = eps, "charged the privacy ledger");
+                    charged = Some((purpose, eps));
+                    if let Some(pause) = ledger::pause_after_charge(number) {
+                        tokio::time::sleep(pause).await;
                     }
-                    Err(e) => {
-                        self.abandon(&e.to_string())?;
-                        return Ok(());
-                    }
+                }
+                Ok(Some(Contribution::Replayed(again))) => {
+                    debug!(
+                        round = number,
+                        "re-sending the update this round got before"
+                    );
+                    words = again;
+                    replayed = true;
+                }
+                Ok(None) => {}
+                Err(reason) => {
+                    self.abandon(&reason)?;
+                    return Ok(());
                 }
             }
         }
+        let Some(round) = self.round.as_mut() else {
+            return Ok(());
+        };
         let masked = match round.mask.take() {
             Some(mask) => mask.apply(&mut words).map_err(|e| e.to_string()),
             None => Ok(()),
         };
         let rref = round.rref.clone();
         let consent_hash = round.consent_hash.clone();
+        if replayed {
+            self.audit(
+                "input_replayed",
+                serde_json::json!({"job_id": rref.job_id, "round": rref.round, "attempt": rref.attempt}),
+            )?;
+        }
         // The ledger was charged: that is audited whether or not the input goes out.
         if let Some((purpose, eps)) = charged {
             self.audit(

@@ -14,13 +14,20 @@ use crate::partition::{Split, partition_csv};
 use crate::sim::workspace_root;
 
 /// A built binary of the workspace. Test executables sit in `target/<profile>/deps`, the
-/// binaries one folder up; `cargo test --workspace` builds them.
+/// binaries one folder up; `cargo test --workspace` builds them. `FEDMARK_BIN_DIR` names
+/// another folder (binaries built from a work tree that shares its target folder with
+/// another one, whose builds replace them).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable has no grandparent folder")?;
+    let dir = match std::env::var_os("FEDMARK_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe()?;
+            exe.parent()
+                .and_then(Path::parent)
+                .context("test executable has no grandparent folder")?
+                .to_owned()
+        }
+    };
     let path = dir.join(name);
     if !path.exists() {
         bail!(
@@ -319,42 +326,96 @@ impl Deployment {
         addr: std::net::SocketAddr,
         args: &[&str],
     ) -> anyhow::Result<Vec<Guard>> {
-        let mut clients = Vec::new();
+        (0..self.partners.len())
+            .map(|i| self.start_client(i, addr, "", &[], args))
+            .collect()
+    }
+
+    /// Writes partner `index`'s `client.toml` for the coordinator at `addr`, with `extra`
+    /// config lines, and starts its client with `args` and extra environment variables. Its
+    /// stderr is appended to `<id>.log`, so a restarted client's log follows the first one's.
+    pub fn start_client(
+        &self,
+        index: usize,
+        addr: std::net::SocketAddr,
+        extra: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> anyhow::Result<Guard> {
+        let (id, data) = self
+            .partners
+            .get(index)
+            .zip(self.data.get(index))
+            .context("no such partner")?;
         let (scheme, tls) = if self.tls_enabled() {
-            ("https", "[tls]\nca = \"certs/ca.pem\"\n")
-        } else {
-            ("http", "")
-        };
-        for (id, data) in self.partners.iter().zip(&self.data) {
-            let cfg = self.path().join(format!("{id}.toml"));
-            let tls = if tls.is_empty() {
-                String::new()
-            } else {
-                format!("{tls}cert = \"certs/{id}.pem\"\nkey = \"certs/{id}.key\"\n")
-            };
-            std::fs::write(
-                &cfg,
+            (
+                "https",
                 format!(
-                    "coordinator = \"{scheme}://{addr}\"\npartner_id = \"{id}\"\ndata = \"{}\"\n\
-                     identity_key = \"keys/{id}.key\"\nroster = \"keys/roster.toml\"\n\
-                     connect_timeout_secs = 120\n{tls}",
-                    data.display()
+                    "[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{id}.pem\"\nkey = \"certs/{id}.key\"\n"
                 ),
-            )?;
-            let log = std::fs::File::create(self.path().join(format!("{id}.log")))?;
-            clients.push(Guard(
-                Command::new(binary("fedmark-client")?)
-                    .arg("--config")
-                    .arg(&cfg)
-                    .args(args)
-                    .env("RUST_LOG", "info")
-                    .env("NO_COLOR", "1")
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()?,
-            ));
+            )
+        } else {
+            ("http", String::new())
+        };
+        let cfg = self.path().join(format!("{id}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "coordinator = \"{scheme}://{addr}\"\npartner_id = \"{id}\"\ndata = \"{}\"\n\
+                 identity_key = \"keys/{id}.key\"\nroster = \"keys/roster.toml\"\n\
+                 connect_timeout_secs = 120\n{extra}\n{tls}",
+                data.display()
+            ),
+        )?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path().join(format!("{id}.log")))?;
+        let mut cmd = Command::new(binary("fedmark-client")?);
+        cmd.arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
         }
-        Ok(clients)
+        Ok(Guard(cmd.spawn()?))
+    }
+
+    /// Waits (up to `limit`, polling) for a line containing `needle` in partner `id`'s log.
+    pub fn wait_for_client_line(
+        &self,
+        id: &str,
+        needle: &str,
+        limit: Duration,
+    ) -> anyhow::Result<String> {
+        let path = self.path().join(format!("{id}.log"));
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+                return Ok(line.to_owned());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no line containing {needle:?} in {id}'s log within {limit:?}\n{}",
+                    self.client_logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Partner `id`'s privacy ledger where a node keeps it by default
+    /// (`fedmark-state/<id>.ledger.json` beside its `client.toml`).
+    pub fn partner_ledger(&self, id: &str) -> anyhow::Result<serde_json::Value> {
+        let path = self.path().join(format!("fedmark-state/{id}.ledger.json"));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(serde_json::from_str(&text)?)
     }
 
     /// The last lines of every client's log (`<id>.log` in the folder), for a failing test's
