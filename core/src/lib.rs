@@ -16,6 +16,7 @@ pub mod features;
 pub mod matrix;
 pub mod metrics;
 pub mod model;
+pub mod pld;
 pub mod secagg;
 pub mod spec;
 pub mod train;
