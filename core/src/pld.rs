@@ -86,11 +86,19 @@ pub const TAIL_MASS: f64 = 1e-18;
 /// components; the rest (below 1e-27 per side) goes to the ends of the grid.
 const TAIL_Z: f64 = 11.0;
 
+/// Grid points per standard deviation of one step's loss, at least.
+const STD_POINTS: f64 = 20.0;
+
 /// Grid points of the rough discretisation used to size the window.
 const COARSE_POINTS: f64 = 2048.0;
 
-/// Grid points merged into one block for the Chernoff bounds' moment generating functions.
+/// Grid points merged into one block for the Chernoff bounds' moment generating functions,
+/// for compositions of at most [`MGF_BLOCK_STEPS`] steps (beyond, each point counts: a
+/// block's error is multiplied by the number of steps).
 const MGF_BLOCK: usize = 64;
+
+/// See [`MGF_BLOCK`].
+const MGF_BLOCK_STEPS: f64 = 64.0;
 
 /// `steps` releases of the Gaussian mechanism with noise multiplier `noise_multiplier`,
 /// each on a Poisson sample at rate `sampling_rate` (1 = the whole dataset).
@@ -172,6 +180,31 @@ impl Pair {
             TAIL_Z * s
         };
         (lo, hi)
+    }
+
+    /// The standard deviation of one step's privacy loss under P, by the trapezoid rule over
+    /// [`Pair::x_range`] (accurate to a few digits, which is all the grid sizing needs).
+    fn loss_std(&self) -> f64 {
+        const STEPS: usize = 4096;
+        let (lo, hi) = self.x_range();
+        let w = self.p_weights();
+        let dx = (hi - lo) / STEPS as f64;
+        let (mut m0, mut m1, mut m2) = (0.0, 0.0, 0.0);
+        for k in 0..=STEPS {
+            let x = lo + k as f64 * dx;
+            let density: f64 = MEANS
+                .iter()
+                .zip(w)
+                .map(|(m, w)| w * (-0.5 * ((x - m) / self.sigma).powi(2)).exp())
+                .sum();
+            let weight = if k == 0 || k == STEPS { 0.5 } else { 1.0 } * density;
+            let l = self.loss(x);
+            m0 += weight;
+            m1 += weight * l;
+            m2 += weight * l * l;
+        }
+        let mean = m1 / m0;
+        (m2 / m0 - mean * mean).max(0.0).sqrt()
     }
 
     /// The privacy loss at `x` (increasing in `x`).
@@ -446,7 +479,14 @@ impl ComposedPld {
                     (hi - lo + 1.0) * h0
                 })
                 .fold(0.0, f64::max);
-            width / TARGET_POINTS as f64
+            // Fine enough for the whole window, and to resolve each step's own spread: the
+            // grid adds up to h²/4 to the variance of every step's loss.
+            let min_std = pairs
+                .iter()
+                .flatten()
+                .map(Pair::loss_std)
+                .fold(f64::INFINITY, f64::min);
+            (width / TARGET_POINTS as f64).min(min_std / STD_POINTS)
         };
         if !(h > 0.0 && h.is_finite()) {
             return Err(grid_error(f64::INFINITY));
@@ -485,15 +525,6 @@ impl ComposedPld {
                 .map(window_indices)
                 .collect::<Result<Vec<_>, _>>()?;
             let n = fft_len(widest as usize);
-            if std::env::var("PLD_DEBUG").is_ok() {
-                eprintln!(
-                    "h={h:e} sizes {:?} windows {windows:?} n={n}",
-                    fine.iter()
-                        .flatten()
-                        .map(|d| d.pmf.len())
-                        .collect::<Vec<_>>()
-                );
-            }
             let grids = fft_compose(events, &fine, &windows, n);
             return Ok(Self { h, grids });
         }
@@ -579,13 +610,13 @@ struct Block {
     hi: f64,
 }
 
-/// A step's distribution in blocks of [`MGF_BLOCK`] points.
-fn blocks(d: &Discrete, h: f64) -> Vec<Block> {
+/// A step's distribution in blocks of `block` points.
+fn blocks(d: &Discrete, h: f64, block: usize) -> Vec<Block> {
     d.pmf
-        .chunks(MGF_BLOCK)
+        .chunks(block)
         .enumerate()
         .filter_map(|(b, chunk)| {
-            let first = d.min_index + (b * MGF_BLOCK) as i64;
+            let first = d.min_index + (b * block) as i64;
             let mass: f64 = chunk.iter().sum();
             if mass <= 0.0 {
                 return None;
@@ -650,10 +681,16 @@ fn chernoff_window(
     d: usize,
     h: f64,
 ) -> (f64, f64) {
+    let total: f64 = events.iter().map(|e| e.count as f64).sum();
+    let block = if total <= MGF_BLOCK_STEPS {
+        MGF_BLOCK
+    } else {
+        1
+    };
     let blocked: Vec<(u64, Vec<Block>)> = events
         .iter()
         .zip(discrete)
-        .map(|(e, per_dir)| (e.count, blocks(&per_dir[d], h)))
+        .map(|(e, per_dir)| (e.count, blocks(&per_dir[d], h, block)))
         .collect();
     let log_beta = TAIL_MASS.ln();
     // For side = +1, the tightest t with P(L ≥ t) ≤ β is min_λ (Σ count·K(λ) − ln β)/λ; for
@@ -692,7 +729,7 @@ fn golden_section_min(f: impl Fn(f64) -> f64, mut a: f64, mut b: f64) -> f64 {
     let mut e = a + ratio * (b - a);
     let (mut fc, mut fe) = (f(c), f(e));
     let mut best = fc.min(fe);
-    for _ in 0..48 {
+    for _ in 0..40 {
         if fc <= fe {
             b = e;
             e = c;
