@@ -92,13 +92,8 @@ const STD_POINTS: f64 = 20.0;
 /// Grid points of the rough discretisation used to size the window.
 const COARSE_POINTS: f64 = 2048.0;
 
-/// Grid points merged into one block for the Chernoff bounds' moment generating functions,
-/// for compositions of at most [`MGF_BLOCK_STEPS`] steps (beyond, each point counts: a
-/// block's error is multiplied by the number of steps).
-const MGF_BLOCK: usize = 64;
-
-/// See [`MGF_BLOCK`].
-const MGF_BLOCK_STEPS: f64 = 64.0;
+/// Grid points summed per `exp` in the moment generating functions ([`log_mgf`]).
+const MGF_CHUNK: usize = 64;
 
 /// `steps` releases of the Gaussian mechanism with noise multiplier `noise_multiplier`,
 /// each on a Poisson sample at rate `sampling_rate` (1 = the whole dataset).
@@ -600,76 +595,38 @@ fn discretise_all(pairs: &[Vec<Pair>], h: f64) -> Result<Vec<Vec<Discrete>>, Acc
     Ok(out)
 }
 
-/// One block of consecutive grid points of a step's distribution: its mass, the mean loss
-/// within it and its lowest and highest loss.
-#[derive(Debug, Clone, Copy)]
-struct Block {
-    mass: f64,
-    mean: f64,
-    lo: f64,
-    hi: f64,
-}
-
-/// A step's distribution in blocks of `block` points.
-fn blocks(d: &Discrete, h: f64, block: usize) -> Vec<Block> {
-    d.pmf
-        .chunks(block)
+/// `ln Σ_k p_k·e^{λ·ℓ_k}` over the finite part of a step's distribution (`ℓ_k` its grid
+/// losses): its log moment generating function at λ, exactly. Within chunks of
+/// [`MGF_CHUNK`] points the sum is a polynomial in `r = e^{λh}`, summed by Horner's rule, and
+/// the chunks are combined in log space, so one `exp` serves a whole chunk.
+fn log_mgf(d: &Discrete, h: f64, lambda: f64) -> f64 {
+    let step = lambda * h;
+    let chunked = step.abs() * MGF_CHUNK as f64 <= 600.0;
+    let r = step.exp();
+    let terms = d
+        .pmf
+        .chunks(MGF_CHUNK)
         .enumerate()
-        .filter_map(|(b, chunk)| {
-            let first = d.min_index + (b * block) as i64;
-            let mass: f64 = chunk.iter().sum();
-            if mass <= 0.0 {
-                return None;
-            }
-            let first_loss = first as f64 * h;
-            let offset: f64 = chunk
-                .iter()
-                .enumerate()
-                .map(|(k, p)| p * k as f64)
-                .sum::<f64>()
-                / mass;
-            let hi = (first + chunk.len() as i64 - 1) as f64 * h;
-            Some(Block {
-                mass,
-                mean: (first_loss + offset * h).clamp(first_loss, hi),
-                lo: first_loss,
-                hi,
-            })
-        })
-        .collect()
-}
-
-/// An upper bound on `ln E[e^{λL}]` over the finite part of a step's distribution: within
-/// each block, `e^{λℓ}` (convex) lies below its chord, whose mean is fixed by the block's
-/// mean loss.
-fn log_mgf(blocks: &[Block], lambda: f64) -> f64 {
-    let log_term = |b: &Block| {
-        let width = b.hi - b.lo;
-        if width <= 0.0 {
-            return b.mass.ln() + lambda * b.lo;
-        }
-        let t = (b.mean - b.lo) / width; // weight of the top end
-        // ln((1 − t)·e^{λ·lo} + t·e^{λ·hi}), from whichever end is larger.
-        let lw = lambda * width;
-        let chord = if lw >= 0.0 {
-            lambda * b.hi + (t + (1.0 - t) * (-lw).exp()).ln()
-        } else {
-            lambda * b.lo + ((1.0 - t) + t * lw.exp()).ln()
-        };
-        b.mass.ln() + chord
-    };
-    let peak = blocks
-        .iter()
-        .map(log_term)
-        .fold(f64::NEG_INFINITY, f64::max);
-    if peak == f64::NEG_INFINITY {
+        .filter_map(|(c, chunk)| {
+            let first = (d.min_index + (c * MGF_CHUNK) as i64) as f64 * h;
+            let sum = if chunked {
+                chunk.iter().rev().fold(0.0, |acc, &p| acc * r + p)
+            } else {
+                // λ so large that r^64 would overflow: term by term, relative to the chunk start.
+                chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &p)| p * (step * k as f64).exp())
+                    .sum()
+            };
+            (sum > 0.0).then(|| sum.ln() + lambda * first)
+        });
+    let terms: Vec<f64> = terms.collect();
+    let peak = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !peak.is_finite() {
         return peak;
     }
-    peak + blocks
-        .iter()
-        .map(|b| (log_term(b) - peak).exp())
-        .sum::<f64>()
-        .ln()
+    peak + terms.iter().map(|t| (t - peak).exp()).sum::<f64>().ln()
 }
 
 /// Grid indices `[lo, hi]` (integers, as floats) outside which the composition of `events` (direction `d` of
@@ -681,26 +638,16 @@ fn chernoff_window(
     d: usize,
     h: f64,
 ) -> (f64, f64) {
-    let total: f64 = events.iter().map(|e| e.count as f64).sum();
-    let block = if total <= MGF_BLOCK_STEPS {
-        MGF_BLOCK
-    } else {
-        1
-    };
-    let blocked: Vec<(u64, Vec<Block>)> = events
-        .iter()
-        .zip(discrete)
-        .map(|(e, per_dir)| (e.count, blocks(&per_dir[d], h, block)))
-        .collect();
     let log_beta = TAIL_MASS.ln();
     // For side = +1, the tightest t with P(L ≥ t) ≤ β is min_λ (Σ count·K(λ) − ln β)/λ; for
     // side = −1, −min_λ (Σ count·K(−λ) − ln β)/λ. The objective is unimodal in λ.
     let bound = |side: f64| -> f64 {
         let objective = |u: f64| {
             let lambda = u.exp();
-            let k: f64 = blocked
+            let k: f64 = events
                 .iter()
-                .map(|(count, b)| *count as f64 * log_mgf(b, side * lambda))
+                .zip(discrete)
+                .map(|(e, per_dir)| e.count as f64 * log_mgf(&per_dir[d], h, side * lambda))
                 .sum();
             (k - log_beta) / lambda
         };
@@ -729,7 +676,7 @@ fn golden_section_min(f: impl Fn(f64) -> f64, mut a: f64, mut b: f64) -> f64 {
     let mut e = a + ratio * (b - a);
     let (mut fc, mut fe) = (f(c), f(e));
     let mut best = fc.min(fe);
-    for _ in 0..40 {
+    for _ in 0..30 {
         if fc <= fe {
             b = e;
             e = c;
@@ -748,36 +695,47 @@ fn golden_section_min(f: impl Fn(f64) -> f64, mut a: f64, mut b: f64) -> f64 {
     best
 }
 
-/// `z^count`: 0 once the modulus underflows, by repeated squaring for moderate counts and
-/// by the polar form beyond.
-fn power(z: Complex64, count: u64) -> Complex64 {
-    const ZERO: Complex64 = Complex64::new(0.0, 0.0);
-    if count == 1 {
-        return z;
-    }
-    let norm_sqr = z.norm_sqr();
-    if norm_sqr == 0.0 {
-        return ZERO;
-    }
-    let c = count as f64;
-    let log_modulus = 0.5 * norm_sqr.ln() * c;
-    if log_modulus < -745.0 {
-        return ZERO;
-    }
-    if count < 1 << 20 {
-        let (mut base, mut e, mut acc) = (z, count, Complex64::new(1.0, 0.0));
-        while e > 0 {
-            if e & 1 == 1 {
-                acc *= base;
-            }
-            e >>= 1;
-            if e > 0 {
-                base *= base;
-            }
+/// Raising to a fixed power `count`, 0 once the modulus underflows.
+#[derive(Debug, Clone, Copy)]
+struct Power {
+    count: u64,
+    /// `|z|² < this` ⇔ `|z|^count < e^{−745}`, below the smallest subnormal.
+    min_norm_sqr: f64,
+}
+
+impl Power {
+    fn new(count: u64) -> Self {
+        Self {
+            count,
+            min_norm_sqr: (-1490.0 / count as f64).exp(),
         }
-        return acc;
     }
-    Complex64::from_polar(log_modulus.exp(), z.im.atan2(z.re) * c)
+
+    /// `z^count`: by repeated squaring for moderate counts, by the polar form beyond.
+    fn of(self, z: Complex64) -> Complex64 {
+        let norm_sqr = z.norm_sqr();
+        if self.count == 1 {
+            return z;
+        }
+        if norm_sqr < self.min_norm_sqr || norm_sqr == 0.0 {
+            return Complex64::new(0.0, 0.0);
+        }
+        if self.count < 1 << 20 {
+            let (mut base, mut e, mut acc) = (z, self.count, Complex64::new(1.0, 0.0));
+            while e > 0 {
+                if e & 1 == 1 {
+                    acc *= base;
+                }
+                e >>= 1;
+                if e > 0 {
+                    base *= base;
+                }
+            }
+            return acc;
+        }
+        let c = self.count as f64;
+        Complex64::from_polar((0.5 * norm_sqr.ln() * c).exp(), z.im.atan2(z.re) * c)
+    }
 }
 
 /// The smallest FFT-friendly length (2^a times 1, 9/8, 5/4 or 3/2) of at least `n`.
@@ -809,33 +767,62 @@ fn fft_compose(
     let (forward, inverse) = fft_plans(n);
     let zero = Complex64::new(0.0, 0.0);
     let one = Complex64::new(1.0, 0.0);
-    let mut product = vec![[one; 2]; n];
     let mut buffer = vec![zero; n];
+    if let ([event], [per_dir]) = (events, discrete) {
+        // One event: raise its spectrum to the power in place, no product buffer.
+        fill(&mut buffer, per_dir);
+        forward.process(&mut buffer);
+        let power = Power::new(event.count);
+        if directions == 1 {
+            for x in buffer.iter_mut() {
+                *x = power.of(*x);
+            }
+        } else {
+            // Frequencies k and n − k together: unpack both directions' spectra, raise
+            // them, pack them again.
+            for k in 0..=n / 2 {
+                let j = (n - k) % n;
+                let (x, y) = (buffer[k], buffer[j]);
+                let packed = |x: Complex64, yc: Complex64| {
+                    let a = power.of((x + yc) * 0.5);
+                    let b = power.of((x - yc) * Complex64::new(0.0, -0.5));
+                    a + Complex64::new(0.0, 1.0) * b
+                };
+                buffer[k] = packed(x, y.conj());
+                buffer[j] = packed(y, x.conj());
+            }
+        }
+        inverse.process(&mut buffer);
+        return read_grids(events, discrete, windows, &buffer);
+    }
+    let mut product = vec![[one; 2]; n];
     for (event, per_dir) in events.iter().zip(discrete) {
         buffer.fill(zero);
-        for (d, dist) in per_dir.iter().enumerate() {
-            for (k, &p) in dist.pmf.iter().enumerate() {
-                let slot = &mut buffer[k % n];
-                if d == 0 {
-                    slot.re += p;
+        fill(&mut buffer, per_dir);
+        forward.process(&mut buffer);
+        let power = Power::new(event.count);
+        let spectrum = &buffer;
+        // Pointwise powers on two threads, half the frequencies each.
+        let multiply = |first: usize, accs: &mut [[Complex64; 2]]| {
+            for (i, acc) in accs.iter_mut().enumerate() {
+                let k = first + i;
+                let x = spectrum[k];
+                if directions == 1 {
+                    acc[0] *= power.of(x);
                 } else {
-                    slot.im += p;
+                    // Unpack the two real sequences' spectra from the packed one.
+                    let xc = spectrum[(n - k) % n].conj();
+                    acc[0] *= power.of((x + xc) * 0.5);
+                    acc[1] *= power.of((x - xc) * Complex64::new(0.0, -0.5));
                 }
             }
-        }
-        forward.process(&mut buffer);
-        for (k, acc) in product.iter_mut().enumerate() {
-            let x = buffer[k];
-            if directions == 1 {
-                acc[0] *= power(x, event.count);
-            } else {
-                let xc = buffer[(n - k) % n].conj();
-                let a = (x + xc) * 0.5;
-                let b = (x - xc) * Complex64::new(0.0, -0.5);
-                acc[0] *= power(a, event.count);
-                acc[1] *= power(b, event.count);
-            }
-        }
+        };
+        let half = n / 2;
+        let (low, high) = product.split_at_mut(half);
+        std::thread::scope(|s| {
+            s.spawn(|| multiply(half, high));
+            multiply(0, low);
+        });
     }
     for (slot, acc) in buffer.iter_mut().zip(&product) {
         *slot = if directions == 1 {
@@ -846,8 +833,35 @@ fn fft_compose(
     }
     drop(product);
     inverse.process(&mut buffer);
+    read_grids(events, discrete, windows, &buffer)
+}
+
+/// Places one event's distributions (direction 0 in the real parts, 1 in the imaginary
+/// parts) from the start of `buffer`, wrapping around.
+fn fill(buffer: &mut [Complex64], per_dir: &[Discrete]) {
+    let n = buffer.len();
+    for (d, dist) in per_dir.iter().enumerate() {
+        for (k, &p) in dist.pmf.iter().enumerate() {
+            let slot = &mut buffer[k % n];
+            if d == 0 {
+                slot.re += p;
+            } else {
+                slot.im += p;
+            }
+        }
+    }
+}
+
+/// Reads each direction's composed distribution off the inverse FFT, from its window.
+fn read_grids(
+    events: &[GaussianEvent],
+    discrete: &[Vec<Discrete>],
+    windows: &[(i64, i64)],
+    buffer: &[Complex64],
+) -> Vec<Grid> {
+    let n = buffer.len();
     let scale = 1.0 / n as f64;
-    (0..directions)
+    (0..windows.len())
         .map(|d| {
             // Index of the composed loss grid where each event's first point sits, summed.
             let offset: i128 = events
@@ -857,11 +871,10 @@ fn fft_compose(
                 .sum();
             let lo = windows[d].0;
             let start = (i128::from(lo) - offset).rem_euclid(n as i128) as usize;
-            let pmf = (0..n)
-                .map(|r| {
-                    let v = buffer[(start + r) % n];
-                    (if d == 0 { v.re } else { v.im } * scale).max(0.0)
-                })
+            let pmf = buffer[start..]
+                .iter()
+                .chain(&buffer[..start])
+                .map(|v| (if d == 0 { v.re } else { v.im } * scale).max(0.0))
                 .collect();
             // 1 − Π (1 − p∞)^count, plus the Chernoff bound on the mass above the window.
             let log_finite: f64 = events
@@ -910,7 +923,6 @@ mod tests {
         ] {
             let start = std::time::Instant::now();
             let e = eps(q, s, t, d);
-            eprintln!("q={q} s={s} t={t} d={d}: {e} in {:?}", start.elapsed());
         }
     }
 }
