@@ -1532,6 +1532,125 @@ mod tests {
     }
 
     #[test]
+    fn gaussian_ledgers_report_pld_and_merge_identical_events() {
+        let mut ledger = Accountant::new();
+        for _ in 0..10 {
+            ledger.compose_subsampled_gaussian(0.01, 1.0, 100).unwrap();
+        }
+        ledger.compose_gaussian(5.0, 2).unwrap();
+        assert_eq!(
+            ledger.events().unwrap(),
+            &[
+                Event::SubsampledGaussian {
+                    sampling_rate: 0.01,
+                    noise_multiplier: 1.0,
+                    count: 1000
+                },
+                Event::SubsampledGaussian {
+                    sampling_rate: 1.0,
+                    noise_multiplier: 5.0,
+                    count: 2
+                },
+            ]
+        );
+        let (eps, bound) = ledger.epsilon(1e-5).unwrap();
+        let (rdp, order) = ledger.epsilon_rdp(1e-5).unwrap();
+        assert!(matches!(bound, Bound::Pld { discretisation } if discretisation > 0.0));
+        assert!(eps < rdp, "pld {eps} vs rdp {rdp}");
+        assert_eq!(
+            ledger.epsilon_with(Method::Rdp, 1e-5).unwrap(),
+            (rdp, Bound::Rdp { order })
+        );
+        // δ(ε) by the same PLD inverts it, pessimistically.
+        let (back, bound) = ledger.delta(eps).unwrap();
+        assert_eq!(bound.method(), Method::Pld);
+        assert!(back <= 1e-5 * (1.0 + 1e-9) && back > 0.99e-5, "{back}");
+        // Merging ledgers merges their events.
+        let mut twice = ledger.clone();
+        twice.compose_ledger(&ledger).unwrap();
+        assert_eq!(twice.events().unwrap().len(), 2);
+        assert!(matches!(
+            twice.events().unwrap()[0],
+            Event::SubsampledGaussian { count: 2000, .. }
+        ));
+    }
+
+    #[test]
+    fn skellam_events_fall_back_to_rdp() {
+        let mut ledger = Accountant::new();
+        ledger.compose_subsampled_gaussian(0.01, 1.0, 100).unwrap();
+        ledger.compose_skellam(1000.0, 1e6, 4.0e6, 3).unwrap();
+        assert!(ledger.gaussian_events().is_none());
+        assert_eq!(ledger.epsilon_pld(1e-5).unwrap(), None);
+        let (eps, bound) = ledger.epsilon(1e-5).unwrap();
+        assert_eq!(bound.method(), Method::Rdp);
+        assert_eq!(eps, ledger.epsilon_rdp(1e-5).unwrap().0);
+    }
+
+    #[test]
+    fn ledgers_without_an_event_list_still_load_and_use_rdp() {
+        // A ledger as serialised before events were recorded.
+        let mut old = Accountant::new();
+        old.compose_subsampled_gaussian(0.01, 1.0, 100).unwrap();
+        let mut json: serde_json::Value = serde_json::to_value(&old).unwrap();
+        json.as_object_mut().unwrap().remove("events");
+        let restored: Accountant = serde_json::from_value(json).unwrap();
+        assert_eq!(restored.events(), None);
+        assert_eq!(restored.rdp(), old.rdp());
+        let (eps, bound) = restored.epsilon(1e-5).unwrap();
+        assert_eq!(bound.method(), Method::Rdp);
+        assert_eq!(eps, old.epsilon_rdp(1e-5).unwrap().0);
+        // New charges add to the RDP sums; the history stays unknown, so still RDP.
+        let mut restored = restored;
+        restored
+            .compose_subsampled_gaussian(0.01, 1.0, 100)
+            .unwrap();
+        assert_eq!(restored.events(), None);
+        assert_eq!(restored.epsilon(1e-5).unwrap().1.method(), Method::Rdp);
+        // And it still serialises in the old shape.
+        let text = serde_json::to_string(&restored).unwrap();
+        assert!(!text.contains("events"), "{text}");
+        // Merging an unknown history into a known one makes it unknown.
+        let mut known = Accountant::new();
+        known.compose_ledger(&restored).unwrap();
+        assert_eq!(known.events(), None);
+    }
+
+    #[test]
+    fn events_round_trip_through_serde_and_are_validated() {
+        let mut ledger = Accountant::new();
+        ledger.compose_subsampled_gaussian(0.02, 1.3, 700).unwrap();
+        ledger.compose_skellam(10.0, 100.0, 1e4, 1).unwrap();
+        let json = serde_json::to_string(&ledger).unwrap();
+        assert!(
+            json.contains(r#""mechanism":"subsampled_gaussian""#),
+            "{json}"
+        );
+        let back: Accountant = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.events(), ledger.events());
+        let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        value["events"][0]["sampling_rate"] = serde_json::json!(1.5);
+        assert!(serde_json::from_value::<Accountant>(value.clone()).is_err());
+        value["events"][0]["sampling_rate"] = serde_json::json!(0.02);
+        value["events"][0]["count"] = serde_json::json!(0);
+        assert!(serde_json::from_value::<Accountant>(value).is_err());
+    }
+
+    #[test]
+    fn calibration_on_rdp_needs_more_noise_than_on_pld() {
+        let pld = calibrate_noise_multiplier(1.0, 1e-5, 0.01, 10_000).unwrap();
+        let rdp = calibrate_noise_multiplier_with(Method::Rdp, 1.0, 1e-5, 0.01, 10_000).unwrap();
+        assert!(pld < rdp && pld > 0.8 * rdp, "pld {pld} rdp {rdp}");
+        assert_eq!(
+            calibrate_noise_multiplier(1.0, 1e-5, 0.01, 10_000)
+                .unwrap()
+                .to_bits(),
+            pld.to_bits(),
+            "deterministic"
+        );
+    }
+
+    #[test]
     fn ledger_round_trips_through_serde_and_is_validated() {
         let mut ledger = Accountant::new();
         ledger.compose_subsampled_gaussian(0.01, 1.0, 100).unwrap();

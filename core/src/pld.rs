@@ -896,33 +896,167 @@ fn read_grids(
 mod tests {
     use super::*;
 
+    fn event(q: f64, sigma: f64, count: u64) -> GaussianEvent {
+        GaussianEvent {
+            sampling_rate: q,
+            noise_multiplier: sigma,
+            count,
+        }
+    }
+
     fn eps(q: f64, sigma: f64, count: u64, delta: f64) -> f64 {
-        epsilon_for_events(
-            &[GaussianEvent {
-                sampling_rate: q,
-                noise_multiplier: sigma,
-                count,
-            }],
-            delta,
-        )
-        .unwrap()
-        .0
+        epsilon_for_events(&[event(q, sigma, count)], delta)
+            .unwrap()
+            .0
+    }
+
+    /// Standard normal CDF.
+    fn phi(x: f64) -> f64 {
+        0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)
+    }
+
+    /// The exact ε of T releases of the Gaussian mechanism (σ, sensitivity 1): μ-GDP with
+    /// μ = √T/σ, whose δ(ε) = Φ(−ε/μ + μ/2) − e^ε Φ(−ε/μ − μ/2) (Balle and Wang 2018),
+    /// inverted by bisection.
+    fn exact_gaussian_epsilon(sigma: f64, steps: u64, delta: f64) -> f64 {
+        let mu = (steps as f64).sqrt() / sigma;
+        let log_phi = |x: f64| {
+            -std::f64::consts::LN_2 + crate::accountant::log_erfc(-x / std::f64::consts::SQRT_2)
+        };
+        let delta_at = |e: f64| phi(-e / mu + mu / 2.0) - (e + log_phi(-e / mu - mu / 2.0)).exp();
+        let (mut lo, mut hi) = (0.0, 1.0);
+        while delta_at(hi) > delta {
+            hi *= 2.0;
+        }
+        for _ in 0..200 {
+            let mid = 0.5 * (lo + hi);
+            if delta_at(mid) > delta {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        hi
     }
 
     #[test]
-    fn smoke() {
-        for (q, s, t, d) in [
-            (0.01, 5.0, 1, 1e-5),
-            (1.0, 0.8, 1, 1e-6),
-            (0.1, 1.0, 10, 1e-6),
-            (0.01, 1.0, 1000, 1e-5),
-            (0.1, 1.1, 100, 1e-5),
-            (1.0, 2.0, 10, 1e-5),
-            (0.01, 5.0, 1000, 1e-5),
-            (0.01, 4.0, 10000, 1e-5),
+    fn gaussian_compositions_are_upper_bounds_within_a_hair_of_the_exact_epsilon() {
+        for (sigma, steps, delta) in [
+            (0.8, 1, 1e-6),
+            (2.0, 10, 1e-5),
+            (5.0, 1000, 1e-8),
+            (20.0, 100_000, 1e-5),
+            (0.5, 100_000, 1e-5), // ε ≈ 2e5: a coarse grid, still an upper bound
+            (1.0, 3, 1e-3),
         ] {
-            let start = std::time::Instant::now();
-            let e = eps(q, s, t, d);
+            let exact = exact_gaussian_epsilon(sigma, steps, delta);
+            let got = eps(1.0, sigma, steps, delta);
+            assert!(
+                got >= exact * (1.0 - 1e-12) && got <= exact * (1.0 + 1e-3),
+                "sigma={sigma} T={steps} delta={delta}: {got} vs exact {exact}"
+            );
+        }
+    }
+
+    #[test]
+    fn epsilon_and_delta_invert_each_other_pessimistically() {
+        let pld = ComposedPld::new(&[event(0.05, 1.2, 500)]).unwrap();
+        for delta in [1e-3, 1e-5, 1e-8] {
+            let e = pld.epsilon(delta).unwrap();
+            let back = pld.delta(e).unwrap();
+            assert!(back <= delta * (1.0 + 1e-9), "{delta} -> {e} -> {back}");
+            assert!(back >= delta * (1.0 - 1e-6), "{delta} -> {e} -> {back}");
+            // A little less ε costs more than δ.
+            assert!(pld.delta(e * 0.999).unwrap() > delta);
+        }
+    }
+
+    #[test]
+    fn more_noise_fewer_steps_and_more_delta_never_cost_more() {
+        let base = eps(0.01, 1.0, 1000, 1e-5);
+        assert!(eps(0.01, 1.1, 1000, 1e-5) < base);
+        assert!(eps(0.01, 1.0, 900, 1e-5) < base);
+        assert!(eps(0.01, 1.0, 1000, 1e-4) < base);
+        assert!(eps(0.005, 1.0, 1000, 1e-5) < base);
+    }
+
+    #[test]
+    fn heterogeneous_events_compose_in_any_order() {
+        let a = event(0.02, 1.1, 300);
+        let b = event(1.0, 5.0, 3);
+        let ab = epsilon_for_events(&[a, b], 1e-5).unwrap().0;
+        let ba = epsilon_for_events(&[b, a], 1e-5).unwrap().0;
+        assert!((ab - ba).abs() <= 1e-6 * ab, "{ab} vs {ba}");
+        let alone = eps(0.02, 1.1, 300, 1e-5);
+        assert!(ab > alone);
+        // Splitting one event's count in two changes nothing but round-off.
+        let split = epsilon_for_events(&[event(0.02, 1.1, 100), event(0.02, 1.1, 200)], 1e-5)
+            .unwrap()
+            .0;
+        assert!((split - alone).abs() <= 1e-3 * alone, "{split} vs {alone}");
+    }
+
+    #[test]
+    fn the_issue_setting_is_tight() {
+        // q = 0.01, σ = 5, T = 1, δ = 1e-5: dp-accounting's PLD gives 0.0057, RDP 0.0449.
+        let e = eps(0.01, 5.0, 1, 1e-5);
+        assert!((0.0057..0.0058).contains(&e), "{e}");
+    }
+
+    #[test]
+    fn no_events_is_no_loss_and_bad_events_are_refused() {
+        let empty = ComposedPld::new(&[]).unwrap();
+        assert_eq!(empty.epsilon(1e-5).unwrap(), 0.0);
+        assert_eq!(empty.delta(0.0).unwrap(), 0.0);
+        assert_eq!(
+            ComposedPld::new(&[event(0.0, 1.0, 1)]).unwrap_err(),
+            AccountantError::SamplingRate(0.0)
+        );
+        assert_eq!(
+            ComposedPld::new(&[event(0.1, f64::NAN, 1)])
+                .unwrap_err()
+                .to_string(),
+            AccountantError::NoiseMultiplier(f64::NAN).to_string()
+        );
+        assert_eq!(
+            ComposedPld::new(&[event(0.1, 1.0, 0)]).unwrap_err(),
+            AccountantError::ZeroSteps
+        );
+        assert!(matches!(empty.epsilon(0.0), Err(AccountantError::Delta(_))));
+        assert!(matches!(
+            empty.delta(-1.0),
+            Err(AccountantError::Epsilon(_))
+        ));
+        // Absurd compositions are refused with a typed error, not a huge allocation.
+        assert!(matches!(
+            ComposedPld::new(&[event(1.0, 1e-3, u64::MAX)]),
+            Err(AccountantError::PldGrid { .. })
+        ));
+    }
+
+    #[test]
+    fn discretisation_keeps_both_masses_and_rounds_up() {
+        for direction in [Direction::Remove, Direction::Add] {
+            let pair = Pair {
+                q: 0.1,
+                sigma: 1.0,
+                direction,
+            };
+            let h = 1e-3;
+            let d = discretise(pair, h).unwrap();
+            let total: f64 = d.pmf.iter().sum::<f64>() + d.infinity;
+            assert!((total - 1.0).abs() < 1e-12, "{direction:?}: mass {total}");
+            // E_P[e^{−L}] = Q's mass (1), up to the tails moved to the ends of the grid.
+            let q_mass: f64 = d
+                .pmf
+                .iter()
+                .enumerate()
+                .map(|(k, p)| p * (-((d.min_index + k as i64) as f64) * h).exp())
+                .sum();
+            assert!(
+                (q_mass - 1.0).abs() < 1e-9,
+                "{direction:?}: Q mass {q_mass}"
+            );
         }
     }
 }
