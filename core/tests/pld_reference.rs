@@ -63,10 +63,10 @@ fn ours(row: &Row) -> f64 {
     let mut ledger = Accountant::new();
     ledger
         .compose_subsampled_gaussian(row.q, row.sigma, row.steps)
-        .unwrap();
+        .expect("valid reference parameters");
     let (eps, _) = ledger
         .epsilon_pld(row.delta)
-        .unwrap()
+        .expect("valid delta")
         .expect("a Gaussian ledger has a PLD");
     eps
 }
@@ -77,7 +77,7 @@ fn check(rows: &[Row]) -> (f64, f64) {
         let (a, b) = rows.split_at(rows.len() / 2);
         let other = s.spawn(move || a.iter().map(|r| (*r, ours(r))).collect::<Vec<_>>());
         let mut mine: Vec<(Row, f64)> = b.iter().map(|r| (*r, ours(r))).collect();
-        let mut all = other.join().unwrap();
+        let mut all = other.join().expect("the other half computed");
         all.append(&mut mine);
         all
     });
