@@ -13,6 +13,7 @@ use fedmark_coordinator::export::{self, write_json};
 use fedmark_coordinator::job::RunSettings;
 use fedmark_coordinator::round::PausePoint;
 use fedmark_coordinator::store::Store;
+use fedmark_core::accountant::{Bound, Method};
 use fedmark_core::spec::JobSpec;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -98,6 +99,10 @@ enum PrivacyCommand {
         /// δ of the (ε, δ) guarantee.
         #[arg(long)]
         delta: f64,
+        /// Accountant: `pld` (privacy loss distributions, the tightest; it reports the RDP
+        /// bound instead if that is ever smaller) or `rdp` (Rényi DP).
+        #[arg(long, default_value = "pld")]
+        accountant: Method,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -116,6 +121,9 @@ enum PrivacyCommand {
         /// Number of composed steps T.
         #[arg(long)]
         steps: u64,
+        /// Accountant the target is met under: `pld` (the tightest) or `rdp`.
+        #[arg(long, default_value = "pld")]
+        accountant: Method,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -325,27 +333,47 @@ fn audit_export(config: &Path, job: &str, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The accountant that gave an ε, for the `privacy` commands' output: its name, and its JSON
+/// detail (the discretisation interval of a PLD, the order of an RDP bound).
+fn bound_fields(bound: Bound) -> (Method, serde_json::Value, String) {
+    match bound {
+        Bound::Pld { discretisation } => (
+            Method::Pld,
+            serde_json::json!({ "discretisation_interval": discretisation }),
+            format!("PLD, discretisation interval {discretisation:.3e}"),
+        ),
+        Bound::Rdp { order } => (
+            Method::Rdp,
+            serde_json::json!({ "order": order }),
+            format!("RDP, best order {order}"),
+        ),
+    }
+}
+
 fn privacy(command: PrivacyCommand) -> anyhow::Result<()> {
-    use fedmark_core::accountant::{Accountant, calibrate_noise_multiplier};
+    use fedmark_core::accountant::{Accountant, calibrate_noise_multiplier_with};
     match command {
         PrivacyCommand::Epsilon {
             noise_multiplier,
             sampling_rate,
             steps,
             delta,
+            accountant,
             json,
         } => {
             let mut acc = Accountant::new();
             acc.compose_subsampled_gaussian(sampling_rate, noise_multiplier, steps)?;
-            let (epsilon, order) = acc.epsilon(delta)?;
+            let (epsilon, bound) = acc.epsilon_with(accountant, delta)?;
+            let (method, detail, text) = bound_fields(bound);
             if json {
-                let out = serde_json::json!({
-                    "epsilon": epsilon, "delta": delta, "order": order,
+                let mut out = serde_json::json!({
+                    "epsilon": epsilon, "delta": delta, "accountant": method.to_string(),
                     "noise_multiplier": noise_multiplier, "sampling_rate": sampling_rate, "steps": steps,
                 });
+                merge_json(&mut out, detail);
                 println!("{out}");
             } else {
-                println!("epsilon = {epsilon:.6} at delta = {delta:e} (best RDP order {order})");
+                println!("epsilon = {epsilon:.6} at delta = {delta:e} ({text})");
             }
         }
         PrivacyCommand::Calibrate {
@@ -353,26 +381,38 @@ fn privacy(command: PrivacyCommand) -> anyhow::Result<()> {
             delta,
             sampling_rate,
             steps,
+            accountant,
             json,
         } => {
-            let sigma = calibrate_noise_multiplier(epsilon, delta, sampling_rate, steps)?;
+            let sigma =
+                calibrate_noise_multiplier_with(accountant, epsilon, delta, sampling_rate, steps)?;
             let mut acc = Accountant::new();
             acc.compose_subsampled_gaussian(sampling_rate, sigma, steps)?;
-            let (achieved, _) = acc.epsilon(delta)?;
+            let (achieved, bound) = acc.epsilon_with(accountant, delta)?;
+            let (method, detail, text) = bound_fields(bound);
             if json {
-                let out = serde_json::json!({
+                let mut out = serde_json::json!({
                     "noise_multiplier": sigma, "epsilon": achieved, "target_epsilon": epsilon,
                     "delta": delta, "sampling_rate": sampling_rate, "steps": steps,
+                    "accountant": method.to_string(),
                 });
+                merge_json(&mut out, detail);
                 println!("{out}");
             } else {
                 println!(
-                    "noise multiplier = {sigma:.6} (epsilon {achieved:.6} <= {epsilon} at delta = {delta:e})"
+                    "noise multiplier = {sigma:.6} (epsilon {achieved:.6} <= {epsilon} at delta = {delta:e}; {text})"
                 );
             }
         }
     }
     Ok(())
+}
+
+/// Adds the fields of the JSON object `extra` to the object `out`.
+fn merge_json(out: &mut serde_json::Value, extra: serde_json::Value) {
+    if let (Some(out), serde_json::Value::Object(extra)) = (out.as_object_mut(), extra) {
+        out.extend(extra);
+    }
 }
 
 fn roster_init(partners: &[String], out: &Path) -> anyhow::Result<()> {

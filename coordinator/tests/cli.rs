@@ -60,28 +60,31 @@ fn bad_config_exits_64_naming_the_field() {
 /// dp-accounting (Google, 0.6.0) gives ε = 0.947 (PLD) and 1.035 (RDP) for this setting.
 #[test]
 fn privacy_epsilon_matches_dp_accounting() {
-    let out = coordinator()
-        .args([
-            "privacy",
-            "epsilon",
-            "--noise-multiplier",
-            "4",
-            "--sampling-rate",
-            "0.01",
-            "--steps",
-            "10000",
-        ])
-        .args(["--delta", "1e-5", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let eps = v["epsilon"].as_f64().unwrap();
-    assert!((0.946..=1.06).contains(&eps), "epsilon {eps}");
+    for (accountant, range) in [("pld", 0.946..=0.948), ("rdp", 1.03..=1.06)] {
+        let out = coordinator()
+            .args([
+                "privacy",
+                "epsilon",
+                "--noise-multiplier",
+                "4",
+                "--sampling-rate",
+                "0.01",
+                "--steps",
+                "10000",
+            ])
+            .args(["--delta", "1e-5", "--json", "--accountant", accountant])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let eps = v["epsilon"].as_f64().unwrap();
+        assert!(range.contains(&eps), "{accountant}: epsilon {eps}");
+        assert_eq!(v["accountant"], accountant);
+    }
 }
 
 #[test]
@@ -107,9 +110,20 @@ fn privacy_calibrate_round_trips_and_bad_arguments_exit_64() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let sigma = v["noise_multiplier"].as_f64().unwrap();
-    // ε(σ=4) ≈ 1.035 > 1, so the calibrated σ for ε = 1 is a little above 4
-    assert!(sigma > 4.0 && sigma < 4.5, "sigma {sigma}");
+    // By PLD (the default) ε(σ=4) ≈ 0.947 < 1, so the calibrated σ for ε = 1 is a little
+    // below 4; by RDP ε(σ=4) ≈ 1.035 > 1 and it is a little above.
+    assert!(sigma > 3.7 && sigma < 4.0, "sigma {sigma}");
     assert!(v["epsilon"].as_f64().unwrap() <= 1.0);
+    assert_eq!(v["accountant"], "pld");
+    let rdp = coordinator()
+        .args(["privacy", "calibrate", "--epsilon", "1", "--delta", "1e-5"])
+        .args(["--sampling-rate", "0.01", "--steps", "10000", "--json"])
+        .args(["--accountant", "rdp"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&rdp.stdout).unwrap();
+    let sigma = v["noise_multiplier"].as_f64().unwrap();
+    assert!(sigma > 4.0 && sigma < 4.5, "rdp sigma {sigma}");
     let bad = coordinator()
         .args([
             "privacy",

@@ -30,12 +30,23 @@
 //! `dp-accounting`, a little denser. Any order gives a valid bound, so a denser grid only
 //! tightens ε; large orders matter when ε is small.
 //!
+//! Beside the RDP sums, an [`Accountant`] keeps the list of the events it was charged
+//! ([`Event`]: mechanism, parameters, count; merged when the parameters are identical). When
+//! every event is a (subsampled) Gaussian, [`Accountant::epsilon`] also composes their
+//! privacy loss distribution ([`crate::pld`]) and reports the smaller of the two ε's, both
+//! valid upper bounds, saying which one it was ([`Bound`]); in practice PLD, 5–90 % below
+//! RDP. Skellam events, and ledgers serialised before events were recorded, are accounted by
+//! RDP alone.
+//!
 //! [`calibrate_noise_multiplier`] inverts the accountant: the smallest noise multiplier whose
-//! composed ε stays within a target.
+//! composed ε stays within a target, by the tightest accountant (PLD; RDP on request with
+//! [`calibrate_noise_multiplier_with`]).
 //!
 //! Everything here is pure arithmetic on `f64`: no I/O, no randomness.
 
 use serde::{Deserialize, Serialize};
+
+use crate::pld::{ComposedPld, GaussianEvent};
 
 /// Why a privacy computation was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -76,6 +87,13 @@ pub enum AccountantError {
     /// An RDP value that is negative or NaN (only from a corrupted ledger).
     #[error("rdp value {0} at some order is negative or NaN")]
     RdpValue(f64),
+    /// A privacy loss distribution would need more grid points than
+    /// [`crate::pld::MAX_POINTS`] (only for absurd parameters, e.g. ε in the millions).
+    #[error("privacy loss distribution needs {points} grid points, more than the limit")]
+    PldGrid {
+        /// Grid points needed.
+        points: u64,
+    },
     /// No noise multiplier up to [`MAX_NOISE_MULTIPLIER`] meets the target.
     #[error(
         "target epsilon = {target_epsilon} is unreachable at delta = {delta}, q = {q}, steps = {steps} with noise multiplier <= {MAX_NOISE_MULTIPLIER}"
@@ -117,7 +135,7 @@ pub fn default_orders() -> Vec<f64> {
     orders
 }
 
-fn check_q(q: f64) -> Result<(), AccountantError> {
+pub(crate) fn check_q(q: f64) -> Result<(), AccountantError> {
     if q > 0.0 && q <= 1.0 {
         Ok(())
     } else {
@@ -125,7 +143,7 @@ fn check_q(q: f64) -> Result<(), AccountantError> {
     }
 }
 
-fn check_sigma(sigma: f64) -> Result<(), AccountantError> {
+pub(crate) fn check_sigma(sigma: f64) -> Result<(), AccountantError> {
     if sigma > 0.0 && sigma.is_finite() {
         Ok(())
     } else {
@@ -133,7 +151,7 @@ fn check_sigma(sigma: f64) -> Result<(), AccountantError> {
     }
 }
 
-fn check_delta(delta: f64) -> Result<(), AccountantError> {
+pub(crate) fn check_delta(delta: f64) -> Result<(), AccountantError> {
     if delta > 0.0 && delta < 1.0 {
         Ok(())
     } else {
@@ -520,14 +538,157 @@ fn check_curve(orders: &[f64], rdp: &[f64]) -> Result<(), AccountantError> {
     Ok(())
 }
 
+/// Most distinct events a ledger lists; past that it forgets the list and accounts by RDP
+/// alone (the list only grows when parameters keep changing, which fedmark's plans do not).
+pub const MAX_EVENTS: usize = 256;
+
+/// A composed mechanism in a ledger's event list, with how many times it was charged.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mechanism", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// The Gaussian mechanism on a Poisson sample (`sampling_rate` = 1: the plain Gaussian
+    /// mechanism); see [`rdp_subsampled_gaussian`].
+    SubsampledGaussian {
+        /// Poisson sampling rate q.
+        sampling_rate: f64,
+        /// Noise multiplier σ.
+        noise_multiplier: f64,
+        /// Times composed.
+        count: u64,
+    },
+    /// The Skellam mechanism; see [`rdp_skellam`].
+    Skellam {
+        /// L2 sensitivity (integer units).
+        l2_sensitivity: f64,
+        /// L1 sensitivity (integer units).
+        l1_sensitivity: f64,
+        /// Total noise variance per coordinate.
+        variance: f64,
+        /// Times composed.
+        count: u64,
+    },
+}
+
+impl Event {
+    fn count(&self) -> u64 {
+        match *self {
+            Event::SubsampledGaussian { count, .. } | Event::Skellam { count, .. } => count,
+        }
+    }
+
+    fn count_mut(&mut self) -> &mut u64 {
+        match self {
+            Event::SubsampledGaussian { count, .. } | Event::Skellam { count, .. } => count,
+        }
+    }
+
+    /// Whether `self` and `other` are the same mechanism with the same parameters.
+    fn same_mechanism(&self, other: &Event) -> bool {
+        let mut a = *self;
+        *a.count_mut() = other.count();
+        a == *other
+    }
+
+    fn validate(&self) -> Result<(), AccountantError> {
+        match *self {
+            Event::SubsampledGaussian {
+                sampling_rate,
+                noise_multiplier,
+                ..
+            } => {
+                check_q(sampling_rate)?;
+                check_sigma(noise_multiplier)?;
+            }
+            Event::Skellam {
+                l2_sensitivity,
+                l1_sensitivity,
+                variance,
+                ..
+            } => {
+                check_positive("l2_sensitivity", l2_sensitivity)?;
+                check_positive("l1_sensitivity", l1_sensitivity)?;
+                check_positive("variance", variance)?;
+            }
+        }
+        if self.count() == 0 {
+            return Err(AccountantError::ZeroSteps);
+        }
+        Ok(())
+    }
+}
+
+/// Which accountant to ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Method {
+    /// Privacy loss distributions ([`crate::pld`]) where every event has one, taking the
+    /// smaller of that and the RDP bound; RDP otherwise. The tightest available.
+    #[default]
+    Pld,
+    /// Rényi DP only.
+    Rdp,
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::Pld => "pld",
+            Method::Rdp => "rdp",
+        })
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pld" => Ok(Method::Pld),
+            "rdp" => Ok(Method::Rdp),
+            other => Err(format!("unknown accountant `{other}` (pld or rdp)")),
+        }
+    }
+}
+
+/// Which accountant gave a reported ε (or δ).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Bound {
+    /// The privacy loss distribution, on a grid with this discretisation interval.
+    Pld {
+        /// The grid's spacing in privacy loss.
+        discretisation: f64,
+    },
+    /// Rényi DP, minimised at this order.
+    Rdp {
+        /// The Rényi order that gave the bound.
+        order: f64,
+    },
+}
+
+impl Bound {
+    /// The method that gave this bound.
+    pub fn method(&self) -> Method {
+        match self {
+            Bound::Pld { .. } => Method::Pld,
+            Bound::Rdp { .. } => Method::Rdp,
+        }
+    }
+}
+
 /// A privacy ledger: the RDP spent so far at each tracked order, composed over any mix of
-/// events. Serialisable, so a ledger can be persisted with the release it pays for;
-/// deserialisation re-validates the orders and values.
+/// events, and the list of those events (for PLD accounting). Serialisable, so a ledger can
+/// be persisted with the release it pays for; deserialisation re-validates the orders,
+/// values and events. A ledger serialised before events were recorded (no `events` field)
+/// still loads, and is accounted by RDP alone from then on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "LedgerState")]
 pub struct Accountant {
     orders: Vec<f64>,
     rdp: Vec<f64>,
+    /// Every event charged, merged by identical parameters; `None` once unknown (an older
+    /// ledger, or more than [`MAX_EVENTS`] distinct events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<Vec<Event>>,
 }
 
 /// The unvalidated serialised form of an [`Accountant`].
@@ -538,6 +699,8 @@ struct LedgerState {
     // serde_json writes +inf (an order at which the RDP diverges) as `null`.
     #[serde(deserialize_with = "inf_if_null")]
     rdp: Vec<f64>,
+    #[serde(default)]
+    events: Option<Vec<Event>>,
 }
 
 fn inf_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
@@ -553,9 +716,18 @@ impl TryFrom<LedgerState> for Accountant {
 
     fn try_from(state: LedgerState) -> Result<Self, Self::Error> {
         check_curve(&state.orders, &state.rdp)?;
+        if let Some(events) = &state.events {
+            if events.len() > MAX_EVENTS {
+                return Err(AccountantError::Orders("more events than a ledger keeps"));
+            }
+            for e in events {
+                e.validate()?;
+            }
+        }
         Ok(Self {
             orders: state.orders,
             rdp: state.rdp,
+            events: state.events,
         })
     }
 }
@@ -571,7 +743,11 @@ impl Accountant {
     pub fn new() -> Self {
         let orders = default_orders();
         let rdp = vec![0.0; orders.len()];
-        Self { orders, rdp }
+        Self {
+            orders,
+            rdp,
+            events: Some(Vec::new()),
+        }
     }
 
     /// An empty ledger over the given orders (each finite, > 1 and ≤ [`MAX_ORDER`]).
@@ -581,6 +757,7 @@ impl Accountant {
         Ok(Self {
             orders: orders.to_vec(),
             rdp,
+            events: Some(Vec::new()),
         })
     }
 
@@ -594,6 +771,50 @@ impl Accountant {
         &self.rdp
     }
 
+    /// The events charged so far, merged by identical parameters, or `None` if the ledger
+    /// does not know them (restored from an older ledger, or too many distinct events).
+    pub fn events(&self) -> Option<&[Event]> {
+        self.events.as_deref()
+    }
+
+    /// The events as Gaussian events, if the list is known and every event is a
+    /// (subsampled) Gaussian: what [`crate::pld`] can account.
+    pub fn gaussian_events(&self) -> Option<Vec<GaussianEvent>> {
+        self.events
+            .as_ref()?
+            .iter()
+            .map(|e| match *e {
+                Event::SubsampledGaussian {
+                    sampling_rate,
+                    noise_multiplier,
+                    count,
+                } => Some(GaussianEvent {
+                    sampling_rate,
+                    noise_multiplier,
+                    count,
+                }),
+                Event::Skellam { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Adds `event` to the list, merging it with an identical mechanism.
+    fn record(&mut self, event: Event) {
+        let Some(events) = &mut self.events else {
+            return;
+        };
+        if let Some(known) = events.iter_mut().find(|e| e.same_mechanism(&event)) {
+            match known.count().checked_add(event.count()) {
+                Some(total) => *known.count_mut() = total,
+                None => self.events = None,
+            }
+        } else if events.len() < MAX_EVENTS {
+            events.push(event);
+        } else {
+            self.events = None;
+        }
+    }
+
     /// Charges `steps` steps of the Poisson-subsampled Gaussian mechanism (sampling rate
     /// `q`, noise multiplier `sigma`); see [`rdp_subsampled_gaussian`].
     pub fn compose_subsampled_gaussian(
@@ -604,13 +825,25 @@ impl Accountant {
     ) -> Result<(), AccountantError> {
         check_q(q)?;
         check_sigma(sigma)?;
-        self.compose_with(steps, |order| rdp_subsampled_gaussian(q, sigma, order))
+        self.compose_with(steps, |order| rdp_subsampled_gaussian(q, sigma, order))?;
+        self.record(Event::SubsampledGaussian {
+            sampling_rate: q,
+            noise_multiplier: sigma,
+            count: steps,
+        });
+        Ok(())
     }
 
     /// Charges `count` releases of the Gaussian mechanism with noise multiplier `sigma`.
     pub fn compose_gaussian(&mut self, sigma: f64, count: u64) -> Result<(), AccountantError> {
         check_sigma(sigma)?;
-        self.compose_with(count, |order| rdp_gaussian(sigma, order))
+        self.compose_with(count, |order| rdp_gaussian(sigma, order))?;
+        self.record(Event::SubsampledGaussian {
+            sampling_rate: 1.0,
+            noise_multiplier: sigma,
+            count,
+        });
+        Ok(())
     }
 
     /// Charges `count` releases of the Skellam mechanism; see [`rdp_skellam`] for the
@@ -625,7 +858,14 @@ impl Accountant {
     ) -> Result<(), AccountantError> {
         self.compose_with(count, |order| {
             rdp_skellam(l2_sensitivity, l1_sensitivity, variance, order)
-        })
+        })?;
+        self.record(Event::Skellam {
+            l2_sensitivity,
+            l1_sensitivity,
+            variance,
+            count,
+        });
+        Ok(())
     }
 
     /// Adds `times` × `rdp_at(order)` at every order, or changes nothing on error.
@@ -656,27 +896,118 @@ impl Accountant {
         for (total, &one) in self.rdp.iter_mut().zip(&other.rdp) {
             *total += one;
         }
+        match &other.events {
+            Some(events) => {
+                for &e in events {
+                    self.record(e);
+                }
+            }
+            None => self.events = None,
+        }
         Ok(())
     }
 
-    /// The ε spent at `delta`, and the order that gives it; see [`epsilon_from_rdp`].
-    pub fn epsilon(&self, delta: f64) -> Result<(f64, f64), AccountantError> {
+    /// The ε spent at `delta` by the tightest accountant available ([`Method::Pld`]), and
+    /// which one gave it.
+    pub fn epsilon(&self, delta: f64) -> Result<(f64, Bound), AccountantError> {
+        self.epsilon_with(Method::Pld, delta)
+    }
+
+    /// The ε spent at `delta` by `method`, and which accountant gave it: for
+    /// [`Method::Pld`], the smaller of the PLD and RDP bounds when every event has a PLD,
+    /// the RDP bound otherwise.
+    pub fn epsilon_with(
+        &self,
+        method: Method,
+        delta: f64,
+    ) -> Result<(f64, Bound), AccountantError> {
+        let (rdp, order) = self.epsilon_rdp(delta)?;
+        let rdp = (rdp, Bound::Rdp { order });
+        if method == Method::Rdp {
+            return Ok(rdp);
+        }
+        match self.epsilon_pld(delta)? {
+            Some((eps, discretisation)) if eps <= rdp.0 => Ok((eps, Bound::Pld { discretisation })),
+            _ => Ok(rdp),
+        }
+    }
+
+    /// The ε spent at `delta` by RDP alone, and the order that gives it; see
+    /// [`epsilon_from_rdp`].
+    pub fn epsilon_rdp(&self, delta: f64) -> Result<(f64, f64), AccountantError> {
         epsilon_from_rdp(&self.orders, &self.rdp, delta)
     }
 
-    /// The δ spent at `epsilon`, and the order that gives it; see [`delta_from_rdp`].
-    pub fn delta(&self, epsilon: f64) -> Result<(f64, f64), AccountantError> {
+    /// The ε spent at `delta` by the privacy loss distribution alone, and its
+    /// discretisation interval; `None` if some event has no PLD here (or the list is
+    /// unknown, or the parameters are too extreme for the grid).
+    pub fn epsilon_pld(&self, delta: f64) -> Result<Option<(f64, f64)>, AccountantError> {
+        check_delta(delta)?;
+        let Some(pld) = self.pld()? else {
+            return Ok(None);
+        };
+        Ok(Some((pld.epsilon(delta)?, pld.discretisation())))
+    }
+
+    /// The composed privacy loss distribution, when there is one.
+    fn pld(&self) -> Result<Option<ComposedPld>, AccountantError> {
+        let Some(events) = self.gaussian_events() else {
+            return Ok(None);
+        };
+        match ComposedPld::new(&events) {
+            Ok(pld) => Ok(Some(pld)),
+            Err(AccountantError::PldGrid { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The δ spent at `epsilon` by the tightest accountant available, and which one gave it.
+    pub fn delta(&self, epsilon: f64) -> Result<(f64, Bound), AccountantError> {
+        let (rdp, order) = self.delta_rdp(epsilon)?;
+        if let Some(pld) = self.pld()? {
+            let d = pld.delta(epsilon)?;
+            if d <= rdp {
+                return Ok((
+                    d,
+                    Bound::Pld {
+                        discretisation: pld.discretisation(),
+                    },
+                ));
+            }
+        }
+        Ok((rdp, Bound::Rdp { order }))
+    }
+
+    /// The δ spent at `epsilon` by RDP alone, and the order that gives it; see
+    /// [`delta_from_rdp`].
+    pub fn delta_rdp(&self, epsilon: f64) -> Result<(f64, f64), AccountantError> {
         delta_from_rdp(&self.orders, &self.rdp, epsilon)
     }
 }
 
 /// The smallest noise multiplier σ (to a relative tolerance of 1e-5, rounded up) for which
 /// `steps` steps of the Poisson-subsampled Gaussian mechanism at sampling rate `q` stay
-/// within (`target_epsilon`, `delta`)-DP under the default [`Accountant`].
+/// within (`target_epsilon`, `delta`)-DP under the default [`Accountant`], by the tightest
+/// accountant ([`Method::Pld`]). See [`calibrate_noise_multiplier_with`].
+pub fn calibrate_noise_multiplier(
+    target_epsilon: f64,
+    delta: f64,
+    q: f64,
+    steps: u64,
+) -> Result<f64, AccountantError> {
+    calibrate_noise_multiplier_with(Method::Pld, target_epsilon, delta, q, steps)
+}
+
+/// As [`calibrate_noise_multiplier`], by `method`: the σ for which a fresh [`Accountant`]
+/// charged `steps` steps reports, by [`Accountant::epsilon_with`] and `method`, at most
+/// `target_epsilon` — the very computation a ledger charged the same steps makes, so a plan
+/// calibrated here spends its budget exactly.
 ///
 /// ε is non-increasing in σ, so a bracket is grown by doubling or halving from σ = 1 and
-/// then bisected; the returned σ always meets the target.
-pub fn calibrate_noise_multiplier(
+/// then bisected; the returned σ always meets the target. Pure and deterministic: the same
+/// arguments give the same σ to the last bit (on the same platform).
+pub fn calibrate_noise_multiplier_with(
+    method: Method,
     target_epsilon: f64,
     delta: f64,
     q: f64,
@@ -695,7 +1026,7 @@ pub fn calibrate_noise_multiplier(
     let epsilon_at = |sigma: f64| -> Result<f64, AccountantError> {
         let mut ledger = Accountant::new();
         ledger.compose_subsampled_gaussian(q, sigma, steps)?;
-        Ok(ledger.epsilon(delta)?.0)
+        Ok(ledger.epsilon_with(method, delta)?.0)
     };
     let meets = |sigma: f64| epsilon_at(sigma).map(|eps| eps <= target_epsilon);
 
@@ -996,7 +1327,7 @@ mod tests {
         for (sigma, q, steps, delta, eps_rdp, eps_pld) in rows {
             let mut ledger = Accountant::new();
             ledger.compose_subsampled_gaussian(q, sigma, steps).unwrap();
-            let (eps, order) = ledger.epsilon(delta).unwrap();
+            let (eps, order) = ledger.epsilon_rdp(delta).unwrap();
             eprintln!(
                 "sigma={sigma} q={q} steps={steps} delta={delta}: eps={eps:.6} (order {order}), pld={eps_pld}, dp-accounting rdp={eps_rdp}"
             );
@@ -1024,7 +1355,7 @@ mod tests {
         let mut ledger = Accountant::new();
         ledger.compose_subsampled_gaussian(0.01, 1.0, 1000).unwrap();
         let delta: f64 = 1e-5;
-        let (eps, _) = ledger.epsilon(delta).unwrap();
+        let (eps, _) = ledger.epsilon_rdp(delta).unwrap();
         let classic = ledger
             .orders()
             .iter()
@@ -1039,8 +1370,8 @@ mod tests {
         let mut ledger = Accountant::new();
         ledger.compose_subsampled_gaussian(0.05, 1.2, 500).unwrap();
         for delta in [1e-3, 1e-5, 1e-8] {
-            let (eps, order) = ledger.epsilon(delta).unwrap();
-            let (back, back_order) = ledger.delta(eps).unwrap();
+            let (eps, order) = ledger.epsilon_rdp(delta).unwrap();
+            let (back, back_order) = ledger.delta_rdp(eps).unwrap();
             assert!(
                 close(back, delta, 1e-9),
                 "delta {delta} -> eps {eps} -> {back}"
@@ -1197,6 +1528,125 @@ mod tests {
             E::NoiseMultiplier(0.0)
                 .to_string()
                 .starts_with("noise multiplier sigma = 0")
+        );
+    }
+
+    #[test]
+    fn gaussian_ledgers_report_pld_and_merge_identical_events() {
+        let mut ledger = Accountant::new();
+        for _ in 0..10 {
+            ledger.compose_subsampled_gaussian(0.01, 1.0, 100).unwrap();
+        }
+        ledger.compose_gaussian(5.0, 2).unwrap();
+        assert_eq!(
+            ledger.events().unwrap(),
+            &[
+                Event::SubsampledGaussian {
+                    sampling_rate: 0.01,
+                    noise_multiplier: 1.0,
+                    count: 1000
+                },
+                Event::SubsampledGaussian {
+                    sampling_rate: 1.0,
+                    noise_multiplier: 5.0,
+                    count: 2
+                },
+            ]
+        );
+        let (eps, bound) = ledger.epsilon(1e-5).unwrap();
+        let (rdp, order) = ledger.epsilon_rdp(1e-5).unwrap();
+        assert!(matches!(bound, Bound::Pld { discretisation } if discretisation > 0.0));
+        assert!(eps < rdp, "pld {eps} vs rdp {rdp}");
+        assert_eq!(
+            ledger.epsilon_with(Method::Rdp, 1e-5).unwrap(),
+            (rdp, Bound::Rdp { order })
+        );
+        // δ(ε) by the same PLD inverts it, pessimistically.
+        let (back, bound) = ledger.delta(eps).unwrap();
+        assert_eq!(bound.method(), Method::Pld);
+        assert!(back <= 1e-5 * (1.0 + 1e-9) && back > 0.99e-5, "{back}");
+        // Merging ledgers merges their events.
+        let mut twice = ledger.clone();
+        twice.compose_ledger(&ledger).unwrap();
+        assert_eq!(twice.events().unwrap().len(), 2);
+        assert!(matches!(
+            twice.events().unwrap()[0],
+            Event::SubsampledGaussian { count: 2000, .. }
+        ));
+    }
+
+    #[test]
+    fn skellam_events_fall_back_to_rdp() {
+        let mut ledger = Accountant::new();
+        ledger.compose_subsampled_gaussian(0.01, 1.0, 100).unwrap();
+        ledger.compose_skellam(1000.0, 1e6, 4.0e6, 3).unwrap();
+        assert!(ledger.gaussian_events().is_none());
+        assert_eq!(ledger.epsilon_pld(1e-5).unwrap(), None);
+        let (eps, bound) = ledger.epsilon(1e-5).unwrap();
+        assert_eq!(bound.method(), Method::Rdp);
+        assert_eq!(eps, ledger.epsilon_rdp(1e-5).unwrap().0);
+    }
+
+    #[test]
+    fn ledgers_without_an_event_list_still_load_and_use_rdp() {
+        // A ledger as serialised before events were recorded.
+        let mut old = Accountant::new();
+        old.compose_subsampled_gaussian(0.01, 1.0, 100).unwrap();
+        let mut json: serde_json::Value = serde_json::to_value(&old).unwrap();
+        json.as_object_mut().unwrap().remove("events");
+        let restored: Accountant = serde_json::from_value(json).unwrap();
+        assert_eq!(restored.events(), None);
+        assert_eq!(restored.rdp(), old.rdp());
+        let (eps, bound) = restored.epsilon(1e-5).unwrap();
+        assert_eq!(bound.method(), Method::Rdp);
+        assert_eq!(eps, old.epsilon_rdp(1e-5).unwrap().0);
+        // New charges add to the RDP sums; the history stays unknown, so still RDP.
+        let mut restored = restored;
+        restored
+            .compose_subsampled_gaussian(0.01, 1.0, 100)
+            .unwrap();
+        assert_eq!(restored.events(), None);
+        assert_eq!(restored.epsilon(1e-5).unwrap().1.method(), Method::Rdp);
+        // And it still serialises in the old shape.
+        let text = serde_json::to_string(&restored).unwrap();
+        assert!(!text.contains("events"), "{text}");
+        // Merging an unknown history into a known one makes it unknown.
+        let mut known = Accountant::new();
+        known.compose_ledger(&restored).unwrap();
+        assert_eq!(known.events(), None);
+    }
+
+    #[test]
+    fn events_round_trip_through_serde_and_are_validated() {
+        let mut ledger = Accountant::new();
+        ledger.compose_subsampled_gaussian(0.02, 1.3, 700).unwrap();
+        ledger.compose_skellam(10.0, 100.0, 1e4, 1).unwrap();
+        let json = serde_json::to_string(&ledger).unwrap();
+        assert!(
+            json.contains(r#""mechanism":"subsampled_gaussian""#),
+            "{json}"
+        );
+        let back: Accountant = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.events(), ledger.events());
+        let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        value["events"][0]["sampling_rate"] = serde_json::json!(1.5);
+        assert!(serde_json::from_value::<Accountant>(value.clone()).is_err());
+        value["events"][0]["sampling_rate"] = serde_json::json!(0.02);
+        value["events"][0]["count"] = serde_json::json!(0);
+        assert!(serde_json::from_value::<Accountant>(value).is_err());
+    }
+
+    #[test]
+    fn calibration_on_rdp_needs_more_noise_than_on_pld() {
+        let pld = calibrate_noise_multiplier(1.0, 1e-5, 0.01, 10_000).unwrap();
+        let rdp = calibrate_noise_multiplier_with(Method::Rdp, 1.0, 1e-5, 0.01, 10_000).unwrap();
+        assert!(pld < rdp && pld > 0.8 * rdp, "pld {pld} rdp {rdp}");
+        assert_eq!(
+            calibrate_noise_multiplier(1.0, 1e-5, 0.01, 10_000)
+                .unwrap()
+                .to_bits(),
+            pld.to_bits(),
+            "deterministic"
         );
     }
 

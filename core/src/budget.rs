@@ -4,8 +4,14 @@
 //! released round and refuses a round whose charge would pass the budget. When the spec gives
 //! no noise multiplier, [`PrivacyPlan::from_spec`] calibrates the smallest one under which the
 //! whole planned job fits the budget, so the budget lasts exactly the planned rounds.
+//!
+//! Calibration uses the tightest accountant the job's mechanism has
+//! ([`PrivacyPlan::accountant`]): privacy loss distributions for the Gaussian mechanism
+//! (`record` and `partner-central`), Rényi DP for the Skellam noise of
+//! `partner-distributed`. Coordinator and partners derive the plan with this same pure
+//! function, so they agree on σ to the last bit.
 
-use crate::accountant::{Accountant, AccountantError, calibrate_noise_multiplier};
+use crate::accountant::{Accountant, AccountantError, Method, calibrate_noise_multiplier_with};
 use crate::secagg::{recommended_degree, recommended_threshold};
 use crate::spec::{JobSpec, PrivacyMode};
 
@@ -89,7 +95,13 @@ impl PrivacyPlan {
         let total_steps = steps_per_round * u64::from(spec.job.rounds);
         let mut noise_multiplier = match p.noise_multiplier {
             Some(s) => s,
-            None => calibrate_noise_multiplier(p.epsilon, p.delta, sampling_rate, total_steps)?,
+            None => calibrate_noise_multiplier_with(
+                Self::accountant_for(p.mode),
+                p.epsilon,
+                p.delta,
+                sampling_rate,
+                total_steps,
+            )?,
         };
         if p.mode == PrivacyMode::PartnerDistributed && p.noise_multiplier.is_none() {
             // Skellam costs a little more than the Gaussian at the same variance: raise σ in
@@ -114,6 +126,19 @@ impl PrivacyPlan {
             epsilon: p.epsilon,
             delta: p.delta,
         }))
+    }
+
+    /// The tightest accountant for a job's mechanism: PLD for the Gaussian mechanism, RDP for
+    /// the Skellam mechanism of `partner-distributed` jobs (no PLD for it here).
+    pub fn accountant(&self) -> Method {
+        Self::accountant_for(self.mode)
+    }
+
+    fn accountant_for(mode: PrivacyMode) -> Method {
+        match mode {
+            PrivacyMode::PartnerDistributed => Method::Rdp,
+            _ => Method::Pld,
+        }
     }
 
     /// Charges one round to `ledger`. Distributed rounds are charged with
@@ -281,6 +306,60 @@ mod tests {
         let mut ledger = Accountant::new();
         plan.charge_skellam(&mut ledger, &round).unwrap();
         assert!(ledger.epsilon(1e-5).unwrap().0 > 0.0);
+    }
+
+    /// Coordinator and partners each calibrate σ from the spec: the same call must give the
+    /// same σ to the last bit, on any thread, however often it is made.
+    #[test]
+    fn calibrated_sigma_is_deterministic_to_the_last_bit() {
+        for extra in [
+            "[privacy]\nmode = \"record\"\nepsilon = 1.0\nsampling_rate = 0.02\n",
+            "[privacy]\nmode = \"partner-central\"\nepsilon = 2.0\n",
+            "[privacy]\nmode = \"partner-distributed\"\nepsilon = 2.0\n",
+        ] {
+            let s = spec(extra);
+            let first = PrivacyPlan::from_spec(&s).unwrap().unwrap();
+            let again = PrivacyPlan::from_spec(&s).unwrap().unwrap();
+            let elsewhere = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| PrivacyPlan::from_spec(&s).unwrap().unwrap())
+                    .join()
+                    .unwrap()
+            });
+            for other in [again, elsewhere] {
+                assert_eq!(
+                    first.noise_multiplier.to_bits(),
+                    other.noise_multiplier.to_bits(),
+                    "{extra}"
+                );
+                assert_eq!(first, other);
+            }
+        }
+    }
+
+    #[test]
+    fn gaussian_plans_calibrate_on_pld_and_need_less_noise_than_rdp() {
+        let s = spec("[privacy]\nmode = \"record\"\nepsilon = 1.0\nsampling_rate = 0.02\n");
+        let plan = PrivacyPlan::from_spec(&s).unwrap().unwrap();
+        assert_eq!(plan.accountant(), Method::Pld);
+        let total = plan.steps_per_round * u64::from(s.job.rounds);
+        let rdp = calibrate_noise_multiplier_with(Method::Rdp, 1.0, s.privacy.delta, 0.02, total)
+            .unwrap();
+        assert!(
+            plan.noise_multiplier < rdp,
+            "pld sigma {} vs rdp {rdp}",
+            plan.noise_multiplier
+        );
+        let mut ledger = Accountant::new();
+        for _ in 0..s.job.rounds {
+            plan.charge_round(&mut ledger).unwrap();
+        }
+        let (spent, bound) = ledger.epsilon(s.privacy.delta).unwrap();
+        assert_eq!(bound.method(), Method::Pld);
+        assert!(spent <= 1.0 && spent > 0.99, "{spent}");
+        let distributed = spec("[privacy]\nmode = \"partner-distributed\"\nepsilon = 2.0\n");
+        let plan = PrivacyPlan::from_spec(&distributed).unwrap().unwrap();
+        assert_eq!(plan.accountant(), Method::Rdp);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod guard;
 pub mod matrix;
 pub mod metrics;
 pub mod model;
+pub mod pld;
 pub mod secagg;
 pub mod shape;
 pub mod spec;

@@ -3,7 +3,9 @@
 //! for more than the plan — rounds past the spec's `rounds`, a round past the job's ε, a
 //! round it already had — across a reconnect and a restart of the node. The node sends an
 //! update for each planned round once (a re-run gets the same words again), refuses the rest
-//! with the reason in its audit file, and its ledger on disk never passes the plan.
+//! with the reason in its audit file (its round guard refuses rounds outside the plan or out
+//! of order, its ledger what it already contributed or what would pass the budget), and its
+//! ledger on disk never passes the plan.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly
 
@@ -344,27 +346,25 @@ async fn a_coordinator_that_asks_past_the_plan_gets_refusals_across_reconnects_a
     for round in 1..=3 {
         first.push(sent(fake.round(&mut s, round, 0).await));
     }
-    let past = fake.round(&mut s, 4, 0).await;
-    assert!(
-        refused(&past).contains("past the plan") && refused(&past).contains("1 to 3"),
-        "{past:?}"
-    );
     // A second attempt at the last round gets the very same update: nothing new released.
     let again = sent(fake.round(&mut s, 3, 1).await);
     assert_eq!(again, first[2], "a re-run re-sends what was sent");
+    // Round 4 of a 3-round plan is the final evaluation, never a training round.
+    let past = fake.round(&mut s, 4, 2).await;
+    assert!(
+        refused(&past).contains("must be a evaluation round"),
+        "{past:?}"
+    );
 
     // The coordinator drops the session; the node reconnects and is offered the job again.
     drop(s);
     let mut s = fake.open().await;
     fake.offer(&mut s).await;
-    let past = fake.round(&mut s, 4, 2).await;
-    assert!(refused(&past).contains("past the plan"), "{past:?}");
-    // An older round's update is no longer kept: a fresh one would be a second release.
+    let past = fake.round(&mut s, 4, 3).await;
+    assert!(refused(&past).contains("evaluation round"), "{past:?}");
+    // An older round does not come back (the round guard outlives the session).
     let old = fake.round(&mut s, 2, 1).await;
-    assert!(
-        refused(&old).contains("already contributed to training round 2"),
-        "{old:?}"
-    );
+    assert!(refused(&old).contains("does not come after"), "{old:?}");
     fake.finish(&s).await;
     node.await.unwrap().unwrap();
 
@@ -378,8 +378,13 @@ async fn a_coordinator_that_asks_past_the_plan_gets_refusals_across_reconnects_a
     fake.offer(&mut s).await;
     for round in [5, 200] {
         let past = fake.round(&mut s, round, 0).await;
-        assert!(refused(&past).contains("past the plan"), "{past:?}");
+        assert!(
+            refused(&past).contains("outside the job's plan of 3"),
+            "{past:?}"
+        );
     }
+    // The restarted node's round guard is new, but its ledger remembers: an older round's
+    // update is no longer kept, and a fresh one would be a second release.
     let old = fake.round(&mut s, 1, 3).await;
     assert!(refused(&old).contains("already contributed"), "{old:?}");
     fake.finish(&s).await;
@@ -400,10 +405,10 @@ async fn a_round_past_the_jobs_epsilon_is_refused_without_a_cap() {
     let dir = tempfile::tempdir().unwrap();
     let files = partition_csv(&SimOptions::default().data, dir.path(), 2, &Split::Iid, 6).unwrap();
     let audit = dir.path().join("bank.audit.jsonl");
-    // σ = 1.5 at q = 0.01: 9 rounds (900 steps) spend ε ≈ 0.97, a 10th would pass 1 — the
-    // plan says 12 rounds and the partner has no `max_epsilon`, so only the job's own ε
-    // stops round 10.
-    let (addr, mut fake) = start_fake(dp_spec("eps", 12, 1.5), "job-eps", audit.clone()).await;
+    // σ = 1.4 at q = 0.01: 9 rounds (900 steps) spend ε ≈ 0.962, a 10th would pass 1 (PLD
+    // accountant) — the plan says 12 rounds and the partner has no `max_epsilon`, so only
+    // the job's own ε stops round 10.
+    let (addr, mut fake) = start_fake(dp_spec("eps", 12, 1.4), "job-eps", audit.clone()).await;
     let mut cfg = client_config(addr, PARTNER, files[0].0.clone(), 1);
     cfg.audit = Some(audit);
     assert_eq!(cfg.max_epsilon, None);
