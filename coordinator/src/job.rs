@@ -1038,13 +1038,9 @@ async fn run_with_retries(
         threshold: min,
     };
     // Partners that revealed their shares in a failed unmask of this round sit out its
-    // retries (a partner's input is unmasked at most once), unless they re-contribute with
-    // fresh noise (training rounds where the partners noise their own updates).
-    let fresh_noise = kind == RoundKind::Training
-        && matches!(
-            spec.privacy.mode,
-            PrivacyMode::Record | PrivacyMode::PartnerDistributed
-        );
+    // retries (a partner's input is unmasked at most once), except in the training rounds of
+    // a record-DP job, whose updates are private on their own (fedmark_core::guard).
+    let redo_allowed = kind == RoundKind::Training && spec.privacy.mode == PrivacyMode::Record;
     let mut sat_out: BTreeSet<String> = BTreeSet::new();
     for tries in 1..=spec.aggregation.max_attempts {
         let mut cohort = wait_for_available(hub, settings, min).await?;
@@ -1129,7 +1125,7 @@ async fn run_with_retries(
                     return Err(JobError::ServerStopped);
                 }
                 if let RoundError::UnmaskFailed { revealers, .. } = &e
-                    && !fresh_noise
+                    && !redo_allowed
                 {
                     sat_out.extend(revealers.iter().cloned());
                 }

@@ -15,9 +15,11 @@
 //! - **A secure round is unmasked once.** Once the partner has revealed its shares for one
 //!   attempt of a round, it sits out every later attempt of that round (so one statistics
 //!   round, one final evaluation, one update per training round). The exception is a training
-//!   round in a mode where the partner adds its own noise (`record`, `partner-distributed`):
-//!   a later attempt gets a freshly trained and freshly noised update, which the partner's
-//!   ledger charges again.
+//!   round of a `record` job, where every update is differentially private on its own: a
+//!   later attempt gets the very same noised update again (the partner's ledger keeps it and
+//!   charges it once), which tells the coordinator nothing new. Under `partner-distributed`
+//!   noise a partner's share of the noise is sized for the whole cohort, so its update is not
+//!   private alone, and it sits out like the others.
 //!
 //! Plain (non-secure) rounds show each vector to the coordinator anyway; only the order and
 //! kind rules apply to them. The guard is pure state with no I/O; the node keeps one per job
@@ -107,7 +109,7 @@ pub struct RoundGuard {
     rounds: u64,
     max_attempts: u32,
     secure: bool,
-    fresh_noise: bool,
+    redo_training: bool,
     last: Option<(u64, u32)>,
     attempts: BTreeMap<u64, u32>,
     unmasked: BTreeSet<u64>,
@@ -120,10 +122,7 @@ impl RoundGuard {
             rounds: u64::from(spec.job.rounds),
             max_attempts: spec.aggregation.max_attempts,
             secure: spec.aggregation.secure,
-            fresh_noise: matches!(
-                spec.privacy.mode,
-                PrivacyMode::Record | PrivacyMode::PartnerDistributed
-            ),
+            redo_training: spec.privacy.mode == PrivacyMode::Record,
             last: None,
             attempts: BTreeMap::new(),
             unmasked: BTreeSet::new(),
@@ -164,7 +163,7 @@ impl RoundGuard {
                 max: self.max_attempts,
             });
         }
-        let redo_allowed = kind == RoundKind::Training && self.fresh_noise;
+        let redo_allowed = kind == RoundKind::Training && self.redo_training;
         if self.secure && self.unmasked.contains(&round) && !redo_allowed {
             return Err(GuardRefusal::AlreadyUnmasked { round });
         }
@@ -268,26 +267,25 @@ mod tests {
     }
 
     #[test]
-    fn noised_training_rounds_may_be_retried_with_fresh_noise() {
-        for mode in ["record", "partner-distributed"] {
+    fn record_dp_training_rounds_may_be_retried() {
+        let mut g = RoundGuard::new(&spec("[privacy]\nmode = \"record\"\nepsilon = 4.0\n"));
+        g.admit(1, 0, T).unwrap();
+        g.unmasked(1);
+        g.admit(1, 1, T).unwrap();
+        // Not the deterministic rounds.
+        g.admit(4, 2, E).unwrap();
+        g.unmasked(4);
+        assert!(g.admit(4, 3, E).is_err());
+        // Central noise is added after the unmask, and a distributed noise share is sized for
+        // the cohort: the partner's own update is not private alone.
+        for mode in ["partner-central", "partner-distributed"] {
             let mut g = RoundGuard::new(&spec(&format!(
                 "[privacy]\nmode = \"{mode}\"\nepsilon = 4.0\n"
             )));
             g.admit(1, 0, T).unwrap();
             g.unmasked(1);
-            g.admit(1, 1, T).unwrap();
-            // Not the deterministic rounds.
-            g.admit(4, 2, E).unwrap();
-            g.unmasked(4);
-            assert!(g.admit(4, 3, E).is_err());
+            assert!(g.admit(1, 1, T).is_err(), "{mode}");
         }
-        // Central noise is added after the unmask: the partner's own update is exact.
-        let mut g = RoundGuard::new(&spec(
-            "[privacy]\nmode = \"partner-central\"\nepsilon = 4.0\n",
-        ));
-        g.admit(1, 0, T).unwrap();
-        g.unmasked(1);
-        assert!(g.admit(1, 1, T).is_err());
     }
 
     #[test]
