@@ -180,6 +180,13 @@ impl ClientConfig {
         Some(dir.join(format!("{}.ledger.json", self.partner_id)))
     }
 
+    /// Where the node keeps what each job asked of it (its round guards): beside the ledger,
+    /// `<partner_id>.rounds.json`; `None` (in memory) when the ledger is.
+    pub fn rounds_path(&self) -> Option<PathBuf> {
+        self.ledger_path()
+            .map(|l| l.with_file_name(format!("{}.rounds.json", self.partner_id)))
+    }
+
     /// Reads and validates a config file; relative paths (data, keys, policy, audit, ledger,
     /// data directory …) are resolved against its folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

@@ -223,7 +223,7 @@ fn io_error(path: &Path, e: impl std::fmt::Display) -> LedgerError {
 
 /// Writes `bytes` to `path` durably: a temporary file in the same folder, fsynced, renamed
 /// over `path`, and the folder fsynced so the rename itself survives a crash.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),

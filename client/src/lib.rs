@@ -17,4 +17,5 @@ pub mod data;
 pub mod ledger;
 pub mod node;
 pub mod policy;
+pub mod rounds;
 pub mod transfer;

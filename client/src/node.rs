@@ -21,7 +21,6 @@
 //! is re-read and only consented users' rows are used ([`crate::consent`]); and every step is
 //! written to the partner's audit file ([`crate::audit`]) before it is acted on.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,7 +30,7 @@ use fedmark_core::aggregate::{RoundKind, VectorLayout};
 use fedmark_core::budget::{PrivacyPlan, noise_threshold};
 use fedmark_core::dp::add_skellam_noise;
 use fedmark_core::features::Standardizer;
-use fedmark_core::guard::{GuardRefusal, RoundGuard};
+use fedmark_core::guard::GuardRefusal;
 use fedmark_core::model::Model;
 use fedmark_core::secagg::keys::parse_signing_key;
 use fedmark_core::secagg::{
@@ -59,6 +58,7 @@ use crate::contribution::{JobContext, RoundValues};
 use crate::data::{DataError, HoldoutSplit, load_csv, load_csv_keyed};
 use crate::ledger::{self, Contribution, JobTerms, Ledger, LedgerError};
 use crate::policy::{PartnerPolicy, PolicyError};
+use crate::rounds::{RoundRecords, RoundsError};
 use crate::transfer::{SessionToken, Uploaded, download_model, upload_input};
 use fedmark_core::audit::{f64s_sha256, u32s_sha256};
 
@@ -101,6 +101,9 @@ pub enum ClientError {
     /// The audit file could not be opened or written.
     #[error(transparent)]
     Audit(#[from] AuditLogError),
+    /// The partner's record of what each job asked of it could not be read or written.
+    #[error(transparent)]
+    Rounds(#[from] RoundsError),
 }
 
 /// What a client did, for its operator.
@@ -225,9 +228,10 @@ pub struct NodeOptions {
     /// Stay connected after a job ends and wait for the next offer (a partner's node beside
     /// a long-running coordinator); otherwise the session ends with the first job.
     pub keep_serving: bool,
-    /// What each job has asked of this partner ([`RoundGuard`]), kept across its sessions so
-    /// that a reconnect does not reset it.
-    pub guards: Arc<Mutex<HashMap<String, RoundGuard>>>,
+    /// What each job has asked of this partner (its round guards), loaded from
+    /// [`ClientConfig::rounds_path`] by the first session and kept across sessions and
+    /// restarts.
+    pub guards: Arc<Mutex<RoundRecords>>,
 }
 
 /// The client side of mutual TLS from the config's PEM files.
@@ -387,6 +391,11 @@ async fn session(
     };
     // Reopened from its file by every session, so a reconnect or a restart carries it on.
     let ledger = Ledger::open(cfg.ledger_path().as_deref())?;
+    options
+        .guards
+        .lock()
+        .map_err(|_| ClientError::Protocol("round records poisoned".into()))?
+        .load_once(cfg.rounds_path().as_deref())?;
     let policy = cfg.policy.as_deref().map(PartnerPolicy::load).transpose()?;
     let audit = match &cfg.audit {
         Some(path) => Some(AuditLog::open(path, &cfg.partner_id)?),
@@ -745,11 +754,12 @@ impl Node {
                 };
                 match revealed {
                     Ok(shares) => {
-                        if let Ok(mut guards) = self.options.guards.lock()
-                            && let Some(guard) = guards.get_mut(&round.rref.job_id)
-                        {
-                            guard.unmasked(round.rref.round);
-                        }
+                        // Recorded (durably) before the shares leave.
+                        self.options
+                            .guards
+                            .lock()
+                            .map_err(|_| ClientError::Protocol("round records poisoned".into()))?
+                            .unmasked(&round.rref.job_id, round.rref.round)?;
                         let msg = UnmaskReply {
                             round: Some(round.rref.clone()),
                             shares: shares
@@ -814,15 +824,18 @@ impl Node {
         Ok(Flow::Continue)
     }
 
-    /// Checks a round start against the job's [`RoundGuard`] and records it.
-    fn admit(&self, rref: &RoundRef, kind: RoundKind) -> Result<(), GuardRefusal> {
-        let Ok(mut guards) = self.options.guards.lock() else {
-            return Ok(());
-        };
-        match guards.get_mut(&rref.job_id) {
-            Some(guard) => guard.admit(rref.round, rref.attempt, kind),
-            None => Ok(()),
-        }
+    /// Checks a round start against the job's round guard and records it (durably).
+    fn admit(
+        &self,
+        rref: &RoundRef,
+        kind: RoundKind,
+    ) -> Result<Result<(), GuardRefusal>, ClientError> {
+        let mut guards = self
+            .options
+            .guards
+            .lock()
+            .map_err(|_| ClientError::Protocol("round records poisoned".into()))?;
+        Ok(guards.admit(&rref.job_id, rref.round, rref.attempt, kind)?)
     }
 
     /// The fewest partners this partner aggregates with in the current job: its config's
@@ -913,11 +926,11 @@ impl Node {
                         "holdout_rows": holdout_rows,
                     }),
                 )?;
-                if let Ok(mut guards) = self.options.guards.lock() {
-                    guards
-                        .entry(job_id.to_owned())
-                        .or_insert_with(|| RoundGuard::new(&ctx.spec));
-                }
+                self.options
+                    .guards
+                    .lock()
+                    .map_err(|_| ClientError::Protocol("round records poisoned".into()))?
+                    .accept(job_id, &ctx.spec)?;
                 self.job = Some((job_id.to_owned(), Arc::new(Mutex::new(ctx))));
                 Ok(OfferReply {
                     job_id: job_id.to_owned(),
@@ -1135,7 +1148,7 @@ impl Node {
             return Ok(());
         }
         let kind = kind_of(&start)?;
-        if let Err(refusal) = self.admit(&rref, kind) {
+        if let Err(refusal) = self.admit(&rref, kind)? {
             // Not this partner's round: it sends nothing, and the coordinator counts it out.
             warn!(round = rref.round, attempt = rref.attempt, reason = %refusal, "refusing a round this job may not ask for");
             self.audit(

@@ -23,7 +23,7 @@
 //!
 //! Plain (non-secure) rounds show each vector to the coordinator anyway; only the order and
 //! kind rules apply to them. The guard is pure state with no I/O; the node keeps one per job
-//! across its sessions.
+//! across its sessions and restarts (`fedmark_client::rounds`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -103,8 +103,10 @@ pub fn planned_kind(rounds: u64, round: u64) -> Option<RoundKind> {
     }
 }
 
-/// A partner's record of the rounds of one job it was asked into and unmasked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A partner's record of the rounds of one job it was asked into and unmasked. Serialisable,
+/// so a partner keeps it across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RoundGuard {
     rounds: u64,
     max_attempts: u32,
