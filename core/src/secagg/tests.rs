@@ -1008,3 +1008,56 @@ fn the_coordinator_checks_survivor_signatures() {
     assert_eq!(m.server.close_consistency().unwrap(), u3);
     assert_eq!(m.server.signatures_for("p0").unwrap(), good);
 }
+
+/// Partner p0 of a complete round of 5 with t = 3, after key agreement, and the envelopes
+/// its four neighbours sent it.
+fn p0_with_its_envelopes(seed: u64) -> (ClientRound, Vec<Envelope>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let c = cohort(5, &mut rng);
+    let p = params(&c, 3, 4, 4);
+    let mut clients = Vec::new();
+    let mut keys = Vec::new();
+    for i in 0..5 {
+        let (client, advert) =
+            ClientRound::new(p.clone(), &c.ids[i], &c.identities[i], POLICY, &mut rng).unwrap();
+        keys.push(SignedKeys {
+            partner_id: c.ids[i].clone(),
+            keys: advert,
+        });
+        clients.push(client);
+    }
+    let out: Vec<Vec<Envelope>> = clients
+        .iter_mut()
+        .map(|cl| cl.on_keys(&keys, &c.roster, &mut rng).unwrap())
+        .collect();
+    let to_p0: Vec<Envelope> = out.into_iter().flatten().filter(|e| e.to == "p0").collect();
+    assert_eq!(to_p0.len(), 4);
+    (clients.swap_remove(0), to_p0)
+}
+
+/// With itself, a client needs t of its closed neighbourhood: t − 1 envelopes suffice,
+/// t − 2 do not.
+#[test]
+fn a_client_needs_exactly_t_minus_one_envelopes() {
+    let t = 3;
+    for k in 0..=4 {
+        let (mut client, envelopes) = p0_with_its_envelopes(40);
+        let got = client.on_shares(&envelopes[..k]);
+        if k + 1 < t {
+            assert_eq!(
+                got,
+                Err(SecAggError::BelowThreshold {
+                    phase: "shares",
+                    partner: "p0".into(),
+                    got: k + 1,
+                    need: t,
+                }),
+                "{k} envelopes"
+            );
+            assert_eq!(client.phase(), ClientPhase::SharedKeys);
+        } else {
+            assert_eq!(got, Ok(()), "{k} envelopes");
+            assert_eq!(client.phase(), ClientPhase::ReadyToMask);
+        }
+    }
+}
