@@ -1198,6 +1198,46 @@ mod tests {
         }
     }
 
+    /// A small RDP value well above δ² (but below 2δ) is converted by the RDP bound of the
+    /// module doc, not zeroed by Bretagnolle–Huber, which needs 1 − e^(−rdp) ≤ δ².
+    #[test]
+    fn small_rdp_above_delta_squared_is_not_zeroed() {
+        let (a, r, delta): (f64, f64, f64) = (32.0, 1e-6, 1e-5);
+        // ε = rdp + ln((α−1)/α) − (ln δ + ln α)/(α−1), straight from the module doc.
+        let want = r + ((a - 1.0) / a).ln() - (delta.ln() + a.ln()) / (a - 1.0);
+        assert!((want - 0.227_839_061_755).abs() < 1e-9, "{want}");
+        let (eps, order) = epsilon_from_rdp(&[a], &[r], delta).unwrap();
+        assert!(close(eps, want, 1e-12), "{eps} vs {want}");
+        assert_eq!(order, a);
+        // Just below δ² the conversion does give 0, and just above it does not.
+        let (eps, _) = epsilon_from_rdp(&[2.0], &[0.9e-10], delta).unwrap();
+        assert_eq!(eps, 0.0);
+        let (eps, _) = epsilon_from_rdp(&[2.0], &[1.1e-10], delta).unwrap();
+        assert!(eps > 0.0);
+    }
+
+    /// Where the fractional-order series fails, the value at the next integer order (a valid,
+    /// larger bound) is returned. With σ = 10^7 and q = 1/2, A_α − 1 ≈ q² α(α−1)/2 · 1/σ² is
+    /// about 1e-14, below what the series resolves: at α = 1.05 it does not settle at all, and
+    /// at α = 2.5 it lands below the value at α = 2 (RDP is non-decreasing in α).
+    #[test]
+    fn failing_fractional_series_falls_back_to_the_next_integer_order() {
+        let (q, sigma) = (0.5, 1e7);
+        // The series fails outright (the `None` branch) …
+        assert!(log_a_fractional(q, sigma, 1.05).is_none());
+        let at_2 = rdp_subsampled_gaussian(q, sigma, 2.0).unwrap();
+        assert_eq!(rdp_subsampled_gaussian(q, sigma, 1.05).unwrap(), at_2);
+        // … or comes out below the floor order's value.
+        let series = rdp_from_log_a(log_a_fractional(q, sigma, 2.5).unwrap(), 2.5);
+        assert!(series < at_2, "{series} vs {at_2}");
+        let at_3 = rdp_subsampled_gaussian(q, sigma, 3.0).unwrap();
+        assert_eq!(rdp_subsampled_gaussian(q, sigma, 2.5).unwrap(), at_3);
+        // Exact values: A_2 − 1 = q²(e^(1/σ²) − 1), A_3 − 1 = 3q²(e^(1/σ²) − 1) (for q = 1/2),
+        // so rdp(2) ≈ 2.5e-15 and rdp(3) ≈ 3.75e-15; the series' rounding is ~1e-16.
+        assert!(close(at_2, 2.5e-15, 0.05), "{at_2}");
+        assert!(close(at_3, 3.75e-15, 0.05), "{at_3}");
+    }
+
     #[test]
     fn fractional_orders_match_numerical_integration() {
         for (q, sigma, alpha) in [

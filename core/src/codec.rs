@@ -239,6 +239,83 @@ mod tests {
         }
     }
 
+    /// Stochastic rounding is unbiased on both sides of zero and for values above 1, where
+    /// `x − floor(x)` and `x + floor(x)` differ: the mean of many encodings (scale 1, so the
+    /// encoded integer is ⌊x⌋ or ⌊x⌋ + 1) is within 0.01 of x. The standard error of each mean
+    /// is at most 0.5/√n ≈ 0.0016, so 0.01 is over 6 standard errors.
+    #[test]
+    fn stochastic_rounding_mean_is_the_value() {
+        let f = FixedPoint {
+            scale: 1.0,
+            bound: 10.0,
+            max_int: 100,
+        };
+        let mut rng = StdRng::seed_from_u64(21);
+        let n = 100_000;
+        for x in [0.1, 0.5, -0.3, 2.75, -4.6] {
+            let floor = f64::floor(x);
+            let mut total = 0.0;
+            for _ in 0..n {
+                let v = f.decode(f.encode(x, &mut rng));
+                assert!(v == floor || v == floor + 1.0, "{x} encoded as {v}");
+                total += v;
+            }
+            let mean = total / f64::from(n);
+            assert!((mean - x).abs() < 0.01, "{x}: mean {mean}");
+        }
+    }
+
+    /// Values past the wide encoding's range saturate at ±2^(total − 2) units instead of
+    /// wrapping, and the bounds themselves encode exactly.
+    #[test]
+    fn wide_values_out_of_range_saturate() -> Result<(), CodecError> {
+        for parties in [1, 5, 300] {
+            let w = WideInt::for_sum(parties)?;
+            let total = w.limb_bits * w.limbs as u32;
+            let limit = 2f64.powi(total as i32 - 2) / w.scale;
+            let round_trip = |v: f64| {
+                let mut enc = Vec::new();
+                w.encode_into(v, &mut enc);
+                assert_eq!(enc.len(), w.limbs);
+                w.decode(&enc)
+            };
+            assert_eq!(round_trip(limit), limit, "{parties} parties");
+            assert_eq!(round_trip(-limit), -limit, "{parties} parties");
+            // The neighbouring f64 just inside the bound is unchanged.
+            let inside = limit.next_down();
+            assert_eq!(round_trip(inside), inside, "{parties} parties");
+            for past in [
+                limit.next_up(),
+                limit * 1.5,
+                limit * 2.0,
+                limit * 4.0,
+                1e300,
+            ] {
+                assert_eq!(round_trip(past), limit, "{parties} parties, {past}");
+                assert_eq!(round_trip(-past), -limit, "{parties} parties, -{past}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn exactly_max_parties_are_supported() -> Result<(), CodecError> {
+        assert_eq!(MAX_PARTIES, 65_536);
+        let f = FixedPoint::for_sum(MAX_PARTIES, 1.0)?;
+        assert_eq!(f.max_int, i64::from(i32::MAX) / 65_536);
+        assert_eq!(WideInt::for_sum(MAX_PARTIES)?.limb_bits, 16);
+        assert_eq!(
+            FixedPoint::for_sum(MAX_PARTIES + 1, 1.0),
+            Err(CodecError::Parties(MAX_PARTIES + 1))
+        );
+        assert_eq!(
+            WideInt::for_sum(MAX_PARTIES + 1),
+            Err(CodecError::Parties(MAX_PARTIES + 1))
+        );
+        assert_eq!(WideInt::for_sum(0), Err(CodecError::Parties(0)));
+        Ok(())
+    }
+
     #[test]
     fn wide_limb_sizes() -> Result<(), CodecError> {
         assert_eq!(WideInt::for_sum(1)?.limb_bits, 31);

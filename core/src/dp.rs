@@ -312,6 +312,124 @@ mod tests {
         assert_eq!(inf, vec![0.0; 2]);
     }
 
+    /// Standard normal CDF via Abramowitz & Stegun 7.1.26 for erf (absolute error < 1.5e-7,
+    /// far below the Kolmogorov–Smirnov critical value used with it).
+    fn normal_cdf(x: f64) -> f64 {
+        let z = x.abs() / std::f64::consts::SQRT_2;
+        let t = 1.0 / (1.0 + 0.327_591_1 * z);
+        let poly = t
+            * (0.254_829_592
+                + t * (-0.284_496_736
+                    + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+        let erf = 1.0 - poly * (-z * z).exp();
+        if x >= 0.0 {
+            0.5 * (1.0 + erf)
+        } else {
+            0.5 * (1.0 - erf)
+        }
+    }
+
+    /// The noise, divided by σ·C, follows N(0, 1): one-sample Kolmogorov–Smirnov with
+    /// n = 20,000. The critical value at α = 0.001 is 1.949/√n ≈ 0.0138 (a false alarm
+    /// probability of 0.1 % for a correct sampler; the seed is fixed, so the run is
+    /// deterministic).
+    #[test]
+    fn gaussian_noise_passes_kolmogorov_smirnov() {
+        let (sigma, clip) = (0.7, 3.0);
+        let n = 20_000;
+        let base: Vec<f64> = (0..n).map(|k| f64::from(k % 5) - 2.0).collect();
+        let mut v = base.clone();
+        add_gaussian_noise(&mut v, sigma, clip, &mut StdRng::seed_from_u64(17)).unwrap();
+        let mut z: Vec<f64> = v
+            .iter()
+            .zip(&base)
+            .map(|(x, b)| (x - b) / (sigma * clip))
+            .collect();
+        z.sort_by(f64::total_cmp);
+        let nf = n as f64;
+        let d = z
+            .iter()
+            .enumerate()
+            .map(|(k, &x)| {
+                let cdf = normal_cdf(x);
+                (cdf - k as f64 / nf).max((k + 1) as f64 / nf - cdf)
+            })
+            .fold(0.0, f64::max);
+        let critical = 1.949 / nf.sqrt();
+        assert!(d < critical, "KS D = {d} >= {critical}");
+        let (mean, var) = moments(&z);
+        // Standard errors 1/√n ≈ 0.007 and √(2/n) ≈ 0.01.
+        assert!(mean.abs() < 0.035, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.05, "var {var}");
+    }
+
+    #[test]
+    fn zero_clip_norm_is_refused_everywhere() {
+        let mut rng = StdRng::seed_from_u64(0);
+        let mut v = vec![1.0, 2.0];
+        assert_eq!(
+            add_gaussian_noise(&mut v, 1.0, 0.0, &mut rng),
+            Err(DpError::ClipNorm(0.0))
+        );
+        assert_eq!(
+            add_gaussian_noise(&mut v, 1.0, f64::INFINITY, &mut rng),
+            Err(DpError::ClipNorm(f64::INFINITY))
+        );
+        assert_eq!(clip_l2(&mut v, 0.0), Err(DpError::ClipNorm(0.0)));
+        assert_eq!(clip_l2(&mut v, -0.0), Err(DpError::ClipNorm(-0.0)));
+        assert!(matches!(
+            clip_l2(&mut v, f64::NAN),
+            Err(DpError::ClipNorm(_))
+        ));
+        assert_eq!(v, vec![1.0, 2.0]);
+    }
+
+    /// Above 2^53 a Poisson draw is no longer an exact integer in f64; `rand_distr` itself
+    /// accepts means up to about 1.8e19, so the bound must be checked here.
+    #[test]
+    fn skellam_mu_above_two_to_the_53_is_refused() {
+        let mut rng = StdRng::seed_from_u64(1);
+        for mu in [MAX_SKELLAM_MU.next_up(), 2.0 * MAX_SKELLAM_MU, 1e18, 1.8e19] {
+            let mut w = vec![7u32; 2];
+            assert_eq!(
+                add_skellam_noise(&mut w, mu, &mut rng),
+                Err(DpError::SkellamMu(mu))
+            );
+            assert_eq!(w, vec![7; 2]);
+        }
+        let mut w = vec![0u32; 2];
+        add_skellam_noise(&mut w, MAX_SKELLAM_MU, &mut rng).unwrap();
+    }
+
+    #[test]
+    fn skellam_tail_bound_without_margin_is_one() {
+        assert_eq!(skellam_tail_bound(0.0, 0.0), 1.0);
+        assert_eq!(skellam_tail_bound(5.0, -40.0), 1.0);
+        assert_eq!(skellam_tail_bound(5.0, 0.0), 1.0);
+        assert_eq!(skellam_tail_bound(0.0, -1.0), 1.0);
+        assert_eq!(skellam_tail_bound(-1.0, 3.0), 1.0);
+        assert_eq!(skellam_tail_bound(5.0, f64::NAN), 1.0);
+    }
+
+    #[test]
+    fn clipping_halves_a_vector_of_twice_the_norm_exactly() {
+        // Norm 2 (exactly, all entries ±1) clipped to 1: exactly v/2.
+        let mut v = vec![1.0, -1.0, 1.0, -1.0];
+        assert_eq!(clip_l2(&mut v, 1.0).unwrap(), 2.0);
+        assert_eq!(v, vec![0.5, -0.5, 0.5, -0.5]);
+        // Norm 10 clipped to 5.
+        let mut v = vec![6.0, -8.0];
+        assert_eq!(clip_l2(&mut v, 5.0).unwrap(), 10.0);
+        assert_eq!(v, vec![3.0, -4.0]);
+        // Norm C/2 and norm exactly C: untouched.
+        let mut v = vec![1.5, 2.0];
+        assert_eq!(clip_l2(&mut v, 5.0).unwrap(), 2.5);
+        assert_eq!(v, vec![1.5, 2.0]);
+        let mut v = vec![-3.0, 4.0];
+        assert_eq!(clip_l2(&mut v, 5.0).unwrap(), 5.0);
+        assert_eq!(v, vec![-3.0, 4.0]);
+    }
+
     proptest! {
         #[test]
         fn clipped_norm_never_exceeds_the_bound(

@@ -538,6 +538,85 @@ mod tests {
         }
     }
 
+    /// The low three bits of `Fe::random` are uniform: chi-square over their 8 values, 7
+    /// degrees of freedom, n = 80,000 draws from a fixed seed. The critical value at
+    /// α = 0.001 is 24.32 (a false alarm probability of 0.1 % for a uniform sampler). The top
+    /// bit (2^60) is set about half the time, and every draw is below p.
+    #[test]
+    fn random_field_elements_are_uniform_in_the_low_and_high_bits() {
+        let mut rng = StdRng::seed_from_u64(31);
+        let n = 80_000;
+        let mut low = [0u32; 8];
+        let mut top = 0u32;
+        for _ in 0..n {
+            let v = Fe::random(&mut rng).0;
+            assert!(v < P);
+            low[(v & 7) as usize] += 1;
+            top += u32::from(v >> 60 == 1);
+        }
+        let expected = f64::from(n) / 8.0;
+        let chi2: f64 = low
+            .iter()
+            .map(|&c| (f64::from(c) - expected).powi(2) / expected)
+            .sum();
+        assert!(chi2 < 24.32, "low bits {low:?}, chi2 {chi2}");
+        // Binomial(n, 1/2): standard deviation √n/2 ≈ 141; allow 5 of them.
+        let half = f64::from(n) / 2.0;
+        assert!(
+            (f64::from(top) - half).abs() < 5.0 * 141.5,
+            "top bit set {top} times"
+        );
+    }
+
+    /// A generator replaying fixed words, to reach the rejection branch of `Fe::random`.
+    struct Replay(Vec<u64>);
+
+    impl rand::TryRng for Replay {
+        type Error = std::convert::Infallible;
+        fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+            unreachable!("Fe::random reads u64 words")
+        }
+        fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+            assert!(
+                !self.0.is_empty(),
+                "Fe::random read past the replayed words"
+            );
+            Ok(self.0.remove(0))
+        }
+        fn try_fill_bytes(&mut self, _: &mut [u8]) -> Result<(), Self::Error> {
+            unreachable!("Fe::random reads u64 words")
+        }
+    }
+
+    impl rand::TryCryptoRng for Replay {}
+
+    /// The one 61-bit value that is not a field element, p itself (all ones), is rejected
+    /// and the next word used; p − 1 is accepted.
+    #[test]
+    fn random_rejects_exactly_p() {
+        let mut rng = Replay(vec![u64::MAX, 5 << 3 | 7]);
+        assert_eq!(Fe::random(&mut rng), Fe(5));
+        assert!(rng.0.is_empty());
+        let mut rng = Replay(vec![u64::MAX - 8, 0]);
+        assert_eq!(Fe::random(&mut rng), Fe(P - 1));
+        assert_eq!(rng.0, vec![0]);
+    }
+
+    #[test]
+    fn shares_carry_their_own_points() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let secret = secret_from(&mut rng);
+        let xs = [2, 5, 9, 1000, u32::MAX];
+        let shares = split(&secret, 3, &xs, &mut rng).unwrap();
+        let got: Vec<u32> = shares.iter().map(Share::x).collect();
+        assert_eq!(got, xs);
+        for s in &shares {
+            let back = Share::from_value_bytes(s.x(), &s.value_bytes()).unwrap();
+            assert_eq!(back.x(), s.x());
+            assert_eq!(&back, s);
+        }
+    }
+
     proptest! {
         /// Any t of n shares reconstruct the secret, whichever t and in any order.
         #[test]

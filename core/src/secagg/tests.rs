@@ -1008,3 +1008,441 @@ fn the_coordinator_checks_survivor_signatures() {
     assert_eq!(m.server.close_consistency().unwrap(), u3);
     assert_eq!(m.server.signatures_for("p0").unwrap(), good);
 }
+
+/// Partner p0 of a complete round of 5 with t = 3, after key agreement, and the envelopes
+/// its four neighbours sent it.
+fn p0_with_its_envelopes(seed: u64) -> (ClientRound, Vec<Envelope>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let c = cohort(5, &mut rng);
+    let p = params(&c, 3, 4, 4);
+    let mut clients = Vec::new();
+    let mut keys = Vec::new();
+    for i in 0..5 {
+        let (client, advert) =
+            ClientRound::new(p.clone(), &c.ids[i], &c.identities[i], POLICY, &mut rng).unwrap();
+        keys.push(SignedKeys {
+            partner_id: c.ids[i].clone(),
+            keys: advert,
+        });
+        clients.push(client);
+    }
+    let out: Vec<Vec<Envelope>> = clients
+        .iter_mut()
+        .map(|cl| cl.on_keys(&keys, &c.roster, &mut rng).unwrap())
+        .collect();
+    let to_p0: Vec<Envelope> = out.into_iter().flatten().filter(|e| e.to == "p0").collect();
+    assert_eq!(to_p0.len(), 4);
+    (clients.swap_remove(0), to_p0)
+}
+
+/// With itself, a client needs t of its closed neighbourhood: t − 1 envelopes suffice,
+/// t − 2 do not.
+#[test]
+fn a_client_needs_exactly_t_minus_one_envelopes() {
+    let t = 3;
+    for k in 0..=4 {
+        let (mut client, envelopes) = p0_with_its_envelopes(40);
+        let got = client.on_shares(&envelopes[..k]);
+        if k + 1 < t {
+            assert_eq!(
+                got,
+                Err(SecAggError::BelowThreshold {
+                    phase: "shares",
+                    partner: "p0".into(),
+                    got: k + 1,
+                    need: t,
+                }),
+                "{k} envelopes"
+            );
+            assert_eq!(client.phase(), ClientPhase::SharedKeys);
+        } else {
+            assert_eq!(got, Ok(()), "{k} envelopes");
+            assert_eq!(client.phase(), ClientPhase::ReadyToMask);
+        }
+    }
+}
+
+/// Every server call, dispatched by name, with arguments good enough for its phase guard.
+struct Calls<'a> {
+    keys: &'a SignedKeys,
+    signature: &'a SurvivorSignature,
+    roster: &'a Roster,
+    ids: &'a [String],
+}
+
+const SERVER_CALLS: [&str; 12] = [
+    "on_keys",
+    "close_keys",
+    "keys_for",
+    "on_shares",
+    "close_shares",
+    "envelopes_for",
+    "close_inputs",
+    "on_signature",
+    "close_consistency",
+    "signatures_for",
+    "on_revealed",
+    "unmask",
+];
+
+impl Calls<'_> {
+    fn call(&self, server: &mut ServerRound, name: &str) -> Result<(), SecAggError> {
+        match name {
+            "on_keys" => server.on_keys(self.keys.clone(), self.roster),
+            "close_keys" => server.close_keys().map(drop),
+            "keys_for" => server.keys_for("p0").map(drop),
+            "on_shares" => server.on_shares("p0", Vec::new()),
+            "close_shares" => server.close_shares().map(drop),
+            "envelopes_for" => server.envelopes_for("p0").map(drop),
+            "close_inputs" => server.close_inputs(self.ids).map(drop),
+            "on_signature" => server.on_signature(self.signature.clone(), self.roster),
+            "close_consistency" => server.close_consistency().map(drop),
+            "signatures_for" => server.signatures_for("p0").map(drop),
+            "on_revealed" => server.on_revealed("p0", Vec::new()),
+            "unmask" => server.unmask(&mut [0u32; 4]),
+            _ => unreachable!("{name}"),
+        }
+    }
+
+    /// Every call not in `allowed` is refused with WrongPhase and leaves the phase alone.
+    fn refused_except(&self, server: &mut ServerRound, allowed: &[&str]) {
+        let phase = server.phase();
+        for name in SERVER_CALLS.iter().filter(|n| !allowed.contains(n)) {
+            assert_eq!(
+                self.call(server, name),
+                Err(SecAggError::WrongPhase {
+                    call: name,
+                    phase: phase.name(),
+                }),
+                "{name} in {}",
+                phase.name()
+            );
+            assert_eq!(server.phase(), phase);
+        }
+    }
+}
+
+#[test]
+fn the_coordinator_refuses_every_call_in_the_wrong_phase() {
+    let mut rng = StdRng::seed_from_u64(21);
+    let n = 3;
+    let c = cohort(n, &mut rng);
+    let p = params(&c, 2, 2, 4);
+    let ids = c.ids.clone();
+    let mut server = ServerRound::new(p.clone());
+    let mut clients = Vec::new();
+    let mut keys = Vec::new();
+    for i in 0..n {
+        let (client, advert) =
+            ClientRound::new(p.clone(), &c.ids[i], &c.identities[i], POLICY, &mut rng).unwrap();
+        keys.push(SignedKeys {
+            partner_id: c.ids[i].clone(),
+            keys: advert,
+        });
+        clients.push(client);
+    }
+    let signed = signatures(&c, &p, &ids);
+    let calls = Calls {
+        keys: &keys[0],
+        signature: &signed[0],
+        roster: &c.roster,
+        ids: &ids,
+    };
+
+    calls.refused_except(&mut server, &["on_keys", "close_keys"]);
+    for k in &keys {
+        server.on_keys(k.clone(), &c.roster).unwrap();
+    }
+    server.close_keys().unwrap();
+    assert_eq!(server.phase(), ServerPhase::CollectingShares);
+
+    calls.refused_except(&mut server, &["keys_for", "on_shares", "close_shares"]);
+    for (i, client) in clients.iter_mut().enumerate() {
+        let envelopes = client
+            .on_keys(&server.keys_for(&ids[i]).unwrap(), &c.roster, &mut rng)
+            .unwrap();
+        server.on_shares(&ids[i], envelopes).unwrap();
+    }
+    server.close_shares().unwrap();
+    assert_eq!(server.phase(), ServerPhase::CollectingInputs);
+
+    calls.refused_except(&mut server, &["keys_for", "envelopes_for", "close_inputs"]);
+    let mut sum = RunningSum::new(4);
+    let mut expected = vec![0u32; 4];
+    for (i, client) in clients.iter_mut().enumerate() {
+        client
+            .on_shares(&server.envelopes_for(&ids[i]).unwrap())
+            .unwrap();
+        let x = vec![i as u32 + 1; 4];
+        let mut y = x.clone();
+        client.mask(&mut y).unwrap();
+        sum.add_all(&y);
+        for (e, v) in expected.iter_mut().zip(&x) {
+            *e = e.wrapping_add(*v);
+        }
+    }
+    let u3 = server.close_inputs(&ids).unwrap();
+    assert_eq!(server.phase(), ServerPhase::CheckingConsistency);
+
+    calls.refused_except(
+        &mut server,
+        &["keys_for", "on_signature", "close_consistency"],
+    );
+    for (i, client) in clients.iter_mut().enumerate() {
+        let signature = client.on_survivors(&u3, &c.identities[i]).unwrap();
+        let signed = SurvivorSignature {
+            partner_id: ids[i].clone(),
+            signature,
+        };
+        server.on_signature(signed, &c.roster).unwrap();
+    }
+    server.close_consistency().unwrap();
+    assert_eq!(server.phase(), ServerPhase::CollectingReveals);
+
+    calls.refused_except(
+        &mut server,
+        &["keys_for", "signatures_for", "on_revealed", "unmask"],
+    );
+    for (i, client) in clients.iter_mut().enumerate() {
+        let signatures = server.signatures_for(&ids[i]).unwrap();
+        let shares = client.on_unmask(&signatures, &c.roster).unwrap();
+        server.on_revealed(&ids[i], shares).unwrap();
+    }
+    let mut total = sum.into_inner();
+    server.unmask(&mut total).unwrap();
+    assert_eq!(total, expected);
+}
+
+/// The coordinator refuses an upload with an envelope claiming another sender, or one
+/// addressed to the uploader itself; the honest upload is still accepted afterwards.
+#[test]
+fn the_coordinator_refuses_forged_and_self_addressed_envelopes() {
+    let mut rng = StdRng::seed_from_u64(22);
+    let c = cohort(3, &mut rng);
+    let p = params(&c, 2, 2, 4);
+    let mut server = ServerRound::new(p.clone());
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let (client, advert) =
+            ClientRound::new(p.clone(), &c.ids[i], &c.identities[i], POLICY, &mut rng).unwrap();
+        let signed = SignedKeys {
+            partner_id: c.ids[i].clone(),
+            keys: advert,
+        };
+        server.on_keys(signed, &c.roster).unwrap();
+        clients.push(client);
+    }
+    server.close_keys().unwrap();
+    let keys = server.keys_for("p1").unwrap();
+    let honest = clients[1].on_keys(&keys, &c.roster, &mut rng).unwrap();
+    assert_eq!(honest.len(), 2);
+    assert!(honest.iter().all(|e| e.from == "p1"));
+
+    // p1 uploads an envelope to p0 that claims to come from p2.
+    let mut forged = honest.clone();
+    let k = forged.iter().position(|e| e.to == "p0").unwrap();
+    forged[k].from = "p2".into();
+    assert_eq!(
+        server.on_shares("p1", forged),
+        Err(SecAggError::Misrouted {
+            from: "p2".into(),
+            to: "p0".into()
+        })
+    );
+    // p1 adds an envelope (of the right size) addressed to itself.
+    let mut to_self = honest.clone();
+    to_self.push(Envelope {
+        from: "p1".into(),
+        to: "p1".into(),
+        ciphertext: honest[0].ciphertext.clone(),
+    });
+    assert_eq!(
+        server.on_shares("p1", to_self),
+        Err(SecAggError::Misrouted {
+            from: "p1".into(),
+            to: "p1".into()
+        })
+    );
+    server.on_shares("p1", honest).unwrap();
+    for i in [0, 2] {
+        let keys = server.keys_for(&c.ids[i]).unwrap();
+        let envelopes = clients[i].on_keys(&keys, &c.roster, &mut rng).unwrap();
+        server.on_shares(&c.ids[i], envelopes).unwrap();
+    }
+    server.close_shares().unwrap();
+    // p1 is relayed exactly its two honest envelopes, nothing to itself.
+    let to_p1 = server.envelopes_for("p1").unwrap();
+    assert_eq!(to_p1.len(), 2);
+    assert!(to_p1.iter().all(|e| e.to == "p1" && e.from != "p1"));
+}
+
+/// A round of `n` driven to the reveals, every partner taking part except `silent`, which
+/// advertises keys but never uploads its shares (so it is in U1 but not U2).
+struct Revealing {
+    c: Cohort,
+    p: RoundParams,
+    server: ServerRound,
+    /// Each sharer's index and revealed shares.
+    reveals: Vec<(usize, Vec<RevealedShare>)>,
+    sum: Vec<u32>,
+    expected: Vec<u32>,
+}
+
+fn revealing_round(
+    n: usize,
+    t: usize,
+    degree: usize,
+    silent: Option<usize>,
+    seed: u64,
+) -> Revealing {
+    let d = 4;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let c = cohort(n, &mut rng);
+    let p = params(&c, t, degree, d);
+    let mut server = ServerRound::new(p.clone());
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let (client, advert) =
+            ClientRound::new(p.clone(), &c.ids[i], &c.identities[i], POLICY, &mut rng).unwrap();
+        let signed = SignedKeys {
+            partner_id: c.ids[i].clone(),
+            keys: advert,
+        };
+        server.on_keys(signed, &c.roster).unwrap();
+        clients.push(client);
+    }
+    server.close_keys().unwrap();
+    let sharers: Vec<usize> = (0..n).filter(|&i| Some(i) != silent).collect();
+    for &i in &sharers {
+        let keys = server.keys_for(&c.ids[i]).unwrap();
+        let envelopes = clients[i].on_keys(&keys, &c.roster, &mut rng).unwrap();
+        server.on_shares(&c.ids[i], envelopes).unwrap();
+    }
+    server.close_shares().unwrap();
+    let mut sum = RunningSum::new(d);
+    let mut expected = vec![0u32; d];
+    for &i in &sharers {
+        clients[i]
+            .on_shares(&server.envelopes_for(&c.ids[i]).unwrap())
+            .unwrap();
+        let x = vec![3 * i as u32 + 1; d];
+        let mut y = x.clone();
+        clients[i].mask(&mut y).unwrap();
+        sum.add_all(&y);
+        for (e, v) in expected.iter_mut().zip(&x) {
+            *e = e.wrapping_add(*v);
+        }
+    }
+    let ids: Vec<String> = sharers.iter().map(|&i| c.ids[i].clone()).collect();
+    let u3 = server.close_inputs(&ids).unwrap();
+    for &i in &sharers {
+        let signature = clients[i].on_survivors(&u3, &c.identities[i]).unwrap();
+        let signed = SurvivorSignature {
+            partner_id: c.ids[i].clone(),
+            signature,
+        };
+        server.on_signature(signed, &c.roster).unwrap();
+    }
+    server.close_consistency().unwrap();
+    let reveals = sharers
+        .iter()
+        .map(|&i| {
+            let signatures = server.signatures_for(&c.ids[i]).unwrap();
+            (i, clients[i].on_unmask(&signatures, &c.roster).unwrap())
+        })
+        .collect();
+    Revealing {
+        c,
+        p,
+        server,
+        reveals,
+        sum: sum.into_inner(),
+        expected,
+    }
+}
+
+impl Revealing {
+    /// The honest reveals are accepted and unmask the sum.
+    fn finish(mut self) {
+        for (i, shares) in self.reveals {
+            self.server.on_revealed(&self.c.ids[i], shares).unwrap();
+        }
+        self.server.unmask(&mut self.sum).unwrap();
+        assert_eq!(self.sum, self.expected);
+    }
+}
+
+/// A share "of" a partner outside U2 (it advertised keys but never shared) is refused, even
+/// with the kind, point and value a dropped partner's share would have.
+#[test]
+fn the_coordinator_refuses_a_revealed_share_of_a_partner_outside_u2() {
+    let mut r = revealing_round(4, 3, 3, Some(3), 23);
+    let (i, honest) = r.reveals[0].clone();
+    assert_eq!(i, 0);
+    assert!(honest.iter().all(|s| s.owner != "p3"));
+    let mut forged = honest.clone();
+    forged.push(RevealedShare {
+        owner: "p3".into(),
+        kind: ShareKind::MaskKey,
+        x: RoundParams::point(0),
+        value: honest[0].value.clone(),
+    });
+    assert_eq!(
+        r.server.on_revealed("p0", forged),
+        Err(SecAggError::UnexpectedShare {
+            from: "p0".into(),
+            owner: "p3".into()
+        })
+    );
+    assert!(r.server.revealers().is_empty());
+    r.finish();
+}
+
+/// The same owner twice in one upload is refused, even with identical shares.
+#[test]
+fn the_coordinator_refuses_the_same_owner_twice_in_one_reveal() {
+    let mut r = revealing_round(4, 3, 3, None, 25);
+    let (i, honest) = r.reveals[1].clone();
+    assert_eq!(i, 1);
+    for k in 0..honest.len() {
+        let mut twice = honest.clone();
+        twice.push(honest[k].clone());
+        assert_eq!(
+            r.server.on_revealed("p1", twice),
+            Err(SecAggError::UnexpectedShare {
+                from: "p1".into(),
+                owner: honest[k].owner.clone()
+            })
+        );
+    }
+    assert!(r.server.revealers().is_empty());
+    r.finish();
+}
+
+/// On a sparse graph, a share of a U2 partner outside the revealer's closed neighbourhood
+/// is refused.
+#[test]
+fn the_coordinator_refuses_a_revealed_share_from_outside_the_neighbourhood() {
+    let mut r = revealing_round(10, 3, 4, None, 24);
+    let far = (1..10).find(|&j| !r.p.graph().is_close(0, j)).unwrap();
+    let (i, honest) = r.reveals[0].clone();
+    assert_eq!(i, 0);
+    let far_id = r.c.ids[far].clone();
+    assert!(honest.iter().all(|s| s.owner != far_id));
+    let mut forged = honest.clone();
+    forged.push(RevealedShare {
+        owner: far_id.clone(),
+        kind: ShareKind::SelfMask,
+        x: RoundParams::point(0),
+        value: honest[0].value.clone(),
+    });
+    assert_eq!(
+        r.server.on_revealed("p0", forged),
+        Err(SecAggError::UnexpectedShare {
+            from: "p0".into(),
+            owner: far_id
+        })
+    );
+    assert!(r.server.revealers().is_empty());
+    r.finish();
+}
