@@ -53,7 +53,8 @@
 //! # `consistency_check`
 //!
 //! The CPU the consistency check adds to one round at N = 200 and N = 1,000, all parties
-//! together: N Ed25519 signatures over U3, N verifications by the coordinator and N × (k + 1)
+//! together: N + 1 hashes of U3, N Ed25519 signatures over its digest, N verifications by the
+//! coordinator and N × (k + 1)
 //! by the partners (each checks its closed neighbourhood, k = `recommended_degree(N)`). In the
 //! simulator all of it lands on the same cores; on real partners each pays 1/N of it.
 
@@ -66,7 +67,7 @@ use fedmark_core::secagg::prg::{self, SEED_LEN};
 use fedmark_core::secagg::{
     ClientPolicy, ClientRound, Roster, RoundId, RoundParams, ServerRound, SignedKeys,
     SurvivorSignature, generate_identity,
-    keys::{sign_survivors, verify_survivors},
+    keys::{sign_survivors, survivors_digest, verify_survivors},
     recommended_degree, recommended_threshold,
 };
 use rand::rngs::StdRng;
@@ -190,21 +191,33 @@ fn spread_dropouts(params: &RoundParams, count: usize, rng: &mut StdRng) -> Vec<
     let n = params.len();
     let t = params.threshold();
     let hoods = neighbourhoods(params);
-    let mut lost = vec![0usize; n];
-    let mut dropped = vec![false; n];
-    let mut chosen = 0;
-    for c in shuffled(n, rng) {
-        if chosen == count {
-            break;
-        }
-        if hoods[c].iter().all(|&j| hoods[j].len() - lost[j] > t) {
-            dropped[c] = true;
-            chosen += 1;
-            for &j in &hoods[c] {
-                lost[j] += 1;
+    // A greedy pass in one random order may get stuck short of `count` on some graphs; try a
+    // bounded number of orders.
+    let mut best = (0, vec![false; n]);
+    for _ in 0..200 {
+        let mut lost = vec![0usize; n];
+        let mut dropped = vec![false; n];
+        let mut chosen = 0;
+        for c in shuffled(n, rng) {
+            if chosen == count {
+                break;
+            }
+            if hoods[c].iter().all(|&j| hoods[j].len() - lost[j] > t) {
+                dropped[c] = true;
+                chosen += 1;
+                for &j in &hoods[c] {
+                    lost[j] += 1;
+                }
             }
         }
+        if chosen > best.0 {
+            best = (chosen, dropped);
+        }
+        if best.0 == count {
+            break;
+        }
     }
+    let (chosen, dropped) = best;
     assert_eq!(
         chosen, count,
         "could not spread {count} dropouts over the graph"
@@ -448,21 +461,26 @@ fn consistency_check(c: &mut Criterion) {
         let close = recommended_degree(n) + 1;
         group.bench_function(BenchmarkId::new("sign_and_verify_all", n), |b| {
             b.iter(|| {
+                // Every party hashes the set once (the coordinator and each partner).
+                let mut digest = [0u8; 32];
+                for _ in 0..=n {
+                    digest = survivors_digest(&round, &survivors);
+                }
                 let signed: Vec<SurvivorSignature> = ids
                     .iter()
                     .zip(&keys)
                     .map(|(id, key)| SurvivorSignature {
                         partner_id: id.clone(),
-                        signature: sign_survivors(key, &round, &survivors),
+                        signature: sign_survivors(key, &digest),
                     })
                     .collect();
                 // The coordinator checks each once; each partner checks its neighbourhood's.
                 for s in &signed {
-                    verify_survivors(&roster, &round, &survivors, s).expect("valid");
+                    verify_survivors(&roster, &digest, s).expect("valid");
                 }
                 for i in 0..n {
                     for s in signed.iter().cycle().skip(i).take(close) {
-                        verify_survivors(&roster, &round, &survivors, s).expect("valid");
+                        verify_survivors(&roster, &digest, s).expect("valid");
                     }
                 }
                 black_box(signed)

@@ -35,8 +35,8 @@ use rand::CryptoRng;
 use super::error::SecAggError;
 use super::keys::{
     ENVELOPE_LEN, ENVELOPE_PLAINTEXT_LEN, Party, Purpose, Roster, RoundKeyPairs, SIGNATURE_LEN,
-    open, pairwise_secret, public_of, seal, sign_keys, sign_survivors, verify_keys,
-    verify_survivors,
+    open, pairwise_secret, public_of, seal, sign_keys, sign_survivors, survivors_digest,
+    verify_keys, verify_survivors,
 };
 use super::message::{
     Envelope, KeyAdvertisement, RevealedShare, ShareKind, SignedKeys, SurvivorSignature,
@@ -111,8 +111,9 @@ pub struct ClientRound {
     self_seed: [u8; 32],
     /// This client's own shares of its two secrets.
     own_shares: Option<(Share, Share)>,
-    /// The survivor set it signed (U3, cohort indices).
+    /// The survivor set it signed (U3, cohort indices) and its digest.
     survivors: Vec<usize>,
+    survivors_digest: [u8; 32],
 }
 
 impl fmt::Debug for ClientRound {
@@ -237,6 +238,7 @@ impl ClientRound {
             self_seed: [0; 32],
             own_shares: None,
             survivors: Vec::new(),
+            survivors_digest: [0; 32],
         };
         Ok((round, advert))
     }
@@ -555,8 +557,10 @@ impl ClientRound {
         }
         let mut sorted: Vec<usize> = u3.into_iter().collect();
         sorted.sort_unstable();
-        let signature = sign_survivors(identity, self.params.round(), &self.survivor_ids(&sorted));
+        let digest = survivors_digest(self.params.round(), &self.survivor_ids(&sorted));
+        let signature = sign_survivors(identity, &digest);
         self.survivors = sorted;
+        self.survivors_digest = digest;
         self.phase = ClientPhase::Signed;
         Ok(signature)
     }
@@ -583,8 +587,6 @@ impl ClientRound {
             return Err(SecAggError::AlreadyRevealed);
         }
         self.expect_phase(ClientPhase::Signed, "on_unmask")?;
-        let ids = self.survivor_ids(&self.survivors);
-        let round = *self.params.round();
         let mut signers = HashSet::with_capacity(signatures.len());
         for signed in signatures {
             let j = self.params.require_index(&signed.partner_id)?;
@@ -594,7 +596,7 @@ impl ClientRound {
             if !signers.insert(j) {
                 return Err(SecAggError::DuplicateSignature(signed.partner_id.clone()));
             }
-            verify_survivors(roster, &round, &ids, signed)?;
+            verify_survivors(roster, &self.survivors_digest, signed)?;
         }
         let close_signers = self
             .params

@@ -372,45 +372,55 @@ pub fn verify_keys(
         .map_err(|_| SecAggError::BadSignature(signed.partner_id.clone()))
 }
 
-/// The bytes a survivor signs in the consistency check: a domain label, the round id (which
-/// binds the job, round, attempt, cohort, graph and threshold, see
-/// [`super::params::RoundParams::round`]) and the survivor set U3 it was shown, in cohort
-/// order. A partner signs one set per round; a partner reveals shares only for a set that at
-/// least t of its own neighbourhood signed.
-pub fn survivors_signature_message(round: &RoundId, survivors: &[&str]) -> Vec<u8> {
-    let mut msg = Vec::with_capacity(64 + survivors.iter().map(|s| s.len() + 8).sum::<usize>());
-    put(&mut msg, b"fedmark/secagg/survivors/v1");
-    put(&mut msg, round.as_bytes());
-    msg.extend_from_slice(&(survivors.len() as u64).to_le_bytes());
+/// The digest of a survivor set that survivors sign in the consistency check: SHA-256 over a
+/// domain label, the round id (which binds the job, round, attempt, cohort, graph and
+/// threshold, see [`super::params::RoundParams::round`]) and the survivor set U3 in cohort
+/// order. A partner signs one set per round and reveals shares only for a set that at least t
+/// of its own neighbourhood signed. Computed once per set, so each of the many verifications
+/// a partner makes hashes 32 bytes, not the whole list.
+pub fn survivors_digest(round: &RoundId, survivors: &[&str]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut put_h = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    put_h(b"fedmark/secagg/survivors/v1");
+    put_h(round.as_bytes());
+    h.update((survivors.len() as u64).to_le_bytes());
     for id in survivors {
-        put(&mut msg, id.as_bytes());
+        h.update((id.len() as u64).to_le_bytes());
+        h.update(id.as_bytes());
     }
+    h.finalize().into()
+}
+
+/// The bytes a survivor signs: a domain label and the set's [`survivors_digest`].
+fn survivors_signature_message(digest: &[u8; 32]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(80);
+    put(&mut msg, b"fedmark/secagg/survivors-signature/v1");
+    put(&mut msg, digest);
     msg
 }
 
-/// Signs a survivor set with an identity key.
-pub fn sign_survivors(
-    identity: &SigningKey,
-    round: &RoundId,
-    survivors: &[&str],
-) -> [u8; SIGNATURE_LEN] {
+/// Signs a survivor set (its [`survivors_digest`]) with an identity key.
+pub fn sign_survivors(identity: &SigningKey, digest: &[u8; 32]) -> [u8; SIGNATURE_LEN] {
     identity
-        .sign(&survivors_signature_message(round, survivors))
+        .sign(&survivors_signature_message(digest))
         .to_bytes()
 }
 
-/// Checks a partner's signature over a survivor set against its roster key.
+/// Checks a partner's signature over a survivor set (its [`survivors_digest`]) against its
+/// roster key.
 pub fn verify_survivors(
     roster: &Roster,
-    round: &RoundId,
-    survivors: &[&str],
+    digest: &[u8; 32],
     signed: &SurvivorSignature,
 ) -> Result<(), SecAggError> {
     let key = roster
         .get(&signed.partner_id)
         .ok_or_else(|| SecAggError::UnknownPartner(signed.partner_id.clone()))?;
     key.verify_strict(
-        &survivors_signature_message(round, survivors),
+        &survivors_signature_message(digest),
         &Signature::from_bytes(&signed.signature),
     )
     .map_err(|_| SecAggError::BadSurvivorSignature(signed.partner_id.clone()))

@@ -58,7 +58,7 @@ pub struct SignedKeys {
 pub struct SurvivorSignature {
     /// The signing partner.
     pub partner_id: String,
-    /// Ed25519 signature over [`super::keys::survivors_signature_message`].
+    /// Ed25519 signature over the set's [`super::keys::survivors_digest`].
     pub signature: [u8; SIGNATURE_LEN],
 }
 

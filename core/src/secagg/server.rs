@@ -26,7 +26,8 @@ use x25519_dalek::StaticSecret;
 
 use super::error::SecAggError;
 use super::keys::{
-    ENVELOPE_LEN, Party, Purpose, Roster, pairwise_secret, public_of, verify_keys, verify_survivors,
+    ENVELOPE_LEN, Party, Purpose, Roster, pairwise_secret, public_of, survivors_digest,
+    verify_keys, verify_survivors,
 };
 use super::message::{Envelope, RevealedShare, ShareKind, SignedKeys, SurvivorSignature};
 use super::params::RoundParams;
@@ -74,6 +75,8 @@ pub struct ServerRound {
     sharers: BTreeSet<usize>,
     /// U3.
     survivors: BTreeSet<usize>,
+    /// The digest of U3 that survivors sign.
+    survivors_digest: [u8; 32],
     /// U4: survivors' verified signatures over U3.
     signatures: BTreeMap<usize, SurvivorSignature>,
     /// Survivors that revealed their shares.
@@ -92,6 +95,7 @@ impl ServerRound {
             outbox: BTreeMap::new(),
             sharers: BTreeSet::new(),
             survivors: BTreeSet::new(),
+            survivors_digest: [0; 32],
             signatures: BTreeMap::new(),
             revealers: BTreeSet::new(),
             shares: BTreeMap::new(),
@@ -274,6 +278,9 @@ impl ServerRound {
         }
         self.quorum("inputs", u3.len())?;
         self.survivors = u3;
+        let ids = self.ids(self.survivors.iter().copied());
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        self.survivors_digest = survivors_digest(self.params.round(), &ids);
         self.phase = ServerPhase::CheckingConsistency;
         Ok(self.ids(self.survivors.iter().copied()))
     }
@@ -293,9 +300,7 @@ impl ServerRound {
         if self.signatures.contains_key(&i) {
             return Err(SecAggError::DuplicateSignature(signed.partner_id));
         }
-        let ids: Vec<String> = self.ids(self.survivors.iter().copied());
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        verify_survivors(roster, self.params.round(), &ids, &signed)?;
+        verify_survivors(roster, &self.survivors_digest, &signed)?;
         self.signatures.insert(i, signed);
         Ok(())
     }

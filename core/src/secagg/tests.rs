@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::keys::{ENVELOPE_LEN, sign_keys, sign_survivors};
+use super::keys::{ENVELOPE_LEN, sign_keys, sign_survivors, survivors_digest};
 use super::*;
 use crate::aggregate::RunningSum;
 
@@ -77,7 +77,7 @@ fn signatures(c: &Cohort, p: &RoundParams, survivors: &[String]) -> Vec<Survivor
             let i = c.ids.iter().position(|x| x == id).unwrap();
             SurvivorSignature {
                 partner_id: id.clone(),
-                signature: sign_survivors(&c.identities[i], p.round(), &ids),
+                signature: sign_survivors(&c.identities[i], &survivors_digest(p.round(), &ids)),
             }
         })
         .collect()
