@@ -83,8 +83,10 @@ impl RoundRecords {
         self.save()
     }
 
-    /// Checks a round start against its job's guard ([`RoundGuard::admit`]) and persists what
-    /// changed. A job without a guard (never accepted here) admits nothing.
+    /// Checks a round start against its job's guard ([`RoundGuard::admit`]) and, in a secure
+    /// job, persists what changed. (A plain job's vectors reach the coordinator as they are,
+    /// so its round order is kept in memory only: one durable write fewer per round.) A job
+    /// without a guard (never accepted here) admits nothing.
     pub fn admit(
         &mut self,
         job_id: &str,
@@ -97,7 +99,7 @@ impl RoundRecords {
         };
         let before = guard.clone();
         let verdict = guard.admit(round, attempt, kind);
-        if *guard != before {
+        if *guard != before && guard.is_secure() {
             self.save()?;
         }
         Ok(verdict)

@@ -172,6 +172,12 @@ impl RoundGuard {
         Ok(())
     }
 
+    /// Whether the job's rounds are secure (only then is a round's unmask the partner's to
+    /// give).
+    pub fn is_secure(&self) -> bool {
+        self.secure
+    }
+
     /// Records that the partner revealed its shares for an attempt of `round`.
     pub fn unmasked(&mut self, round: u64) {
         self.unmasked.insert(round);
