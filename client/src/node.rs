@@ -586,6 +586,18 @@ fn data_refusal(e: DataError) -> String {
     }
 }
 
+/// What a round start announces about the round's shape, for [`RoundShape::check`].
+pub fn announced(start: &RoundStart) -> Announced<'_> {
+    Announced {
+        secure: start.secure,
+        vector_len: start.vector_len,
+        model_len: start.model_len,
+        threshold: u64::from(start.threshold),
+        graph_degree: u64::from(start.graph_degree),
+        graph_seed: &start.graph_seed,
+    }
+}
+
 fn kind_of(start: &RoundStart) -> Result<RoundKind, ClientError> {
     match start.kind() {
         fedmark_proto::RoundKind::Statistics => Ok(RoundKind::Statistics),
@@ -1171,14 +1183,7 @@ impl Node {
             let shape = RoundShape::derive(&ctx.spec, kind, start.cohort.clone(), ctx.num_params());
             (shape, ctx.spec.features.numeric.len())
         };
-        let announced = Announced {
-            secure: start.secure,
-            vector_len: start.vector_len,
-            model_len: start.model_len,
-            threshold: u64::from(start.threshold),
-            graph_degree: u64::from(start.graph_degree),
-            graph_seed: &start.graph_seed,
-        };
+        let announced = announced(&start);
         let shape = match shape.and_then(|shape| {
             shape.check(&announced, &rref.job_id, rref.round, rref.attempt)?;
             Ok(shape)

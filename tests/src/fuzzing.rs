@@ -27,7 +27,7 @@ use fedmark_core::secagg::{
     RoundParams, ServerRound, ShareKind, SignedKeys, SurvivorSignature, generate_identity,
     valid_partner_id,
 };
-use fedmark_core::shape::{Announced, RoundShape};
+use fedmark_core::shape::RoundShape;
 use fedmark_core::spec::JobSpec;
 use fedmark_proto::{ClientMessage, ServerMessage, client_message, server_message};
 use prost::Message;
@@ -671,14 +671,7 @@ pub fn server_message(data: &[u8]) {
             };
             let spec = fuzz_spec();
             if let Ok(shape) = RoundShape::derive(spec, kind, start.cohort.clone(), 3) {
-                let announced = Announced {
-                    secure: start.secure,
-                    vector_len: start.vector_len,
-                    model_len: start.model_len,
-                    threshold: u64::from(start.threshold),
-                    graph_degree: u64::from(start.graph_degree),
-                    graph_seed: &start.graph_seed,
-                };
+                let announced = fedmark_client::node::announced(&start);
                 if shape
                     .check(&announced, &rref.job_id, rref.round, rref.attempt)
                     .is_ok()
