@@ -7,6 +7,8 @@
 //! deterministic under a seeded generator and testable without a network.
 
 pub mod accountant;
+/// The privacy-loss-distribution accountant (part of [`accountant`]).
+pub use accountant::pld;
 pub mod aggregate;
 pub mod audit;
 pub mod budget;
@@ -17,7 +19,6 @@ pub mod guard;
 pub mod matrix;
 pub mod metrics;
 pub mod model;
-pub mod pld;
 pub mod secagg;
 pub mod shape;
 pub mod spec;

@@ -80,7 +80,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use rustfft::num_complex::Complex64;
 use rustfft::{Fft, FftPlanner};
 
-use crate::accountant::{AccountantError, check_delta, check_q, check_sigma};
+use super::{AccountantError, check_delta, check_q, check_sigma};
 
 /// Grid points the composed distribution is spread over: the discretisation interval is the
 /// composition's Chernoff window divided by this.
@@ -934,7 +934,7 @@ mod tests {
     fn exact_gaussian_epsilon(sigma: f64, steps: u64, delta: f64) -> f64 {
         let mu = (steps as f64).sqrt() / sigma;
         let log_phi = |x: f64| {
-            -std::f64::consts::LN_2 + crate::accountant::log_erfc(-x / std::f64::consts::SQRT_2)
+            -std::f64::consts::LN_2 + super::super::log_erfc(-x / std::f64::consts::SQRT_2)
         };
         let delta_at = |e: f64| phi(-e / mu + mu / 2.0) - (e + log_phi(-e / mu - mu / 2.0)).exp();
         let (mut lo, mut hi) = (0.0, 1.0);

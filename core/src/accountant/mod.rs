@@ -46,7 +46,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::pld::{ComposedPld, GaussianEvent};
+pub mod pld;
+
+use pld::{ComposedPld, GaussianEvent};
 
 /// Why a privacy computation was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -88,7 +90,7 @@ pub enum AccountantError {
     #[error("rdp value {0} at some order is negative or NaN")]
     RdpValue(f64),
     /// A privacy loss distribution would need more grid points than
-    /// [`crate::pld::MAX_POINTS`] (only for absurd parameters, e.g. ε in the millions).
+    /// [`pld::MAX_POINTS`] (only for absurd parameters, e.g. ε in the millions).
     #[error("privacy loss distribution needs {points} grid points, more than the limit")]
     PldGrid {
         /// Grid points needed.
@@ -1075,7 +1077,7 @@ pub fn calibrate_noise_multiplier_with(
 mod tests {
     use super::*;
 
-    const REFERENCE_CSV: &str = include_str!("../testdata/dp_epsilon_sample.csv");
+    const REFERENCE_CSV: &str = include_str!("../../testdata/dp_epsilon_sample.csv");
 
     fn close(a: f64, b: f64, rel: f64) -> bool {
         (a - b).abs() <= rel * a.abs().max(b.abs())
