@@ -250,14 +250,13 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 fn with_rounds(acc: &Accountant, plan: &PrivacyPlan, n: u64) -> Result<Accountant, LedgerError> {
     let mut acc = acc.clone();
     if n > 0 {
-        let steps = plan
-            .steps_per_round
-            .checked_mul(n)
-            .ok_or(LedgerError::PastPlan {
+        if plan.steps_per_round.checked_mul(n).is_none() {
+            return Err(LedgerError::PastPlan {
                 round: n,
                 reason: "the plan's steps overflow".into(),
-            })?;
-        acc.compose_subsampled_gaussian(plan.sampling_rate, plan.noise_multiplier, steps)?;
+            });
+        }
+        plan.charge_rounds(&mut acc, n)?;
     }
     Ok(acc)
 }

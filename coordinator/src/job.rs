@@ -23,7 +23,7 @@ use fedmark_core::aggregate::{RoundKind, eval_stats_from_slice};
 use fedmark_core::budget::PrivacyPlan;
 use fedmark_core::budget::noise_threshold;
 use fedmark_core::codec::CodecError;
-use fedmark_core::dp::{DpError, add_gaussian_noise};
+use fedmark_core::discrete_gaussian::{self, DiscreteGaussianError};
 use fedmark_core::features::{FeatureSchema, Standardizer};
 use fedmark_core::metrics::Metrics;
 use fedmark_core::model::{Architecture, Model};
@@ -38,7 +38,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::board::Board;
 use crate::metrics::Metrics as MetricsRegistry;
@@ -97,7 +97,7 @@ pub enum JobError {
     Privacy(#[from] AccountantError),
     /// Noise could not be drawn.
     #[error("privacy noise: {0}")]
-    Noise(#[from] DpError),
+    Noise(#[from] DiscreteGaussianError),
     /// The spec could not be serialised for the partners.
     #[error(transparent)]
     Spec(#[from] fedmark_core::spec::SpecError),
@@ -787,13 +787,18 @@ pub async fn run_job(
         let mut update = done.sum.update;
         let mut epsilon = None;
         if let Some(plan) = &privacy {
-            if plan.mode == PrivacyMode::PartnerCentral {
-                add_gaussian_noise(
+            if plan.mode == PrivacyMode::PartnerCentral
+                && let Some(codec) = done.layout.update_codec
+            {
+                // Discrete Gaussian on the integer sum, not a float Gaussian on floats.
+                let noise = discrete_gaussian::add_to_fixed_point_sum(
                     &mut update,
-                    plan.noise_multiplier,
+                    codec.scale,
                     plan.clip,
+                    plan.noise_multiplier,
                     &mut noise_rng,
                 )?;
+                debug!(job = %job_id, round, lattice_step = noise.step, noise_std = noise.std_real, "central noise added");
             }
             // Charged with the release of this round's result (one commit below).
             match (plan.mode, done.layout.update_codec) {

@@ -128,16 +128,18 @@ impl PrivacyPlan {
         }))
     }
 
-    /// The tightest accountant for a job's mechanism: PLD for the Gaussian mechanism, RDP for
-    /// the Skellam mechanism of `partner-distributed` jobs (no PLD for it here).
+    /// The tightest accountant for a job's mechanism: PLD for the (subsampled) Gaussian of
+    /// DP-SGD (`record`); RDP for the discrete Gaussian the coordinator adds in
+    /// `partner-central` jobs and for the Skellam noise of `partner-distributed` jobs (no PLD
+    /// for either here).
     pub fn accountant(&self) -> Method {
         Self::accountant_for(self.mode)
     }
 
     fn accountant_for(mode: PrivacyMode) -> Method {
         match mode {
-            PrivacyMode::PartnerDistributed => Method::Rdp,
-            _ => Method::Pld,
+            PrivacyMode::Record => Method::Pld,
+            _ => Method::Rdp,
         }
     }
 
@@ -146,11 +148,27 @@ impl PrivacyPlan {
     /// partner's own ledger charges them as the Gaussian of the same σ, which they approach
     /// at the sensitivities fixed point gives.
     pub fn charge_round(&self, ledger: &mut Accountant) -> Result<(), AccountantError> {
-        ledger.compose_subsampled_gaussian(
-            self.sampling_rate,
-            self.noise_multiplier,
-            self.steps_per_round,
-        )
+        self.charge_rounds(ledger, 1)
+    }
+
+    /// Charges `rounds` rounds to `ledger` at once (see [`Self::charge_round`]).
+    pub fn charge_rounds(
+        &self,
+        ledger: &mut Accountant,
+        rounds: u64,
+    ) -> Result<(), AccountantError> {
+        let steps = self
+            .steps_per_round
+            .checked_mul(rounds)
+            .ok_or(AccountantError::ZeroSteps)?;
+        match self.mode {
+            PrivacyMode::PartnerCentral => {
+                ledger.compose_discrete_gaussian(self.noise_multiplier, steps)
+            }
+            _ => {
+                ledger.compose_subsampled_gaussian(self.sampling_rate, self.noise_multiplier, steps)
+            }
+        }
     }
 
     /// Fixed-point headroom factor of a distributed round with `n` partners and threshold

@@ -13,6 +13,7 @@ pub mod aggregate;
 pub mod audit;
 pub mod budget;
 pub mod codec;
+pub mod discrete_gaussian;
 pub mod dp;
 pub mod features;
 pub mod guard;

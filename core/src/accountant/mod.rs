@@ -559,6 +559,15 @@ pub enum Event {
         /// Times composed.
         count: u64,
     },
+    /// The discrete Gaussian mechanism on an integer sum
+    /// ([`crate::discrete_gaussian`]): charged with the Gaussian's RDP at the same noise
+    /// multiplier (CKS 2020, Theorem 14); it has no PLD here.
+    DiscreteGaussian {
+        /// Noise multiplier σ/Δ.
+        noise_multiplier: f64,
+        /// Times composed.
+        count: u64,
+    },
     /// The Skellam mechanism; see [`rdp_skellam`].
     Skellam {
         /// L2 sensitivity (integer units).
@@ -575,13 +584,17 @@ pub enum Event {
 impl Event {
     fn count(&self) -> u64 {
         match *self {
-            Event::SubsampledGaussian { count, .. } | Event::Skellam { count, .. } => count,
+            Event::SubsampledGaussian { count, .. }
+            | Event::DiscreteGaussian { count, .. }
+            | Event::Skellam { count, .. } => count,
         }
     }
 
     fn count_mut(&mut self) -> &mut u64 {
         match self {
-            Event::SubsampledGaussian { count, .. } | Event::Skellam { count, .. } => count,
+            Event::SubsampledGaussian { count, .. }
+            | Event::DiscreteGaussian { count, .. }
+            | Event::Skellam { count, .. } => count,
         }
     }
 
@@ -602,6 +615,9 @@ impl Event {
                 check_q(sampling_rate)?;
                 check_sigma(noise_multiplier)?;
             }
+            Event::DiscreteGaussian {
+                noise_multiplier, ..
+            } => check_sigma(noise_multiplier)?,
             Event::Skellam {
                 l2_sensitivity,
                 l1_sensitivity,
@@ -795,7 +811,7 @@ impl Accountant {
                     noise_multiplier,
                     count,
                 }),
-                Event::Skellam { .. } => None,
+                Event::DiscreteGaussian { .. } | Event::Skellam { .. } => None,
             })
             .collect()
     }
@@ -842,6 +858,23 @@ impl Accountant {
         self.compose_with(count, |order| rdp_gaussian(sigma, order))?;
         self.record(Event::SubsampledGaussian {
             sampling_rate: 1.0,
+            noise_multiplier: sigma,
+            count,
+        });
+        Ok(())
+    }
+
+    /// Charges `count` releases of the discrete Gaussian mechanism with noise multiplier
+    /// `sigma` ([`crate::discrete_gaussian`]): the Gaussian's RDP, and no PLD (a ledger with
+    /// such an event is accounted by RDP).
+    pub fn compose_discrete_gaussian(
+        &mut self,
+        sigma: f64,
+        count: u64,
+    ) -> Result<(), AccountantError> {
+        check_sigma(sigma)?;
+        self.compose_with(count, |order| rdp_gaussian(sigma, order))?;
+        self.record(Event::DiscreteGaussian {
             noise_multiplier: sigma,
             count,
         });
@@ -1076,6 +1109,25 @@ pub fn calibrate_noise_multiplier_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The discrete Gaussian is charged at the Gaussian's RDP (recomputed here from
+    /// α/(2σ²)), and a ledger holding it is never accounted by the PLD (whose continuous
+    /// Gaussian would not be its privacy loss).
+    #[test]
+    fn discrete_gaussian_is_charged_by_rdp_alone() {
+        let sigma = 1.7;
+        let mut acc = Accountant::new();
+        acc.compose_discrete_gaussian(sigma, 3).unwrap();
+        for (order, rdp) in acc.orders().iter().zip(acc.rdp()) {
+            let expected = 3.0 * order / (2.0 * sigma * sigma);
+            assert!((rdp - expected).abs() <= 1e-12 * expected, "order {order}");
+        }
+        assert!(acc.gaussian_events().is_none());
+        let (eps, bound) = acc.epsilon(1e-5).unwrap();
+        assert_eq!(bound.method(), Method::Rdp);
+        assert_eq!(eps, acc.epsilon_rdp(1e-5).unwrap().0);
+        assert!(acc.compose_discrete_gaussian(0.0, 1).is_err());
+    }
 
     const REFERENCE_CSV: &str = include_str!("../../testdata/dp_epsilon_sample.csv");
 
