@@ -17,14 +17,18 @@ import csv
 import hashlib
 import json
 import math
+import struct
 import sys
 
 import numpy as np
 
 
 def encode(row, idx, pipe):
-    """The model input of one CSV row, or None when the trainer would skip the row."""
+    """The model input of one CSV row and the bytes of its holdout key (parsed numerics as
+    f64, categorical slots as u32, little-endian), or None when the trainer would skip the
+    row."""
     x = np.zeros(pipe["input_dim"])
+    numerics, slots = b"", b""
     for col in pipe["columns"]:
         text = row[idx[col["name"]]].strip()
         if col["type"] == "numeric":
@@ -34,14 +38,18 @@ def encode(row, idx, pipe):
                 return None
             if not math.isfinite(v):
                 return None
+            numerics += struct.pack("<d", v)
             x[col["index"]] = (v - col["mean"]) / col["std"]
         elif col["type"] == "categorical":
             vocab = col["vocabulary"]
-            x[col["offset"] + (vocab.index(text) if text in vocab else col["other_slot"])] = 1.0
+            slot = vocab.index(text) if text in vocab else col["other_slot"]
+            slots += struct.pack("<I", slot)
+            x[col["offset"] + slot] = 1.0
         else:  # hashed
             h = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+            slots += struct.pack("<I", h % col["buckets"])
             x[col["offset"] + h % col["buckets"]] = 1.0
-    return x
+    return x, numerics + slots
 
 
 def predict(X, w, model):
@@ -67,9 +75,11 @@ def auc(scores, labels):
 MASK = (1 << 64) - 1
 
 
-def is_holdout(row, fraction, seed):
-    """Whether the partner holds out record `row` (0-based, in file order): the SplitMix64
-    finaliser of fedmark_core::features::is_holdout."""
+def is_holdout(key, fraction, seed):
+    """Whether the partner holds out the record whose key bytes (see `encode`, then one label
+    byte) are `key`: the first 8 bytes of their SHA-256 through the SplitMix64 finaliser of
+    fedmark_core::features::is_holdout."""
+    row = int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
     z = (seed ^ (row * 0x9E3779B97F4A7C15)) & MASK
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
@@ -88,17 +98,17 @@ def main(export_dir, files, holdout=None, scores_out=None):
             reader = csv.reader(f)
             header = next(reader)
             idx = {name: i for i, name in enumerate(header)}
-            index = -1
             for row in reader:
                 if not row:
                     continue  # a blank line is no record
-                index += 1
-                if holdout is not None and not is_holdout(index, *holdout):
-                    continue
-                x = encode(row, idx, pipe) if len(row) == len(header) else None
-                y = row[idx[label["column"]]].strip() if x is not None else ""
-                if x is None or y == "":
+                encoded = encode(row, idx, pipe) if len(row) == len(header) else None
+                y = row[idx[label["column"]]].strip() if encoded is not None else ""
+                if encoded is None or y == "":
                     skipped += 1
+                    continue
+                x, key = encoded
+                positive = y == label["positive"]
+                if holdout is not None and not is_holdout(key + bytes([positive]), *holdout):
                     continue
                 rows.append(x)
                 labels.append(1 if y == label["positive"] else 0)

@@ -3,14 +3,17 @@
 //!
 //! The header is read first; a declared column that is missing refuses the job with its name.
 //! Each record is then split, and only the fields at declared positions are parsed. Which rows
-//! are held out for evaluation is decided by [`fedmark_core::features::is_holdout`] on the
-//! record's position in the file, so the split is stable across runs and does not depend on
-//! which other rows were skipped.
+//! are held out for evaluation is decided by [`fedmark_core::features::is_holdout`] on a hash
+//! of the record's own declared values (its numerics, categorical slots and label), so the
+//! split is stable across runs and no record's side depends on any other record: adding or
+//! removing one record moves nobody else between training and holdout. (A split by position
+//! would move every later record, so two neighbouring data sets would differ in many training
+//! rows and no per-record privacy guarantee would hold.) Identical records fall on one side.
 //!
 //! With a consent source the partner names its user-id column, and [`load_csv_keyed`] also
 //! reads that one column, only to join rows with the round's consent snapshot
 //! ([`KeyedData::consented`]). The holdout split is then decided by a hash of the user id
-//! instead of the row position, so all of one user's rows fall on the same side and removing
+//! instead of the record's values, so all of one user's rows fall on the same side and removing
 //! other users' rows (a withdrawal, or a file with those rows deleted) moves nobody across.
 //! User ids are kept in memory for the join only; they are never logged or sent.
 
@@ -199,7 +202,24 @@ pub fn load_reader_keyed<R: std::io::Read>(
 
 /// The position in the holdout draw of a user's rows: the first 8 bytes of SHA-256 of the id.
 fn user_key(user: &str) -> u64 {
-    let digest = Sha256::digest(user.as_bytes());
+    first_u64(&Sha256::digest(user.as_bytes()))
+}
+
+/// The position in the holdout draw of a record without a user id: the first 8 bytes of
+/// SHA-256 of its parsed declared values (a function of the record alone).
+fn record_key(numeric: &[f64], slots: &[u32], label: bool) -> u64 {
+    let mut h = Sha256::new();
+    for x in numeric {
+        h.update(x.to_bits().to_le_bytes());
+    }
+    for s in slots {
+        h.update(s.to_le_bytes());
+    }
+    h.update([u8::from(label)]);
+    first_u64(&h.finalize())
+}
+
+fn first_u64(digest: &[u8]) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     u64::from_le_bytes(first)
@@ -256,22 +276,18 @@ fn load_any<R: std::io::Read>(
     let mut numeric = vec![0.0; numeric_at.len()];
     let mut slots = vec![0u32; categorical_at.len()];
     let mut record = csv::ByteRecord::new();
-    let mut index: u64 = 0;
     loop {
         let more = match csv.read_byte_record(&mut record) {
             Ok(more) => more,
             Err(_) => {
                 // An unreadable record (e.g. bad quoting) is skipped like any bad row.
                 *skipped.entry(SkipReason::Malformed).or_default() += 1;
-                index += 1;
                 continue;
             }
         };
         if !more {
             break;
         }
-        let row = index;
-        index += 1;
         let parsed = parse_row(
             &record,
             fields,
@@ -296,7 +312,10 @@ fn load_any<R: std::io::Read>(
         match parsed {
             Ok((label_value, user)) => {
                 let label = label_value == spec.label.positive.as_bytes();
-                let draw = user.as_deref().map_or(row, user_key);
+                let draw = match user.as_deref() {
+                    Some(user) => user_key(user),
+                    None => record_key(&numeric, &slots, label),
+                };
                 let held_out = is_holdout(draw, split.fraction, split.seed);
                 if held_out {
                     holdout.push(&numeric, &slots, label);
@@ -371,6 +390,7 @@ fn parse_row<'r>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn spec() -> JobSpec {
         JobSpec::from_toml(
@@ -430,21 +450,33 @@ kind = "logistic"
         );
     }
 
+    /// Removing one record moves no other record across the split (what per-record privacy
+    /// needs), and the split follows the record's own values, not its position.
     #[test]
-    fn holdout_split_is_by_position() {
-        let mut csv = String::from("age,job,y\n");
-        for i in 0..1000 {
-            csv.push_str(&format!("{i},a,no\n"));
-        }
+    fn holdout_split_depends_on_each_record_alone() {
+        let rows: Vec<String> = (0..1000).map(|i| format!("{i},a,no\n")).collect();
         let split = HoldoutSplit {
             fraction: 0.25,
             seed: 5,
         };
-        let d = load_reader(csv.as_bytes(), "t.csv", &spec(), split).unwrap();
-        assert_eq!(d.train.len() + d.holdout.len(), 1000);
-        for r in 0..d.holdout.len() {
-            let pos = d.holdout.numeric_row(r)[0] as u64;
-            assert!(is_holdout(pos, 0.25, 5));
-        }
+        let held = |rows: &[String]| -> BTreeSet<u64> {
+            let csv = format!("age,job,y\n{}", rows.concat());
+            let d = load_reader(csv.as_bytes(), "t.csv", &spec(), split).unwrap();
+            assert_eq!(d.train.len() + d.holdout.len(), rows.len());
+            (0..d.holdout.len())
+                .map(|r| d.holdout.numeric_row(r)[0] as u64)
+                .collect()
+        };
+        let all = held(&rows);
+        assert!((150..350).contains(&all.len()), "{} held out", all.len());
+        let mut without = rows.clone();
+        without.remove(10);
+        let mut expected = all.clone();
+        expected.remove(&10);
+        assert_eq!(held(&without), expected);
+        // The same records in another order: the same ones held out.
+        let mut reversed = rows.clone();
+        reversed.reverse();
+        assert_eq!(held(&reversed), all);
     }
 }

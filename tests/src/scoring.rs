@@ -60,7 +60,9 @@ fn idx(v: &Value, what: &str) -> anyhow::Result<usize> {
 
 /// Scores the rows of `csv_path` from the exported files only; returns (scores, labels).
 /// With `holdout = Some((fraction, seed))` only the records a partner with that split holds
-/// out are scored (`fedmark_core::features::is_holdout` of the record's position).
+/// out are scored (`fedmark_core::features::is_holdout` of the record's key: the first 8
+/// bytes, little-endian, of SHA-256 over its parsed numerics as f64 bits, its categorical
+/// slots as u32, and a label byte, each little-endian, as the client's loader documents).
 pub fn score_from_files(
     pipe: &Value,
     w: &[f64],
@@ -102,13 +104,10 @@ pub fn score_from_files(
         .as_str()
         .context("label.positive")?;
     let (mut scores, mut labels) = (Vec::new(), Vec::new());
-    'rows: for (row, record) in reader.records().enumerate() {
+    'rows: for record in reader.records() {
         let Ok(record) = record else { continue };
-        if let Some((fraction, seed)) = holdout
-            && !fedmark_core::features::is_holdout(row as u64, fraction, seed)
-        {
-            continue;
-        }
+        let mut key = Sha256::new();
+        let mut slot_bytes = Vec::new();
         let mut x = vec![0.0; d];
         for col in columns {
             let text = record.get(col_at(&col["name"])?).unwrap_or("").trim();
@@ -118,6 +117,7 @@ pub fn score_from_files(
                         continue 'rows;
                     };
                     let j = idx(&col["index"], "index")?;
+                    key.update(v.to_bits().to_le_bytes());
                     x[j] = (v - num(&col["mean"], "mean")?) / num(&col["std"], "std")?;
                 }
                 "categorical" => {
@@ -126,6 +126,7 @@ pub fn score_from_files(
                         Some(s) => s,
                         None => idx(&col["other_slot"], "other_slot")?,
                     };
+                    slot_bytes.extend_from_slice(&(slot as u32).to_le_bytes());
                     x[idx(&col["offset"], "offset")? + slot] = 1.0;
                 }
                 "hashed" => {
@@ -135,6 +136,7 @@ pub fn score_from_files(
                     let slot = (u64::from_le_bytes(h)
                         % col["buckets"].as_u64().context("buckets")?)
                         as usize;
+                    slot_bytes.extend_from_slice(&(slot as u32).to_le_bytes());
                     x[idx(&col["offset"], "offset")? + slot] = 1.0;
                 }
                 other => bail!("pipeline.json: column type {other}"),
@@ -143,6 +145,16 @@ pub fn score_from_files(
         let label = record.get(label_at).unwrap_or("").trim();
         if label.is_empty() {
             continue;
+        }
+        if let Some((fraction, seed)) = holdout {
+            key.update(&slot_bytes);
+            key.update([u8::from(label == positive)]);
+            let digest = key.finalize();
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&digest[..8]);
+            if !fedmark_core::features::is_holdout(u64::from_le_bytes(first), fraction, seed) {
+                continue;
+            }
         }
         let z = match pipe["model"]["kind"].as_str().unwrap_or("") {
             "logistic" => {
