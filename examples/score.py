@@ -39,6 +39,8 @@ def encode(row, idx, pipe):
             if not math.isfinite(v):
                 return None
             numerics += struct.pack("<d", v)
+            if col.get("range") is not None:
+                v = min(max(v, col["range"][0]), col["range"][1])
             x[col["index"]] = (v - col["mean"]) / col["std"]
         elif col["type"] == "categorical":
             vocab = col["vocabulary"]

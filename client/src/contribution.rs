@@ -5,7 +5,8 @@
 //! of the round's vector (see [`fedmark_core::aggregate`]). Encoding and masking happen after.
 
 use fedmark_core::aggregate::eval_stats_to_vec;
-use fedmark_core::budget::PrivacyPlan;
+use fedmark_core::budget::{EVAL_LOSS_CAP, PrivacyPlan};
+use fedmark_core::dp::add_gaussian_noise;
 use fedmark_core::features::{FeatureSchema, Standardizer};
 use fedmark_core::matrix::Dataset;
 use fedmark_core::metrics::EvalStats;
@@ -136,21 +137,50 @@ impl JobContext {
     }
 
     fn evaluate(&mut self, model: &Model, standardizer: &Standardizer) -> EvalStats {
-        let bins = self.spec.evaluation.histogram_bins as usize;
+        let bins = self.spec.histogram_bins() as usize;
         let (_, holdout) = self.datasets(standardizer);
         let scores = model.predict_all(&holdout.x);
         EvalStats::from_predictions(&scores, &holdout.y, bins)
     }
 
-    /// Evaluation round: statistics of `model` on the holdout rows.
-    pub fn evaluation(&mut self, model: &Model, standardizer: &Standardizer) -> RoundValues {
-        let eval = self.evaluate(model, standardizer);
+    /// Evaluation round: statistics of `model` on the holdout rows. In a `record` job they
+    /// are released once, noised: each row's log-loss capped at [`EVAL_LOSS_CAP`] and
+    /// divided by it (so every statistic moves by at most 1 per row, L2 sensitivity
+    /// [`fedmark_core::budget::EVAL_SENSITIVITY`]), Gaussian noise of the plan's evaluation noise added to each, and
+    /// each rounded to an integer before it is encoded. Under partner-level DP there is no
+    /// evaluation round, and this refuses.
+    pub fn evaluation<R: Rng + ?Sized>(
+        &mut self,
+        model: &Model,
+        standardizer: &Standardizer,
+        rng: &mut R,
+    ) -> Result<RoundValues, String> {
+        let privacy = self.privacy;
+        if !self.spec.final_evaluation() {
+            return Err("this job's privacy mode releases no holdout statistics".into());
+        }
         let mut stats = Vec::new();
-        eval_stats_to_vec(&eval, &mut stats);
-        RoundValues {
+        match privacy.and_then(|p| p.evaluation_noise_std()) {
+            Some(std) => {
+                let bins = self.spec.histogram_bins() as usize;
+                let (_, holdout) = self.datasets(standardizer);
+                let scores = model.predict_all(&holdout.x);
+                let eval =
+                    EvalStats::from_predictions_capped(&scores, &holdout.y, bins, EVAL_LOSS_CAP);
+                eval_stats_to_vec(&eval, &mut stats);
+                stats[2] /= EVAL_LOSS_CAP;
+                add_gaussian_noise(&mut stats, 1.0, std, rng).map_err(|e| e.to_string())?;
+                stats.iter_mut().for_each(|v| *v = v.round());
+            }
+            None => {
+                let eval = self.evaluate(model, standardizer);
+                eval_stats_to_vec(&eval, &mut stats);
+            }
+        }
+        Ok(RoundValues {
             update: Vec::new(),
             stats,
-        }
+        })
     }
 
     /// Training round: evaluates the incoming global model, trains from it, and returns the
@@ -162,7 +192,11 @@ impl JobContext {
         standardizer: &Standardizer,
         rng: &mut R,
     ) -> Result<RoundValues, String> {
-        let eval = self.evaluate(global, standardizer);
+        // DP jobs release no holdout statistics while training (see `JobSpec`).
+        let eval = self
+            .spec
+            .evaluates_in_training()
+            .then(|| self.evaluate(global, standardizer));
         let cfg = LocalTraining::from_spec(&self.spec);
         let max_weight = f64::from(self.spec.training.max_weight);
         let privacy = self.privacy;
@@ -178,6 +212,8 @@ impl JobContext {
                     noise_multiplier: plan.noise_multiplier,
                 };
                 train_dp_sgd(&mut local, train, &cfg, &dp, rng).map_err(|e| e.to_string())?;
+                // The weight is fixed by the spec, not the row count (which would leave un-noised).
+                weight = 1.0;
             }
             Some(plan)
                 if matches!(
@@ -202,7 +238,122 @@ impl JobContext {
         clip_l2(&mut update, clip);
         update.iter_mut().for_each(|v| *v *= weight);
         let mut stats = vec![weight];
-        eval_stats_to_vec(&eval, &mut stats);
+        if let Some(eval) = &eval {
+            eval_stats_to_vec(eval, &mut stats);
+        }
         Ok(RoundValues { update, stats })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedmark_core::features::RawRows;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn spec(mode: &str) -> JobSpec {
+        JobSpec::from_toml(&format!(
+            "[job]\nname = \"t\"\npurpose = \"p\"\nrounds = 3\n[label]\ncolumn = \"y\"\npositive = \"1\"\n\
+             [features]\nnumeric = [\"a\"]\nrange = {{ a = [0.0, 10.0] }}\n[model]\nkind = \"logistic\"\n\
+             [privacy]\nmode = \"{mode}\"\nepsilon = 4.0\n"
+        ))
+        .unwrap()
+    }
+
+    /// `rows` rows with a = i mod 10 and alternating labels, for training and holdout alike.
+    fn context(spec: JobSpec, rows: usize) -> JobContext {
+        let schema = FeatureSchema::from_spec(&spec);
+        let mut train = RawRows::new(&schema);
+        let mut holdout = RawRows::new(&schema);
+        for i in 0..rows {
+            train.push(&[(i % 10) as f64], &[], i % 2 == 0);
+            holdout.push(&[(i % 10) as f64], &[], i % 3 == 0);
+        }
+        let plan = PrivacyPlan::from_spec(&spec).unwrap();
+        JobContext::new(
+            spec,
+            LocalData {
+                train,
+                holdout,
+                skipped: Default::default(),
+            },
+            plan,
+        )
+    }
+
+    /// What a DP training round sends besides the noised update is the spec-fixed unit
+    /// weight, whatever the partner's row count: no count, no holdout statistics.
+    #[test]
+    fn dp_training_rounds_send_only_the_fixed_weight() {
+        for mode in ["record", "partner-central", "partner-distributed"] {
+            for rows in [40, 400] {
+                let mut ctx = context(spec(mode), rows);
+                let std = Standardizer::from_ranges(&ctx.schema).unwrap();
+                let model = Model::init(ctx.arch, ctx.schema.dim(), &mut StdRng::seed_from_u64(1));
+                let values = ctx
+                    .training(&model, &std, &mut StdRng::seed_from_u64(2))
+                    .unwrap();
+                assert_eq!(values.stats, vec![1.0], "{mode}, {rows} rows");
+            }
+        }
+        // Without DP the weight is the (capped) row count, and holdout statistics follow.
+        let plain = JobSpec {
+            privacy: Default::default(),
+            ..spec("record")
+        };
+        let mut ctx = context(plain, 40);
+        let std = Standardizer::from_ranges(&ctx.schema).unwrap();
+        let model = Model::init(ctx.arch, ctx.schema.dim(), &mut StdRng::seed_from_u64(1));
+        let values = ctx
+            .training(&model, &std, &mut StdRng::seed_from_u64(2))
+            .unwrap();
+        assert_eq!(values.stats[0], 40.0);
+        assert!(values.stats.len() > 1);
+    }
+
+    /// A `record` job's evaluation statistics leave noised at the planned scale (the sample
+    /// deviation over many draws against z · Δ, Δ = 2), as integers; the loss coordinate is
+    /// the capped loss over the cap. Partner-level jobs release none.
+    #[test]
+    fn record_evaluation_is_noised_at_the_planned_scale() {
+        let mut ctx = context(spec("record"), 200);
+        let plan = ctx.privacy.unwrap();
+        let expected = plan.evaluation_noise.unwrap() * fedmark_core::budget::EVAL_SENSITIVITY;
+        assert_eq!(plan.evaluation_noise_std(), Some(expected));
+        let std = Standardizer::from_ranges(&ctx.schema).unwrap();
+        let model = Model::init(ctx.arch, ctx.schema.dim(), &mut StdRng::seed_from_u64(1));
+        let bins = ctx.spec.histogram_bins() as usize;
+        let exact = {
+            let (_, holdout) = ctx.datasets(&std);
+            let scores = model.predict_all(&holdout.x);
+            let e = EvalStats::from_predictions_capped(&scores, &holdout.y, bins, EVAL_LOSS_CAP);
+            let mut v = Vec::new();
+            eval_stats_to_vec(&e, &mut v);
+            v[2] /= EVAL_LOSS_CAP;
+            v
+        };
+        let mut rng = StdRng::seed_from_u64(3);
+        let draws = 400;
+        let mut sq = vec![0.0; exact.len()];
+        for _ in 0..draws {
+            let v = ctx.evaluation(&model, &std, &mut rng).unwrap().stats;
+            assert!(v.iter().all(|x| x.fract() == 0.0));
+            for ((s, x), e) in sq.iter_mut().zip(&v).zip(&exact) {
+                *s += (x - e).powi(2);
+            }
+        }
+        for (k, s) in sq.iter().enumerate() {
+            let sd = (s / draws as f64).sqrt();
+            // Relative standard error of a 400-draw deviation ≈ 3.5 %; rounding adds ~0.3 %.
+            assert!(
+                (sd / expected - 1.0).abs() < 0.15,
+                "stat {k}: {sd} vs {expected}"
+            );
+        }
+        for mode in ["partner-central", "partner-distributed"] {
+            let mut ctx = context(spec(mode), 50);
+            assert!(ctx.evaluation(&model, &std, &mut rng).is_err(), "{mode}");
+        }
     }
 }

@@ -246,6 +246,18 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `acc` with the plan's release of holdout statistics composed onto it, if `pending`.
+fn with_evaluation(
+    mut acc: Accountant,
+    plan: &PrivacyPlan,
+    pending: bool,
+) -> Result<Accountant, LedgerError> {
+    if pending {
+        plan.charge_evaluation(&mut acc)?;
+    }
+    Ok(acc)
+}
+
 /// `n` rounds of `plan` composed onto `acc`.
 fn with_rounds(acc: &Accountant, plan: &PrivacyPlan, n: u64) -> Result<Accountant, LedgerError> {
     let mut acc = acc.clone();
@@ -457,14 +469,18 @@ impl Ledger {
         }
     }
 
-    /// How many of `remaining` further rounds fit the job's own budget after `spent`.
+    /// How many of `remaining` further rounds fit the job's own budget after `spent`, with
+    /// the release of holdout statistics still to come if `evaluation_pending`.
     fn rounds_within_budget(
         spent: &Accountant,
         plan: &PrivacyPlan,
         remaining: u64,
+        evaluation_pending: bool,
     ) -> Result<u64, LedgerError> {
         let fits = |n: u64| -> Result<bool, LedgerError> {
-            let eps = with_rounds(spent, plan, n)?.epsilon(plan.delta)?.0;
+            let eps = with_evaluation(with_rounds(spent, plan, n)?, plan, evaluation_pending)?
+                .epsilon(plan.delta)?
+                .0;
             Ok(eps <= plan.epsilon * (1.0 + JOB_EPSILON_SLACK))
         };
         if fits(remaining)? {
@@ -489,21 +505,31 @@ impl Ledger {
     /// left of it.
     pub fn check_offer(&self, terms: &JobTerms<'_>) -> Result<OfferCheck, LedgerError> {
         let job = self.job_for(terms)?;
-        let (done, job_spent) = match job {
-            Some(j) => (j.charged_rounds.len() as u64, j.spent.clone()),
-            None => (0, Accountant::new()),
+        let evaluation_round = terms.planned_rounds + 1;
+        let (done, job_spent, evaluated) = match job {
+            Some(j) => (
+                j.charged_rounds.range(..evaluation_round).count() as u64,
+                j.spent.clone(),
+                j.charged_rounds.contains(&evaluation_round),
+            ),
+            None => (0, Accountant::new(), false),
         };
+        let pending = terms.plan.evaluation_noise.is_some() && !evaluated;
         let remaining = terms.planned_rounds.saturating_sub(done);
-        let runnable = Self::rounds_within_budget(&job_spent, terms.plan, remaining)?;
+        let runnable = Self::rounds_within_budget(&job_spent, terms.plan, remaining, pending)?;
         let purpose = self
             .state
             .purposes
             .get(terms.purpose)
             .cloned()
             .unwrap_or_default();
-        let projected = with_rounds(&purpose, terms.plan, runnable)?
-            .epsilon(terms.plan.delta)?
-            .0;
+        let projected = with_evaluation(
+            with_rounds(&purpose, terms.plan, runnable)?,
+            terms.plan,
+            pending,
+        )?
+        .epsilon(terms.plan.delta)?
+        .0;
         if let Some(cap) = terms.cap
             && projected > cap
         {
@@ -533,7 +559,10 @@ impl Ledger {
     /// The state after charging `round`, or `None` if it was charged before.
     fn next_state(&self, terms: &JobTerms<'_>, round: u64) -> Result<Option<State>, LedgerError> {
         let planned = terms.planned_rounds;
-        if round == 0 || round > planned {
+        // A `record` job's final evaluation (round planned + 1) releases noised holdout
+        // statistics once: charged like a round, with the plan's evaluation noise.
+        let evaluation = round == planned + 1 && terms.plan.evaluation_noise.is_some();
+        if round == 0 || (round > planned && !evaluation) {
             return Err(LedgerError::PastPlan {
                 round,
                 reason: format!("the job plans training rounds 1 to {planned}"),
@@ -555,13 +584,20 @@ impl Ledger {
         if job.charged_rounds.contains(&round) {
             return Ok(None);
         }
-        if job.charged_rounds.len() as u64 >= planned {
+        if !evaluation && job.charged_rounds.range(..=planned).count() as u64 >= planned {
             return Err(LedgerError::PastPlan {
                 round,
                 reason: format!("all {planned} planned rounds were charged"),
             });
         }
-        let job_after = with_rounds(&job.spent, terms.plan, 1)?;
+        let charge = |acc: &Accountant| -> Result<Accountant, LedgerError> {
+            if evaluation {
+                with_evaluation(acc.clone(), terms.plan, true)
+            } else {
+                with_rounds(acc, terms.plan, 1)
+            }
+        };
+        let job_after = charge(&job.spent)?;
         let after = job_after.epsilon(terms.plan.delta)?.0;
         if after > terms.plan.epsilon * (1.0 + JOB_EPSILON_SLACK) {
             return Err(LedgerError::OverJobBudget {
@@ -577,7 +613,7 @@ impl Ledger {
             .get(terms.purpose)
             .cloned()
             .unwrap_or_default();
-        let purpose_after = with_rounds(&purpose, terms.plan, 1)?;
+        let purpose_after = charge(&purpose)?;
         if let Some(cap) = terms.cap {
             let after = purpose_after.epsilon(terms.plan.delta)?.0;
             if after > cap {
@@ -708,6 +744,7 @@ mod tests {
             steps_per_round: 100,
             epsilon: 1.0,
             delta: 1e-5,
+            evaluation_noise: None,
         }
     }
 
@@ -783,6 +820,41 @@ mod tests {
             ..capped(1.0)
         };
         assert!(reopened.check_offer(&ten).is_err());
+    }
+
+    /// A `record` job's final evaluation (round rounds + 1) is one more charge, of the
+    /// plan's evaluation noise, once; a plan without one has no such round, and nothing
+    /// past it is charged. The charge is recomputed here from the Gaussian's RDP.
+    #[test]
+    fn the_final_evaluation_is_charged_once_and_only_when_planned() {
+        let mut ledger = Ledger::open(None).unwrap();
+        let mut p = plan();
+        p.epsilon = 100.0;
+        let without = terms("job-a", &p, 3);
+        assert!(matches!(
+            ledger.prepare(&without, 4),
+            Err(LedgerError::PastPlan { round: 4, .. })
+        ));
+        p.evaluation_noise = Some(8.0);
+        let t = terms("job-b", &p, 3);
+        for round in 1..=3 {
+            ledger.charge(&t, round).unwrap();
+        }
+        let before = ledger.job("job-b").unwrap().spent.clone();
+        ledger.charge(&t, 4).unwrap();
+        assert_eq!(ledger.prepare(&t, 4).unwrap(), Prepared::AlreadyCharged);
+        assert!(matches!(
+            ledger.prepare(&t, 5),
+            Err(LedgerError::PastPlan { round: 5, .. })
+        ));
+        let after = &ledger.job("job-b").unwrap().spent;
+        for ((order, a), b) in before.orders().iter().zip(after.rdp()).zip(before.rdp()) {
+            let gaussian = order / (2.0 * 8.0 * 8.0);
+            assert!((a - b - gaussian).abs() < 1e-12, "order {order}");
+        }
+        // Training rounds are still counted apart from it: no fourth training round.
+        let err = ledger.check_offer(&t).unwrap();
+        assert_eq!(err.remaining_rounds, 0);
     }
 
     #[test]

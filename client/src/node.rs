@@ -1404,10 +1404,17 @@ impl Node {
                 dim: ctx.schema.dim(),
                 params,
             };
+            // A DP job standardises with the spec's declared ranges, whatever the coordinator
+            // sends: nothing measured on partners' data enters it.
+            let standardizer = match ctx.spec.is_dp() {
+                true => Standardizer::from_ranges(&ctx.schema)
+                    .ok_or("a DP job without declared feature ranges")?,
+                false => standardizer,
+            };
             let RoundValues { update, stats } = match kind {
                 RoundKind::Statistics => ctx.statistics(),
                 RoundKind::Training => ctx.training(&model, &standardizer, &mut rng)?,
-                RoundKind::Evaluation => ctx.evaluation(&model, &standardizer),
+                RoundKind::Evaluation => ctx.evaluation(&model, &standardizer, &mut rng)?,
             };
             let mut words = layout.encode(&update, &stats, &mut rng);
             if kind == RoundKind::Training
@@ -1516,7 +1523,8 @@ impl Node {
         // contributed to gets the same update again or none (see `crate::ledger`).
         let mut charged = None;
         let mut replayed = false;
-        if round.kind == RoundKind::Training
+        // Training updates, and a `record` job's noised final evaluation, are charged.
+        if matches!(round.kind, RoundKind::Training | RoundKind::Evaluation)
             && let Some((job_id, ctx)) = &self.job
         {
             let (purpose, plan, planned, digest) = match ctx.lock() {
@@ -1530,6 +1538,7 @@ impl Node {
             };
             let number = round.rref.round;
             let decided = match plan {
+                None if round.kind == RoundKind::Evaluation => Ok(None),
                 None if number == 0 || number > planned => Err(format!(
                     "training round {number} is past the plan this partner accepted: the job plans training rounds 1 to {planned}"
                 )),

@@ -320,6 +320,7 @@ positive = "yes"
 [features]
 numeric = ["age", "balance"]
 categorical = ["job"]
+range = { age = [18.0, 95.0], balance = [-5000.0, 50000.0] }
 [model]
 kind = "logistic"
 [aggregation]

@@ -123,7 +123,7 @@ mod tests {
     fn spec() -> JobSpec {
         JobSpec::from_toml(
             "[job]\nname = \"t\"\npurpose = \"p\"\nrounds = 3\n[label]\ncolumn = \"y\"\npositive = \"1\"\n\
-             [features]\nnumeric = [\"a\"]\n[model]\nkind = \"logistic\"\n",
+             [features]\nnumeric = [\"a\"]\nrange = { a = [-10.0, 10.0] }\n[model]\nkind = \"logistic\"\n",
         )
         .unwrap()
     }

@@ -73,7 +73,9 @@ fn values(ctx: &mut JobContext) -> Vec<Vec<f64>> {
     let train = ctx
         .training(&model, &standardizer, &mut StdRng::seed_from_u64(11))
         .unwrap();
-    let eval = ctx.evaluation(&model, &standardizer);
+    let eval = ctx
+        .evaluation(&model, &standardizer, &mut StdRng::seed_from_u64(12))
+        .unwrap();
     vec![stats.stats, train.update, train.stats, eval.stats]
 }
 

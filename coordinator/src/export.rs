@@ -171,6 +171,7 @@ pub fn pipeline(
             "index": j,
             "mean": standardizer.mean.get(j),
             "std": standardizer.std.get(j),
+            "range": schema.ranges.get(j).copied().flatten(),
         }));
     }
     let mut offset = schema.numeric.len();
@@ -240,7 +241,7 @@ pub fn pipeline(
         "model": model,
         "rules": {
             "csv": "comma-separated with a header row; columns are found by name; a record whose field count differs from the header's is skipped",
-            "numeric": "the field, trimmed of surrounding whitespace, parsed as a decimal number; a row with an empty, unparseable or non-finite value is skipped (never imputed); input[index] = (x - mean) / std",
+            "numeric": "the field, trimmed of surrounding whitespace, parsed as a decimal number; a row with an empty, unparseable or non-finite value is skipped (never imputed); x is clamped to `range` [low, high] when the column has one (null: no clamp); input[index] = (x - mean) / std",
             "categorical": "the field, trimmed; input[offset + i] = 1 where i is the value's position in the vocabulary, or other_slot (= len(vocabulary), the last slot) for any value not in it, empty included",
             "hashed": "the field, trimmed; input[offset + (u64 from the first 8 bytes of SHA-256(UTF-8 value), little-endian) mod buckets] = 1",
             "label": "positive when the field equals label.positive exactly (not trimmed); a row with an empty label is skipped",

@@ -20,8 +20,8 @@ use std::time::Duration;
 use fedmark_core::accountant::{Accountant, AccountantError};
 use fedmark_core::aggregate::VectorLayout;
 use fedmark_core::aggregate::{RoundKind, eval_stats_from_slice};
-use fedmark_core::budget::PrivacyPlan;
 use fedmark_core::budget::noise_threshold;
+use fedmark_core::budget::{EVAL_LOSS_CAP, PrivacyPlan};
 use fedmark_core::codec::CodecError;
 use fedmark_core::discrete_gaussian::{self, DiscreteGaussianError};
 use fedmark_core::features::{FeatureSchema, Standardizer};
@@ -664,56 +664,77 @@ pub async fn run_job(
             let mut rng = StdRng::seed_from_u64(spec.job.seed);
             let model = Model::init(arch, schema.dim(), &mut rng);
             let optimizer = ServerOptimizer::from_spec(&spec, model.params.len());
-            board.set_phase(&job_id, "round 0: feature statistics");
-            let done = run_with_retries(
-                &mut hub,
-                &spec,
-                &settings,
-                0,
-                RoundKind::Statistics,
-                None,
-                None,
-            )
-            .await?;
-            let moments: Vec<[f64; 3]> = done
-                .sum
-                .stats
-                .chunks(3)
-                .map(|c| [c[0], c[1], c[2]])
-                .collect();
-            let state = JobState {
-                model,
-                optimizer,
-                standardizer: Standardizer::from_moments(&moments),
-                training_rows: moments.first().map_or(0.0, |m| m[0]),
-                ledger: Accountant::new(),
-                records: Vec::new(),
-                next_round: 1,
-            };
-            commit(
-                &store,
-                &job_id,
-                &state,
-                json!({
-                    "kind": "statistics", "attempt": done.attempt,
-                    "participants": done.output.survivors, "dropped": done.output.dropped,
-                    "consent_snapshots": done.output.consent,
-                }),
-            )?;
-            info!(job = %job_id, training_rows = state.training_rows, "feature statistics agreed");
-            announce(
-                &hub,
-                &job_id,
-                (0, done.attempt),
-                &done.output.survivors,
-                &Default::default(),
-            )
-            .await;
-            state
+            if !spec.measures_moments() {
+                // A DP job standardises with the spec's declared ranges: no statistics round,
+                // nothing measured on any partner's data.
+                let standardizer = Standardizer::from_ranges(&schema).ok_or_else(|| {
+                    JobError::Spec(fedmark_core::spec::SpecError::Invalid {
+                        field: "features.range".into(),
+                        reason: "a DP job needs a declared range for every numeric column".into(),
+                    })
+                })?;
+                info!(job = %job_id, "standardising with the declared feature ranges");
+                JobState {
+                    model,
+                    optimizer,
+                    standardizer,
+                    training_rows: f64::NAN,
+                    ledger: Accountant::new(),
+                    records: Vec::new(),
+                    next_round: 1,
+                }
+            } else {
+                board.set_phase(&job_id, "round 0: feature statistics");
+                let done = run_with_retries(
+                    &mut hub,
+                    &spec,
+                    &settings,
+                    0,
+                    RoundKind::Statistics,
+                    None,
+                    None,
+                )
+                .await?;
+                let moments: Vec<[f64; 3]> = done
+                    .sum
+                    .stats
+                    .chunks(3)
+                    .map(|c| [c[0], c[1], c[2]])
+                    .collect();
+                let state = JobState {
+                    model,
+                    optimizer,
+                    standardizer: Standardizer::from_moments(&moments),
+                    training_rows: moments.first().map_or(0.0, |m| m[0]),
+                    ledger: Accountant::new(),
+                    records: Vec::new(),
+                    next_round: 1,
+                };
+                commit(
+                    &store,
+                    &job_id,
+                    &state,
+                    json!({
+                        "kind": "statistics", "attempt": done.attempt,
+                        "participants": done.output.survivors, "dropped": done.output.dropped,
+                        "consent_snapshots": done.output.consent,
+                    }),
+                )?;
+                info!(job = %job_id, training_rows = state.training_rows, "feature statistics agreed");
+                announce(
+                    &hub,
+                    &job_id,
+                    (0, done.attempt),
+                    &done.output.survivors,
+                    &Default::default(),
+                )
+                .await;
+                state
+            }
         }
     };
 
-    let bins = spec.evaluation.histogram_bins as usize;
+    let bins = spec.histogram_bins() as usize;
     let privacy = PrivacyPlan::from_spec(&spec)?;
     if let Some(plan) = &privacy {
         info!(job = %job_id, mode = ?plan.mode, noise_multiplier = plan.noise_multiplier, epsilon = plan.epsilon, delta = plan.delta, "privacy plan");
@@ -783,7 +804,11 @@ pub async fn run_job(
             other => other?,
         };
         let weight = done.sum.stats[0];
-        let eval = eval_stats_from_slice(&done.sum.stats[1..], bins).metrics();
+        let eval = if spec.evaluates_in_training() {
+            eval_stats_from_slice(&done.sum.stats[1..], bins).metrics()
+        } else {
+            not_evaluated()
+        };
         let mut update = done.sum.update;
         let mut epsilon = None;
         if let Some(plan) = &privacy {
@@ -871,29 +896,54 @@ pub async fn run_job(
     if !rounds_lost.is_empty() {
         stop_reason = format!("{stop_reason} ({} lost)", rounds_lost.len());
     }
-    // Final evaluation of the last model.
-    board.set_phase(&job_id, "final evaluation");
+    // Final evaluation of the last model: plain, noised and charged (`record`), or none
+    // (partner-level DP, see `JobSpec::final_evaluation`).
     let final_round = u64::from(spec.job.rounds) + 1;
-    let shared = Some(Arc::new(state.model.params.clone()));
-    let done = run_with_retries(
-        &mut hub,
-        &spec,
-        &settings,
-        final_round,
-        RoundKind::Evaluation,
-        shared,
-        Some(state.standardizer.clone()),
-    )
-    .await?;
-    let final_metrics = eval_stats_from_slice(&done.sum.stats, bins).metrics();
-    announce(
-        &hub,
-        &job_id,
-        (final_round, done.attempt),
-        &done.output.survivors,
-        &final_metrics,
-    )
-    .await;
+    let mut evaluated_by: Vec<String> = Vec::new();
+    let mut final_metrics = not_evaluated();
+    let mut evaluate = spec.final_evaluation();
+    if evaluate && let Some(plan) = &privacy {
+        let mut next = state.ledger.clone();
+        plan.charge_evaluation(&mut next)?;
+        let after = next.epsilon(plan.delta)?.0;
+        if after > plan.epsilon {
+            evaluate = false;
+            stop_reason = format!(
+                "{stop_reason}; no final evaluation: it would bring epsilon to {after:.4}, above the budget of {}",
+                plan.epsilon
+            );
+        }
+    }
+    if evaluate {
+        board.set_phase(&job_id, "final evaluation");
+        let shared = Some(Arc::new(state.model.params.clone()));
+        let done = run_with_retries(
+            &mut hub,
+            &spec,
+            &settings,
+            final_round,
+            RoundKind::Evaluation,
+            shared,
+            Some(state.standardizer.clone()),
+        )
+        .await?;
+        let mut stats = done.sum.stats.clone();
+        if let Some(plan) = &privacy {
+            // Released noised, each row's loss divided by the cap (see the client).
+            stats[2] *= EVAL_LOSS_CAP;
+            plan.charge_evaluation(&mut state.ledger)?;
+        }
+        final_metrics = eval_stats_from_slice(&stats, bins).metrics();
+        evaluated_by = done.output.survivors.clone();
+        announce(
+            &hub,
+            &job_id,
+            (final_round, done.attempt),
+            &done.output.survivors,
+            &final_metrics,
+        )
+        .await;
+    }
     info!(job = %job_id, auc = final_metrics.auc, log_loss = final_metrics.log_loss, "job finished");
     let report = JobReport {
         job_id: job_id.clone(),
@@ -906,7 +956,7 @@ pub async fn run_job(
         partners_accepted: hub.accepted.iter().cloned().collect(),
         partners_refused: hub.refused.clone(),
         training_rows: state.training_rows,
-        evaluated_by: done.output.survivors.len() as u32,
+        evaluated_by: evaluated_by.len() as u32,
         rounds: state.records,
         rounds_lost,
         final_metrics: FinalMetrics::from(&final_metrics),
@@ -937,7 +987,7 @@ pub async fn run_job(
                 "job": job_id, "reason": stop_reason, "rounds": report.rounds.len(),
                 "auc": final_metrics.auc, "model_sha256": f64s_sha256(&state.model.params),
                 "epsilon": report.privacy.as_ref().map(|p| p.epsilon_spent),
-                "evaluated_by": done.output.survivors,
+                "evaluated_by": evaluated_by,
             }),
         )],
     )?;
@@ -950,6 +1000,17 @@ pub async fn run_job(
         model: state.model,
         standardizer: state.standardizer,
     })
+}
+
+/// The metrics of a round or job that released no holdout statistics (NaN: shown as "–").
+fn not_evaluated() -> Metrics {
+    Metrics {
+        auc: f64::NAN,
+        log_loss: f64::NAN,
+        accuracy: f64::NAN,
+        lift_top_decile: f64::NAN,
+        count: 0,
+    }
 }
 
 async fn wait_for_partners(

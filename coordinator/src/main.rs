@@ -632,11 +632,11 @@ async fn run_one(
     )])?;
     info!(out = %cfg.out_dir.display(), auc = outcome.report.final_metrics.auc, "wrote model.json, model_card.json and report.json");
     println!(
-        "job {} finished: {} rounds, final AUC {:.4}, log-loss {:.4}; results in {}",
+        "job {} finished: {} rounds, final AUC {}, log-loss {}; results in {}",
         outcome.report.job_id,
         outcome.report.rounds.len(),
-        outcome.report.final_metrics.auc,
-        outcome.report.final_metrics.log_loss,
+        fedmark_core::metrics::show(outcome.report.final_metrics.auc),
+        fedmark_core::metrics::show(outcome.report.final_metrics.log_loss),
         cfg.out_dir.display()
     );
     Ok(())

@@ -153,7 +153,7 @@ pub struct PrivacyReport {
 
 /// serde_json writes a non-finite `f64` as `null`. Read `null` back as NaN, so a stored
 /// record with an undefined metric (the AUC of a one-class holdout, say) still loads on resume.
-fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+pub(crate) fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 

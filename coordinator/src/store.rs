@@ -175,7 +175,8 @@ pub struct Checkpoint {
     pub feature_mean: Vec<f64>,
     /// Feature standard deviations from the statistics round.
     pub feature_std: Vec<f64>,
-    /// Training rows over all partners (statistics round).
+    /// Training rows over all partners (statistics round; NaN in DP jobs, which have none).
+    #[serde(deserialize_with = "crate::report::nan_if_null")]
     pub training_rows: f64,
     /// The job's privacy ledger after this round.
     pub ledger: Accountant,

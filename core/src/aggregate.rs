@@ -35,7 +35,7 @@ impl RoundKind {
         num_params: usize,
         parties: usize,
     ) -> Result<VectorLayout, CodecError> {
-        let bins = spec.evaluation.histogram_bins as usize;
+        let bins = spec.histogram_bins() as usize;
         match self {
             RoundKind::Statistics => {
                 VectorLayout::new(parties, 0, 0.0, 3 * spec.features.numeric.len())
@@ -54,9 +54,18 @@ impl RoundKind {
                             .map_or(1.0, |plan| plan.headroom(parties, t));
                         spec.privacy.clip * headroom
                     }
-                    _ => f64::from(spec.training.max_weight) * spec.training.clip_norm,
+                    // Record DP: unit weight (spec-fixed), the delta clipped to clip_norm.
+                    crate::spec::PrivacyMode::Record => spec.training.clip_norm,
+                    crate::spec::PrivacyMode::None => {
+                        f64::from(spec.training.max_weight) * spec.training.clip_norm
+                    }
                 };
-                VectorLayout::new(parties, num_params, bound, 1 + eval_stats_len(bins))
+                let eval = if spec.evaluates_in_training() {
+                    eval_stats_len(bins)
+                } else {
+                    0
+                };
+                VectorLayout::new(parties, num_params, bound, 1 + eval)
             }
             RoundKind::Evaluation => VectorLayout::new(parties, 0, 0.0, eval_stats_len(bins)),
         }

@@ -11,7 +11,7 @@
 //! `partner-distributed`. Coordinator and partners derive the plan with this same pure
 //! function, so they agree on σ to the last bit.
 
-use crate::accountant::{Accountant, AccountantError, Method, calibrate_noise_multiplier_with};
+use crate::accountant::{Accountant, AccountantError, Method, calibrate_noise_multiplier_after};
 use crate::secagg::{recommended_degree, recommended_threshold};
 use crate::spec::{JobSpec, PrivacyMode};
 
@@ -75,7 +75,20 @@ pub struct PrivacyPlan {
     pub epsilon: f64,
     /// δ.
     pub delta: f64,
+    /// `record` jobs: the noise multiplier of the one release of holdout statistics (the
+    /// final evaluation), planned and charged with training. `None`: no such release.
+    pub evaluation_noise: Option<f64>,
 }
+
+/// L2 sensitivity of one record's holdout statistics as a `record` job releases them: its
+/// count (1), whether it was classified right (≤ 1), its log-loss over
+/// [`EVAL_LOSS_CAP`] (≤ 1, rounded so the rounded sum moves by at most 1) and its one
+/// histogram bin (1).
+pub const EVAL_SENSITIVITY: f64 = 2.0;
+
+/// Per-row log-loss cap in released holdout statistics (a score of about 4.5e-5 for the
+/// true class).
+pub const EVAL_LOSS_CAP: f64 = 10.0;
 
 impl PrivacyPlan {
     /// The plan of a job, or `None` for `mode = "none"`.
@@ -93,9 +106,16 @@ impl PrivacyPlan {
             PrivacyMode::PartnerCentral | PrivacyMode::PartnerDistributed => (1.0, 1),
         };
         let total_steps = steps_per_round * u64::from(spec.job.rounds);
+        let evaluation_noise =
+            (p.mode == PrivacyMode::Record).then_some(p.evaluation_noise_multiplier);
+        let mut base = Accountant::new();
+        if let Some(z) = evaluation_noise {
+            base.compose_gaussian(z, 1)?;
+        }
         let mut noise_multiplier = match p.noise_multiplier {
             Some(s) => s,
-            None => calibrate_noise_multiplier_with(
+            None => calibrate_noise_multiplier_after(
+                &base,
                 Self::accountant_for(p.mode),
                 p.epsilon,
                 p.delta,
@@ -125,7 +145,23 @@ impl PrivacyPlan {
             steps_per_round,
             epsilon: p.epsilon,
             delta: p.delta,
+            evaluation_noise,
         }))
+    }
+
+    /// Charges the release of holdout statistics (the final evaluation of a `record` job);
+    /// nothing for a plan without one.
+    pub fn charge_evaluation(&self, ledger: &mut Accountant) -> Result<(), AccountantError> {
+        match self.evaluation_noise {
+            Some(z) => ledger.compose_gaussian(z, 1),
+            None => Ok(()),
+        }
+    }
+
+    /// Standard deviation of the Gaussian noise a partner adds to each of its holdout
+    /// statistics in the final evaluation of a `record` job.
+    pub fn evaluation_noise_std(&self) -> Option<f64> {
+        self.evaluation_noise.map(|z| z * EVAL_SENSITIVITY)
     }
 
     /// The tightest accountant for a job's mechanism: PLD for the (subsampled) Gaussian of
@@ -221,7 +257,7 @@ mod tests {
     fn spec(extra: &str) -> JobSpec {
         JobSpec::from_toml(&format!(
             "[job]\nname = \"t\"\npurpose = \"p\"\nrounds = 20\n[label]\ncolumn = \"y\"\npositive = \"1\"\n\
-             [features]\nnumeric = [\"a\"]\n[model]\nkind = \"logistic\"\n{extra}"
+             [features]\nnumeric = [\"a\"]\nrange = {{ a = [-10.0, 10.0] }}\n[model]\nkind = \"logistic\"\n{extra}"
         ))
         .unwrap()
     }
@@ -239,6 +275,8 @@ mod tests {
                 assert!(plan.epsilon_after_round(&ledger).unwrap() <= s.privacy.epsilon);
                 plan.charge_round(&mut ledger).unwrap();
             }
+            // `record` plans keep room for the one noised release of holdout statistics.
+            plan.charge_evaluation(&mut ledger).unwrap();
             let spent = ledger.epsilon(s.privacy.delta).unwrap().0;
             assert!(
                 spent <= s.privacy.epsilon && spent > 0.99 * s.privacy.epsilon,
@@ -281,13 +319,8 @@ mod tests {
             for (e, u) in exact.iter_mut().zip(&update) {
                 *e += u;
             }
-            let mut stats = vec![1.0];
-            stats.extend(vec![
-                0.0;
-                crate::aggregate::eval_stats_len(
-                    s.evaluation.histogram_bins as usize
-                )
-            ]);
+            // A DP job's training round carries only the spec-fixed unit weight.
+            let stats = vec![1.0];
             let mut words = layout.encode(&update, &stats, &mut rng);
             crate::dp::add_skellam_noise(
                 &mut words[..layout.update_len],
@@ -361,8 +394,17 @@ mod tests {
         let plan = PrivacyPlan::from_spec(&s).unwrap().unwrap();
         assert_eq!(plan.accountant(), Method::Pld);
         let total = plan.steps_per_round * u64::from(s.job.rounds);
-        let rdp = calibrate_noise_multiplier_with(Method::Rdp, 1.0, s.privacy.delta, 0.02, total)
-            .unwrap();
+        let mut evaluation = Accountant::new();
+        plan.charge_evaluation(&mut evaluation).unwrap();
+        let rdp = calibrate_noise_multiplier_after(
+            &evaluation,
+            Method::Rdp,
+            1.0,
+            s.privacy.delta,
+            0.02,
+            total,
+        )
+        .unwrap();
         assert!(
             plan.noise_multiplier < rdp,
             "pld sigma {} vs rdp {rdp}",
@@ -372,6 +414,9 @@ mod tests {
         for _ in 0..s.job.rounds {
             plan.charge_round(&mut ledger).unwrap();
         }
+        // The one release of noised holdout statistics is planned within the same budget.
+        assert!(ledger.epsilon(s.privacy.delta).unwrap().0 < 0.99);
+        plan.charge_evaluation(&mut ledger).unwrap();
         let (spent, bound) = ledger.epsilon(s.privacy.delta).unwrap();
         assert_eq!(bound.method(), Method::Pld);
         assert!(spent <= 1.0 && spent > 0.99, "{spent}");

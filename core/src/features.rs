@@ -53,6 +53,8 @@ pub struct FeatureSchema {
     pub numeric: Vec<String>,
     /// Categorical columns with their encodings, in spec order after the numerics.
     pub categorical: Vec<(String, Categorical)>,
+    /// Declared `[low, high]` of each numeric column, if any: values are clamped to it.
+    pub ranges: Vec<Option<[f64; 2]>>,
 }
 
 impl FeatureSchema {
@@ -75,6 +77,15 @@ impl FeatureSchema {
         Self {
             numeric: f.numeric.clone(),
             categorical,
+            ranges: f.numeric.iter().map(|c| f.range.get(c).copied()).collect(),
+        }
+    }
+
+    /// A numeric value clamped to its column's declared range (unchanged without one).
+    pub fn clamp(&self, j: usize, x: f64) -> f64 {
+        match self.ranges.get(j).copied().flatten() {
+            Some([low, high]) => x.clamp(low, high),
+            None => x,
         }
     }
 
@@ -110,7 +121,7 @@ impl FeatureSchema {
         for r in 0..rows.len() {
             entries.clear();
             for (j, &x) in rows.numeric_row(r).iter().enumerate() {
-                entries.push((j as u32, standardizer.apply(j, x)));
+                entries.push((j as u32, standardizer.apply(j, self.clamp(j, x))));
             }
             for (k, &slot) in rows.slot_row(r).iter().enumerate() {
                 entries.push(((offsets[k] + slot as usize) as u32, 1.0));
@@ -201,6 +212,21 @@ pub struct Standardizer {
 }
 
 impl Standardizer {
+    /// From the declared ranges of a schema whose every numeric column has one: centre
+    /// `(low + high)/2`, scale `(high − low)/2`, so clamped values land in [−1, 1]. Fixed by
+    /// the spec, so nothing is measured on any partner's data. `None` if a range is missing.
+    pub fn from_ranges(schema: &FeatureSchema) -> Option<Self> {
+        schema
+            .ranges
+            .iter()
+            .map(|r| r.map(|[low, high]| (0.5 * (low + high), 0.5 * (high - low))))
+            .collect::<Option<Vec<_>>>()
+            .map(|pairs| {
+                let (mean, std) = pairs.into_iter().unzip();
+                Self { mean, std }
+            })
+    }
+
     /// From summed (count, sum, sum of squares) per column.
     pub fn from_moments(moments: &[[f64; 3]]) -> Self {
         let (mean, std) = moments
@@ -277,6 +303,7 @@ mod tests {
                 ),
                 ("h".into(), Categorical::Hashed { buckets: 4 }),
             ],
+            ranges: vec![None],
         };
         assert_eq!(schema.dim(), 1 + 3 + 4);
         let mut rows = RawRows::new(&schema);

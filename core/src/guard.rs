@@ -93,14 +93,27 @@ pub fn kind_name(kind: RoundKind) -> &'static str {
     }
 }
 
-/// The kind of round `round` in a job of `rounds` training rounds, or `None` past the plan.
-pub fn planned_kind(rounds: u64, round: u64) -> Option<RoundKind> {
+/// The kind of round `round` in a job of `rounds` training rounds, or `None` outside the
+/// plan: a statistics round 0 only if the job measures moments, an evaluation round
+/// `rounds + 1` only if it has a final evaluation (see [`JobSpec::measures_moments`] and
+/// [`JobSpec::final_evaluation`]: DP jobs have neither or only a noised one).
+pub fn planned_kind(
+    rounds: u64,
+    round: u64,
+    statistics: bool,
+    evaluation: bool,
+) -> Option<RoundKind> {
     match round {
-        0 => Some(RoundKind::Statistics),
+        0 if statistics => Some(RoundKind::Statistics),
+        0 => None,
         r if r <= rounds => Some(RoundKind::Training),
-        r if r == rounds + 1 => Some(RoundKind::Evaluation),
+        r if r == rounds + 1 && evaluation => Some(RoundKind::Evaluation),
         _ => None,
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A partner's record of the rounds of one job it was asked into and unmasked. Serialisable,
@@ -112,6 +125,10 @@ pub struct RoundGuard {
     max_attempts: u32,
     secure: bool,
     redo_training: bool,
+    #[serde(default = "yes")]
+    statistics: bool,
+    #[serde(default = "yes")]
+    evaluation: bool,
     last: Option<(u64, u32)>,
     attempts: BTreeMap<u64, u32>,
     unmasked: BTreeSet<u64>,
@@ -125,6 +142,8 @@ impl RoundGuard {
             max_attempts: spec.aggregation.max_attempts,
             secure: spec.aggregation.secure,
             redo_training: spec.privacy.mode == PrivacyMode::Record,
+            statistics: spec.measures_moments(),
+            evaluation: spec.final_evaluation(),
             last: None,
             attempts: BTreeMap::new(),
             unmasked: BTreeSet::new(),
@@ -134,10 +153,12 @@ impl RoundGuard {
     /// Checks a round start and, when the partner may take part, records it. A refused start
     /// that is in order still moves the guard past it, so it cannot be replayed either.
     pub fn admit(&mut self, round: u64, attempt: u32, kind: RoundKind) -> Result<(), GuardRefusal> {
-        let expected = planned_kind(self.rounds, round).ok_or(GuardRefusal::BeyondPlan {
-            round,
-            rounds: self.rounds,
-        })?;
+        let expected = planned_kind(self.rounds, round, self.statistics, self.evaluation).ok_or(
+            GuardRefusal::BeyondPlan {
+                round,
+                rounds: self.rounds,
+            },
+        )?;
         if expected != kind {
             return Err(GuardRefusal::WrongKind {
                 round,
@@ -191,7 +212,7 @@ mod tests {
     fn spec(extra: &str) -> JobSpec {
         JobSpec::from_toml(&format!(
             "[job]\nname = \"t\"\npurpose = \"p\"\nrounds = 3\n[label]\ncolumn = \"y\"\npositive = \"1\"\n\
-             [features]\nnumeric = [\"a\"]\n[model]\nkind = \"logistic\"\n\
+             [features]\nnumeric = [\"a\"]\nrange = {{ a = [-10.0, 10.0] }}\n[model]\nkind = \"logistic\"\n\
              [aggregation]\nmax_attempts = 2\n{extra}"
         ))
         .unwrap()
@@ -304,5 +325,33 @@ mod tests {
         g.admit(1, 0, T).unwrap();
         g.unmasked(1);
         g.admit(1, 1, T).unwrap();
+    }
+
+    /// DP jobs have no statistics round (declared ranges instead), and under partner-level
+    /// DP no evaluation round: a coordinator that asks for either is refused.
+    #[test]
+    fn dp_jobs_plan_no_statistics_round_and_partner_level_no_evaluation() {
+        let mut g = RoundGuard::new(&spec("[privacy]\nmode = \"record\"\n"));
+        assert!(matches!(
+            g.admit(0, 1, S),
+            Err(GuardRefusal::BeyondPlan { round: 0, .. })
+        ));
+        assert_eq!(g.admit(1, 1, T), Ok(()));
+        assert_eq!(g.admit(4, 1, E), Ok(()));
+        for mode in ["partner-central", "partner-distributed"] {
+            let mut g = RoundGuard::new(&spec(&format!("[privacy]\nmode = \"{mode}\"\n")));
+            assert!(matches!(
+                g.admit(0, 1, S),
+                Err(GuardRefusal::BeyondPlan { .. })
+            ));
+            assert_eq!(g.admit(3, 1, T), Ok(()));
+            assert!(
+                matches!(
+                    g.admit(4, 1, E),
+                    Err(GuardRefusal::BeyondPlan { round: 4, .. })
+                ),
+                "{mode}"
+            );
+        }
     }
 }

@@ -24,6 +24,16 @@ pub struct Metrics {
     pub count: u64,
 }
 
+/// A metric for people: four decimals, or "–" where it is undefined (NaN: a round or job
+/// that released no holdout statistics, or a one-class holdout).
+pub fn show(v: f64) -> String {
+    if v.is_nan() {
+        "–".to_owned()
+    } else {
+        format!("{v:.4}")
+    }
+}
+
 /// Clamp on a probability before taking its log, so one confident mistake cannot make the
 /// loss infinite (it costs at most ~34.5).
 const P_MIN: f64 = 1e-15;
@@ -121,6 +131,17 @@ impl EvalStats {
 
     /// Statistics of probabilities `scores` against `labels`.
     pub fn from_predictions(scores: &[f64], labels: &[f64], bins: usize) -> Self {
+        Self::from_predictions_capped(scores, labels, bins, f64::INFINITY)
+    }
+
+    /// Like [`EvalStats::from_predictions`], with each row's log-loss capped at `loss_cap`
+    /// (what bounds one row's share of a released loss sum).
+    pub fn from_predictions_capped(
+        scores: &[f64],
+        labels: &[f64],
+        bins: usize,
+        loss_cap: f64,
+    ) -> Self {
         let mut s = Self::new(bins);
         for (&p, &y) in scores.iter().zip(labels) {
             s.count += 1;
@@ -128,7 +149,7 @@ impl EvalStats {
             if (p >= 0.5) == positive {
                 s.correct += 1;
             }
-            s.loss_sum += bce_from_logit(logit_of(p), y);
+            s.loss_sum += bce_from_logit(logit_of(p), y).min(loss_cap);
             let b = ((p * bins as f64) as usize).min(bins - 1);
             if positive {
                 s.pos_hist[b] += 1;

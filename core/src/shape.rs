@@ -213,7 +213,7 @@ mod tests {
     fn spec(extra: &str) -> JobSpec {
         JobSpec::from_toml(&format!(
             "[job]\nname = \"t\"\npurpose = \"p\"\nrounds = 3\n[label]\ncolumn = \"y\"\npositive = \"1\"\n\
-             [features]\nnumeric = [\"a\", \"b\"]\n[model]\nkind = \"logistic\"\n{extra}"
+             [features]\nnumeric = [\"a\", \"b\"]\nrange = {{ a = [-10.0, 10.0], b = [-10.0, 10.0] }}\n[model]\nkind = \"logistic\"\n{extra}"
         ))
         .unwrap()
     }

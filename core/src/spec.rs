@@ -102,6 +102,14 @@ pub struct PrivacySection {
     /// Record mode: Poisson sampling rate q of each local step (expected batch = q × rows).
     #[serde(default = "default_sampling_rate")]
     pub sampling_rate: f64,
+    /// Record mode: noise multiplier of the one release of holdout statistics (the final
+    /// evaluation), charged to the same budget as training.
+    #[serde(default = "default_evaluation_noise")]
+    pub evaluation_noise_multiplier: f64,
+}
+
+fn default_evaluation_noise() -> f64 {
+    8.0
 }
 
 fn default_epsilon() -> f64 {
@@ -126,6 +134,7 @@ impl Default for PrivacySection {
             clip: default_dp_clip(),
             noise_multiplier: None,
             sampling_rate: default_sampling_rate(),
+            evaluation_noise_multiplier: default_evaluation_noise(),
         }
     }
 }
@@ -173,6 +182,12 @@ pub struct FeatureSection {
     /// Slots for a hashed categorical column.
     #[serde(default = "default_hash_buckets")]
     pub hash_buckets: u32,
+    /// Declared ranges `[low, high]` of numeric columns: values outside are clamped to the
+    /// range. Differentially private jobs need one for every numeric column and standardise
+    /// with them (centre and half-width) instead of measured means and deviations, which
+    /// would leave the partners un-noised.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub range: BTreeMap<String, [f64; 2]>,
 }
 
 fn default_hash_buckets() -> u32 {
@@ -341,25 +356,18 @@ impl Default for AggregationSection {
 }
 
 /// `[evaluation]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluationSection {
-    /// Bins of the score histograms from which AUC and lift are derived.
-    #[serde(default = "default_bins")]
-    pub histogram_bins: u32,
+    /// Bins of the score histograms from which AUC and lift are derived (default 1,000;
+    /// 20 in differentially private jobs, where every bin carries noise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub histogram_bins: Option<u32>,
 }
 
-fn default_bins() -> u32 {
-    1000
-}
-
-impl Default for EvaluationSection {
-    fn default() -> Self {
-        Self {
-            histogram_bins: default_bins(),
-        }
-    }
-}
+/// Default histogram bins without and with differential privacy.
+const DEFAULT_BINS: u32 = 1000;
+const DEFAULT_DP_BINS: u32 = 20;
 
 /// Upper bounds that keep a hostile or mistaken spec from exhausting memory.
 const MAX_ROUNDS: u32 = 100_000;
@@ -519,14 +527,85 @@ impl JobSpec {
                 "\"partner-distributed\" needs aggregation.secure = true (each partner's noise alone is too small to hide its update)",
             ));
         }
-        let bins = self.evaluation.histogram_bins;
+        check_positive(
+            "privacy.evaluation_noise_multiplier",
+            p.evaluation_noise_multiplier,
+            1e6,
+        )?;
+        let bins = self.histogram_bins();
         if !(2..=MAX_BINS).contains(&bins) {
             return Err(invalid(
                 "evaluation.histogram_bins",
                 format!("must be 2..={MAX_BINS}"),
             ));
         }
+        for (column, &[low, high]) in &self.features.range {
+            if !self.features.numeric.contains(column) {
+                return Err(invalid(
+                    "features.range",
+                    format!("`{column}` is not a declared numeric column"),
+                ));
+            }
+            if !(low.is_finite() && high.is_finite() && low < high) {
+                return Err(invalid(
+                    "features.range",
+                    format!("`{column}` must be [low, high] with finite low < high"),
+                ));
+            }
+        }
+        if self.is_dp() {
+            let missing: Vec<&str> = self
+                .features
+                .numeric
+                .iter()
+                .filter(|c| !self.features.range.contains_key(*c))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                return Err(invalid(
+                    "features.range",
+                    format!(
+                        "a differentially private job needs a declared [low, high] for every numeric column (missing: {}); measured means and deviations would leave the partners un-noised",
+                        missing.join(", ")
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether the job gives a differential-privacy guarantee.
+    pub fn is_dp(&self) -> bool {
+        self.privacy.mode != PrivacyMode::None
+    }
+
+    /// Whether the job opens with a statistics round (measured means and deviations). DP
+    /// jobs standardise with the declared ranges instead.
+    pub fn measures_moments(&self) -> bool {
+        !self.is_dp()
+    }
+
+    /// Whether training rounds carry holdout statistics of the model they train from. DP
+    /// jobs release holdout statistics at most once, in the final evaluation.
+    pub fn evaluates_in_training(&self) -> bool {
+        !self.is_dp()
+    }
+
+    /// Whether the job ends with a federated evaluation round. Under partner-level DP a
+    /// partner's whole holdout is the protected unit and nothing but its noised updates
+    /// leaves it: no federated evaluation (each partner can score the released model
+    /// locally). In `record` jobs the final evaluation is noised and charged.
+    pub fn final_evaluation(&self) -> bool {
+        matches!(self.privacy.mode, PrivacyMode::None | PrivacyMode::Record)
+    }
+
+    /// Bins of the evaluation histograms.
+    pub fn histogram_bins(&self) -> u32 {
+        self.evaluation.histogram_bins.unwrap_or(if self.is_dp() {
+            DEFAULT_DP_BINS
+        } else {
+            DEFAULT_BINS
+        })
     }
 
     /// Every column a partner must read: the features, then the label.
@@ -594,6 +673,7 @@ positive = "yes"
 [features]
 numeric = ["age", "balance"]
 categorical = ["job"]
+range = { age = [18.0, 95.0], balance = [-5000.0, 50000.0] }
 [model]
 kind = "logistic"
 [training]

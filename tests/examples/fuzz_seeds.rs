@@ -45,6 +45,7 @@ column = "y"
 positive = "yes"
 [features]
 numeric = ["age"]
+range = { age = [18.0, 95.0] }
 categorical = ["job", "marital"]
 vocabulary = { job = ["a", "b"] }
 hash_buckets = 16

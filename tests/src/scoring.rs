@@ -118,6 +118,10 @@ pub fn score_from_files(
                     };
                     let j = idx(&col["index"], "index")?;
                     key.update(v.to_bits().to_le_bytes());
+                    let v = match col["range"].as_array().map(|r| r.as_slice()) {
+                        Some([low, high]) => v.clamp(num(low, "range")?, num(high, "range")?),
+                        _ => v,
+                    };
                     x[j] = (v - num(&col["mean"], "mean")?) / num(&col["std"], "std")?;
                 }
                 "categorical" => {

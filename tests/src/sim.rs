@@ -508,8 +508,13 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         while let Some(r) = progress_rx.recv().await {
             if show {
                 eprintln!(
-                    "round {:>3}/{total}  auc {:.4}  log-loss {:.4}  participants {}  dropped {}  {:.2}s",
-                    r.round, r.auc, r.log_loss, r.participants, r.dropped, r.seconds
+                    "round {:>3}/{total}  auc {}  log-loss {}  participants {}  dropped {}  {:.2}s",
+                    r.round,
+                    metrics::show(r.auc),
+                    metrics::show(r.log_loss),
+                    r.participants,
+                    r.dropped,
+                    r.seconds
                 );
             }
         }

@@ -518,9 +518,19 @@ async fn watch_job(client: &mut Client, id: &str, json: bool) -> Result<u8, Fail
             println!();
         }
         match (&info.status[..], &info.r#final) {
+            ("finished", Some(f)) if f.rows == 0 => println!(
+                "job {} finished: {} — no federated evaluation; audit head {}",
+                info.job_id, info.phase, info.audit_head
+            ),
             ("finished", Some(f)) => println!(
-                "job {} finished: {} — final AUC {:.4}, log-loss {:.4}, accuracy {:.4} on {} holdout rows; audit head {}",
-                info.job_id, info.phase, f.auc, f.log_loss, f.accuracy, f.rows, info.audit_head
+                "job {} finished: {} — final AUC {}, log-loss {}, accuracy {} on {} holdout rows; audit head {}",
+                info.job_id,
+                info.phase,
+                fedmark_core::metrics::show(f.auc),
+                fedmark_core::metrics::show(f.log_loss),
+                fedmark_core::metrics::show(f.accuracy),
+                f.rows,
+                info.audit_head
             ),
             (status, _) => println!("job {} {status}: {}", info.job_id, info.phase),
         }

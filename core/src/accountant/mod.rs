@@ -1048,6 +1048,20 @@ pub fn calibrate_noise_multiplier_with(
     q: f64,
     steps: u64,
 ) -> Result<f64, AccountantError> {
+    calibrate_noise_multiplier_after(&Accountant::new(), method, target_epsilon, delta, q, steps)
+}
+
+/// Like [`calibrate_noise_multiplier_with`], for `steps` steps composed after what `base`
+/// already holds (for instance a fixed release planned beside training): the smallest σ with
+/// which `base` plus the steps stays within the target.
+pub fn calibrate_noise_multiplier_after(
+    base: &Accountant,
+    method: Method,
+    target_epsilon: f64,
+    delta: f64,
+    q: f64,
+    steps: u64,
+) -> Result<f64, AccountantError> {
     const RELATIVE_TOLERANCE: f64 = 1e-5;
     const MIN_NOISE_MULTIPLIER: f64 = 1e-6;
     if !(target_epsilon > 0.0 && target_epsilon.is_finite()) {
@@ -1059,7 +1073,7 @@ pub fn calibrate_noise_multiplier_with(
         return Err(AccountantError::ZeroSteps);
     }
     let epsilon_at = |sigma: f64| -> Result<f64, AccountantError> {
-        let mut ledger = Accountant::new();
+        let mut ledger = base.clone();
         ledger.compose_subsampled_gaussian(q, sigma, steps)?;
         Ok(ledger.epsilon_with(method, delta)?.0)
     };
