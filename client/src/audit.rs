@@ -10,7 +10,7 @@
 //! | `offer_accepted` | `job_id`, `train_rows`, `holdout_rows` |
 //! | `offer_refused` | `job_id`, `reason` |
 //! | `round_started` | `job_id`, `round`, `attempt`, `kind`, `cohort_size`, `threshold` |
-//! | `consent_snapshot` | `job_id`, `round`, `attempt`, `consent_source`, `snapshot_sha256`, `consented_users`, `train_rows`, `holdout_rows`, `usable_records` |
+//! | `consent_snapshot` | `job_id`, `round`, `attempt`, `consent_source`, `snapshot_sha256`, `commitment`, `commitment_salt`, `consented_users`, `train_rows`, `holdout_rows`, `usable_records` |
 //! | `model_received` | `job_id`, `round`, `attempt`, `model_sha256`, `params` |
 //! | `input_sent` | `job_id`, `round`, `attempt`, `masked_sha256`, `words` |
 //! | `privacy_charged` | `job_id`, `round`, `purpose`, `epsilon_after` |
@@ -20,7 +20,10 @@
 //! | `torn_write_discarded` | `bytes`: the unfinished last line a crash left, cut off on open |
 //!
 //! `consent_snapshot` is written at the start of every round; without a consent source its
-//! `snapshot_sha256` is empty and the counts are all of the partner's usable rows.
+//! `snapshot_sha256` is empty and the counts are all of the partner's usable rows. Only the
+//! `commitment` leaves the partner (on the round's last input chunk, then in the model card);
+//! `SHA-256("fedmark consent commitment v1" ‖ salt ‖ snapshot_sha256)` with the hex-decoded
+//! `commitment_salt` opens it.
 //! `input_sent.masked_sha256` is SHA-256 over the words as sent (masked under secure
 //! aggregation), little-endian.
 //!

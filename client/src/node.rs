@@ -45,7 +45,7 @@ use fedmark_proto::{
     RoundStart, SurvivorSignature, UnmaskReply, client_message, server_message,
 };
 use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
+use rand::{Rng, RngExt, SeedableRng};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
@@ -570,6 +570,26 @@ fn consent_key(identity: &SigningKey) -> [u8; 32] {
     // 32 bytes is far below HKDF-SHA256's output limit, so expand cannot fail.
     let _ = hk.expand(b"fedmark consent-snapshot key v1", &mut key);
     key
+}
+
+/// What the coordinator gets of a round's consent snapshot: a hiding commitment to its
+/// (keyed) hash, `SHA-256("fedmark consent commitment v1" ‖ salt ‖ hash)` with 16 fresh
+/// random bytes of salt, hex. The partner's audit file keeps the hash and the salt, so the
+/// partner can open every commitment the model card lists to a regulator; the coordinator
+/// learns nothing from it, not even whether two rounds used the same snapshot (a bare hash
+/// would show each consent change). Empty without a consent source.
+fn commit_snapshot(hash: &str) -> (String, String) {
+    if hash.is_empty() {
+        return (String::new(), String::new());
+    }
+    let mut salt = [0u8; 16];
+    secret_rng().fill_bytes(&mut salt);
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"fedmark consent commitment v1");
+    h.update(salt);
+    h.update(hash.as_bytes());
+    (hex::encode(h.finalize()), hex::encode(salt))
 }
 
 /// The reason sent to the coordinator when the partner's data cannot serve a job: what the
@@ -1100,6 +1120,7 @@ impl Node {
             holdout_rows,
             "consent snapshot taken"
         );
+        let (commitment, salt) = commit_snapshot(&hash);
         self.audit(
             "consent_snapshot",
             serde_json::json!({
@@ -1108,13 +1129,15 @@ impl Node {
                 "attempt": rref.attempt,
                 "consent_source": consented_users.is_some(),
                 "snapshot_sha256": hash,
+                "commitment": commitment,
+                "commitment_salt": salt,
                 "consented_users": consented_users,
                 "train_rows": train_rows,
                 "holdout_rows": holdout_rows,
                 "usable_records": train_rows + holdout_rows,
             }),
         )?;
-        Ok(Ok(hash))
+        Ok(Ok(commitment))
     }
 
     async fn start_round(&mut self, start: RoundStart) -> Result<(), ClientError> {

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use fedmark_core::audit::{AuditRecord, verify};
 use fedmark_tests::partition::Split;
 use fedmark_tests::sim::{self, SimOptions};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// The records of an audit file, after checking its chain.
 fn audit_records(path: &Path) -> Vec<AuditRecord> {
@@ -82,6 +83,19 @@ async fn a_withdrawal_shrinks_the_next_round_by_exactly_the_withdrawn_rows() {
         assert_eq!(snaps[&2].1 - snaps[&3].1, consent.withdrawn_users);
         assert_ne!(snaps[&2].2, snaps[&3].2, "a new snapshot, a new hash");
         assert_eq!(snaps[&3], snaps[&5]);
+        // What left the partner is a fresh commitment to each round's hash, which its audit
+        // file opens; two rounds of one snapshot cannot be linked by the coordinator.
+        let mut sent = BTreeSet::new();
+        for r in records.iter().filter(|r| r.kind == "consent_snapshot") {
+            let text = |k: &str| r.data[k].as_str().unwrap().to_owned();
+            let salt = hex::decode(text("commitment_salt")).unwrap();
+            let mut h = Sha256::new();
+            h.update(b"fedmark consent commitment v1");
+            h.update(&salt);
+            h.update(text("snapshot_sha256").as_bytes());
+            assert_eq!(hex::encode(h.finalize()), text("commitment"));
+            assert!(sent.insert(text("commitment")), "a commitment was reused");
+        }
         // The report's per-round counts are the partner's own.
         assert_eq!(report.rounds[2].usable_records[&p.partner], snaps[&3].0);
         assert_eq!(report.rounds[1].usable_records[&p.partner], snaps[&2].0);

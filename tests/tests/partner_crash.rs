@@ -116,8 +116,10 @@ fn a_partner_killed_between_its_charge_and_its_send_keeps_the_charge() {
     assert_eq!(report["rounds"].as_array().unwrap().len() as u64, ROUNDS);
     let (rounds, spent, purpose) = charged(&d, &bank);
     assert!(rounds.contains(&2), "the round-2 charge is still there");
+    // Training rounds, and the final evaluation (round ROUNDS + 1), whose noised holdout
+    // statistics are charged too.
     assert!(
-        rounds.iter().all(|r| (1..=ROUNDS).contains(r)),
+        rounds.iter().all(|r| (1..=ROUNDS + 1).contains(r)),
         "{rounds:?}"
     );
     assert!(spent <= EPSILON * (1.0 + 1e-9) && (purpose - spent).abs() < 1e-12);
@@ -176,7 +178,11 @@ fn a_coordinator_killed_mid_job_still_finishes_a_job_capped_just_above_its_epsil
     );
     for id in &d.partners {
         let (rounds, spent, purpose) = charged(&d, id);
-        assert_eq!(rounds, (1..=ROUNDS).collect(), "{id}");
+        assert_eq!(
+            rounds,
+            (1..=ROUNDS + 1).collect(),
+            "{id}: training and evaluation"
+        );
         assert!(spent <= EPSILON * (1.0 + 1e-9), "{id}: job ε {spent}");
         assert!(purpose <= cap, "{id}: purpose ε {purpose}");
         assert!(
