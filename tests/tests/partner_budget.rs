@@ -37,7 +37,7 @@ type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
 /// zeros; uploads are collected.
 struct Fake {
     sessions: mpsc::Sender<(Streaming<ClientMessage>, Outbound)>,
-    uploads: mpsc::Sender<(RoundRef, Vec<u32>)>,
+    uploads: mpsc::Sender<(RoundRef, Vec<u32>, Vec<InputChunk>)>,
     model_len: usize,
 }
 
@@ -86,13 +86,15 @@ impl Coordinator for Fake {
         tx.send(Ok(status(UploadState::Admitted))).await.ok();
         let uploads = self.uploads.clone();
         tokio::spawn(async move {
-            let mut words = Vec::new();
+            let (mut words, mut seen) = (Vec::new(), Vec::new());
             while let Ok(Some(chunk)) = chunks.message().await {
                 words.extend_from_slice(&chunk.values);
-                if chunk.last {
+                let (last, round) = (chunk.last, chunk.round.clone());
+                seen.push(chunk);
+                if last {
                     tx.send(Ok(status(UploadState::Received))).await.ok();
-                    if let Some(round) = chunk.round {
-                        uploads.send((round, words)).await.ok();
+                    if let Some(round) = round {
+                        uploads.send((round, words, seen)).await.ok();
                     }
                     return;
                 }
@@ -115,9 +117,13 @@ enum Outcome {
     Refused(String),
 }
 
+/// The last upload's chunks, kept for the test that walks every field.
+type Chunks = Vec<InputChunk>;
+
 struct Driver {
     sessions: mpsc::Receiver<(Streaming<ClientMessage>, Outbound)>,
-    uploads: mpsc::Receiver<(RoundRef, Vec<u32>)>,
+    uploads: mpsc::Receiver<(RoundRef, Vec<u32>, Chunks)>,
+    last_chunks: Chunks,
     spec: JobSpec,
     spec_toml: String,
     job_id: String,
@@ -165,13 +171,24 @@ impl Driver {
     /// Asks for training round `round` (attempt `attempt`) and waits for the partner's
     /// update or its refusal in its audit file.
     async fn round(&mut self, s: &mut Session, round: u64, attempt: u32) -> Outcome {
+        self.round_of(s, round, attempt, RoundKind::Training).await
+    }
+
+    /// Asks for round `round` of `kind`; see [`Driver::round`].
+    async fn round_of(
+        &mut self,
+        s: &mut Session,
+        round: u64,
+        attempt: u32,
+        kind: RoundKind,
+    ) -> Outcome {
         let rref = RoundRef {
             job_id: self.job_id.clone(),
             round,
             attempt,
         };
         let cohort = vec![PARTNER.to_owned(), "ghost".to_owned()];
-        let layout = RoundKind::Training
+        let layout = kind
             .layout(&self.spec, self.model_len, cohort.len())
             .unwrap();
         let numeric = self.spec.features.numeric.len();
@@ -186,7 +203,11 @@ impl Driver {
             model_len: self.model_len as u64,
             ..RoundStart::default()
         };
-        start.set_kind(fedmark_proto::RoundKind::Training);
+        start.set_kind(match kind {
+            RoundKind::Statistics => fedmark_proto::RoundKind::Statistics,
+            RoundKind::Training => fedmark_proto::RoundKind::Training,
+            RoundKind::Evaluation => fedmark_proto::RoundKind::Evaluation,
+        });
         send(&s.out, server_message::Body::RoundStart(start)).await;
         let deadline = Instant::now() + WAIT;
         loop {
@@ -194,10 +215,11 @@ impl Driver {
                 Instant::now() < deadline,
                 "round {round}: no upload, no refusal"
             );
-            if let Ok(Some((got, words))) =
+            if let Ok(Some((got, words, chunks))) =
                 tokio::time::timeout(Duration::from_millis(100), self.uploads.recv()).await
             {
                 assert_eq!(got, rref, "an upload for another round");
+                self.last_chunks = chunks;
                 send(
                     &s.out,
                     server_message::Body::RoundResult(RoundResult {
@@ -310,6 +332,7 @@ async fn start_fake(spec: JobSpec, job_id: &str, audit: PathBuf) -> (std::net::S
     let driver = Driver {
         sessions,
         uploads,
+        last_chunks: Vec::new(),
         spec_toml: spec.to_toml().unwrap(),
         spec,
         job_id: job_id.to_owned(),
@@ -436,4 +459,216 @@ async fn a_round_past_the_jobs_epsilon_is_refused_without_a_cap() {
     let job = ledger.job("job-eps").unwrap();
     assert_eq!(job.charged_rounds.len(), 9);
     assert!(ledger.spent("campaign_response", 1e-5).unwrap() <= 1.0);
+}
+
+/// What a message from the partner is, field by field. The patterns name every field (no
+/// `..`), so a field added to the protocol does not compile until it is classified here.
+fn walk(body: &client_message::Body, partner: &str, job_id: &str) {
+    use fedmark_proto::{
+        EncryptedShares, Hello, KeyAdvertisement, OfferReply, SurvivorSignature, UnmaskReply,
+    };
+    match body {
+        // Spec-fixed: the roster id and the protocol's version.
+        client_message::Body::Hello(Hello {
+            partner_id,
+            protocol_version,
+        }) => {
+            assert_eq!(partner_id, partner);
+            assert_eq!(*protocol_version, fedmark_proto::PROTOCOL_VERSION);
+        }
+        // Spec-fixed: the offered job's id, and a yes (a refusal reason names the spec's
+        // terms, never the data; see the governance tests).
+        client_message::Body::OfferReply(OfferReply {
+            job_id: id,
+            accept,
+            reason,
+        }) => {
+            assert_eq!(id, job_id);
+            assert!(*accept && reason.is_empty(), "{reason}");
+        }
+        // Cryptographic, drawn fresh from the OS for the round and independent of the data
+        // (fresh X25519 keys, their signature, encrypted shares of fresh secrets, a signature
+        // over the survivor set, shares of those secrets): secure rounds only, so none here.
+        client_message::Body::Keys(KeyAdvertisement {
+            round: _,
+            cipher_public: _,
+            mask_public: _,
+            signature: _,
+        })
+        | client_message::Body::Shares(EncryptedShares {
+            round: _,
+            envelopes: _,
+        })
+        | client_message::Body::SurvivorSignature(SurvivorSignature {
+            round: _,
+            signature: _,
+        })
+        | client_message::Body::Unmask(UnmaskReply {
+            round: _,
+            shares: _,
+        }) => panic!("secure-aggregation message in a plain job: {body:?}"),
+    }
+}
+
+/// Every field of every message a partner sends in a record-DP job, walked: the session's
+/// messages (see [`walk`]); each input chunk's round, offset, `last` flag and consent field
+/// (spec- or protocol-fixed; without a consent source the field is empty, with one it is a
+/// fresh commitment, see the governance tests); and the values. A training round's values
+/// are the DP-SGD update (clipped, noised, charged before it left) and the one spec-fixed
+/// weight; the final evaluation's are the holdout statistics plus Gaussian noise of the
+/// planned scale, charged too. The exact statistics are recomputed here for the all-zero
+/// model the fake coordinator serves (every score 0.5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_value_a_dp_partner_sends_is_fixed_by_the_spec_or_noised_and_charged() {
+    use fedmark_client::data::{HoldoutSplit, load_csv};
+    use fedmark_core::budget::{EVAL_LOSS_CAP, PrivacyPlan};
+
+    let dir = tempfile::tempdir().unwrap();
+    let files = partition_csv(&SimOptions::default().data, dir.path(), 2, &Split::Iid, 7).unwrap();
+    let audit = dir.path().join("bank.audit.jsonl");
+    let rounds = 2u64;
+    let spec = dp_spec("walk", rounds as u32, 4.0);
+    let plan = PrivacyPlan::from_spec(&spec).unwrap().unwrap();
+    let (addr, mut fake) = start_fake(spec.clone(), "job-walk", audit.clone()).await;
+    let mut cfg = client_config(addr, PARTNER, files[0].0.clone(), 1);
+    cfg.audit = Some(audit.clone());
+    let node_cfg = cfg.clone();
+    let node =
+        tokio::spawn(
+            async move { node::run_until_finished(&node_cfg, NodeOptions::default()).await },
+        );
+
+    let (mut inbound, out) = tokio::time::timeout(WAIT, fake.sessions.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let hello = next(&mut inbound).await;
+    walk(&hello, PARTNER, "job-walk");
+    send(
+        &out,
+        server_message::Body::Welcome(Welcome {
+            coordinator_id: "fake".into(),
+            session_token: vec![7; 32],
+        }),
+    )
+    .await;
+    send(
+        &out,
+        server_message::Body::Offer(JobOffer {
+            job_id: "job-walk".into(),
+            spec_toml: fake.spec_toml.clone(),
+        }),
+    )
+    .await;
+    walk(&next(&mut inbound).await, PARTNER, "job-walk");
+    let mut s = Session { inbound, out };
+
+    let check_chunks = |chunks: &Chunks, round: u64, words: usize| {
+        let mut offset = 0u64;
+        for (i, c) in chunks.iter().enumerate() {
+            let InputChunk {
+                round: rref,
+                offset: at,
+                values,
+                last,
+                consent_snapshot,
+            } = c;
+            assert_eq!(rref.as_ref().map(|r| r.round), Some(round));
+            assert_eq!(*at, offset, "offsets follow the protocol");
+            assert_eq!(*last, i + 1 == chunks.len());
+            assert!(consent_snapshot.is_empty(), "no consent source configured");
+            offset += values.len() as u64;
+        }
+        assert_eq!(offset as usize, words);
+    };
+    for round in 1..=rounds {
+        let words = sent(fake.round(&mut s, round, 0).await);
+        check_chunks(&fake.last_chunks, round, words.len());
+        let layout = RoundKind::Training
+            .layout(&spec, fake.model_len, 2)
+            .unwrap();
+        let values = layout.decode(&words);
+        assert_eq!(
+            values.stats,
+            vec![1.0],
+            "the spec-fixed weight, nothing else"
+        );
+        let norm = values.update.iter().map(|u| u * u).sum::<f64>().sqrt();
+        assert!(norm <= spec.training.clip_norm * 1.001, "clipped: {norm}");
+    }
+    let eval_round = rounds + 1;
+    let words = sent(
+        fake.round_of(&mut s, eval_round, 0, RoundKind::Evaluation)
+            .await,
+    );
+    check_chunks(&fake.last_chunks, eval_round, words.len());
+    fake.finish(&s).await;
+    node.await.unwrap().unwrap();
+
+    // The exact holdout statistics of the zero model, from the partner's own file.
+    let data = load_csv(
+        &files[0].0,
+        &spec,
+        HoldoutSplit {
+            fraction: cfg.holdout_fraction,
+            seed: cfg.holdout_seed,
+        },
+    )
+    .unwrap();
+    let bins = spec.histogram_bins() as usize;
+    let n = data.holdout.len() as f64;
+    let positives = data.holdout.labels.iter().filter(|&&y| y > 0.5).count() as f64;
+    let mut exact = vec![0.0; 3 + 2 * bins];
+    exact[0] = n;
+    exact[1] = positives; // a score of 0.5 predicts positive
+    exact[2] = n * std::f64::consts::LN_2 / EVAL_LOSS_CAP;
+    exact[3 + bins / 2] = positives;
+    exact[3 + bins + bins / 2] = n - positives;
+    let released = RoundKind::Evaluation
+        .layout(&spec, fake.model_len, 2)
+        .unwrap()
+        .decode(&words)
+        .stats;
+    assert_eq!(released.len(), exact.len());
+    assert!(released.iter().all(|v| v.fract() == 0.0), "rounded");
+    // The deviations are N(0, s²) with s = z·Δ = 16 (plus rounding): their mean square over
+    // 43 values has a chi-square spread; 0.3 to 2.0 of s² is over 5 standard deviations.
+    let s = plan.evaluation_noise_std().unwrap();
+    let mean_square = released
+        .iter()
+        .zip(&exact)
+        .map(|(r, e)| (r - e.round()).powi(2))
+        .sum::<f64>()
+        / exact.len() as f64;
+    assert!(
+        (0.3..2.0).contains(&(mean_square / (s * s))),
+        "noise {mean_square} against {}",
+        s * s
+    );
+
+    // Charged before each release: the training rounds and the evaluation, and the ledger's
+    // total is the plan's, recomputed here.
+    let ledger = Ledger::open(Some(&cfg.ledger_path().unwrap())).unwrap();
+    let job = ledger.job("job-walk").unwrap();
+    assert_eq!(job.charged_rounds, (1..=eval_round).collect());
+    let mut expected = fedmark_core::accountant::Accountant::new();
+    plan.charge_rounds(&mut expected, rounds).unwrap();
+    plan.charge_evaluation(&mut expected).unwrap();
+    assert_eq!(
+        job.spent.epsilon(1e-5).unwrap().0,
+        expected.epsilon(1e-5).unwrap().0
+    );
+    let text = std::fs::read_to_string(&audit).unwrap();
+    for round in 1..=eval_round {
+        let at = |kind: &str| {
+            text.lines().position(|l| {
+                let r: serde_json::Value = serde_json::from_str(l).unwrap();
+                r["kind"] == kind && r["data"]["round"] == round
+            })
+        };
+        assert!(
+            at("privacy_charged").unwrap() < at("input_sent").unwrap(),
+            "round {round}: charged before it was sent"
+        );
+    }
 }
