@@ -108,11 +108,19 @@ impl JobContext {
         self.arch.num_params(self.schema.dim())
     }
 
-    /// Statistics round: (count, sum, sum of squares) per numeric feature over training rows.
+    /// Statistics round: (count, sum, sum of squares) per numeric feature over training rows,
+    /// then the usable rows (training and holdout) and the positives among them.
     pub fn statistics(&self) -> RoundValues {
+        let mut stats: Vec<f64> = self.data.train.moments().into_iter().flatten().collect();
+        let (train, holdout) = (&self.data.train, &self.data.holdout);
+        let positives = |rows: &fedmark_core::features::RawRows| {
+            rows.labels.iter().filter(|&&y| y > 0.5).count()
+        };
+        stats.push((train.len() + holdout.len()) as f64);
+        stats.push((positives(train) + positives(holdout)) as f64);
         RoundValues {
             update: Vec::new(),
-            stats: self.data.train.moments().into_iter().flatten().collect(),
+            stats,
         }
     }
 

@@ -75,6 +75,9 @@ pub enum JobError {
         /// Last failure.
         last: RoundError,
     },
+    /// A check before training failed (e.g. no row carries the positive label).
+    #[error("pre-flight check failed: {0}")]
+    Preflight(String),
     /// A round's unmask failed after partners revealed their shares, and too few others
     /// remain to retry it.
     #[error(
@@ -695,12 +698,19 @@ pub async fn run_job(
                     None,
                 )
                 .await?;
-                let moments: Vec<[f64; 3]> = done
-                    .sum
-                    .stats
+                let numeric = 3 * spec.features.numeric.len();
+                let moments: Vec<[f64; 3]> = done.sum.stats[..numeric]
                     .chunks(3)
                     .map(|c| [c[0], c[1], c[2]])
                     .collect();
+                let (rows, positives) = (done.sum.stats[numeric], done.sum.stats[numeric + 1]);
+                if positives < 1.0 || positives > rows - 1.0 {
+                    let found = if positives < 1.0 { "none" } else { "every one" };
+                    return Err(JobError::Preflight(format!(
+                        "label column `{}`: {found} of the partners' {rows} usable rows has the positive value `{}` (values are compared exactly, case included); check `label.positive` against the data",
+                        spec.label.column, spec.label.positive
+                    )));
+                }
                 let state = JobState {
                     model,
                     optimizer,

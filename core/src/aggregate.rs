@@ -14,11 +14,17 @@ use crate::codec::{CodecError, FixedPoint, WideInt};
 use crate::metrics::EvalStats;
 use crate::spec::JobSpec;
 
+/// Values the statistics round appends after the feature moments: the partner's usable rows
+/// and how many of them carry the positive label, so a label that matches no row (or every
+/// row) stops the job before training.
+pub const LABEL_COUNTS: usize = 2;
+
 /// What a round aggregates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RoundKind {
-    /// Per numeric feature: count, sum, sum of squares (for standardisation).
+    /// Per numeric feature: count, sum, sum of squares (for standardisation); then the
+    /// usable rows and the positives among them ([`LABEL_COUNTS`]).
     Statistics,
     /// Weighted model delta, its weight, and evaluation statistics of the incoming model.
     Training,
@@ -37,9 +43,12 @@ impl RoundKind {
     ) -> Result<VectorLayout, CodecError> {
         let bins = spec.histogram_bins() as usize;
         match self {
-            RoundKind::Statistics => {
-                VectorLayout::new(parties, 0, 0.0, 3 * spec.features.numeric.len())
-            }
+            RoundKind::Statistics => VectorLayout::new(
+                parties,
+                0,
+                0.0,
+                3 * spec.features.numeric.len() + LABEL_COUNTS,
+            ),
             RoundKind::Training => {
                 // Partner-level DP bounds each partner's whole contribution: unit weight and
                 // the privacy clipping norm.

@@ -411,3 +411,25 @@ async fn a_partner_ledger_carries_spent_privacy_into_the_next_job() {
     let text = std::fs::read_to_string(&ledger).unwrap();
     assert!(text.contains("campaign_response"));
 }
+
+/// A positive label value that matches no row (`Yes` where the data says `yes`) fails the job
+/// before training with a message naming the column and the value, in the simulator as in
+/// the real flow: the statistics round counts the positives through the secure sum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_value_that_matches_no_row_fails_the_job_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(quick(2).spec).unwrap();
+    let spec = dir.path().join("label.toml");
+    std::fs::write(
+        &spec,
+        shipped.replace("positive = \"yes\"", "positive = \"Yes\""),
+    )
+    .unwrap();
+    let opts = SimOptions { spec, ..quick(2) };
+    let err = sim::run(&opts).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("label column `y`: none of the partners'") && text.contains("`Yes`"),
+        "{text}"
+    );
+}
