@@ -606,6 +606,15 @@ fn data_refusal(e: DataError) -> String {
     }
 }
 
+/// SHA-256 of a round's start model (empty for a round without one).
+fn model_hash(model: &[f64]) -> String {
+    if model.is_empty() {
+        String::new()
+    } else {
+        f64s_sha256(model)
+    }
+}
+
 /// What a round start announces about the round's shape, for [`RoundShape::check`].
 pub fn announced(start: &RoundStart) -> Announced<'_> {
     Announced {
@@ -784,14 +793,21 @@ impl Node {
                         .collect::<Result<Vec<_>, _>>()
                         .and_then(|signatures| secagg.on_unmask(&signatures, &identity.roster))
                 };
+                let model = model_hash(&round.model);
                 match revealed {
                     Ok(shares) => {
-                        // Recorded (durably) before the shares leave.
-                        self.options
+                        // Checked against the rounds already unmasked from this model, and
+                        // recorded (durably), before the shares leave.
+                        let verdict = self
+                            .options
                             .guards
                             .lock()
                             .map_err(|_| ClientError::Protocol("round records poisoned".into()))?
-                            .unmasked(&round.rref.job_id, round.rref.round)?;
+                            .reveal(&round.rref.job_id, round.rref.round, &model)?;
+                        if let Err(refusal) = verdict {
+                            self.abandon(&refusal.to_string())?;
+                            return Ok(Flow::Continue);
+                        }
                         let msg = UnmaskReply {
                             round: Some(round.rref.clone()),
                             shares: shares
@@ -1508,15 +1524,31 @@ impl Node {
         };
         match product {
             Product::Model(model) => {
+                let hash = model_hash(&model);
                 let data = serde_json::json!({
                     "job_id": round.rref.job_id,
                     "round": round.rref.round,
                     "attempt": round.rref.attempt,
-                    "model_sha256": f64s_sha256(&model),
+                    "model_sha256": hash,
                     "params": model.len(),
                 });
+                let (job_id, number) = (round.rref.job_id.clone(), round.rref.round);
                 round.model = model;
                 self.audit("model_received", data)?;
+                // A round from a model this partner already helped unmask another round from
+                // is sat out at once (it would refuse that round's unmask anyway).
+                let early = self
+                    .options
+                    .guards
+                    .lock()
+                    .map_err(|_| ClientError::Protocol("round records poisoned".into()))?
+                    .may_unmask(&job_id, number, &hash);
+                if self.round.as_ref().is_some_and(|r| r.secagg.is_some())
+                    && let Err(refusal) = early
+                {
+                    self.abandon(&refusal.to_string())?;
+                    return Ok(());
+                }
                 self.compute();
                 return Ok(());
             }

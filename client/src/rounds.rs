@@ -107,11 +107,35 @@ impl RoundRecords {
 
     /// Records that the partner revealed its shares for `round` of `job_id`.
     pub fn unmasked(&mut self, job_id: &str, round: u64) -> Result<(), RoundsError> {
-        if let Some(guard) = self.jobs.get_mut(job_id) {
-            guard.unmasked(round);
-            self.save()?;
+        self.reveal(job_id, round, "").map(|_| ())
+    }
+
+    /// Whether the partner may help unmask `round` of `job_id`, which started from the model
+    /// whose SHA-256 is `model` ([`RoundGuard::may_unmask`]), without recording anything.
+    pub fn may_unmask(&self, job_id: &str, round: u64, model: &str) -> Result<(), GuardRefusal> {
+        match self.jobs.get(job_id) {
+            Some(guard) => guard.may_unmask(round, model),
+            None => Err(GuardRefusal::BeyondPlan { round, rounds: 0 }),
         }
-        Ok(())
+    }
+
+    /// Checks that the partner may help unmask `round` of `job_id` from `model` and, if so,
+    /// records (durably) that it does, before its shares leave.
+    pub fn reveal(
+        &mut self,
+        job_id: &str,
+        round: u64,
+        model: &str,
+    ) -> Result<Result<(), GuardRefusal>, RoundsError> {
+        let Some(guard) = self.jobs.get_mut(job_id) else {
+            return Ok(Err(GuardRefusal::BeyondPlan { round, rounds: 0 }));
+        };
+        if let Err(refusal) = guard.may_unmask(round, model) {
+            return Ok(Err(refusal));
+        }
+        guard.unmasked_from(round, model);
+        self.save()?;
+        Ok(Ok(()))
     }
 }
 
@@ -172,6 +196,35 @@ mod tests {
             !dir.path().join(".p0.rounds.json.tmp").exists(),
             "written through a temporary file"
         );
+    }
+
+    /// In a job without DP the partner helps unmask one round per start model, and a
+    /// restart remembers which models those were.
+    #[test]
+    fn one_unmask_per_start_model_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p0.rounds.json");
+        let mut records = RoundRecords::default();
+        records.load_once(Some(&path)).unwrap();
+        records.accept("job", &spec()).unwrap();
+        records
+            .admit("job", 1, 0, RoundKind::Training)
+            .unwrap()
+            .unwrap();
+        assert_eq!(records.reveal("job", 1, "m1").unwrap(), Ok(()));
+        let mut restarted = RoundRecords::default();
+        restarted.load_once(Some(&path)).unwrap();
+        restarted
+            .admit("job", 2, 0, RoundKind::Training)
+            .unwrap()
+            .unwrap();
+        let refusal = GuardRefusal::ModelAlreadyUnmasked {
+            round: 2,
+            earlier: 1,
+        };
+        assert_eq!(restarted.may_unmask("job", 2, "m1"), Err(refusal.clone()));
+        assert_eq!(restarted.reveal("job", 2, "m1").unwrap(), Err(refusal));
+        assert_eq!(restarted.reveal("job", 2, "m2").unwrap(), Ok(()));
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub enum JobError {
     /// A round's unmask failed after partners revealed their shares, and too few others
     /// remain to retry it.
     #[error(
-        "round {round} is lost: its unmask failed after {sat_out} partners revealed their shares, and they do not help unmask a round twice"
+        "round {round} is lost: its unmask failed after {sat_out} partners revealed their shares, and they do not help unmask a round twice (nor, in a job without DP, a second round from the same model)"
     )]
     RoundLost {
         /// Round number.
@@ -801,8 +801,18 @@ pub async fn run_job(
         )
         .await
         {
+            Err(JobError::RoundLost { round, sat_out }) if !spec.is_dp() => {
+                // Without DP, partners help unmask one round per start model: the next round
+                // would start from the same model and find them sitting out. Stop here.
+                settings.store.audit(vec![(
+                    "round_lost",
+                    json!({"job": job_id, "round": round, "sat_out": sat_out}),
+                )])?;
+                return Err(JobError::RoundLost { round, sat_out });
+            }
             Err(JobError::RoundLost { round, sat_out }) => {
-                // No second unmask of a round: the job goes on from the same model.
+                // No second unmask of a round: the job goes on from the same model (every DP
+                // release is noised afresh and charged).
                 warn!(job = %job_id, round, sat_out, "round lost; going on with the next round");
                 settings.store.audit(vec![(
                     "round_lost",

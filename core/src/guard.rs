@@ -82,6 +82,16 @@ pub enum GuardRefusal {
         /// Round.
         round: u64,
     },
+    /// This partner already helped unmask another round that started from the same model.
+    #[error(
+        "this partner already helped unmask round {earlier}, which started from the same model as round {round}; it does not help unmask a second sum from one model"
+    )]
+    ModelAlreadyUnmasked {
+        /// Round asked for.
+        round: u64,
+        /// The earlier round from the same model.
+        earlier: u64,
+    },
 }
 
 /// The name of a round kind in messages and audit records.
@@ -129,9 +139,16 @@ pub struct RoundGuard {
     statistics: bool,
     #[serde(default = "yes")]
     evaluation: bool,
+    /// Jobs without DP: help unmask at most one round per start model (see
+    /// [`RoundGuard::may_unmask`]).
+    #[serde(default)]
+    model_once: bool,
     last: Option<(u64, u32)>,
     attempts: BTreeMap<u64, u32>,
     unmasked: BTreeSet<u64>,
+    /// SHA-256 of each start model this partner helped unmask a round from, with the round.
+    #[serde(default)]
+    unmasked_models: BTreeMap<String, u64>,
 }
 
 impl RoundGuard {
@@ -144,9 +161,11 @@ impl RoundGuard {
             redo_training: spec.privacy.mode == PrivacyMode::Record,
             statistics: spec.measures_moments(),
             evaluation: spec.final_evaluation(),
+            model_once: spec.privacy.mode == PrivacyMode::None,
             last: None,
             attempts: BTreeMap::new(),
             unmasked: BTreeSet::new(),
+            unmasked_models: BTreeMap::new(),
         }
     }
 
@@ -202,6 +221,36 @@ impl RoundGuard {
     /// Records that the partner revealed its shares for an attempt of `round`.
     pub fn unmasked(&mut self, round: u64) {
         self.unmasked.insert(round);
+    }
+
+    /// Whether the partner may help unmask `round`, which starts from the model whose
+    /// SHA-256 is `model` (empty: no model, a statistics round). In a job without DP the
+    /// statistics and updates computed from one model are (nearly) the same in any round, so
+    /// two unmasked sums from one model over cohorts S and S∖{C} would give C's own: a
+    /// partner helps unmask at most one round per start model, as it helps unmask each round
+    /// at most once. (In DP jobs every release is noised afresh and charged.) Since each sum
+    /// needs t reveals from its cohort, two sums from one model would need two disjoint sets
+    /// of revealers — impossible for cohorts S and S∖{C} with t above half of each.
+    pub fn may_unmask(&self, round: u64, model: &str) -> Result<(), GuardRefusal> {
+        if self.model_once
+            && !model.is_empty()
+            && let Some(&earlier) = self.unmasked_models.get(model)
+            && earlier != round
+        {
+            return Err(GuardRefusal::ModelAlreadyUnmasked { round, earlier });
+        }
+        Ok(())
+    }
+
+    /// Records that the partner revealed its shares for an attempt of `round`, which started
+    /// from the model whose SHA-256 is `model` (empty: none).
+    pub fn unmasked_from(&mut self, round: u64, model: &str) {
+        self.unmasked.insert(round);
+        if !model.is_empty() {
+            self.unmasked_models
+                .entry(model.to_owned())
+                .or_insert(round);
+        }
     }
 }
 
@@ -352,6 +401,87 @@ mod tests {
                 ),
                 "{mode}"
             );
+        }
+    }
+
+    /// Honest partners' guards against a coordinator that chooses every round's number,
+    /// attempt, cohort and start model: which sums can it unmask? A sum over the inputs a
+    /// cohort sent is unmasked when at least t of the cohort (the secure-aggregation
+    /// threshold for its size) help, and a partner helps when its guard lets it. Returns
+    /// (model, contributors) per unmasked sum.
+    fn unmasked_sums(
+        requests: &[(u64, u32, u8, u8)],
+        partners: usize,
+        model_rule: bool,
+    ) -> Vec<(u8, BTreeSet<usize>)> {
+        let spec = spec("");
+        let mut guards: Vec<RoundGuard> = (0..partners).map(|_| RoundGuard::new(&spec)).collect();
+        let mut sums = Vec::new();
+        for &(round, attempt, members, model) in requests {
+            let cohort: Vec<usize> = (0..partners).filter(|p| members & (1 << p) != 0).collect();
+            if cohort.len() < 2 {
+                continue;
+            }
+            let Some(kind) = planned_kind(3, round, true, true) else {
+                continue;
+            };
+            let hash = if kind == S {
+                String::new()
+            } else {
+                format!("model-{model}")
+            };
+            let contributors: BTreeSet<usize> = cohort
+                .iter()
+                .copied()
+                .filter(|&p| guards[p].admit(round, attempt, kind).is_ok())
+                .collect();
+            let t = crate::secagg::recommended_threshold(cohort.len() - 1);
+            let helpers: Vec<usize> = contributors
+                .iter()
+                .copied()
+                .filter(|&p| !model_rule || guards[p].may_unmask(round, &hash).is_ok())
+                .collect();
+            if contributors.len() >= t && helpers.len() >= t {
+                for &p in &helpers {
+                    guards[p].unmasked_from(round, &hash);
+                }
+                sums.push((if kind == S { u8::MAX } else { model }, contributors));
+            }
+        }
+        sums
+    }
+
+    /// Two unmasked sums from one model whose contributors differ by one partner.
+    fn isolates_one(sums: &[(u8, BTreeSet<usize>)]) -> bool {
+        sums.iter().enumerate().any(|(i, (m, a))| {
+            sums[i + 1..]
+                .iter()
+                .any(|(n, b)| m == n && a.symmetric_difference(b).count() == 1)
+        })
+    }
+
+    /// The S then S∖{C} pattern across two rounds from the same model: without the model
+    /// rule it isolates C (the attack works); with it, the second sum is never unmasked.
+    #[test]
+    fn the_same_model_in_two_rounds_cannot_isolate_a_partner() {
+        let script = [(1, 1, 0b11111, 0), (2, 1, 0b01111, 0)];
+        assert!(isolates_one(&unmasked_sums(&script, 5, false)));
+        let sums = unmasked_sums(&script, 5, true);
+        assert_eq!(sums.len(), 1, "{sums:?}");
+    }
+
+    proptest::proptest! {
+        /// Whatever sequence of rounds, attempts, cohorts and models the coordinator tries,
+        /// no two unmasked sums from one model differ by a single partner.
+        #[test]
+        fn no_request_sequence_isolates_a_partner(
+            requests in proptest::collection::vec(
+                (0u64..6, 0u32..3, 0u8..32, 0u8..3),
+                1..14,
+            )
+        ) {
+            let sums = unmasked_sums(&requests, 5, true);
+            proptest::prop_assert!(!isolates_one(&sums), "{sums:?}");
         }
     }
 }

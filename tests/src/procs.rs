@@ -246,6 +246,11 @@ impl Deployment {
         self.start_serve(&[], &[])
     }
 
+    /// [`Deployment::start_service`] with extra environment (e.g. `FEDMARK_TEST_PAUSE_AT`).
+    pub fn start_service_with(&self, env: &[(&str, &str)]) -> anyhow::Result<RunningCoordinator> {
+        self.start_serve(&[], env)
+    }
+
     fn start_serve(
         &self,
         args: &[&str],

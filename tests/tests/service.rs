@@ -266,7 +266,12 @@ fn submit_watch_export_score_cancel_over_the_admin_api() {
 fn a_killed_service_resumes_its_running_job_and_keeps_the_queue() {
     let d = Deployment::new(&job(300, 11)).unwrap();
     std::fs::write(d.path().join("job2.toml"), job(3, 12)).unwrap();
-    let first = d.start_service().unwrap();
+    // Killed at a fixed point (round 4's key broadcast, after three committed rounds): a
+    // kill between a round's unmask and its commit loses a job without DP, since its
+    // partners help unmask one round per start model (see the README's threat model).
+    let first = d
+        .start_service_with(&[("FEDMARK_TEST_PAUSE_AT", "keys:4")])
+        .unwrap();
     // The restart listens where the partners already dial.
     d.write_coordinator_config(&first.addr.to_string()).unwrap();
     let mut clients = d.start_serving_clients(first.addr).unwrap();
@@ -283,10 +288,13 @@ fn a_killed_service_resumes_its_running_job_and_keeps_the_queue() {
         .as_str()
         .unwrap()
         .to_owned();
+    let mut first = first;
+    if let Err(e) = first.wait_for_line("FEDMARK_PAUSED", Duration::from_secs(180)) {
+        panic!("{e:#}\n{}", d.client_logs());
+    }
     let before = wait_for(&d, &id, "three committed rounds", |j| {
         j["rounds"].as_array().is_some_and(|r| r.len() >= 3)
     });
-    let mut first = first;
     first.process.kill9().unwrap();
     let queued = d.start_service().unwrap();
     assert_eq!(queued.addr, first.addr);
