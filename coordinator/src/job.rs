@@ -206,6 +206,26 @@ pub struct Hub {
     store: Option<Store>,
     /// Where the rounds record their metrics.
     pub metrics: MetricsRegistry,
+    /// Partners that missed a phase deadline (or left) in a round: for the next rounds they
+    /// are drawn only when the others fall short (see [`run_with_retries`]).
+    probation: BTreeMap<String, Probation>,
+}
+
+/// A partner's standing after missing deadlines.
+#[derive(Debug, Clone, Copy, Default)]
+struct Probation {
+    /// Rounds missed since it last completed one.
+    strikes: u32,
+    /// Rounds it is still left out of (while the others can do without it).
+    sit_out: u32,
+}
+
+impl Probation {
+    /// After another miss: left out of 1, 3, 7, 15, then 31 rounds.
+    fn strike(&mut self) {
+        self.strikes = self.strikes.saturating_add(1);
+        self.sit_out = (1u32 << self.strikes.min(5)) - 1;
+    }
 }
 
 impl Hub {
@@ -227,6 +247,7 @@ impl Hub {
             stopped: false,
             store: None,
             metrics: MetricsRegistry::default(),
+            probation: BTreeMap::new(),
         }
     }
 
@@ -1128,6 +1149,16 @@ async fn run_with_retries(
     // a record-DP job, whose updates are private on their own (fedmark_core::guard).
     let redo_allowed = kind == RoundKind::Training && spec.privacy.mode == PrivacyMode::Record;
     let mut sat_out: BTreeSet<String> = BTreeSet::new();
+    // Members that missed a deadline of this round's earlier attempts, or of the last round
+    // they were in: left out while the others can meet the round's floors, so one silent
+    // partner does not fail every attempt.
+    let mut missed: BTreeSet<String> = hub
+        .probation
+        .iter()
+        .filter(|(_, p)| p.sit_out > 0)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut missed_now: BTreeSet<String> = BTreeSet::new();
     for tries in 1..=spec.aggregation.max_attempts {
         let mut cohort = wait_for_available(hub, settings, min).await?;
         cohort.retain(|p| !sat_out.contains(p));
@@ -1136,6 +1167,20 @@ async fn run_with_retries(
                 round,
                 sat_out: sat_out.len(),
             });
+        }
+        let responsive: Vec<String> = cohort
+            .iter()
+            .filter(|p| !missed.contains(*p))
+            .cloned()
+            .collect();
+        if responsive.len() >= min.max(2) && responsive.len() < cohort.len() {
+            info!(
+                job = %hub.job_id,
+                round,
+                left_out = cohort.len() - responsive.len(),
+                "drawing without the partners that missed a deadline"
+            );
+            cohort = responsive;
         }
         let attempt = settings.store.next_attempt(&hub.job_id, round)?;
         // The cohort draw depends only on (seed, round, attempt), so a restarted coordinator
@@ -1194,8 +1239,24 @@ async fn run_with_retries(
             secure,
             pause_at: settings.pause_at.clone(),
         };
-        match run_round(hub, &plan).await {
+        let mut out_of_round = BTreeSet::new();
+        let result = run_round(hub, &plan, &mut out_of_round).await;
+        missed.extend(out_of_round.iter().cloned());
+        missed_now.extend(out_of_round);
+        match result {
             Ok(output) => {
+                // Whoever completed this round leaves probation; whoever missed it (in any
+                // attempt) is left out of the next rounds, longer after each miss.
+                for p in hub.probation.values_mut() {
+                    p.sit_out = p.sit_out.saturating_sub(1);
+                }
+                for p in &output.survivors {
+                    hub.probation.remove(p);
+                    missed_now.remove(p);
+                }
+                for p in missed_now {
+                    hub.probation.entry(p).or_default().strike();
+                }
                 let sum = plan.layout.decode(&output.sum);
                 return Ok(Done {
                     sum,

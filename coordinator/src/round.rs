@@ -263,8 +263,13 @@ fn broadcast_start(hub: &Hub, plan: &RoundPlan) -> (Streams, OpenRound) {
     (Streams(streams), transfers)
 }
 
-/// Runs one round to its sum or its abort.
-pub async fn run_round(hub: &mut Hub, plan: &RoundPlan) -> Result<RoundOutput, RoundError> {
+/// Runs one round to its sum or its abort; the members that missed a phase deadline or left
+/// are added to `missed`, whatever the outcome.
+pub async fn run_round(
+    hub: &mut Hub,
+    plan: &RoundPlan,
+    missed: &mut BTreeSet<String>,
+) -> Result<RoundOutput, RoundError> {
     let (mut streams, transfers) = broadcast_start(hub, plan);
     let mut dropped: BTreeSet<String> = plan
         .cohort
@@ -285,6 +290,7 @@ pub async fn run_round(hub: &mut Hub, plan: &RoundPlan) -> Result<RoundOutput, R
     };
     // The round's transfers end with it, whether it produced a sum or not.
     drop(transfers);
+    missed.extend(dropped.iter().cloned());
     if let Err(e) = &result {
         warn!(round = plan.rref.round, attempt = plan.rref.attempt, reason = %e, "round aborted");
         // A partner that failed early (e.g. a bad first chunk) can abort the round while the

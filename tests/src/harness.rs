@@ -204,6 +204,16 @@ pub async fn hand_driven(
     rounds: u32,
     phase_timeout: Duration,
 ) -> anyhow::Result<HandDriven> {
+    hand_driven_with(odd, rounds, phase_timeout, false).await
+}
+
+/// [`hand_driven`], with secure aggregation on or off.
+pub async fn hand_driven_with(
+    odd: &str,
+    rounds: u32,
+    phase_timeout: Duration,
+    secure: bool,
+) -> anyhow::Result<HandDriven> {
     use fedmark_proto::coordinator_client::CoordinatorClient;
     use fedmark_proto::{ClientMessage, Hello, PROTOCOL_VERSION, client_message};
 
@@ -216,7 +226,7 @@ pub async fn hand_driven(
         3,
     )?;
     let mut spec = bank_spec(rounds)?;
-    spec.aggregation.secure = false;
+    spec.aggregation.secure = secure;
     let (roster, identities) = consortium(&["good-0", "good-1", odd])?;
     let coordinator = start_coordinator(spec, roster, phase_timeout).await?;
     let addr = coordinator.addr;

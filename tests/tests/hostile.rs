@@ -17,7 +17,9 @@ use fedmark_proto::{
     ClientMessage, InputChunk, KeyAdvertisement, OfferReply, RoundStart, UnmaskReply,
     client_message, server_message,
 };
-use fedmark_tests::harness::{HandDriven, accept, hand_driven, upload, whole_input};
+use fedmark_tests::harness::{
+    HandDriven, accept, hand_driven, hand_driven_with, upload, whole_input,
+};
 
 /// What the hostile partner does in round 1.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -239,4 +241,48 @@ async fn an_offer_reply_for_another_job_changes_nothing() {
         vec!["offer_accepted"],
         "no refusal was recorded"
     );
+}
+
+/// A partner that accepts the job and then answers nothing, keeping its session open, in a
+/// secure job of three partners (threshold 3 with it, 2 without): it is left out of the
+/// failed round's next attempt, and of the following rounds for longer after each miss, so
+/// the job finishes with the two that answer instead of failing every attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_partner_is_left_out_of_retries_and_later_rounds() {
+    let HandDriven {
+        dir: _dir,
+        coordinator,
+        honest,
+        tx,
+        mut inbound,
+        client: _client,
+    } = hand_driven_with("silent", 3, Duration::from_secs(2), true)
+        .await
+        .unwrap();
+    let silent = tokio::spawn(async move {
+        // Bounded: every wait ends within 60 s, and the session ends with the job.
+        while let Ok(Ok(Some(m))) =
+            tokio::time::timeout(Duration::from_secs(60), inbound.message()).await
+        {
+            match m.body {
+                Some(server_message::Body::Offer(o)) => {
+                    let _ = tx.send(accept(&o.job_id)).await;
+                }
+                Some(server_message::Body::Finished(_)) => return,
+                _ => {} // reads everything, answers nothing
+            }
+        }
+    });
+    let outcome = coordinator.job.await.unwrap().unwrap();
+    for p in honest {
+        p.await.unwrap().unwrap();
+    }
+    silent.abort();
+    let rounds = &outcome.report.rounds;
+    assert_eq!(rounds.len(), 3, "{}", outcome.report.stop_reason);
+    assert!(rounds.iter().all(|r| r.participants == 2));
+    // Round 0 (statistics) lost one attempt to it; round 1 goes without it; round 2 draws it
+    // again and loses one attempt; round 3 goes without it (left out for three rounds now).
+    let attempts: Vec<u32> = rounds.iter().map(|r| r.attempts).collect();
+    assert_eq!(attempts, vec![1, 2, 1], "{attempts:?}");
 }
