@@ -298,9 +298,31 @@ impl AdminService {
     }
 
     fn view(&self, id: &str) -> Result<JobView, Status> {
+        check_job_id(id)?;
         self.board
             .get(id)
             .ok_or_else(|| Status::not_found(format!("the coordinator holds no job `{id}`")))
+    }
+}
+
+/// Longest job id accepted from a request (ids are `job-` and 12 hex digits).
+const MAX_JOB_ID: usize = 64;
+
+/// Refuses, before any lookup, a job id that cannot be one: too long or with characters no
+/// id has. The id is not echoed back (a long one would not fit a gRPC status header).
+fn check_job_id(id: &str) -> Result<(), Status> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_JOB_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "not a job id ({} bytes): job ids are `job-` and 12 hex digits, as `fedmark job list` shows them",
+            id.len()
+        )))
     }
 }
 
@@ -538,6 +560,7 @@ impl Admin for AdminService {
     ) -> Result<Response<Self::ExportModelStream>, Status> {
         let who = self.auth.check(&request)?;
         let req = request.into_inner();
+        check_job_id(&req.job_id)?;
         let (done, files) = export::model_files(
             &self.store,
             &req.job_id,
@@ -572,6 +595,7 @@ impl Admin for AdminService {
     ) -> Result<Response<Self::ExportAuditStream>, Status> {
         self.auth.check(&request)?;
         let id = request.into_inner().job_id;
+        check_job_id(&id)?;
         if self.store.job(&id).map_err(store_status)?.is_none() {
             return Err(Status::not_found(format!(
                 "the coordinator holds no job `{id}`"
@@ -597,6 +621,18 @@ impl Admin for AdminService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_ids_are_checked_before_any_lookup_and_never_echoed() {
+        assert!(check_job_id("job-0123456789ab").is_ok());
+        let long = "j".repeat(100_000);
+        let e = check_job_id(&long).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().len() < 200 && e.message().contains("100000 bytes"));
+        for bad in ["", "job/../x", "job id", "job-\u{1b}[31m"] {
+            assert!(check_job_id(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn token_file_is_created_once_and_checked_by_digest() {

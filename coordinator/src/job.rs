@@ -1261,7 +1261,8 @@ async fn run_with_retries(
                 return Ok(Done {
                     sum,
                     output,
-                    attempts: tries,
+                    // Every attempt of this round, before a restart too (numbers are stored).
+                    attempts: tries.max(attempt.saturating_add(1)),
                     attempt,
                     layout: plan.layout,
                     cohort: plan.cohort.len(),

@@ -29,8 +29,22 @@ pub enum SpecError {
 fn invalid(field: &str, reason: impl Into<String>) -> SpecError {
     SpecError::Invalid {
         field: field.to_owned(),
-        reason: reason.into(),
+        reason: printable(&reason.into()),
     }
+}
+
+/// `text` with control characters other than newlines escaped (`\u{1b}`), so an error that
+/// quotes a hostile spec cannot drive the terminal it is printed on.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A complete job spec.
@@ -380,7 +394,8 @@ const MAX_BINS: u32 = 100_000;
 impl JobSpec {
     /// Parses and validates a spec from TOML text.
     pub fn from_toml(text: &str) -> Result<Self, SpecError> {
-        let spec: JobSpec = toml::from_str(text).map_err(|e| SpecError::Parse(e.to_string()))?;
+        let spec: JobSpec =
+            toml::from_str(text).map_err(|e| SpecError::Parse(printable(&e.to_string())))?;
         spec.validate()?;
         Ok(spec)
     }
@@ -623,6 +638,7 @@ impl JobSpec {
 fn check_name(field: &str, value: &str) -> Result<(), SpecError> {
     let ok = !value.is_empty()
         && value.len() <= 128
+        && !value.bytes().all(|b| b == b'.')
         && value
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
@@ -631,7 +647,10 @@ fn check_name(field: &str, value: &str) -> Result<(), SpecError> {
     } else {
         Err(invalid(
             field,
-            format!("`{value}` must be 1-128 characters of letters, digits, `_`, `-`, `.`"),
+            format!(
+                "`{}` must be 1-128 characters of letters, digits, `_`, `-`, `.` (not only dots)",
+                printable(value)
+            ),
         ))
     }
 }
@@ -768,5 +787,29 @@ server_optimizer = "fedavg"
         )
         .unwrap_err();
         assert!(e.to_string().contains("features.vocabulary.age"), "{e}");
+    }
+
+    #[test]
+    fn dot_names_are_refused_and_control_characters_never_echoed() {
+        for name in [".", "..", "..."] {
+            let e = with(
+                "name = \"campaign-response\"",
+                &format!("name = \"{name}\""),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("job.name") && e.contains("only dots"), "{e}");
+        }
+        let e = with(
+            "name = \"campaign-response\"",
+            "name = \"red\\u001b[31mtext\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains('\u{1b}') && e.contains("\\u{1b}"), "{e}");
+        let e = JobSpec::from_toml("[job]\nname = \"x\u{7}\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains('\u{7}'), "{e}");
     }
 }

@@ -81,6 +81,18 @@ fn a_coordinator_killed_at_three_phases_resumes_to_the_same_result() {
     for (i, r) in rounds.iter().enumerate() {
         assert_eq!(r["round"].as_u64().unwrap(), i as u64 + 1);
     }
+    // The rounds killed mid-way count their attempts before the restart too.
+    for killed in [2, 4, 5] {
+        let attempts = rounds[killed - 1]["attempts"].as_u64().unwrap();
+        assert!(
+            attempts >= 2,
+            "round {killed}: {attempts} attempts; {:?}",
+            rounds
+                .iter()
+                .map(|r| r["attempts"].clone())
+                .collect::<Vec<_>>()
+        );
+    }
     let eps = report["privacy"]["epsilon_spent"].as_f64().unwrap();
     let eps_ref = expected["privacy"]["epsilon_spent"].as_f64().unwrap();
     assert!(
