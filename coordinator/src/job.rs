@@ -206,6 +206,8 @@ pub struct Hub {
     store: Option<Store>,
     /// Where the rounds record their metrics.
     pub metrics: MetricsRegistry,
+    /// The session whose offer each partner has answered: one decision per offer.
+    answered: BTreeMap<String, u64>,
     /// Partners that missed a phase deadline (or left) in a round: for the next rounds they
     /// are drawn only when the others fall short (see [`run_with_retries`]).
     probation: BTreeMap<String, Probation>,
@@ -248,6 +250,7 @@ impl Hub {
             store: None,
             metrics: MetricsRegistry::default(),
             probation: BTreeMap::new(),
+            answered: BTreeMap::new(),
         }
     }
 
@@ -344,14 +347,32 @@ impl Hub {
                     }
                     if let client_message::Body::OfferReply(mut r) = body {
                         r.reason = bounded_reason(&r.reason);
+                        if r.job_id == self.job_id && self.answered.get(&partner) == Some(&session)
+                        {
+                            // One decision per offer: a second answer on the session is a
+                            // protocol violation, counted and ended, never audited again.
+                            warn!(partner = %partner, "second answer to one job offer; closing the session");
+                            self.metrics.protocol_violation(&self.job_id);
+                            self.sessions
+                                .kick(
+                                    &partner,
+                                    tonic::Status::failed_precondition(
+                                        "a job offer is answered once; this session answered it already",
+                                    ),
+                                )
+                                .await;
+                            continue;
+                        }
                         if r.job_id != self.job_id {
                             warn!(partner = %partner, "offer reply for another job; ignored");
                         } else if r.accept {
+                            self.answered.insert(partner.clone(), session);
                             info!(partner = %partner, "partner accepted the job");
                             self.audit_offer(&partner, true, "");
                             self.refused.remove(&partner);
                             self.accepted.insert(partner);
                         } else {
+                            self.answered.insert(partner.clone(), session);
                             warn!(partner = %partner, reason = %r.reason, "partner refused the job");
                             self.audit_offer(&partner, false, &r.reason);
                             self.accepted.remove(&partner);

@@ -38,6 +38,7 @@ pub const DURATION_BUCKETS: [f64; 12] = [
 struct JobMetrics {
     rounds_completed: u64,
     rounds_aborted: u64,
+    protocol_violations: u64,
     dropouts: u64,
     input_bytes: u64,
     participants: f64,
@@ -92,6 +93,11 @@ impl Metrics {
         self.with(job, |m| m.rounds_aborted += 1);
     }
 
+    /// A partner broke the protocol in `job` (e.g. answered one offer twice).
+    pub fn protocol_violation(&self, job: &str) {
+        self.with(job, |m| m.protocol_violations += 1);
+    }
+
     /// `bytes` of input chunks were added into a round's sum.
     pub fn input_bytes(&self, job: &str, bytes: u64) {
         self.with(job, |m| m.input_bytes += bytes);
@@ -125,6 +131,12 @@ impl Metrics {
             "counter",
             "Round attempts aborted (each is retried with a fresh cohort up to max_attempts).",
             &|m| Some(m.rounds_aborted as f64),
+        );
+        family(
+            "fedmark_protocol_violations_total",
+            "counter",
+            "Partner messages refused as protocol violations (the session is closed).",
+            &|m| Some(m.protocol_violations as f64),
         );
         family(
             "fedmark_dropouts_total",

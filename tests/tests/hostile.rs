@@ -36,6 +36,9 @@ enum Misbehaviour {
     WrongPhase,
     /// An offer reply for another job before its real one; then honest.
     WrongJob,
+    /// Its acceptance, then fifty more answers to the same offer, accepting and refusing in
+    /// turn (each used to be an fsynced audit record and a change of mind).
+    Flood,
 }
 
 fn msg(body: client_message::Body) -> ClientMessage {
@@ -91,6 +94,16 @@ async fn run(bad: Misbehaviour) -> (JobOutcome, Option<tonic::Status>, Vec<serde
                         .await;
                     }
                     send(accept(&o.job_id)).await;
+                    if bad == Misbehaviour::Flood {
+                        for i in 0..50 {
+                            send(msg(client_message::Body::OfferReply(OfferReply {
+                                job_id: o.job_id.clone(),
+                                accept: i % 2 == 1,
+                                reason: "changed my mind".into(),
+                            })))
+                            .await;
+                        }
+                    }
                 }
                 Some(server_message::Body::RoundStart(RoundStart {
                     round: Some(rref),
@@ -135,7 +148,7 @@ async fn run(bad: Misbehaviour) -> (JobOutcome, Option<tonic::Status>, Vec<serde
                             .await;
                             send_input(vec![whole_input(&rref, vec![0; n])]).await;
                         }
-                        Misbehaviour::WrongJob => {
+                        Misbehaviour::WrongJob | Misbehaviour::Flood => {
                             send_input(vec![whole_input(&rref, vec![0; n])]).await
                         }
                     }
@@ -285,4 +298,25 @@ async fn a_silent_partner_is_left_out_of_retries_and_later_rounds() {
     // again and loses one attempt; round 3 goes without it (left out for three rounds now).
     let attempts: Vec<u32> = rounds.iter().map(|r| r.attempts).collect();
     assert_eq!(attempts, vec![1, 2, 1], "{attempts:?}");
+}
+
+/// One decision per offer: a partner that answers the same offer again and again (accepting
+/// and refusing in turn) has its session closed at the second answer, which is counted and
+/// never audited; the job goes on with the others, and the audit holds its one acceptance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answering_one_offer_twice_closes_the_session_without_flooding_the_audit() {
+    let (outcome, status, audit) = run(Misbehaviour::Flood).await;
+    let status = status.expect("the session ends with a status");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status}");
+    assert!(status.message().contains("answered once"), "{status}");
+    let offers: Vec<&str> = audit
+        .iter()
+        .filter(|r| r["data"]["partner"] == "hostile")
+        .map(|r| r["kind"].as_str().unwrap())
+        .filter(|k| k.starts_with("offer_"))
+        .collect();
+    assert_eq!(offers, vec!["offer_accepted"]);
+    assert!(outcome.report.partners_refused.is_empty());
+    assert_eq!(outcome.report.rounds.len(), 2);
+    assert!(outcome.report.rounds.iter().all(|r| r.participants == 2));
 }
