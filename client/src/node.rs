@@ -606,6 +606,38 @@ fn data_refusal(e: DataError) -> String {
     }
 }
 
+/// The seed of a round's training shuffles and stochastic rounding in a job without DP: a
+/// function of the job's seed, the partner's own `seed` (if configured), its id, the job and
+/// the round — never of the session, the attempt or the time — so the same spec, data and
+/// seeds give the same model bit for bit, and a retried round computes the same update. (DP
+/// jobs draw from the OS instead, see `compute`.)
+fn training_seed(
+    job_seed: u64,
+    partner_seed: Option<u64>,
+    partner: &str,
+    job_id: &str,
+    round: u64,
+) -> u64 {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"fedmark training seed v1");
+    h.update(job_seed.to_le_bytes());
+    h.update(partner_seed.map_or([0u8; 9], |s| {
+        let mut b = [1u8; 9];
+        b[1..].copy_from_slice(&s.to_le_bytes());
+        b
+    }));
+    for text in [partner, job_id] {
+        h.update((text.len() as u64).to_le_bytes());
+        h.update(text.as_bytes());
+    }
+    h.update(round.to_le_bytes());
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
+}
+
 /// SHA-256 of a round's start model (empty for a round without one).
 fn model_hash(model: &[f64]) -> String {
     if model.is_empty() {
@@ -1419,7 +1451,16 @@ impl Node {
             return;
         };
         let ctx = Arc::clone(ctx);
-        let seed = self.rng.random::<u64>();
+        let seed = match ctx.lock() {
+            Ok(ctx) => training_seed(
+                ctx.spec.job.seed,
+                self.cfg.seed,
+                &self.cfg.partner_id,
+                &round.rref.job_id,
+                round.rref.round,
+            ),
+            Err(_) => self.rng.random::<u64>(),
+        };
         let kind = round.kind;
         let layout = round.layout;
         let params = std::mem::take(&mut round.model);

@@ -105,6 +105,9 @@ pub struct SimOptions {
     /// Serve the coordinator's Prometheus metrics and health check on this address (none
     /// when absent).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Give each partner node its own `seed` (as the simulator does by default); without,
+    /// the nodes run as a deployment's unseeded ones do.
+    pub partner_seeds: bool,
 }
 
 impl Default for SimOptions {
@@ -136,6 +139,7 @@ impl Default for SimOptions {
             audit_dir: None,
             tls: true,
             metrics_listen: None,
+            partner_seeds: true,
         }
     }
 }
@@ -260,6 +264,8 @@ pub struct SimReport {
     pub partners: Vec<PartnerInfo>,
     /// The coordinator's job report.
     pub job: JobReport,
+    /// SHA-256 of the final model's parameters (little-endian f64).
+    pub model_sha256: String,
     /// Seconds from start to the coordinator's last round.
     pub seconds: f64,
 }
@@ -486,7 +492,9 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         }
         cfg.holdout_fraction = opts.holdout_fraction;
         cfg.holdout_seed = opts.seed + i as u64;
-        cfg.seed = Some(opts.seed.wrapping_mul(31).wrapping_add(i as u64));
+        cfg.seed = opts
+            .partner_seeds
+            .then(|| opts.seed.wrapping_mul(31).wrapping_add(i as u64));
         cfg.connect_timeout_secs = 30;
         let identity = Identity {
             key: keys[i].clone(),
@@ -604,6 +612,7 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         rounds,
         baselines,
         partners,
+        model_sha256: fedmark_core::audit::f64s_sha256(&outcome.model.params),
         job: outcome.report,
         seconds,
     })
