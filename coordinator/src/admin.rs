@@ -272,6 +272,8 @@ pub struct AdminService {
     auth: AdminAuth,
     /// Serialises submissions: each reads the store, then writes it.
     submitting: Arc<tokio::sync::Mutex<()>>,
+    /// Largest model a job may ask for.
+    max_model_params: u64,
 }
 
 impl AdminService {
@@ -283,7 +285,14 @@ impl AdminService {
             queue,
             auth,
             submitting: Arc::default(),
+            max_model_params: crate::job::DEFAULT_MAX_MODEL_PARAMS,
         }
+    }
+
+    /// Refuses at submit jobs whose model has more than `max` parameters.
+    pub fn with_max_model_params(mut self, max: u64) -> Self {
+        self.max_model_params = max;
+        self
     }
 
     /// The tonic server wrapper.
@@ -416,6 +425,8 @@ impl Admin for AdminService {
         let spec_toml = spec
             .to_toml()
             .map_err(|e| Status::invalid_argument(format!("the job spec is not valid: {e}")))?;
+        crate::job::check_size(&spec, self.max_model_params)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let id = crate::job_id(&spec_toml);
         let _one_at_a_time = self.submitting.lock().await;
         let queue_it = match self.store.job(&id).map_err(store_status)? {

@@ -71,6 +71,15 @@ pub struct CoordinatorConfig {
     /// `GET /healthz`), e.g. `127.0.0.1:9464`; no endpoint when absent.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Largest model (in parameters) a job may ask for. A round holds about six copies of
+    /// it (the model, its download copy, the running sum, the optimiser state, the
+    /// checkpoint), so the default of 2^24 parameters costs up to about 1 GiB.
+    #[serde(default = "default_max_model_params")]
+    pub max_model_params: u64,
+}
+
+fn default_max_model_params() -> u64 {
+    crate::job::DEFAULT_MAX_MODEL_PARAMS
 }
 
 /// `[tls]`: the consortium CA and the coordinator's certificate (PEM files, relative to the

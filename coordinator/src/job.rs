@@ -75,6 +75,9 @@ pub enum JobError {
         /// Last failure.
         last: RoundError,
     },
+    /// The job asks for more than this coordinator's size budget.
+    #[error("job too large: {0}")]
+    TooLarge(String),
     /// A check before training failed (e.g. no row carries the positive label).
     #[error("pre-flight check failed: {0}")]
     Preflight(String),
@@ -125,6 +128,8 @@ pub enum JobError {
 /// Timing and membership settings of a run.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
+    /// Largest model a job may ask for (`max_model_params` in coordinator.toml).
+    pub max_model_params: u64,
     /// How many partners the job waits for before starting (the roster size).
     pub expected_partners: usize,
     /// How long to wait for them.
@@ -537,6 +542,24 @@ pub fn stored_outcome(
     }))
 }
 
+/// Default of `max_model_params` in coordinator.toml: 2^24 parameters.
+pub const DEFAULT_MAX_MODEL_PARAMS: u64 = 1 << 24;
+
+/// Refuses a job whose model is larger than `max` parameters, saying by how much and how to
+/// allow it. Checked at submit, and again before a stored job starts (a limit lowered since).
+pub fn check_size(spec: &JobSpec, max: u64) -> Result<(), JobError> {
+    let params = spec.model_params();
+    if params > u128::from(max) {
+        let gib = |p: u128| p as f64 * 8.0 * 6.0 / (1u64 << 30) as f64;
+        return Err(JobError::TooLarge(format!(
+            "the model has {params} parameters (about {:.1} GiB of coordinator memory a round), above this coordinator's max_model_params = {max} ({:.1} GiB); shrink hash_buckets, the vocabularies or model.hidden, or raise max_model_params in coordinator.toml",
+            gib(params),
+            gib(u128::from(max))
+        )));
+    }
+    Ok(())
+}
+
 /// Stores a newly submitted job with status `status` and its `job_submitted` audit record
 /// (who, what, the spec's SHA-256), in one transaction.
 pub fn submit(
@@ -690,6 +713,7 @@ pub async fn run_job(
     let started = Instant::now();
     let job_id = hub.job_id.clone();
     let store = settings.store.clone();
+    check_size(&spec, settings.max_model_params)?;
     let resumed = register(&hub, &spec, &settings)?;
     let board = &settings.board;
     board.refresh(&store, &job_id)?;
@@ -1360,5 +1384,34 @@ mod tests {
         let cut = bounded_reason(&long);
         assert_eq!(cut.chars().count(), MAX_REASON_CHARS + 1);
         assert!(cut.ends_with('…'));
+    }
+
+    /// The poison job of the issue (no vocabulary, 2^22 hash buckets, an MLP of 4,096
+    /// units) passes every per-field cap but not the size budget, which names the size, the
+    /// limit and the setting; a job within the budget passes.
+    #[test]
+    fn a_model_above_the_size_budget_is_refused_with_the_setting_to_raise() {
+        let poison = JobSpec::from_toml(
+            "[job]\nname = \"p\"\npurpose = \"p\"\nrounds = 1\n[label]\ncolumn = \"y\"\npositive = \"1\"\n\
+             [features]\ncategorical = [\"job\"]\nhash_buckets = 4194304\n\
+             [model]\nkind = \"mlp\"\nhidden = 4096\n",
+        )
+        .unwrap();
+        let expected: u128 = 4_194_304 * 4096 + 2 * 4096 + 1;
+        assert_eq!(poison.model_params(), expected);
+        let e = check_size(&poison, DEFAULT_MAX_MODEL_PARAMS)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&expected.to_string()) && e.contains("max_model_params = 16777216"),
+            "{e}"
+        );
+        assert!(check_size(&poison, u64::MAX).is_ok());
+        let small = JobSpec::from_toml(
+            "[job]\nname = \"s\"\npurpose = \"p\"\nrounds = 1\n[label]\ncolumn = \"y\"\npositive = \"1\"\n\
+             [features]\nnumeric = [\"a\"]\n[model]\nkind = \"logistic\"\n",
+        )
+        .unwrap();
+        assert!(check_size(&small, 2).is_ok() && check_size(&small, 1).is_err());
     }
 }

@@ -553,6 +553,7 @@ fn serve(cfg: CoordinatorConfig, spec: Option<JobSpec>) -> anyhow::Result<()> {
             Err(_) => None,
         };
         let settings = RunSettings {
+            max_model_params: cfg.max_model_params,
             expected_partners: roster.len(),
             join_timeout: cfg.join_timeout(),
             phase_timeout: cfg.phase_timeout(),

@@ -135,7 +135,8 @@ pub async fn serve_jobs(
         info!(job = %job.id, status = job.status.as_str(), "queued from the store");
         queue.push(&job.id);
     }
-    let admin = AdminService::new(store.clone(), board.clone(), Arc::clone(&queue), auth);
+    let admin = AdminService::new(store.clone(), board.clone(), Arc::clone(&queue), auth)
+        .with_max_model_params(settings.max_model_params);
     let server = PartnerServer::start(listener, &settings, Some(admin));
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {

@@ -589,6 +589,28 @@ impl JobSpec {
         Ok(())
     }
 
+    /// Model parameters the job asks for, computed without overflow (a spec can ask for more
+    /// than memory holds: a hashed column of 2^22 slots under an MLP of 4,096 units is 1.7e10
+    /// parameters, so the coordinator checks this against its budget before accepting it).
+    pub fn model_params(&self) -> u128 {
+        let f = &self.features;
+        let dim: u128 = f.numeric.len() as u128
+            + f.categorical
+                .iter()
+                .map(|c| match f.vocabulary.get(c) {
+                    Some(v) => v.len() as u128 + 1,
+                    None => u128::from(f.hash_buckets),
+                })
+                .sum::<u128>();
+        match self.model.kind {
+            ModelKindName::Logistic => dim + 1,
+            ModelKindName::Mlp => {
+                let hidden = u128::from(self.model.hidden.unwrap_or(0));
+                dim * hidden + 2 * hidden + 1
+            }
+        }
+    }
+
     /// Whether the job gives a differential-privacy guarantee.
     pub fn is_dp(&self) -> bool {
         self.privacy.mode != PrivacyMode::None

@@ -63,6 +63,7 @@ pub async fn start_coordinator_with_tls(
     let addr = listener.local_addr()?;
     let store = Store::in_memory()?;
     let settings = RunSettings {
+        max_model_params: fedmark_coordinator::job::DEFAULT_MAX_MODEL_PARAMS,
         expected_partners: roster.len(),
         join_timeout: Duration::from_secs(30),
         phase_timeout,

@@ -385,6 +385,7 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                 .context("binding 127.0.0.1:0")?;
             let addr = listener.local_addr()?;
             let settings = RunSettings {
+                max_model_params: fedmark_coordinator::job::DEFAULT_MAX_MODEL_PARAMS,
                 expected_partners: opts.partners,
                 join_timeout: Duration::from_secs(60),
                 phase_timeout: opts.phase_timeout,

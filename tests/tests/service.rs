@@ -85,6 +85,27 @@ fn submit_watch_export_score_cancel_over_the_admin_api() {
     let mut clients = d.start_serving_clients(coordinator.addr).unwrap();
     d.write_admin_config(coordinator.addr, "admin").unwrap();
 
+    // A job whose model passes every per-field cap but not the coordinator's size budget is
+    // refused at submit, saying what to shrink or which setting to raise; nothing is queued.
+    let poison: String = job(1, 1)
+        .replace(
+            "[model]\nkind = \"logistic\"",
+            "[model]\nkind = \"mlp\"\nhidden = 4096",
+        )
+        .replace("[features]\n", "[features]\nhash_buckets = 4194304\n")
+        .lines()
+        .filter(|l| !l.starts_with("job = [")) // `job` hashed, no vocabulary
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(d.path().join("poison.toml"), &poison).unwrap();
+    let refused = d.fedmark(&["job", "submit", "poison.toml"]).unwrap();
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        text.contains("max_model_params") && text.contains("hash_buckets"),
+        "{text}"
+    );
+
     // Submit and watch to the end.
     let submitted = json_of(&ok(&d
         .fedmark(&["--json", "job", "submit", "job.toml"])
