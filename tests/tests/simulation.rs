@@ -144,9 +144,12 @@ async fn partners_that_drop_out_do_not_stop_the_job() {
     );
     // Whether its first half reached the coordinator (round retried) or was discarded with the
     // stream (plain dropout) depends on HTTP/2 timing; either way the round completes with the
-    // other four. The retry path is tested deterministically in `protocol.rs`.
+    // others — without partner 1 too, which sits round 3 out on probation after missing round
+    // 2. The retry path is tested deterministically in `protocol.rs`.
     let r3 = &report.rounds[2];
-    assert!(r3.participants >= 4 && r3.attempts <= 2, "{r3:?}");
+    assert!(r3.participants >= 3 && r3.attempts <= 2, "{r3:?}");
+    // Back after its one round of probation.
+    assert!(report.rounds[3].participants >= 4, "{:?}", report.rounds[3]);
     assert!(report.final_metrics.auc > 0.7);
 }
 
