@@ -136,6 +136,11 @@ const WAIT: Duration = Duration::from_secs(60);
 
 impl Driver {
     async fn open(&mut self) -> Session {
+        self.open_with_hello().await.0
+    }
+
+    /// Opens the next session and returns the partner's hello with it.
+    async fn open_with_hello(&mut self) -> (Session, client_message::Body) {
         let (mut inbound, out) = tokio::time::timeout(WAIT, self.sessions.recv())
             .await
             .expect("no session within a minute")
@@ -150,10 +155,15 @@ impl Driver {
             }),
         )
         .await;
-        Session { inbound, out }
+        (Session { inbound, out }, hello)
     }
 
     async fn offer(&self, s: &mut Session) {
+        self.offer_reply(s).await;
+    }
+
+    /// Offers the job and returns the partner's (accepting) reply.
+    async fn offer_reply(&self, s: &mut Session) -> client_message::Body {
         send(
             &s.out,
             server_message::Body::Offer(JobOffer {
@@ -163,7 +173,10 @@ impl Driver {
         )
         .await;
         match next(&mut s.inbound).await {
-            client_message::Body::OfferReply(r) => assert!(r.accept, "refused: {}", r.reason),
+            client_message::Body::OfferReply(r) => {
+                assert!(r.accept, "refused: {}", r.reason);
+                client_message::Body::OfferReply(r)
+            }
             other => panic!("expected an offer reply, got {other:?}"),
         }
     }
@@ -538,30 +551,9 @@ async fn every_value_a_dp_partner_sends_is_fixed_by_the_spec_or_noised_and_charg
             async move { node::run_until_finished(&node_cfg, NodeOptions::default()).await },
         );
 
-    let (mut inbound, out) = tokio::time::timeout(WAIT, fake.sessions.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let hello = next(&mut inbound).await;
+    let (mut s, hello) = fake.open_with_hello().await;
     walk(&hello, PARTNER, "job-walk");
-    send(
-        &out,
-        server_message::Body::Welcome(Welcome {
-            coordinator_id: "fake".into(),
-            session_token: vec![7; 32],
-        }),
-    )
-    .await;
-    send(
-        &out,
-        server_message::Body::Offer(JobOffer {
-            job_id: "job-walk".into(),
-            spec_toml: fake.spec_toml.clone(),
-        }),
-    )
-    .await;
-    walk(&next(&mut inbound).await, PARTNER, "job-walk");
-    let mut s = Session { inbound, out };
+    walk(&fake.offer_reply(&mut s).await, PARTNER, "job-walk");
 
     let check_chunks = |chunks: &Chunks, round: u64, words: usize| {
         let mut offset = 0u64;
