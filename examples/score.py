@@ -1,17 +1,32 @@
 #!/usr/bin/env python3
 """Score CSV files with a model exported by `fedmark model export` (or
-`fedmark-coordinator model export`), without fedmark.
+`fedmark-coordinator model export`, or `fedmark-sim --export`), without fedmark.
 
 usage: python3 examples/score.py EXPORT_DIR DATA.csv [DATA.csv ...]
-                                 [--holdout FRACTION:SEED] [--scores OUT]
+                                 [--id COLUMN] [--scores OUT] [--skipped OUT]
+                                 [--holdout FRACTION:SEED]
 
-Reads EXPORT_DIR/weights.npy and EXPORT_DIR/pipeline.json, turns each CSV row into the
-model's input exactly as the partners did in training, and prints the AUC over the scored rows
-of all the files together (the label column must be present). With --holdout only the rows a
-partner with that `holdout_fraction` and `holdout_seed` holds out are scored, so the partners'
-files give the rows of the federated evaluation, and the AUC the job's report states. With
---scores, writes one score per scored row. Needs numpy; everything else is the standard
-library.
+Reads EXPORT_DIR/weights.npy and EXPORT_DIR/pipeline.json and turns each CSV row into the
+model's input exactly as the partners did in training. The label column is not needed: an
+audience is scored as it is. When every file has it, the script also prints the AUC over the
+scored rows that have a label.
+
+--id COLUMN      the identifier column, copied into --scores and the skipped-rows report
+--scores OUT     write `id,score,decile` (with --id) or `row,score,decile` (without: the
+                 record's 1-based position in the files taken in order as one table), one line
+                 per scored row in input order; decile 1 holds the highest scores (of n scored
+                 rows, a row beaten by h scores is in decile 1 + floor(10 h / n), so ties share
+                 a decile), as `fedmark score` computes it
+--skipped OUT    write every row that could not be scored as `file,line,id,reason`; without
+                 it the first 10 are printed on stderr. A row is skipped, never imputed, when
+                 its field count differs from the header's, a numeric column the model uses is
+                 not a number (the column is named), or --id is given and its field is empty
+--holdout F:S    score only the rows a partner with that `holdout_fraction` and `holdout_seed`
+                 holds out (the split hashes each record's parsed values and label, so the
+                 label column is needed), so the partners' files give the rows of the
+                 federated evaluation and the AUC the job's report states
+
+Needs numpy; everything else is the standard library.
 """
 import csv
 import hashlib
@@ -22,11 +37,17 @@ import sys
 
 import numpy as np
 
+SKIPPED_SHOWN = 10
+
+
+class Skip(Exception):
+    """A row that cannot be scored, with the reason (as `fedmark score` words it)."""
+
 
 def encode(row, idx, pipe):
     """The model input of one CSV row and the bytes of its holdout key (parsed numerics as
-    f64, categorical slots as u32, little-endian), or None when the trainer would skip the
-    row."""
+    f64, categorical slots as u32, little-endian); raises Skip when the trainer would skip
+    the row."""
     x = np.zeros(pipe["input_dim"])
     numerics, slots = b"", b""
     for col in pipe["columns"]:
@@ -35,9 +56,9 @@ def encode(row, idx, pipe):
             try:
                 v = float(text) if "_" not in text else math.nan
             except ValueError:
-                return None
+                v = math.nan
             if not math.isfinite(v):
-                return None
+                raise Skip(f"column `{col['name']}` not a number")
             numerics += struct.pack("<d", v)
             if col.get("range") is not None:
                 v = min(max(v, col["range"][0]), col["range"][1])
@@ -65,6 +86,13 @@ def predict(X, w, model):
     return 1.0 / (1.0 + np.exp(-z))
 
 
+def deciles(scores):
+    """Decile 1 (highest scores) to 10: 1 + floor(10 h / n), h the scores strictly higher."""
+    n = len(scores)
+    higher = n - np.searchsorted(np.sort(scores), scores, side="right")
+    return 1 + (10 * higher) // max(n, 1)
+
+
 def auc(scores, labels):
     """ROC AUC by the rank formula, tied scores sharing their average rank."""
     _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
@@ -89,58 +117,124 @@ def is_holdout(key, fraction, seed):
     return (z >> 11) / float(1 << 53) < fraction
 
 
-def main(export_dir, files, holdout=None, scores_out=None):
-    with open(f"{export_dir}/pipeline.json") as f:
-        pipe = json.load(f)
-    w = np.load(f"{export_dir}/{pipe['weights']['file']}")
-    label = pipe["label"]
-    rows, labels, skipped = [], [], 0
+def read_rows(files, pipe, id_column, holdout, on_skip):
+    """Yields (key, x, label) per scored row, in input order; label is None without a label
+    column. Calls on_skip(file, line, id, reason) for each row it cannot score."""
+    label = pipe["label"]["column"]
+    position = 0
     for data in files:
         with open(data, newline="") as f:
             reader = csv.reader(f)
-            header = next(reader)
+            header = next(reader, None)
+            if header is None:
+                sys.exit(f"{data}: no header row")
             idx = {name: i for i, name in enumerate(header)}
+            needed = [c["name"] for c in pipe["columns"]] + ([id_column] if id_column else [])
+            for name in needed:
+                if name not in idx:
+                    what = "the identifier column (--id)" if name == id_column else \
+                        "a column the model uses"
+                    sys.exit(f"{data}: lacks the column `{name}`, {what}")
+            label_at = idx.get(label)
+            if holdout is not None and label_at is None:
+                sys.exit(f"{data}: --holdout needs the label column `{label}` "
+                         "(the partners' split hashes it)")
+            previous_line = reader.line_num
             for row in reader:
+                line, previous_line = previous_line + 1, reader.line_num
                 if not row:
                     continue  # a blank line is no record
-                encoded = encode(row, idx, pipe) if len(row) == len(header) else None
-                y = row[idx[label["column"]]].strip() if encoded is not None else ""
-                if encoded is None or y == "":
-                    skipped += 1
+                position += 1
+                ident = row[idx[id_column]] if id_column and idx[id_column] < len(row) else ""
+                try:
+                    if len(row) != len(header):
+                        raise Skip("malformed record")
+                    if id_column and not ident.strip():
+                        raise Skip("empty identifier")
+                    x, key = encode(row, idx, pipe)
+                    y = row[label_at].strip() if label_at is not None else None
+                    if holdout is not None and y == "":
+                        raise Skip("empty label")
+                except Skip as reason:
+                    on_skip(data, line, ident, str(reason))
                     continue
-                x, key = encoded
-                positive = y == label["positive"]
-                if holdout is not None and not is_holdout(key + bytes([positive]), *holdout):
-                    continue
-                rows.append(x)
-                labels.append(1 if y == label["positive"] else 0)
-    scores = predict(np.array(rows), w, pipe["model"])
+                if holdout is not None:
+                    key += bytes([y == pipe["label"]["positive"]])
+                    if not is_holdout(key, *holdout):
+                        continue
+                yield (ident if id_column else position), x, y
+
+
+def main(export_dir, files, holdout=None, id_column=None, scores_out=None, skipped_out=None):
+    with open(f"{export_dir}/pipeline.json") as f:
+        pipe = json.load(f)
+    w = np.load(f"{export_dir}/{pipe['weights']['file']}")
+    skipped = []
+
+    def on_skip(data, line, ident, reason):
+        skipped.append((data, line, ident, reason))
+
+    keys, rows, labels = [], [], []
+    for key, x, y in read_rows(files, pipe, id_column, holdout, on_skip):
+        keys.append(key)
+        rows.append(x)
+        labels.append(y)
+    scores = predict(np.array(rows).reshape(len(rows), pipe["input_dim"]), w, pipe["model"])
     if scores_out:
-        np.savetxt(scores_out, scores, fmt="%.17g")
-    print(f"rows {len(rows)} skipped {skipped} round {pipe['round']} "
-          f"AUC {auc(scores, np.array(labels)):.12f}")
+        with open(scores_out, "w", newline="") as f:
+            out = csv.writer(f, lineterminator="\n")
+            out.writerow(["id" if id_column else "row", "score", "decile"])
+            for key, s, d in zip(keys, scores, deciles(scores)):
+                out.writerow([key, repr(float(s)), int(d)])
+    if skipped_out:
+        with open(skipped_out, "w", newline="") as f:
+            out = csv.writer(f, lineterminator="\n")
+            out.writerow(["file", "line", "id", "reason"])
+            out.writerows(skipped)
+    else:
+        for data, line, ident, reason in skipped[:SKIPPED_SHOWN]:
+            who = f", id {ident!r}" if id_column else ""
+            print(f"skipped {data} line {line}{who}: {reason}", file=sys.stderr)
+        if len(skipped) > SKIPPED_SHOWN:
+            print(f"... and {len(skipped) - SKIPPED_SHOWN} more skipped rows "
+                  "(--skipped FILE lists them all)", file=sys.stderr)
+    summary = f"rows {len(rows)} skipped {len(skipped)} round {pipe['round']}"
+    if labels and all(y is not None for y in labels):
+        labelled = np.array([y != "" for y in labels])
+        positive = np.array([1 if y == pipe["label"]["positive"] else 0 for y in labels])
+        unlabelled = int((~labelled).sum())
+        summary += f" AUC {auc(scores[labelled], positive[labelled]):.12f}"
+        if unlabelled:
+            summary += f" ({unlabelled} rows without a label left out of the AUC)"
+    print(summary)
 
 
 def parse_args(argv):
-    files, holdout, scores_out = [], None, None
+    files, options = [], {}
+    flags = {"--holdout": "holdout", "--id": "id_column", "--scores": "scores_out",
+             "--skipped": "skipped_out"}
     args = iter(argv)
     for a in args:
-        if a == "--holdout":
-            fraction, _, seed = next(args, "").partition(":")
-            try:
-                holdout = (float(fraction), int(seed))
-            except ValueError:
-                sys.exit("--holdout takes FRACTION:SEED, e.g. 0.2:1\n\n" + __doc__)
-        elif a == "--scores":
-            scores_out = next(args, None)
+        if a in flags:
+            value = next(args, None)
+            if value is None:
+                sys.exit(f"{a} needs a value\n\n" + __doc__)
+            options[flags[a]] = value
         elif a.startswith("--"):
             sys.exit(f"unknown option {a}\n\n" + __doc__)
         else:
             files.append(a)
     if len(files) < 2:
         sys.exit(__doc__)
-    return files[0], files[1:], holdout, scores_out
+    if "holdout" in options:
+        fraction, _, seed = options["holdout"].partition(":")
+        try:
+            options["holdout"] = (float(fraction), int(seed))
+        except ValueError:
+            sys.exit("--holdout takes FRACTION:SEED, e.g. 0.2:1\n\n" + __doc__)
+    return files[0], files[1:], options
 
 
 if __name__ == "__main__":
-    main(*parse_args(sys.argv[1:]))
+    export, data_files, opts = parse_args(sys.argv[1:])
+    main(export, data_files, **opts)

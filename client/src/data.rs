@@ -2,7 +2,10 @@
 //! counted, never a crash and never a raw value in a log.
 //!
 //! The header is read first; a declared column that is missing refuses the job with its name.
-//! Each record is then split, and only the fields at declared positions are parsed. Which rows
+//! Each record is then split, and only the fields at declared positions are parsed, with the
+//! rules of [`FeatureSchema::parse_record`] (the ones an exported model's scorer applies too); a
+//! skipped row is counted by its reason, and a numeric column that did not hold a number is
+//! named, so a text column declared numeric says which one it is. Which rows
 //! are held out for evaluation is decided by [`fedmark_core::features::is_holdout`] on a hash
 //! of the record's own declared values (its numerics, categorical slots and label), so the
 //! split is stable across runs and no record's side depends on any other record: adding or
@@ -20,7 +23,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use fedmark_core::features::{FeatureSchema, RawRows, is_holdout};
+use fedmark_core::features::{ColumnPositions, FeatureSchema, FieldError, RawRows, is_holdout};
 use fedmark_core::spec::JobSpec;
 use sha2::{Digest, Sha256};
 
@@ -55,36 +58,66 @@ pub enum DataError {
         column: String,
     },
     /// No usable row at all.
-    #[error("data file {path} has no usable row ({skipped} skipped)")]
+    #[error(
+        "data file {path} has no usable row ({skipped} skipped: {})",
+        skip_summary(by_reason)
+    )]
     Empty {
         /// File path.
         path: String,
         /// Rows skipped as bad.
         skipped: u64,
+        /// Rows skipped, by reason (a numeric column that held no number is named).
+        by_reason: BTreeMap<SkipReason, u64>,
     },
 }
 
+/// "malformed record in 3, column `age` not a number in 1200".
+fn skip_summary(by_reason: &BTreeMap<SkipReason, u64>) -> String {
+    let parts: Vec<String> = by_reason
+        .iter()
+        .map(|(reason, n)| format!("{reason} in {n}"))
+        .collect();
+    parts.join(", ")
+}
+
 /// Why a row was skipped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, thiserror::Error)]
 pub enum SkipReason {
     /// The record has the wrong number of fields or is not valid CSV.
+    #[error("malformed record")]
     Malformed,
     /// A numeric column did not hold a finite number.
-    BadNumber,
+    #[error("column `{column}` not a number")]
+    BadNumber {
+        /// The column, as the job spec declares it.
+        column: String,
+    },
     /// The label field is empty.
+    #[error("empty label")]
     MissingLabel,
     /// The user-id field is empty (consent cannot be checked).
+    #[error("empty user id")]
     MissingUserId,
 }
 
 impl SkipReason {
-    /// Stable name for reports.
-    pub fn as_str(self) -> &'static str {
+    /// Stable name of the kind of reason, for reports and structured logs (the column of a
+    /// [`SkipReason::BadNumber`] is in [`SkipReason::column`] and in the `Display` text).
+    pub fn as_str(&self) -> &'static str {
         match self {
             SkipReason::Malformed => "malformed_record",
-            SkipReason::BadNumber => "bad_number",
+            SkipReason::BadNumber { .. } => "bad_number",
             SkipReason::MissingLabel => "missing_label",
             SkipReason::MissingUserId => "missing_user_id",
+        }
+    }
+
+    /// The column the reason names, if any.
+    pub fn column(&self) -> Option<&str> {
+        match self {
+            SkipReason::BadNumber { column } => Some(column),
+            _ => None,
         }
     }
 }
@@ -246,25 +279,13 @@ fn load_any<R: std::io::Read>(
             reason: e.to_string(),
         })?
         .clone();
-    let find = |col: &str| -> Result<usize, DataError> {
-        header
-            .iter()
-            .position(|h| h == col.as_bytes())
-            .ok_or_else(|| DataError::MissingColumn {
-                path: name.to_owned(),
-                column: col.to_owned(),
-            })
+    let position = |col: &str| header.iter().position(|h| h == col.as_bytes());
+    let missing = |column: String| DataError::MissingColumn {
+        path: name.to_owned(),
+        column,
     };
-    let numeric_at = schema
-        .numeric
-        .iter()
-        .map(|c| find(c))
-        .collect::<Result<Vec<_>, _>>()?;
-    let categorical_at = schema
-        .categorical
-        .iter()
-        .map(|(c, _)| find(c))
-        .collect::<Result<Vec<_>, _>>()?;
+    let find = |col: &str| position(col).ok_or_else(|| missing(col.to_owned()));
+    let columns = schema.locate(position).map_err(|e| missing(e.column))?;
     let label_at = find(&spec.label.column)?;
     let user_at = user_id_column.map(find).transpose()?;
     let fields = header.len();
@@ -273,12 +294,19 @@ fn load_any<R: std::io::Read>(
     let mut holdout = RawRows::new(&schema);
     let mut users: Option<RowUsers> = user_at.map(|_| (Vec::new(), Vec::new()));
     let mut skipped: BTreeMap<SkipReason, u64> = BTreeMap::new();
-    let mut numeric = vec![0.0; numeric_at.len()];
-    let mut slots = vec![0u32; categorical_at.len()];
+    let mut numeric = vec![0.0; columns.numeric.len()];
+    let mut slots = vec![0u32; columns.categorical.len()];
     let mut record = csv::ByteRecord::new();
     loop {
         let more = match csv.read_byte_record(&mut record) {
             Ok(more) => more,
+            // A failing read would fail again: the file, not a record, is bad.
+            Err(e) if e.is_io_error() => {
+                return Err(DataError::Io {
+                    path: name.to_owned(),
+                    source: e.into(),
+                });
+            }
             Err(_) => {
                 // An unreadable record (e.g. bad quoting) is skipped like any bad row.
                 *skipped.entry(SkipReason::Malformed).or_default() += 1;
@@ -291,8 +319,7 @@ fn load_any<R: std::io::Read>(
         let parsed = parse_row(
             &record,
             fields,
-            &numeric_at,
-            &categorical_at,
+            &columns,
             label_at,
             &schema,
             &mut numeric,
@@ -337,6 +364,7 @@ fn load_any<R: std::io::Read>(
         return Err(DataError::Empty {
             path: name.to_owned(),
             skipped: skipped.values().sum(),
+            by_reason: skipped,
         });
     }
     Ok((
@@ -349,12 +377,10 @@ fn load_any<R: std::io::Read>(
     ))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn parse_row<'r>(
     record: &'r csv::ByteRecord,
     fields: usize,
-    numeric_at: &[usize],
-    categorical_at: &[usize],
+    at: &ColumnPositions,
     label_at: usize,
     schema: &FeatureSchema,
     numeric: &mut [f64],
@@ -363,24 +389,15 @@ fn parse_row<'r>(
     if record.len() != fields {
         return Err(SkipReason::Malformed);
     }
-    let field = |i: usize| record.get(i).ok_or(SkipReason::Malformed);
-    for (out, &i) in numeric.iter_mut().zip(numeric_at) {
-        let text = std::str::from_utf8(field(i)?).map_err(|_| SkipReason::BadNumber)?;
-        let v: f64 = text.trim().parse().map_err(|_| SkipReason::BadNumber)?;
-        if !v.is_finite() {
-            return Err(SkipReason::BadNumber);
-        }
-        *out = v;
-    }
-    for ((out, &i), (_, enc)) in slots
-        .iter_mut()
-        .zip(categorical_at)
-        .zip(&schema.categorical)
-    {
-        let text = String::from_utf8_lossy(field(i)?);
-        *out = enc.slot(text.trim()) as u32;
-    }
-    let label = field(label_at)?;
+    schema
+        .parse_record(at, |i| record.get(i), numeric, slots)
+        .map_err(|e| match e {
+            FieldError::NotANumber { column } => SkipReason::BadNumber {
+                column: schema.numeric.get(column).cloned().unwrap_or_default(),
+            },
+            _ => SkipReason::Malformed,
+        })?;
+    let label = record.get(label_at).ok_or(SkipReason::Malformed)?;
     if label.is_empty() {
         return Err(SkipReason::MissingLabel);
     }
@@ -425,10 +442,49 @@ kind = "logistic"
         let d = load_reader(csv.as_bytes(), "t.csv", &spec(), ALL).unwrap();
         assert_eq!(d.train.len(), 2);
         assert_eq!(d.train.labels, vec![1.0, 0.0]);
-        assert_eq!(d.skipped[&SkipReason::BadNumber], 2);
+        let bad_age = SkipReason::BadNumber {
+            column: "age".into(),
+        };
+        assert_eq!(d.skipped[&bad_age], 2);
         assert_eq!(d.skipped[&SkipReason::Malformed], 1);
         assert_eq!(d.skipped[&SkipReason::MissingLabel], 1);
         assert_eq!(d.train.slot_row(1), &[1]);
+    }
+
+    /// A text column declared numeric: the error names the column and how many rows it cost.
+    #[test]
+    fn a_text_column_declared_numeric_is_named() {
+        let mut csv = String::from("age,job,y\n");
+        for i in 0..1200 {
+            csv.push_str(&format!("{},a,no\n", ["young", "old", ""][i % 3]));
+        }
+        csv.push_str("30,a\n");
+        let e = load_reader(csv.as_bytes(), "t.csv", &spec(), ALL).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "data file t.csv has no usable row (1201 skipped: malformed record in 1, \
+             column `age` not a number in 1200)"
+        );
+        let DataError::Empty { by_reason, .. } = e else {
+            panic!("not Empty: {e}");
+        };
+        let reason = by_reason.keys().nth(1).unwrap();
+        assert_eq!(reason.as_str(), "bad_number");
+        assert_eq!(reason.column(), Some("age"));
+
+        // Two numeric columns: each bad row is counted under the first bad column it holds.
+        let mut two = spec();
+        two.features.numeric.push("balance".into());
+        let csv = "age,balance,job,y\n1,2,a,yes\nx,2,a,no\n1,y,a,no\nx,y,a,no\n";
+        let d = load_reader(csv.as_bytes(), "t.csv", &two, ALL).unwrap();
+        let reasons: Vec<String> = d.skipped.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+        assert_eq!(
+            reasons,
+            [
+                "column `age` not a number: 2",
+                "column `balance` not a number: 1"
+            ]
+        );
     }
 
     #[test]

@@ -592,9 +592,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn pipeline_follows_the_schema_layout() {
-        let spec = JobSpec::from_toml(
+    /// A spec with two numeric, one vocabulary and one hashed column, and `model` (TOML).
+    fn spec_with(model: &str) -> JobSpec {
+        let spec = JobSpec::from_toml(&format!(
             r#"
 [job]
 name = "t"
@@ -607,16 +607,54 @@ positive = "yes"
 numeric = ["a", "b"]
 categorical = ["c", "h"]
 hash_buckets = 8
+[features.range]
+b = [-1.5, 20]
 [features.vocabulary]
 c = ["x", "y"]
 [model]
-kind = "mlp"
-hidden = 3
-"#,
-        );
+{model}
+"#
+        ));
         let Ok(spec) = spec else {
             panic!("spec: {spec:?}");
         };
+        spec
+    }
+
+    /// What `pipeline.json` and `weights.npy` say reads back, through
+    /// `fedmark_core::pipeline` (what `fedmark score` loads), into the very schema,
+    /// standardisation, architecture and weights they were written from.
+    #[test]
+    fn an_export_reads_back_into_what_it_was_built_from() {
+        use fedmark_core::pipeline::Pipeline;
+        for model in ["kind = \"logistic\"", "kind = \"mlp\"\nhidden = 3"] {
+            let spec = spec_with(model);
+            let schema = FeatureSchema::from_spec(&spec);
+            let arch = Architecture::from_spec(&spec);
+            let st = Standardizer {
+                mean: vec![1.0 / 3.0, -2.5e-7],
+                std: vec![3.0, 0.1],
+            };
+            let params: Vec<f64> = (0..arch.num_params(schema.dim()))
+                .map(|i| (i as f64).sin() / 7.0)
+                .collect();
+            let text =
+                String::from_utf8(json_bytes(&pipeline(&spec, &st, "job-x", 4, &params))).unwrap();
+            let read = Pipeline::from_json(&text).unwrap();
+            assert_eq!(read.weights_file(), WEIGHTS_FILE);
+            assert_eq!((read.job_id.as_str(), read.round), ("job-x", 4));
+            let m = read.with_weights(&npy_f64(&params)).unwrap();
+            assert_eq!(m.pipeline.schema, schema);
+            assert_eq!(m.pipeline.standardizer, st, "bit for bit");
+            assert_eq!(m.pipeline.arch, arch);
+            assert_eq!(m.model.params, params);
+            assert_eq!(m.pipeline.label_column, "y");
+        }
+    }
+
+    #[test]
+    fn pipeline_follows_the_schema_layout() {
+        let spec = spec_with("kind = \"mlp\"\nhidden = 3");
         let st = Standardizer {
             mean: vec![1.0, 2.0],
             std: vec![3.0, 4.0],

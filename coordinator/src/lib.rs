@@ -4,7 +4,8 @@
 //! and sees only running sums of the partners' vectors, committing each round to the durable
 //! [`store`] before releasing it. [`config`] holds the operator's settings, [`report`] what
 //! a finished job says, [`export`] what leaves for a data scientist (model files, model card,
-//! a job's audit records) and [`metrics`] what operators scrape (with the dashboard).
+//! a job's audit records), [`scoring`] how the `fedmark` CLI scores an audience with an exported
+//! model, and [`metrics`] what operators scrape (with the dashboard).
 //!
 //! Two ways to run: [`run`] serves one job to its end on a listener the caller bound (the
 //! simulator and tests bind `127.0.0.1:0`); [`server::serve_jobs`] is the long-running
@@ -28,6 +29,7 @@ pub mod job;
 pub mod metrics;
 pub mod report;
 pub mod round;
+pub mod scoring;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -46,6 +46,47 @@ impl Categorical {
     }
 }
 
+/// Parses a numeric field as every partner does: UTF-8, trimmed of surrounding whitespace, a
+/// decimal number that is finite. `None` means the row is skipped, never imputed.
+pub fn parse_numeric(field: &[u8]) -> Option<f64> {
+    let v: f64 = std::str::from_utf8(field).ok()?.trim().parse().ok()?;
+    v.is_finite().then_some(v)
+}
+
+/// A declared column a file's header lacks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("lacks the declared column `{column}`")]
+pub struct MissingColumn {
+    /// The column's name.
+    pub column: String,
+}
+
+/// Why a record's declared fields do not give a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FieldError {
+    /// The record has no field at a declared column's position.
+    #[error("a declared field is missing")]
+    Missing,
+    /// A numeric column (its position in [`FeatureSchema::numeric`]) did not hold a finite
+    /// number.
+    #[error("numeric column {column} is not a finite number")]
+    NotANumber {
+        /// Position of the column in [`FeatureSchema::numeric`].
+        column: usize,
+    },
+}
+
+/// Where a schema's declared columns sit in a file's records (field positions), found once
+/// from the header by [`FeatureSchema::locate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnPositions {
+    /// Field position of each numeric column, in schema order.
+    pub numeric: Vec<usize>,
+    /// Field position of each categorical column, in schema order.
+    pub categorical: Vec<usize>,
+}
+
 /// The input layout shared by every partner.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureSchema {
@@ -87,6 +128,55 @@ impl FeatureSchema {
             Some([low, high]) => x.clamp(low, high),
             None => x,
         }
+    }
+
+    /// Finds each declared column with `find` (the field position of a header name, by exact
+    /// name); the first one missing is the error.
+    pub fn locate(
+        &self,
+        mut find: impl FnMut(&str) -> Option<usize>,
+    ) -> Result<ColumnPositions, MissingColumn> {
+        let mut at = |name: &str| {
+            find(name).ok_or_else(|| MissingColumn {
+                column: name.to_owned(),
+            })
+        };
+        Ok(ColumnPositions {
+            numeric: self
+                .numeric
+                .iter()
+                .map(|c| at(c))
+                .collect::<Result<_, _>>()?,
+            categorical: self
+                .categorical
+                .iter()
+                .map(|(c, _)| at(c))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Parses one record's declared fields into `numeric` (raw values, standardised later by
+    /// [`FeatureSchema::encode`]) and `slots` (each categorical column's slot), with the rules
+    /// every partner trains with and every scorer applies: numerics by [`parse_numeric`], the
+    /// first bad one making the error; categoricals decoded as UTF-8 (invalid bytes replaced),
+    /// trimmed and mapped by [`Categorical::slot`]. `field(i)` gives the record's field at
+    /// position `i`; `numeric` and `slots` must have the schema's column counts.
+    pub fn parse_record<'r>(
+        &self,
+        at: &ColumnPositions,
+        field: impl Fn(usize) -> Option<&'r [u8]>,
+        numeric: &mut [f64],
+        slots: &mut [u32],
+    ) -> Result<(), FieldError> {
+        for (j, (out, &i)) in numeric.iter_mut().zip(&at.numeric).enumerate() {
+            let text = field(i).ok_or(FieldError::Missing)?;
+            *out = parse_numeric(text).ok_or(FieldError::NotANumber { column: j })?;
+        }
+        for ((out, &i), (_, enc)) in slots.iter_mut().zip(&at.categorical).zip(&self.categorical) {
+            let text = String::from_utf8_lossy(field(i).ok_or(FieldError::Missing)?);
+            *out = enc.slot(text.trim()) as u32;
+        }
+        Ok(())
     }
 
     /// Total number of model inputs.
@@ -170,6 +260,13 @@ impl RawRows {
     /// Number of rows.
     pub fn len(&self) -> usize {
         self.labels.len()
+    }
+
+    /// Removes every row, keeping the allocations (for batches).
+    pub fn clear(&mut self) {
+        self.numeric.clear();
+        self.slots.clear();
+        self.labels.clear();
     }
 
     /// True when there are no rows.
@@ -318,6 +415,58 @@ mod tests {
         let (idx, val) = m.row(0);
         assert_eq!(idx, &[0, 2, 7]);
         assert_eq!(val, &[2.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn records_parse_with_the_partner_rules() {
+        let schema = FeatureSchema {
+            numeric: vec!["x".into(), "z".into()],
+            categorical: vec![(
+                "c".into(),
+                Categorical::Vocabulary(vec!["a".into(), "b".into()]),
+            )],
+            ranges: vec![None, Some([0.0, 1.0])],
+        };
+        let header = ["c", "z", "x", "extra"];
+        let at = schema
+            .locate(|name| header.iter().position(|h| *h == name))
+            .unwrap();
+        assert_eq!(at.numeric, vec![2, 1]);
+        assert_eq!(at.categorical, vec![0]);
+        let missing = FeatureSchema {
+            numeric: vec!["w".into()],
+            categorical: Vec::new(),
+            ranges: vec![None],
+        }
+        .locate(|name| header.iter().position(|h| *h == name))
+        .unwrap_err();
+        assert_eq!(missing.to_string(), "lacks the declared column `w`");
+
+        let parse = |fields: &[&'static str]| {
+            let (mut numeric, mut slots) = ([0.0; 2], [0u32; 1]);
+            schema
+                .parse_record(
+                    &at,
+                    |i| fields.get(i).map(|f| f.as_bytes()),
+                    &mut numeric,
+                    &mut slots,
+                )
+                .map(|()| (numeric, slots))
+        };
+        assert_eq!(parse(&[" b ", "2", " 1.5 ", "junk"]), Ok(([1.5, 2.0], [1])));
+        assert_eq!(parse(&["zz", "-0", "1e3", ""]), Ok(([1000.0, -0.0], [2])));
+        assert_eq!(
+            parse(&["a", "2", "forty", ""]),
+            Err(FieldError::NotANumber { column: 0 })
+        );
+        assert_eq!(
+            parse(&["a", "inf", "1", ""]),
+            Err(FieldError::NotANumber { column: 1 })
+        );
+        assert_eq!(parse(&["a", "2"]), Err(FieldError::Missing));
+        assert_eq!(parse_numeric(b"NaN"), None);
+        assert_eq!(parse_numeric(b"\xff1"), None);
+        assert_eq!(parse_numeric(b" +7 "), Some(7.0));
     }
 
     #[test]

@@ -69,6 +69,60 @@ pub fn score_from_files(
     csv_path: &Path,
     holdout: Option<(f64, u64)>,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let (header, records) = score_records(pipe, w, csv_path)?;
+    let label_column = pipe["label"]["column"]
+        .as_str()
+        .context("pipeline.json: label.column")?;
+    let label_at = header
+        .iter()
+        .position(|h| h == label_column)
+        .with_context(|| format!("{} has no column {label_column}", csv_path.display()))?;
+    let positive = pipe["label"]["positive"]
+        .as_str()
+        .context("label.positive")?;
+    let (mut scores, mut labels) = (Vec::new(), Vec::new());
+    for ScoredRecord { record, score, key } in records {
+        let label = record.get(label_at).unwrap_or("").trim();
+        if label.is_empty() {
+            continue;
+        }
+        if let Some((fraction, seed)) = holdout {
+            let digest = Sha256::new()
+                .chain_update(&key)
+                .chain_update([u8::from(label == positive)])
+                .finalize();
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&digest[..8]);
+            if !fedmark_core::features::is_holdout(u64::from_le_bytes(first), fraction, seed) {
+                continue;
+            }
+        }
+        scores.push(score);
+        labels.push(if label == positive { 1.0 } else { 0.0 });
+    }
+    Ok((scores, labels))
+}
+
+/// A record scored from the exported files.
+#[derive(Debug, Clone)]
+pub struct ScoredRecord {
+    /// The record.
+    pub record: csv::StringRecord,
+    /// Its score.
+    pub score: f64,
+    /// Its holdout key bytes but the label's: the parsed numerics as f64 bits, then the
+    /// categorical slots as u32, little-endian.
+    pub key: Vec<u8>,
+}
+
+/// The header of `csv_path` and, in file order, each record whose declared columns all parse,
+/// with its score from the exported files only. Needs no label column; records with another
+/// field count than the header's are left out.
+pub fn score_records(
+    pipe: &Value,
+    w: &[f64],
+    csv_path: &Path,
+) -> anyhow::Result<(Vec<String>, Vec<ScoredRecord>)> {
     let mut reader = csv::Reader::from_path(csv_path)?;
     let header: Vec<String> = reader.headers()?.iter().map(String::from).collect();
     let at: HashMap<&str, usize> = header
@@ -99,14 +153,10 @@ pub fn score_from_files(
     let columns = pipe["columns"]
         .as_array()
         .context("pipeline.json: columns")?;
-    let label_at = col_at(&pipe["label"]["column"])?;
-    let positive = pipe["label"]["positive"]
-        .as_str()
-        .context("label.positive")?;
-    let (mut scores, mut labels) = (Vec::new(), Vec::new());
+    let mut out = Vec::new();
     'rows: for record in reader.records() {
         let Ok(record) = record else { continue };
-        let mut key = Sha256::new();
+        let mut key = Vec::new();
         let mut slot_bytes = Vec::new();
         let mut x = vec![0.0; d];
         for col in columns {
@@ -117,7 +167,7 @@ pub fn score_from_files(
                         continue 'rows;
                     };
                     let j = idx(&col["index"], "index")?;
-                    key.update(v.to_bits().to_le_bytes());
+                    key.extend_from_slice(&v.to_bits().to_le_bytes());
                     let v = match col["range"].as_array().map(|r| r.as_slice()) {
                         Some([low, high]) => v.clamp(num(low, "range")?, num(high, "range")?),
                         _ => v,
@@ -146,20 +196,6 @@ pub fn score_from_files(
                 other => bail!("pipeline.json: column type {other}"),
             }
         }
-        let label = record.get(label_at).unwrap_or("").trim();
-        if label.is_empty() {
-            continue;
-        }
-        if let Some((fraction, seed)) = holdout {
-            key.update(&slot_bytes);
-            key.update([u8::from(label == positive)]);
-            let digest = key.finalize();
-            let mut first = [0u8; 8];
-            first.copy_from_slice(&digest[..8]);
-            if !fedmark_core::features::is_holdout(u64::from_le_bytes(first), fraction, seed) {
-                continue;
-            }
-        }
         let z = match pipe["model"]["kind"].as_str().unwrap_or("") {
             "logistic" => {
                 let (wo, _) = layer("w")?;
@@ -185,8 +221,12 @@ pub fn score_from_files(
             }
             other => bail!("pipeline.json: model kind {other}"),
         };
-        scores.push(1.0 / (1.0 + (-z).exp()));
-        labels.push(if label == positive { 1.0 } else { 0.0 });
+        key.extend_from_slice(&slot_bytes);
+        out.push(ScoredRecord {
+            record,
+            score: 1.0 / (1.0 + (-z).exp()),
+            key,
+        });
     }
-    Ok((scores, labels))
+    Ok((header, out))
 }

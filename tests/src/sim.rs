@@ -47,12 +47,18 @@ use crate::partition::{Split, partition_csv, partition_csv_keyed};
 use crate::synthetic;
 
 /// Everything a simulation run needs.
+///
+/// The defaults point into the source tree this crate was built from (for the tests); the
+/// `fedmark-sim` binary resolves its own defaults from the working folder.
 #[derive(Debug, Clone)]
 pub struct SimOptions {
     /// Source CSV (ignored with a synthetic workload).
     pub data: PathBuf,
     /// Job spec (ignored with a synthetic workload).
     pub spec: PathBuf,
+    /// Write the final model into this folder as `model export` does (`weights.npy`,
+    /// `pipeline.json`, `model_card.json`), with the coordinator's own export code.
+    pub export: Option<PathBuf>,
     /// Number of partners.
     pub partners: usize,
     /// How rows are split among partners.
@@ -116,6 +122,7 @@ impl Default for SimOptions {
         Self {
             data: root.join("data/bank_marketing.csv"),
             spec: root.join("examples/bank-job.toml"),
+            export: None,
             partners: 5,
             split: Split::ByColumn("job".into()),
             rounds: None,
@@ -248,6 +255,19 @@ pub struct SimFinal {
     pub delta: Option<f64>,
 }
 
+/// What `--export` wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimExport {
+    /// The folder.
+    pub dir: PathBuf,
+    /// The committed round exported (the last).
+    pub round: u64,
+    /// SHA-256 of the weights, as the audit chain and the model card name them.
+    pub model_sha256: String,
+    /// The files written.
+    pub files: Vec<PathBuf>,
+}
+
 /// The simulation report (`--report`).
 #[derive(Debug, Clone, Serialize)]
 pub struct SimReport {
@@ -268,6 +288,9 @@ pub struct SimReport {
     pub model_sha256: String,
     /// Seconds from start to the coordinator's last round.
     pub seconds: f64,
+    /// The model export (`--export`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export: Option<SimExport>,
 }
 
 /// Partner id of partner `i`.
@@ -531,14 +554,37 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     let in_process = matches!(coordinator, CoordinatorRun::InProcess(_));
     let outcome = coordinator.finish().await?;
     let seconds = started.elapsed().as_secs_f64();
-    // The coordinator's audit chain beside the partners' (`audit verify` checks it too).
+    // The coordinator's store: in this process, or the finished coordinator process's.
+    let store = match (in_process, &opts.export) {
+        (true, _) => Some(coordinator_store.clone()),
+        (false, Some(_)) => Some(
+            Store::open(&work.path().join("data")).context("opening the coordinator's store")?,
+        ),
+        (false, None) => None,
+    };
+    let export = match (&opts.export, &store) {
+        (Some(dir), Some(store)) => {
+            let done =
+                fedmark_coordinator::export::export_model(store, &outcome.report.job_id, None, dir)
+                    .with_context(|| format!("exporting the model into {}", dir.display()))?;
+            Some(SimExport {
+                dir: dir.clone(),
+                round: done.round,
+                model_sha256: done.model_sha256,
+                files: done.files,
+            })
+        }
+        _ => None,
+    };
+    // The coordinator's audit chain beside the partners' (`audit verify` checks it too), the
+    // export's record included.
     let coordinator_audit = audit_dir.join("coordinator.audit.jsonl");
-    if in_process {
-        std::fs::write(&coordinator_audit, coordinator_store.audit_text()?)
-    } else {
-        std::fs::copy(work.path().join("data/audit.jsonl"), &coordinator_audit).map(|_| ())
+    match &store {
+        Some(store) => std::fs::write(&coordinator_audit, store.audit_text()?),
+        None => std::fs::copy(work.path().join("data/audit.jsonl"), &coordinator_audit).map(|_| ()),
     }
     .with_context(|| format!("writing {}", coordinator_audit.display()))?;
+    drop(store);
     for c in clients {
         if let Err(e) = c.await.context("client task")? {
             warn!(error = %format!("{e:#}"), "a partner ended with an error");
@@ -616,6 +662,7 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         model_sha256: fedmark_core::audit::f64s_sha256(&outcome.model.params),
         job: outcome.report,
         seconds,
+        export,
     })
 }
 

@@ -152,10 +152,12 @@ fn export_and_check(model: &str, hidden: Option<usize>) {
             "score.py AUC {py_auc} vs Rust {auc} on {}",
             csv_path.display()
         );
+        // `row,score,decile`: without --id the key is the record's position.
         let py_scores: Vec<f64> = std::fs::read_to_string(&scores_file)
             .unwrap()
             .lines()
-            .map(|l| l.parse().unwrap())
+            .skip(1)
+            .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
             .collect();
         assert_eq!(py_scores.len(), expected.len());
         for (i, (a, b)) in py_scores.iter().zip(&expected).enumerate() {

@@ -2,6 +2,10 @@
 //! gRPC API over the network: submit, list, watch and cancel jobs, export a model or a job's
 //! audit records. Where the coordinator is and the admin credential come from `admin.toml`
 //! (see `examples/admin.toml`). Human output by default, `--json` for scripts.
+//!
+//! `fedmark score` works offline, on an exported model's files, and needs no coordinator:
+//! it scores a CSV of prospects into `id,score,decile` (see
+//! [`fedmark_coordinator::scoring`]).
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -68,6 +72,30 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Score a CSV of prospects with an exported model (offline: no coordinator, no
+    /// admin.toml). Writes `id,score,decile` — decile 1 holds the highest scores — one line
+    /// per scored row in input order; the label column is not needed. Rows that cannot be
+    /// scored are reported with their line, identifier and reason, never dropped silently.
+    Score(ScoreArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ScoreArgs {
+    /// The folder `fedmark model export` wrote (pipeline.json, weights.npy).
+    model: PathBuf,
+    /// The CSV to score, with a header row (`-` reads standard input).
+    input: PathBuf,
+    /// The identifier column, copied into the output so each score joins back to its row.
+    #[arg(long, value_name = "COLUMN")]
+    id: String,
+    /// Write the scores to FILE (through a temporary file, renamed when complete) instead of
+    /// standard output.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Write every skipped row to FILE as CSV (`line,id,reason`); without it the first
+    /// 10 are printed on standard error.
+    #[arg(long, value_name = "FILE")]
+    skipped: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +207,15 @@ fn usage(error: anyhow::Error) -> Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Score(args) = &cli.command {
+        return match score(args, cli.json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(f) => {
+                eprintln!("error: {:#}", f.error);
+                ExitCode::from(f.code)
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -365,6 +402,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let (summary, files) = receive_files(stream, &out, None).await?;
             report_export(json, &summary, &files);
         }
+        Command::Score(_) => {
+            return Err(anyhow::anyhow!("`score` runs without a coordinator").into());
+        }
         Command::Audit {
             command: AuditCommand::Export { id, out },
         } => {
@@ -391,6 +431,222 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
     }
     Ok(0)
+}
+
+/// Skipped rows shown on standard error without `--skipped`.
+const SKIPPED_SHOWN: u64 = 10;
+
+/// A file written through `PATH.tmp` and renamed into place by [`Staged::commit`]; dropped
+/// uncommitted, the temporary file is removed, so an interrupted run leaves no half file.
+struct Staged {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl Staged {
+    fn create(path: &Path) -> anyhow::Result<Self> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let file =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            tmp,
+            file: Some(std::io::BufWriter::new(file)),
+        })
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match &mut self.file {
+            Some(f) => f,
+            None => unreachable!("a committed file is not written again"),
+        }
+    }
+
+    fn commit(mut self) -> anyhow::Result<()> {
+        if let Some(mut f) = self.file.take() {
+            f.flush()
+                .with_context(|| format!("writing {}", self.tmp.display()))?;
+        }
+        std::fs::rename(&self.tmp, &self.path)
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// `fedmark score`: reads the export, streams the input through
+/// [`fedmark_coordinator::scoring::score_csv`], reports progress and skipped rows on stderr
+/// (or the skipped rows to `--skipped`).
+fn score(args: &ScoreArgs, json: bool) -> Result<(), Failure> {
+    use fedmark_coordinator::scoring::{self, Progress, Skipped};
+    use fedmark_core::pipeline::Pipeline;
+
+    let read = |p: &Path| {
+        std::fs::read(p)
+            .with_context(|| format!("reading {} (is it a `model export` folder?)", p.display()))
+            .map_err(usage)
+    };
+    let pipeline_path = args.model.join("pipeline.json");
+    let text = String::from_utf8(read(&pipeline_path)?)
+        .with_context(|| format!("{} is not UTF-8 text", pipeline_path.display()))
+        .map_err(usage)?;
+    let pipeline = Pipeline::from_json(&text)
+        .with_context(|| format!("in {}", args.model.display()))
+        .map_err(usage)?;
+    let weights_path = args.model.join(pipeline.weights_file());
+    let model = pipeline
+        .with_weights(&read(&weights_path)?)
+        .with_context(|| format!("in {}", weights_path.display()))
+        .map_err(usage)?;
+
+    let stdin = args.input.as_os_str() == "-";
+    let input: Box<dyn std::io::Read> = if stdin {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(
+            std::fs::File::open(&args.input)
+                .with_context(|| format!("opening {}", args.input.display()))
+                .map_err(usage)?,
+        )
+    };
+    // The spool beside the output, so a large audience does not fill a small /tmp.
+    let spool_dir = args
+        .out
+        .as_deref()
+        .and_then(Path::parent)
+        .filter(|p| !p.as_os_str().is_empty());
+    let spool = match spool_dir {
+        Some(dir) => tempfile::tempfile_in(dir),
+        None => tempfile::tempfile(),
+    }
+    .context("creating the spool file")?;
+    let mut out = args.out.as_deref().map(Staged::create).transpose()?;
+    let mut report = match &args.skipped {
+        Some(path) => {
+            let mut staged = Staged::create(path)?;
+            staged
+                .writer()
+                .write_all(b"line,id,reason\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+            Some(staged)
+        }
+        None => None,
+    };
+    let mut stdout = std::io::stdout().lock();
+    let output: &mut dyn Write = match &mut out {
+        Some(staged) => staged.writer(),
+        None => &mut stdout,
+    };
+    let mut shown = 0u64;
+    let on_skip = |s: Skipped<'_>| -> std::io::Result<()> {
+        let id = String::from_utf8_lossy(s.id);
+        match &mut report {
+            Some(staged) => {
+                let mut row = csv::Writer::from_writer(Vec::new());
+                row.write_record([s.line.to_string(), id.into_owned(), s.reason.to_string()])?;
+                let bytes = row.into_inner().map_err(|e| e.into_error())?;
+                staged.writer().write_all(&bytes)
+            }
+            None => {
+                if shown < SKIPPED_SHOWN {
+                    eprintln!("skipped line {}, id {id:?}: {}", s.line, s.reason);
+                }
+                shown += 1;
+                Ok(())
+            }
+        }
+    };
+    let tty = std::io::stderr().is_terminal();
+    let on_progress = |p: Progress| match p {
+        Progress::Read { rows } => eprintln!("… {rows} rows read"),
+        Progress::Ranking { scored } if tty || scored >= scoring::PROGRESS_EVERY => {
+            eprintln!("… {scored} rows scored; ranking them into deciles")
+        }
+        Progress::Ranking { .. } | Progress::Writing => {}
+    };
+    let scored = scoring::score_csv(&model, input, &args.id, spool, output, on_skip, on_progress);
+    if let Err(scoring::ScoreError::Write(e)) = &scored
+        && let csv::ErrorKind::Io(io) = e.kind()
+        && io.kind() == std::io::ErrorKind::BrokenPipe
+        && args.out.is_none()
+    {
+        // Whoever read standard output stopped early (`fedmark score … | head`).
+        return Ok(());
+    }
+    let summary = scored.map_err(|e| {
+        let code = if e.is_bad_input() { EXIT_USAGE } else { 1 };
+        let input = args.input.display();
+        Failure {
+            code,
+            error: anyhow::Error::new(e).context(format!("scoring {input}")),
+        }
+    })?;
+    if let Some(staged) = out {
+        staged.commit()?;
+    }
+    if let Some(staged) = report {
+        staged.commit()?;
+    }
+    let p = &model.pipeline;
+    let skipped = summary.skipped_total();
+    if json {
+        let reasons: serde_json::Map<String, Value> = summary
+            .skipped
+            .iter()
+            .map(|(r, n)| (r.to_string(), json!(n)))
+            .collect();
+        eprintln!(
+            "{}",
+            json!({
+                "job_id": p.job_id, "round": p.round, "rows": summary.rows,
+                "scored": summary.scored, "skipped": skipped, "skipped_by_reason": reasons,
+                "decile_cuts": summary.cuts.cuts(),
+                "out": args.out.as_ref().map(|o| o.display().to_string()),
+                "skipped_file": args.skipped.as_ref().map(|o| o.display().to_string()),
+            })
+        );
+        return Ok(());
+    }
+    if args.skipped.is_none() && skipped > SKIPPED_SHOWN {
+        eprintln!(
+            "… and {} more skipped rows (--skipped FILE lists them all)",
+            skipped - SKIPPED_SHOWN
+        );
+    }
+    let reasons: Vec<String> = summary
+        .skipped
+        .iter()
+        .map(|(r, n)| format!("{r} in {n}"))
+        .collect();
+    eprintln!(
+        "scored {} of {} rows with {} ({}) round {}{}",
+        summary.scored,
+        summary.rows,
+        p.job_id,
+        p.name,
+        p.round,
+        if skipped == 0 {
+            String::new()
+        } else {
+            format!("; {skipped} skipped: {}", reasons.join(", "))
+        }
+    );
+    if let Some(o) = &args.out {
+        eprintln!("  scores: {}", o.display());
+    }
+    if let Some(s) = &args.skipped {
+        eprintln!("  skipped rows: {}", s.display());
+    }
+    Ok(())
 }
 
 fn report_export(json: bool, summary: &str, files: &[PathBuf]) {

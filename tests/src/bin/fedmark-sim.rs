@@ -1,7 +1,11 @@
 //! `fedmark-sim`: a coordinator and N partners in one process over real gRPC on 127.0.0.1.
 //! With no flags it runs the shipped bank-marketing job with 5 partners split by job group.
+//!
+//! The default job spec and data are `examples/bank-job.toml` and `data/bank_marketing.csv`
+//! in the working folder, so an edited local copy is what runs; where the working folder has
+//! no such file, the copy built into the binary is used, and the run says so on stderr.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,15 +19,25 @@ use tracing_subscriber::EnvFilter;
 #[command(
     name = "fedmark-sim",
     version,
-    about = "Simulate a multi-party fedmark job on one machine"
+    about = "Simulate a multi-party fedmark job on one machine",
+    after_help = "Default inputs: examples/bank-job.toml and data/bank_marketing.csv are read from \
+                  the working folder, so an edited local copy takes effect. Where the working \
+                  folder has no such file, fedmark-sim uses the copy built into the binary \
+                  (the repository's, as of the build) and says so on stderr."
 )]
 struct Cli {
-    /// CSV to split among partners [default: data/bank_marketing.csv].
+    /// CSV to split among partners [default: data/bank_marketing.csv in the working folder,
+    /// else the built-in copy].
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Job spec [default: examples/bank-job.toml].
-    #[arg(long)]
+    /// Job spec [default: examples/bank-job.toml in the working folder, else the built-in
+    /// copy].
+    #[arg(long, visible_alias = "job")]
     spec: Option<PathBuf>,
+    /// Also export the trained model into DIR, as `fedmark model export` does: weights.npy,
+    /// pipeline.json and model_card.json (`fedmark score DIR …` scores with it).
+    #[arg(long, value_name = "DIR", conflicts_with = "bench")]
+    export: Option<PathBuf>,
     /// Number of partners.
     #[arg(long, default_value_t = 5)]
     partners: usize,
@@ -112,6 +126,34 @@ struct Cli {
     audit_dir: Option<PathBuf>,
 }
 
+/// The default job spec, relative to the working folder.
+const DEFAULT_SPEC: &str = "examples/bank-job.toml";
+/// The default data, relative to the working folder.
+const DEFAULT_DATA: &str = "data/bank_marketing.csv";
+/// The repository's job spec as of the build, for runs outside a checkout.
+const BUILTIN_SPEC: &str = include_str!("../../../examples/bank-job.toml");
+/// The repository's data as of the build (UCI Bank Marketing, CC BY 4.0, see data/README.md).
+const BUILTIN_DATA: &[u8] = include_bytes!("../../../data/bank_marketing.csv");
+
+/// A default input: `relative` in the working folder when it is there, else the built-in copy
+/// written into `scratch`, which the run announces on stderr.
+fn default_input(relative: &str, builtin: &[u8], scratch: &Path) -> anyhow::Result<PathBuf> {
+    let local = PathBuf::from(relative);
+    if local.is_file() {
+        return Ok(local);
+    }
+    let name = local.file_name().context("a default input names a file")?;
+    let copy = scratch.join(name);
+    std::fs::write(&copy, builtin).with_context(|| format!("writing {}", copy.display()))?;
+    eprintln!(
+        "no {relative} in the working folder ({}): using the copy built into fedmark-sim",
+        std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|_| "unknown".into())
+    );
+    Ok(copy)
+}
+
 /// Parses `--withdraw ROUND:FRACTION`.
 fn parse_withdraw(text: &str) -> anyhow::Result<(u64, f64)> {
     let (round, fraction) = text
@@ -149,12 +191,20 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let mut opts = SimOptions::default();
-    if let Some(d) = cli.data {
-        opts.data = d;
-    }
-    if let Some(s) = cli.spec {
-        opts.spec = s;
-    }
+    // Holds the built-in inputs, when they are used, for the run.
+    let scratch = tempfile::tempdir().context("creating a scratch folder")?;
+    let synthetic = cli.synthetic_dim.is_some();
+    opts.data = match cli.data {
+        Some(d) => d,
+        None if synthetic => PathBuf::new(),
+        None => default_input(DEFAULT_DATA, BUILTIN_DATA, scratch.path())?,
+    };
+    opts.spec = match cli.spec {
+        Some(s) => s,
+        None if synthetic => PathBuf::new(),
+        None => default_input(DEFAULT_SPEC, BUILTIN_SPEC.as_bytes(), scratch.path())?,
+    };
+    opts.export = cli.export;
     opts.partners = cli.partners;
     opts.split = match cli.split.as_deref() {
         None => Split::ByColumn(cli.split_by),
@@ -233,6 +283,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let (Some(e), Some(d)) = (f.epsilon, f.delta) {
         println!("privacy: ({e:.4}, {d:e})-DP; {}", report.job.stop_reason);
+    }
+    if let Some(x) = &report.export {
+        let names: Vec<String> = x
+            .files
+            .iter()
+            .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        println!(
+            "model of round {} exported to {}: {}",
+            x.round,
+            x.dir.display(),
+            names.join(", ")
+        );
     }
     if opts.consent_rate.is_some() {
         for r in &report.rounds {

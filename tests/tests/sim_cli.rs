@@ -1,0 +1,126 @@
+//! The simulator as a user runs it, from a folder of their own: the default job spec and data
+//! come from the working folder (an edited local copy takes effect), the built-in copies run
+//! where the folder has none (and the run says so), `--job` names a spec, and `--export DIR`
+//! writes what `model export` writes, loadable by `fedmark score`'s reader.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use fedmark_core::pipeline::Pipeline;
+use fedmark_tests::scoring::read_npy;
+use fedmark_tests::sim::workspace_root;
+use serde_json::Value;
+
+/// Runs `fedmark-sim` in `dir` with a small, fast setting and `args`.
+fn sim(dir: &Path, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_fedmark-sim"))
+        .args(["--partners", "3", "--tls", "off", "--no-baselines"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fedmark-sim {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn shipped_job() -> String {
+    std::fs::read_to_string(workspace_root().join("examples/bank-job.toml")).unwrap()
+}
+
+#[test]
+fn an_edited_local_job_file_changes_the_run_and_the_export_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("examples")).unwrap();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    std::fs::copy(
+        workspace_root().join("data/bank_marketing.csv"),
+        d.join("data/bank_marketing.csv"),
+    )
+    .unwrap();
+    let edited = shipped_job()
+        .replace("rounds = 20", "rounds = 2")
+        .replace("name = \"campaign-response\"", "name = \"local-edit\"");
+    assert_ne!(edited, shipped_job());
+    std::fs::write(d.join("examples/bank-job.toml"), edited).unwrap();
+
+    let out = sim(d, &["--export", "out/export", "--report", "report.json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("built into"), "{stderr}");
+    let report = json(&d.join("report.json"));
+    assert_eq!(report["rounds"].as_array().unwrap().len(), 2);
+    assert_eq!(report["job"]["name"], "local-edit");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("model of round 2 exported to out/export"),
+        "{stdout}"
+    );
+
+    // The export: the files `model export` writes, which read back into a model.
+    let export = d.join("out/export");
+    let text = std::fs::read_to_string(export.join("pipeline.json")).unwrap();
+    let pipeline = Pipeline::from_json(&text).unwrap();
+    assert_eq!(pipeline.round, 2);
+    assert_eq!(pipeline.name, "local-edit");
+    assert_eq!(pipeline.job_id, report["job"]["job_id"].as_str().unwrap());
+    let weights = std::fs::read(export.join(pipeline.weights_file())).unwrap();
+    let model = pipeline.with_weights(&weights).unwrap();
+    assert_eq!(
+        read_npy(&export.join("weights.npy")).unwrap(),
+        model.model.params
+    );
+    let card = json(&export.join("model_card.json"));
+    assert_eq!(card["job_id"], report["job"]["job_id"]);
+    assert_eq!(report["export"]["model_sha256"], card["model"]["sha256"]);
+    // The export is in the coordinator's audit chain, as `model export` records it.
+    let audit = std::fs::read_to_string(d.join("fedmark-audit/coordinator.audit.jsonl")).unwrap();
+    assert!(audit.contains("\"kind\":\"model_exported\""));
+
+    // `--job` names another spec.
+    let other = shipped_job().replace("rounds = 20", "rounds = 1");
+    std::fs::write(d.join("one-round.toml"), other).unwrap();
+    sim(d, &["--job", "one-round.toml", "--report", "one.json"]);
+    assert_eq!(
+        json(&d.join("one.json"))["rounds"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn without_local_defaults_the_built_in_copies_run_and_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = sim(dir.path(), &["--rounds", "1", "--report", "report.json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for default in ["examples/bank-job.toml", "data/bank_marketing.csv"] {
+        assert!(
+            stderr.contains(&format!("no {default} in the working folder")),
+            "{stderr}"
+        );
+    }
+    assert!(stderr.contains("built into fedmark-sim"), "{stderr}");
+    let report = json(&dir.path().join("report.json"));
+    assert_eq!(report["job"]["name"], "campaign-response");
+    assert_eq!(report["rounds"].as_array().unwrap().len(), 1);
+
+    let help = Command::new(env!("CARGO_BIN_EXE_fedmark-sim"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("working folder"), "{help}");
+    assert!(help.contains("--export <DIR>"), "{help}");
+    assert!(help.contains("[alias: --job]"), "{help}");
+}
