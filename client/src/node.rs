@@ -601,7 +601,23 @@ fn data_refusal(e: DataError) -> String {
         DataError::MissingColumn { column, .. } => {
             format!("the partner's data lacks the declared column `{column}`")
         }
-        DataError::Empty { .. } => "the partner's data has no usable row for this job".into(),
+        DataError::Empty { by_reason, .. } => {
+            // The columns at fault, never counts or values: what a data scientist needs to fix
+            // the spec (a text column declared numeric, say).
+            let columns: Vec<String> = by_reason
+                .keys()
+                .filter_map(|r| r.column())
+                .map(|c| format!("`{c}`"))
+                .collect();
+            if columns.is_empty() {
+                "the partner's data has no usable row for this job".into()
+            } else {
+                format!(
+                    "the partner's data has no usable row for this job: declared numeric column {} holds no number",
+                    columns.join(", ")
+                )
+            }
+        }
         _ => "the partner's data cannot be read (see the partner's log)".into(),
     }
 }
@@ -1752,5 +1768,44 @@ impl Node {
             })));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::SkipReason;
+
+    /// A refusal for unusable data names the numeric columns at fault, and nothing else of
+    /// the data (no counts, no values).
+    #[test]
+    fn a_data_refusal_names_the_column_but_no_count() {
+        let by_reason = [
+            (
+                SkipReason::BadNumber {
+                    column: "age".into(),
+                },
+                1200,
+            ),
+            (SkipReason::Malformed, 3),
+        ]
+        .into_iter()
+        .collect();
+        let reason = data_refusal(DataError::Empty {
+            path: "/secret/path.csv".into(),
+            skipped: 1203,
+            by_reason,
+        });
+        assert!(reason.contains("`age`"), "{reason}");
+        assert!(
+            !reason.contains("1200") && !reason.contains("1203") && !reason.contains("secret"),
+            "{reason}"
+        );
+        let plain = data_refusal(DataError::Empty {
+            path: "p".into(),
+            skipped: 0,
+            by_reason: Default::default(),
+        });
+        assert_eq!(plain, "the partner's data has no usable row for this job");
     }
 }
