@@ -105,6 +105,9 @@ impl PartnerServer {
     }
 }
 
+/// Starts of one job without a committed round after which it is failed instead of resumed.
+pub const MAX_STARTS_WITHOUT_PROGRESS: u32 = 3;
+
 /// How one scheduled job ended.
 enum Ended {
     Ran(Result<(), JobError>),
@@ -183,7 +186,21 @@ pub async fn serve_jobs(
                     continue;
                 }
             };
-            info!(job = %id, name = %spec.job.name, "starting job");
+            // A job that brings the coordinator down before it commits anything (a crash
+            // each time) would be resumed first after every restart, for ever: after
+            // MAX_STARTS_WITHOUT_PROGRESS such starts it is failed and the queue goes on.
+            let starts = store.record_start(&id)?;
+            if starts > MAX_STARTS_WITHOUT_PROGRESS {
+                let reason = format!(
+                    "started {starts} times without committing a round (the coordinator stopped during each start); failed so that the queue goes on — check the coordinator's log, then resubmit"
+                );
+                warn!(job = %id, starts, "job failed: no progress across restarts");
+                let event = ("job_failed", json!({"job": id, "reason": reason, "starts": starts}));
+                board.end_job(&store, &id, JobStatus::Failed, &reason, event)?;
+                queue.finish();
+                continue;
+            }
+            info!(job = %id, name = %spec.job.name, starts, "starting job");
             let hub = Hub::new(
                 server.sessions.clone(),
                 Arc::clone(&server.events),

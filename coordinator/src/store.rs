@@ -46,6 +46,9 @@ const CHECKPOINTS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::ne
 const VECTORS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("vectors");
 const ATTEMPTS: TableDefinition<'_, (&str, u64), u32> = TableDefinition::new("attempts");
 const AUDIT: TableDefinition<'_, u64, &str> = TableDefinition::new("audit");
+/// Per job: starts since its last committed round (a job that never gets that far keeps
+/// counting, so a restart cannot loop on it for ever).
+const STARTS: TableDefinition<'_, &str, u32> = TableDefinition::new("starts_without_progress");
 
 /// Why the store could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -551,7 +554,20 @@ impl Store {
                 .insert((job, round), header.as_slice())?;
             txn.open_table(VECTORS)?
                 .insert((job, round), blob.as_slice())?;
+            // Progress: the job's count of starts without progress begins again.
+            txn.open_table(STARTS)?.remove(job)?;
             Ok(())
+        })
+    }
+
+    /// Counts (durably) one more start of `job` and returns how many starts it has had since
+    /// it last committed a round, this one included.
+    pub fn record_start(&self, job: &str) -> Result<u32, StoreError> {
+        self.write(Vec::new(), |txn| {
+            let mut table = txn.open_table(STARTS)?;
+            let n = table.get(job)?.map_or(0, |v| v.value()).saturating_add(1);
+            table.insert(job, n)?;
+            Ok(n)
         })
     }
 
@@ -742,6 +758,29 @@ mod tests {
             reason: None,
             report: None,
         }
+    }
+
+    /// Starts count up until a round commits, then begin again: a job that crashes the
+    /// coordinator before its first commit keeps counting across restarts.
+    #[test]
+    fn starts_without_progress_count_until_a_round_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let store = Store::init(&data).unwrap();
+        assert_eq!(store.record_start("job-a").unwrap(), 1);
+        assert_eq!(store.record_start("job-a").unwrap(), 2);
+        assert_eq!(store.record_start("job-b").unwrap(), 1);
+        drop(store);
+        let store = Store::open(&data).unwrap();
+        assert_eq!(
+            store.record_start("job-a").unwrap(),
+            3,
+            "durable across a restart"
+        );
+        store
+            .commit_round("job-a", &checkpoint(1, &[0.5]), &[0.5], &[], Vec::new())
+            .unwrap();
+        assert_eq!(store.record_start("job-a").unwrap(), 1);
     }
 
     #[test]
