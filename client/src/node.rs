@@ -528,6 +528,9 @@ struct ActiveRound {
     /// The round's shape as this partner derived it.
     shape: RoundShape,
     model: Vec<f64>,
+    /// SHA-256 of the round's start model, kept when the model arrives (the model itself is
+    /// handed to the computation); empty until then and in rounds without a model.
+    model_sha256: String,
     /// Secure-aggregation state (secure rounds).
     secagg: Option<ClientRound>,
     /// The mask, expanded once the neighbours' shares arrived (secure rounds). The input
@@ -841,7 +844,8 @@ impl Node {
                         .collect::<Result<Vec<_>, _>>()
                         .and_then(|signatures| secagg.on_unmask(&signatures, &identity.roster))
                 };
-                let model = model_hash(&round.model);
+                // The hash kept at download: `round.model` went to the computation.
+                let model = round.model_sha256.clone();
                 match revealed {
                     Ok(shares) => {
                         // Checked against the rounds already unmasked from this model, and
@@ -1343,6 +1347,7 @@ impl Node {
             layout,
             shape,
             model: Vec::new(),
+            model_sha256: String::new(),
             secagg: None,
             mask: None,
             words: None,
@@ -1591,6 +1596,7 @@ impl Node {
                 });
                 let (job_id, number) = (round.rref.job_id.clone(), round.rref.round);
                 round.model = model;
+                round.model_sha256 = hash.clone();
                 self.audit("model_received", data)?;
                 // A round from a model this partner already helped unmask another round from
                 // is sat out at once (it would refuse that round's unmask anyway).

@@ -283,8 +283,12 @@ async fn secure_round_survives_dropouts_at_every_phase() {
         ),
     ];
     let mut partners = Vec::new();
+    let mut p0_rounds = None;
     for (i, id) in ids.iter().enumerate() {
         let cfg = client_config(coordinator.addr, id, files[i].0.clone(), i as u64);
+        if i == 0 {
+            p0_rounds = cfg.rounds_path();
+        }
         let options = with_identity(&identities[i]);
         if let Some((_, d)) = drops.iter().find(|(p, _)| *p == i) {
             options.dropouts.lock().unwrap().push(*d);
@@ -317,6 +321,17 @@ async fn secure_round_survives_dropouts_at_every_phase() {
             assert!(result.is_ok(), "p{i}: {result:?}");
         }
     }
+    // The partner's durable round record names the start model of every round it helped
+    // unmask (training rounds 1-3 and the final evaluation, each from its own model), which
+    // is what stops it helping unmask a second round from one model.
+    let text = std::fs::read_to_string(p0_rounds.expect("a durable round record")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let models = record[outcome.report.job_id.as_str()]["unmasked_models"]
+        .as_object()
+        .expect("unmasked_models recorded");
+    let mut rounds: Vec<u64> = models.values().map(|r| r.as_u64().unwrap()).collect();
+    rounds.sort_unstable();
+    assert_eq!(rounds, vec![1, 2, 3, 4], "{models:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
