@@ -452,6 +452,15 @@ impl Ledger {
         }
     }
 
+    /// What `purpose` has spent across jobs (an empty ledger if nothing yet).
+    fn purpose_spent(&self, purpose: &str) -> Accountant {
+        self.state
+            .purposes
+            .get(purpose)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// The record of job `job_id`, if this partner has been charged for it.
     pub fn job(&self, job_id: &str) -> Option<&JobRecord> {
         self.state.jobs.get(job_id)
@@ -517,12 +526,7 @@ impl Ledger {
         let pending = terms.plan.evaluation_noise.is_some() && !evaluated;
         let remaining = terms.planned_rounds.saturating_sub(done);
         let runnable = Self::rounds_within_budget(&job_spent, terms.plan, remaining, pending)?;
-        let purpose = self
-            .state
-            .purposes
-            .get(terms.purpose)
-            .cloned()
-            .unwrap_or_default();
+        let purpose = self.purpose_spent(terms.purpose);
         let projected = with_evaluation(
             with_rounds(&purpose, terms.plan, runnable)?,
             terms.plan,
@@ -607,12 +611,7 @@ impl Ledger {
                 budget: terms.plan.epsilon,
             });
         }
-        let purpose = self
-            .state
-            .purposes
-            .get(terms.purpose)
-            .cloned()
-            .unwrap_or_default();
+        let purpose = self.purpose_spent(terms.purpose);
         let purpose_after = charge(&purpose)?;
         if let Some(cap) = terms.cap {
             let after = purpose_after.epsilon(terms.plan.delta)?.0;
