@@ -30,7 +30,6 @@
 //! format (a map of purpose to spent RDP) still load; they have no per-job records.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use fedmark_core::accountant::{Accountant, AccountantError};
@@ -221,26 +220,13 @@ fn io_error(path: &Path, e: impl std::fmt::Display) -> LedgerError {
     }
 }
 
-/// Writes `bytes` to `path` durably: a temporary file in the same folder, fsynced, renamed
-/// over `path`, and the folder fsynced so the rename itself survives a crash.
+/// Writes `bytes` to `path` durably ([`fedmark_proto::durable::replace`]), creating its
+/// folder first.
 pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "ledger".into());
-    let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
     }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(&dir)?.sync_all()?;
+    fedmark_proto::durable::replace(path, bytes)?;
     #[cfg(test)]
     SYNCS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     Ok(())

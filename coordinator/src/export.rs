@@ -15,11 +15,13 @@
 //! verifiable chain on its own (records of other jobs are cut out), so it carries the full
 //! chain's head to check `audit.jsonl` against.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use fedmark_core::features::{Categorical, FeatureSchema, Standardizer};
 use fedmark_core::model::Architecture;
 use fedmark_core::spec::JobSpec;
+use fedmark_proto::durable::AtomicFile;
 use serde_json::{Value, json};
 
 use crate::job::{JobError, JobOutcome, stored_outcome};
@@ -250,43 +252,30 @@ pub fn pipeline(
     })
 }
 
-/// Writes through a temporary file and a rename, so a crash never leaves half a file.
+/// Replaces `path` with `bytes` durably ([`fedmark_proto::durable`]): a crash never leaves
+/// half a file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
-    write_through_temp(path, |file| {
-        use std::io::Write;
-        file.write_all(bytes)
-    })
+    write_through_temp(path, |file| file.write_all(bytes))
 }
 
-/// Pretty JSON of `value` streamed into `path` through a temporary file and a rename, as
-/// [`write_atomic`], for values too large to hold twice in memory, such as a model of
-/// millions of parameters; the bytes are those [`json_bytes`] would give.
+/// Pretty JSON of `value` streamed into `path` as [`write_atomic`] writes, for values too
+/// large to hold twice in memory, such as a model of millions of parameters; the bytes are
+/// those [`json_bytes`] would give.
 pub fn write_json_streamed(path: &Path, value: &impl serde::Serialize) -> Result<(), ExportError> {
     write_through_temp(path, |file| {
-        use std::io::Write;
-        let mut out = std::io::BufWriter::new(file);
-        serde_json::to_writer_pretty(&mut out, value)?;
-        out.write_all(b"\n")?;
-        out.flush()
+        serde_json::to_writer_pretty(&mut *file, value)?;
+        file.write_all(b"\n")
     })
 }
 
-/// Creates `path.tmp`, lets `write` fill it, and renames it to `path`.
 fn write_through_temp(
     path: &Path,
-    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+    write: impl FnOnce(&mut AtomicFile) -> std::io::Result<()>,
 ) -> Result<(), ExportError> {
-    let failed = |p: &Path, source| ExportError::Io {
-        path: p.display().to_string(),
+    fedmark_proto::durable::replace_with(path, write).map_err(|source| ExportError::Io {
+        path: path.display().to_string(),
         source,
-    };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = std::fs::File::create(&tmp).map_err(|e| failed(&tmp, e))?;
-    write(&mut file).map_err(|e| failed(&tmp, e))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| failed(path, e))
+    })
 }
 
 /// Pretty JSON of `value` with a final newline, as every exported JSON file is written.

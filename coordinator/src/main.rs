@@ -429,7 +429,7 @@ fn roster_init(partners: &[String], out: &Path) -> anyhow::Result<()> {
         write_secret(&path, &signing_key_hex(&key))?;
     }
     let path = out.join("roster.toml");
-    std::fs::write(&path, roster.to_toml()?)
+    fedmark_proto::durable::replace(&path, roster.to_toml()?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
     println!(
         "wrote {} and {} identity keys in {}",

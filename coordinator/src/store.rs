@@ -444,9 +444,7 @@ impl Store {
             path: mirror.display().to_string(),
             source,
         };
-        let tmp = mirror.with_extension("jsonl.tmp");
-        std::fs::write(&tmp, self.audit_text()?).map_err(io)?;
-        std::fs::rename(&tmp, mirror).map_err(io)
+        fedmark_proto::durable::replace(mirror, self.audit_text()?.as_bytes()).map_err(io)
     }
 
     /// Records audit events on their own.

@@ -2,6 +2,8 @@
 //!
 //! Only types live here: what the messages mean and how they are validated is the business of
 //! `fedmark-core` (the protocol logic) and of the coordinator and client crates (the I/O glue).
+//! The crate also holds what both sides share at the boundary: [`durable`], the one atomic
+//! file replace.
 
 #![allow(missing_docs)]
 #![allow(clippy::large_enum_variant)]
@@ -13,6 +15,8 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+pub mod durable;
 
 /// Shared byte buffers of the generated messages.
 pub use bytes::Bytes;

@@ -580,7 +580,9 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     // export's record included.
     let coordinator_audit = audit_dir.join("coordinator.audit.jsonl");
     match &store {
-        Some(store) => std::fs::write(&coordinator_audit, store.audit_text()?),
+        Some(store) => {
+            fedmark_proto::durable::replace(&coordinator_audit, store.audit_text()?.as_bytes())
+        }
         None => std::fs::copy(work.path().join("data/audit.jsonl"), &coordinator_audit).map(|_| ()),
     }
     .with_context(|| format!("writing {}", coordinator_audit.display()))?;
@@ -697,12 +699,9 @@ fn consent_csv(
     text
 }
 
-/// Writes `text` to `path` through a temporary file and a rename, so a reader never sees
-/// half a file.
+/// Replaces `path` with `text` ([`fedmark_proto::durable`]): a reader never sees half a file.
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    fedmark_proto::durable::replace(path, text.as_bytes())
 }
 
 /// Draws each user of the partner file `data` a consent with probability `rate`, picks the

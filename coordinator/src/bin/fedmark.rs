@@ -7,6 +7,7 @@
 //! it scores a CSV of prospects into `id,score,decile` (see
 //! [`fedmark_coordinator::scoring`]).
 
+use fedmark_proto::durable::AtomicFile;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -436,50 +437,26 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
 /// Skipped rows shown on standard error without `--skipped`.
 const SKIPPED_SHOWN: u64 = 10;
 
-/// A file written through `PATH.tmp` and renamed into place by [`Staged::commit`]; dropped
+/// An output file replaced durably once scoring finished ([`AtomicFile`]); dropped
 /// uncommitted, the temporary file is removed, so an interrupted run leaves no half file.
-struct Staged {
-    path: PathBuf,
-    tmp: PathBuf,
-    file: Option<std::io::BufWriter<std::fs::File>>,
-}
+struct Staged(AtomicFile);
 
 impl Staged {
     fn create(path: &Path) -> anyhow::Result<Self> {
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let file =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        Ok(Self {
-            path: path.to_owned(),
-            tmp,
-            file: Some(std::io::BufWriter::new(file)),
-        })
+        AtomicFile::create(path)
+            .map(Self)
+            .with_context(|| format!("creating a temporary file beside {}", path.display()))
     }
 
     fn writer(&mut self) -> &mut dyn Write {
-        match &mut self.file {
-            Some(f) => f,
-            None => unreachable!("a committed file is not written again"),
-        }
+        &mut self.0
     }
 
-    fn commit(mut self) -> anyhow::Result<()> {
-        if let Some(mut f) = self.file.take() {
-            f.flush()
-                .with_context(|| format!("writing {}", self.tmp.display()))?;
-        }
-        std::fs::rename(&self.tmp, &self.path)
-            .with_context(|| format!("writing {}", self.path.display()))
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+    fn commit(self) -> anyhow::Result<()> {
+        let path = self.0.path().to_owned();
+        self.0
+            .commit()
+            .with_context(|| format!("writing {}", path.display()))
     }
 }
 
@@ -704,11 +681,8 @@ async fn receive_files(
                 Some(p) => p.to_path_buf(),
                 None => dir.join(name),
             };
-            let mut tmp = path.as_os_str().to_owned();
-            tmp.push(".tmp");
-            let tmp = PathBuf::from(tmp);
-            std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+            fedmark_proto::durable::replace(&path, &bytes)
+                .with_context(|| format!("writing {}", path.display()))?;
             written.push(path);
         } else {
             current = Some((open, bytes));
