@@ -1,6 +1,6 @@
 //! Model export with the real binaries: a job runs, `model export` writes weights.npy and
 //! pipeline.json, and scoring the partners' rows from those files alone — re-implemented here
-//! from the files' documented meaning, and with `examples/score.py` when numpy is installed —
+//! from the files' documented meaning, and with `examples/score.py` (ignored without numpy) —
 //! gives the scores fedmark's own model gives, for a logistic and an MLP job.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly
@@ -43,14 +43,9 @@ fn run(d: &Deployment) -> String {
     d.report().unwrap()["job_id"].as_str().unwrap().to_owned()
 }
 
-fn numpy_available() -> bool {
-    Command::new("python3")
-        .args(["-c", "import numpy"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn export_and_check(model: &str, hidden: Option<usize>) {
+/// Runs a job, exports it and scores the partners' rows from the files; with `python`, also
+/// with `examples/score.py` (which needs numpy: see `tests/build.rs`).
+fn export_and_check(model: &str, hidden: Option<usize>, python: bool) {
     let d = Deployment::new(&job(model)).unwrap();
     let id = run(&d);
     let out = d
@@ -110,7 +105,7 @@ fn export_and_check(model: &str, hidden: Option<usize>) {
     );
     drop(store);
 
-    let python = numpy_available();
+    let mut holdout_scores = (Vec::new(), Vec::new());
     for csv_path in &d.data {
         let all = HoldoutSplit {
             fraction: 0.0,
@@ -128,11 +123,14 @@ fn export_and_check(model: &str, hidden: Option<usize>) {
             );
         }
         let auc = fedmark_core::metrics::exact(&scores, &labels).auc;
+        let (s, l) = score_from_files(&pipe, &w, csv_path, Some((0.2, 0))).unwrap();
+        holdout_scores.0.extend(s);
+        holdout_scores.1.extend(l);
         if !python {
             continue;
         }
         let scores_file = d.path().join("py_scores.txt");
-        let py = Command::new("python3")
+        let py = Command::new(env!("FEDMARK_TEST_PYTHON"))
             .arg(workspace_root().join("examples/score.py"))
             .arg(&dir)
             .arg(csv_path)
@@ -171,8 +169,23 @@ fn export_and_check(model: &str, hidden: Option<usize>) {
             csv_path.display()
         );
     }
-    if !python {
-        eprintln!("numpy is not installed: skipped the examples/score.py half");
+    if python {
+        // Several files at once, holdout rows only (the clients' default split).
+        let auc = fedmark_core::metrics::exact(&holdout_scores.0, &holdout_scores.1).auc;
+        let mut py = Command::new(env!("FEDMARK_TEST_PYTHON"));
+        py.arg(workspace_root().join("examples/score.py")).arg(&dir);
+        for csv in &d.data {
+            py.arg(csv);
+        }
+        let out = py.args(["--holdout", "0.2:0"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let py_auc: f64 = text.split("AUC ").nth(1).unwrap().trim().parse().unwrap();
+        assert!((py_auc - auc).abs() < 1e-9, "score.py {py_auc} vs {auc}");
     }
 
     // An earlier round exports that round's checkpoint.
@@ -203,12 +216,30 @@ fn export_and_check(model: &str, hidden: Option<usize>) {
 
 #[test]
 fn an_exported_logistic_model_scores_like_fedmark() {
-    export_and_check("kind = \"logistic\"", None);
+    export_and_check("kind = \"logistic\"", None, false);
 }
 
 #[test]
 fn an_exported_mlp_scores_like_fedmark() {
-    export_and_check("kind = \"mlp\"\nhidden = 8", Some(8));
+    export_and_check("kind = \"mlp\"\nhidden = 8", Some(8), false);
+}
+
+#[test]
+#[cfg_attr(
+    not(has_numpy),
+    ignore = "python3 with numpy not found (set FEDMARK_PYTHON to one that has it)"
+)]
+fn score_py_scores_an_exported_logistic_model_like_fedmark() {
+    export_and_check("kind = \"logistic\"", None, true);
+}
+
+#[test]
+#[cfg_attr(
+    not(has_numpy),
+    ignore = "python3 with numpy not found (set FEDMARK_PYTHON to one that has it)"
+)]
+fn score_py_scores_an_exported_mlp_like_fedmark() {
+    export_and_check("kind = \"mlp\"\nhidden = 8", Some(8), true);
 }
 
 #[test]
