@@ -4,15 +4,12 @@
 //! Every call must present the admin credential ([`AdminAuth`]): the admin token as a bearer
 //! token, and under mutual TLS also a client certificate whose common name starts with
 //! `admin:`, so a partner's certificate (which the TLS layer accepts for partner sessions) can
-//! never submit or read jobs. The token lives in the store's folder ([`TOKEN_FILE`], readable by
-//! its owner only); the coordinator keeps only its SHA-256, and compares digests, so a wrong
-//! token takes the same time to refuse whatever its prefix.
+//! never submit or read jobs. The token itself is [`crate::token`]'s.
 //!
 //! Submissions go into the durable store first (status `queued`, with an audit record naming
 //! who submitted) and then onto the [`JobQueue`] the scheduler in [`crate::server`] runs from.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -22,9 +19,7 @@ use fedmark_proto::{
     ExportModelRequest, FileChunk, FinalEvaluation, JobInfo, JobList, JobRequest, ListJobsRequest,
     RoundProgress, SubmitJobRequest,
 };
-use rand::RngExt;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -34,106 +29,10 @@ use tracing::{info, warn};
 use crate::board::{Board, JobView};
 use crate::export::{self, ExportError};
 use crate::store::{JobStatus, Store, StoreError};
+pub use crate::token::{AdminError, AdminToken, TOKEN_FILE};
 
-/// The admin token's file in the coordinator's data folder.
-pub const TOKEN_FILE: &str = "admin.token";
 /// Bytes per streamed file chunk.
 const FILE_CHUNK_BYTES: usize = 1024 * 1024;
-
-/// Why the admin credential could not be set up.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum AdminError {
-    /// The token file could not be read or written.
-    #[error("admin token file {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The token file holds something else than a token.
-    #[error("admin token file {path} must hold 64 hexadecimal digits (it holds {found})")]
-    Malformed {
-        /// The file.
-        path: String,
-        /// What it holds instead, described without revealing it.
-        found: String,
-    },
-}
-
-/// The admin token, kept as its digest.
-#[derive(Clone)]
-pub struct AdminToken {
-    digest: [u8; 32],
-}
-
-impl std::fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AdminToken(..)")
-    }
-}
-
-impl AdminToken {
-    /// A token whose secret is `secret`.
-    pub fn from_secret(secret: &str) -> Self {
-        Self {
-            digest: Sha256::digest(secret.trim().as_bytes()).into(),
-        }
-    }
-
-    /// A fresh secret: 32 random bytes in hex.
-    pub fn generate_secret() -> String {
-        let bytes: [u8; 32] = rand::rng().random();
-        hex::encode(bytes)
-    }
-
-    /// Reads the token of `path` (64 hex digits, surrounding whitespace ignored).
-    pub fn read(path: &Path) -> Result<(Self, String), AdminError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AdminError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let secret = text.trim();
-        if secret.len() != 64 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(AdminError::Malformed {
-                path: path.display().to_string(),
-                found: format!("{} characters", secret.chars().count()),
-            });
-        }
-        Ok((Self::from_secret(secret), secret.to_owned()))
-    }
-
-    /// The token of `dir`/[`TOKEN_FILE`], created (owner-only) if missing. Returns the token
-    /// and the file's path.
-    pub fn ensure(dir: &Path) -> Result<(Self, PathBuf), AdminError> {
-        let path = dir.join(TOKEN_FILE);
-        if !path.exists() {
-            let io = |source| AdminError::Io {
-                path: path.display().to_string(),
-                source,
-            };
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut f = options.open(&path).map_err(io)?;
-            std::io::Write::write_all(&mut f, format!("{}\n", Self::generate_secret()).as_bytes())
-                .map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        let (token, _) = Self::read(&path)?;
-        Ok((token, path))
-    }
-
-    /// Whether `presented` is the token.
-    pub fn verify(&self, presented: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
-        // Comparing digests: how long a mismatch takes says nothing about the token.
-        digest == self.digest
-    }
-}
 
 /// What an admin call must present.
 #[derive(Debug, Clone)]
@@ -431,8 +330,15 @@ impl Admin for AdminService {
         let _one_at_a_time = self.submitting.lock().await;
         let queue_it = match self.store.job(&id).map_err(store_status)? {
             None => {
-                crate::job::submit(&self.store, &id, &spec, &spec_toml, &who, JobStatus::Queued)
-                    .map_err(store_status)?;
+                crate::store::jobs::submit(
+                    &self.store,
+                    &id,
+                    &spec,
+                    &spec_toml,
+                    &who,
+                    JobStatus::Queued,
+                )
+                .map_err(store_status)?;
                 info!(job = %id, by = %who, "job submitted");
                 true
             }
@@ -643,32 +549,6 @@ mod tests {
         for bad in ["", "job/../x", "job id", "job-\u{1b}[31m"] {
             assert!(check_job_id(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn token_file_is_created_once_and_checked_by_digest() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let (token, path) = AdminToken::ensure(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        let secret = std::fs::read_to_string(&path).unwrap_or_default();
-        assert_eq!(secret.trim().len(), 64);
-        assert!(token.verify(&secret));
-        assert!(!token.verify(&secret.trim()[..63]));
-        assert!(!token.verify(""));
-        // A second call keeps the same token.
-        let (again, _) = AdminToken::ensure(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        assert!(again.verify(&secret));
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777);
-            assert_eq!(mode.ok(), Some(0o600));
-        }
-        std::fs::write(&path, "not a token\n").unwrap_or_else(|e| panic!("{e}"));
-        let err = AdminToken::read(&path).err().map(|e| e.to_string());
-        assert!(
-            err.as_deref().is_some_and(|e| e.contains("64 hexadecimal")),
-            "{err:?}"
-        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The read-only web dashboard: one HTML page and one script, served with the metrics on the
-//! coordinator's HTTP listener (see [`crate::metrics::serve`]), and the JSON they read.
+//! coordinator's HTTP listener (see [`crate::http::serve`]), and the JSON they read.
 //!
 //! The page and script are static and hold no data; `GET /api/jobs` returns the [`Board`]
 //! (jobs, their rounds' AUC, loss, ε and participants) and the audit chain head, and only to a
@@ -9,9 +9,9 @@
 
 use serde_json::json;
 
-use crate::admin::AdminToken;
 use crate::board::Board;
 use crate::store::Store;
+use crate::token::AdminToken;
 
 const PAGE: &str = include_str!("../assets/dashboard.html");
 const SCRIPT: &str = include_str!("../assets/dashboard.js");

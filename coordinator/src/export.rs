@@ -24,7 +24,7 @@ use fedmark_core::spec::JobSpec;
 use fedmark_proto::durable::AtomicFile;
 use serde_json::{Value, json};
 
-use crate::job::{JobError, JobOutcome, stored_outcome};
+use crate::store::jobs::{JobOutcome, stored_outcome};
 use crate::store::{JobStatus, Store, StoreError};
 use fedmark_core::audit::f64s_sha256;
 
@@ -79,9 +79,6 @@ pub enum ExportError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Reading the finished job back failed.
-    #[error(transparent)]
-    Job(#[from] Box<JobError>),
     /// An audit record in the store is not JSON.
     #[error("audit record {line}: {source}")]
     AuditRecord {
@@ -472,7 +469,7 @@ fn build_model_files(
         ),
     ];
     if job.status == JobStatus::Finished
-        && let Some(outcome) = stored_outcome(store, &spec, job_id).map_err(Box::new)?
+        && let Some(outcome) = stored_outcome(store, &spec, job_id)?
     {
         files.push((CARD_FILE, json_bytes(&model_card(store, &outcome)?)));
     }

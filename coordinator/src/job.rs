@@ -13,7 +13,7 @@
 //!    `max_attempts` times.
 //! 4. **Final evaluation** (round R+1) of the last model, then `JobFinished` to everyone.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ use fedmark_core::shape::RoundShape;
 use fedmark_core::spec::JobSpec;
 use fedmark_core::spec::PrivacyMode;
 use fedmark_core::train::ServerOptimizer;
-use fedmark_proto::{JobFinished, JobOffer, RoundRef, client_message, server_message};
+use fedmark_proto::{RoundRef, server_message};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -41,11 +41,13 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::board::Board;
+use crate::hub::{FINISH_SEND_LIMIT, Hub};
 use crate::metrics::Metrics as MetricsRegistry;
 use crate::report::{FinalMetrics, JobReport, PrivacyReport, RoundRecord};
 use crate::round::{PausePoint, RoundError, RoundOutput, RoundPlan, SecureSetup, run_round};
-use crate::service::{Event, Sessions};
-use crate::store::{AuditEvent, Checkpoint, JobRecord, JobStatus, Store, StoreError};
+pub use crate::store::jobs::JobOutcome;
+use crate::store::jobs::{JobState, Registered, commit, register};
+use crate::store::{AuditEvent, JobStatus, Store, StoreError};
 use fedmark_core::audit::f64s_sha256;
 use serde_json::json;
 
@@ -157,391 +159,6 @@ pub struct RunSettings {
     pub board: Board,
 }
 
-/// A round-relevant event, after the hub has handled joins and offer replies.
-#[derive(Debug)]
-pub enum RoundEvent {
-    /// A message from a partner's current session.
-    Message {
-        /// Partner id.
-        partner: String,
-        /// The message.
-        body: client_message::Body,
-    },
-    /// A chunk of a partner's vector, from an upload bound to its current session.
-    Input {
-        /// Partner id.
-        partner: String,
-        /// The chunk.
-        chunk: fedmark_proto::InputChunk,
-    },
-    /// A partner's upload stream ended.
-    UploadEnded {
-        /// Partner id.
-        partner: String,
-    },
-    /// A partner's current session closed.
-    Closed {
-        /// Partner id.
-        partner: String,
-    },
-    /// A partner answered the job offer (already recorded in the hub).
-    OfferAnswered,
-}
-
-/// The sessions' events, shared by the jobs a long-running coordinator runs one after another;
-/// the job that runs holds the lock, so the receiver outlives a job that is cancelled.
-pub type SharedEvents = Arc<tokio::sync::Mutex<mpsc::Receiver<Event>>>;
-
-/// The job task's view of the partners: sessions, offers and acceptances.
-#[derive(Debug)]
-pub struct Hub {
-    /// Open sessions.
-    pub sessions: Sessions,
-    events: tokio::sync::OwnedMutexGuard<mpsc::Receiver<Event>>,
-    job_id: String,
-    spec_toml: String,
-    /// Partners that accepted the job.
-    pub accepted: BTreeSet<String>,
-    /// Partners that refused, with their reasons.
-    pub refused: BTreeMap<String, String>,
-    /// The latest session of each partner that connected.
-    sessions_seen: BTreeMap<String, u64>,
-    stopped: bool,
-    /// Where offer answers are audited.
-    store: Option<Store>,
-    /// Where the rounds record their metrics.
-    pub metrics: MetricsRegistry,
-    /// The session whose offer each partner has answered: one decision per offer.
-    answered: BTreeMap<String, u64>,
-    /// Partners that missed a phase deadline (or left) in a round: for the next rounds they
-    /// are drawn only when the others fall short (see [`run_with_retries`]).
-    probation: BTreeMap<String, Probation>,
-}
-
-/// A partner's standing after missing deadlines.
-#[derive(Debug, Clone, Copy, Default)]
-struct Probation {
-    /// Rounds missed since it last completed one.
-    strikes: u32,
-    /// Rounds it is still left out of (while the others can do without it).
-    sit_out: u32,
-}
-
-impl Probation {
-    /// After another miss: left out of 1, 3, 7, 15, then 31 rounds.
-    fn strike(&mut self) {
-        self.strikes = self.strikes.saturating_add(1);
-        self.sit_out = (1u32 << self.strikes.min(5)) - 1;
-    }
-}
-
-impl Hub {
-    /// A hub for one job, holding the sessions' events until it is dropped.
-    pub async fn new(
-        sessions: Sessions,
-        events: SharedEvents,
-        job_id: String,
-        spec_toml: String,
-    ) -> Self {
-        Self {
-            sessions,
-            events: events.lock_owned().await,
-            job_id,
-            spec_toml,
-            accepted: BTreeSet::new(),
-            refused: BTreeMap::new(),
-            sessions_seen: BTreeMap::new(),
-            stopped: false,
-            store: None,
-            metrics: MetricsRegistry::default(),
-            probation: BTreeMap::new(),
-            answered: BTreeMap::new(),
-        }
-    }
-
-    /// Audits offer answers to `store` from now on.
-    pub fn audit_to(&mut self, store: Store) {
-        self.store = Some(store);
-    }
-
-    fn audit_offer(&self, partner: &str, accepted: bool, reason: &str) {
-        let Some(store) = &self.store else {
-            return;
-        };
-        let event = if accepted {
-            (
-                "offer_accepted",
-                json!({"job": self.job_id, "partner": partner}),
-            )
-        } else {
-            (
-                "offer_refused",
-                json!({"job": self.job_id, "partner": partner, "reason": reason}),
-            )
-        };
-        // The audit write failing must not hide the answer; the error is logged and the
-        // job's commits (which do fail hard) follow.
-        if let Err(e) = store.audit(vec![event]) {
-            warn!(error = %e, "could not audit an offer answer");
-        }
-    }
-
-    /// Offers the job on every session open now (a long-running coordinator's partners are
-    /// connected before a job is submitted); sessions that open later are offered it as their
-    /// `Connected` event arrives.
-    async fn offer_connected(&mut self) {
-        for (partner, session) in self.sessions.open() {
-            if self.sessions_seen.get(&partner) == Some(&session) {
-                continue;
-            }
-            self.sessions_seen.insert(partner.clone(), session);
-            self.offer(&partner).await;
-        }
-    }
-
-    async fn offer(&self, partner: &str) {
-        let offer = JobOffer {
-            job_id: self.job_id.clone(),
-            spec_toml: self.spec_toml.clone(),
-        };
-        self.sessions
-            .send(partner, server_message::Body::Offer(offer))
-            .await;
-    }
-
-    fn is_current(&self, partner: &str, session: u64) -> bool {
-        self.sessions.is_current(partner, session)
-    }
-
-    /// The next round-relevant event before `deadline` (None at the deadline or when the
-    /// server stopped). Joins are offered the job and offer replies recorded on the way.
-    pub async fn next(&mut self, deadline: Instant) -> Option<RoundEvent> {
-        loop {
-            let event = match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(e)) => e,
-                Ok(None) => {
-                    self.stopped = true;
-                    return None;
-                }
-                Err(_) => return None,
-            };
-            match event {
-                Event::Connected { partner, session } => {
-                    if self.sessions_seen.get(&partner) == Some(&session) {
-                        // Already offered by `offer_connected`.
-                        continue;
-                    }
-                    self.offer(&partner).await;
-                    // A new session replaces the old one: whatever the old one was doing in a
-                    // round is over, even if its close has not been seen yet.
-                    if self
-                        .sessions_seen
-                        .insert(partner.clone(), session)
-                        .is_some()
-                    {
-                        return Some(RoundEvent::Closed { partner });
-                    }
-                }
-                Event::Message {
-                    partner,
-                    session,
-                    body,
-                } => {
-                    if !self.is_current(&partner, session) {
-                        continue;
-                    }
-                    if let client_message::Body::OfferReply(mut r) = body {
-                        r.reason = bounded_reason(&r.reason);
-                        if r.job_id == self.job_id && self.answered.get(&partner) == Some(&session)
-                        {
-                            // One decision per offer: a second answer on the session is a
-                            // protocol violation, counted and ended, never audited again.
-                            warn!(partner = %partner, "second answer to one job offer; closing the session");
-                            self.metrics.protocol_violation(&self.job_id);
-                            self.sessions
-                                .kick(
-                                    &partner,
-                                    tonic::Status::failed_precondition(
-                                        "a job offer is answered once; this session answered it already",
-                                    ),
-                                )
-                                .await;
-                            continue;
-                        }
-                        if r.job_id != self.job_id {
-                            warn!(partner = %partner, "offer reply for another job; ignored");
-                        } else if r.accept {
-                            self.answered.insert(partner.clone(), session);
-                            info!(partner = %partner, "partner accepted the job");
-                            self.audit_offer(&partner, true, "");
-                            self.refused.remove(&partner);
-                            self.accepted.insert(partner);
-                        } else {
-                            self.answered.insert(partner.clone(), session);
-                            warn!(partner = %partner, reason = %r.reason, "partner refused the job");
-                            self.audit_offer(&partner, false, &r.reason);
-                            self.accepted.remove(&partner);
-                            let fin = JobFinished {
-                                job_id: self.job_id.clone(),
-                                reason: "refused by the partner".into(),
-                            };
-                            self.sessions
-                                .send(&partner, server_message::Body::Finished(fin))
-                                .await;
-                            self.refused.insert(partner, r.reason);
-                        }
-                        return Some(RoundEvent::OfferAnswered);
-                    }
-                    return Some(RoundEvent::Message { partner, body });
-                }
-                Event::Input {
-                    partner,
-                    session,
-                    chunk,
-                } => {
-                    if self.is_current(&partner, session) {
-                        return Some(RoundEvent::Input { partner, chunk });
-                    }
-                }
-                Event::UploadEnded { partner, session } => {
-                    if self.is_current(&partner, session) {
-                        return Some(RoundEvent::UploadEnded { partner });
-                    }
-                }
-                Event::Closed { partner, session } => {
-                    // A close of a replaced session says nothing about the partner's presence.
-                    if self
-                        .sessions
-                        .sender(&partner)
-                        .is_some_and(|(id, _)| id != session)
-                    {
-                        continue;
-                    }
-                    return Some(RoundEvent::Closed { partner });
-                }
-            }
-        }
-    }
-
-    /// The outbound channel of a partner's current session, if this job has offered itself
-    /// on that session. A session the service registered but whose `Connected` the hub has not
-    /// handled yet has had no offer, so no round message may reach it before one.
-    pub fn offered_sender(&self, partner: &str) -> Option<crate::service::Outbound> {
-        let (id, tx) = self.sessions.sender(partner)?;
-        (self.sessions_seen.get(partner) == Some(&id)).then_some(tx)
-    }
-
-    /// Sends a round message to a partner's current session, if the job has offered itself on
-    /// it (see [`Hub::offered_sender`]); false otherwise or if the session just closed.
-    pub async fn send(&self, partner: &str, body: server_message::Body) -> bool {
-        match self.offered_sender(partner) {
-            Some(tx) => tx
-                .send(Ok(fedmark_proto::ServerMessage { body: Some(body) }))
-                .await
-                .is_ok(),
-            None => false,
-        }
-    }
-
-    /// Accepted partners whose current session has been offered the job.
-    pub fn available(&self) -> Vec<String> {
-        self.accepted
-            .iter()
-            .filter(|p| self.offered_sender(p).is_some())
-            .cloned()
-            .collect()
-    }
-}
-
-/// How long telling one partner that a job ended may take: a partner that does not read its
-/// session must not hold up the coordinator.
-pub const FINISH_SEND_LIMIT: Duration = Duration::from_secs(2);
-
-/// Longest refusal reason kept from a partner, in characters.
-pub const MAX_REASON_CHARS: usize = 512;
-
-/// A partner's refusal reason as the coordinator keeps and shows it: at most
-/// [`MAX_REASON_CHARS`] characters, control characters (terminal escapes included) replaced,
-/// so one partner cannot bloat every job listing or write into an operator's terminal.
-pub fn bounded_reason(reason: &str) -> String {
-    let mut out: String = reason
-        .chars()
-        .take(MAX_REASON_CHARS)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if reason.chars().count() > MAX_REASON_CHARS {
-        out.push('…');
-    }
-    out
-}
-
-/// A finished job.
-#[derive(Debug, Clone)]
-pub struct JobOutcome {
-    /// What happened, round by round.
-    pub report: JobReport,
-    /// The final global model.
-    pub model: Model,
-    /// The federated standardisation.
-    pub standardizer: Standardizer,
-}
-
-/// Where a job starts: fresh, or from its last committed round.
-struct JobState {
-    model: Model,
-    optimizer: ServerOptimizer,
-    standardizer: Standardizer,
-    training_rows: f64,
-    ledger: Accountant,
-    records: Vec<RoundRecord>,
-    /// The first training round still to run.
-    next_round: u64,
-}
-
-/// The outcome of a job the store holds as finished, rebuilt from its report and its last
-/// checkpoint (a coordinator restarted after the job ended writes its results again).
-pub fn stored_outcome(
-    store: &Store,
-    spec: &JobSpec,
-    id: &str,
-) -> Result<Option<JobOutcome>, JobError> {
-    let Some(job) = store.job(id)? else {
-        return Ok(None);
-    };
-    if job.status != JobStatus::Finished {
-        return Ok(None);
-    }
-    let corrupt = |reason: String| {
-        JobError::Store(StoreError::Corrupt {
-            path: "store".into(),
-            what: format!("job {id}"),
-            reason,
-        })
-    };
-    let report: JobReport = serde_json::from_value(job.report.unwrap_or_default())
-        .map_err(|e| corrupt(format!("report: {e}")))?;
-    let restored = store
-        .checkpoint(id, None)?
-        .ok_or_else(|| corrupt("finished without a checkpoint".into()))?;
-    let arch = Architecture::from_spec(spec);
-    let dim = FeatureSchema::from_spec(spec).dim();
-    let mut model = Model::zeros(arch, dim);
-    if model.params.len() != restored.model.len() {
-        return Err(corrupt(
-            "the checkpoint's model does not fit the spec".into(),
-        ));
-    }
-    model.params = restored.model;
-    Ok(Some(JobOutcome {
-        report,
-        model,
-        standardizer: Standardizer {
-            mean: restored.checkpoint.feature_mean,
-            std: restored.checkpoint.feature_std,
-        },
-    }))
-}
-
 /// Default of `max_model_params` in coordinator.toml: 2^24 parameters.
 pub const DEFAULT_MAX_MODEL_PARAMS: u64 = 1 << 24;
 
@@ -560,148 +177,6 @@ pub fn check_size(spec: &JobSpec, max: u64) -> Result<(), JobError> {
     Ok(())
 }
 
-/// Stores a newly submitted job with status `status` and its `job_submitted` audit record
-/// (who, what, the spec's SHA-256), in one transaction.
-pub fn submit(
-    store: &Store,
-    id: &str,
-    spec: &JobSpec,
-    spec_toml: &str,
-    by: &str,
-    status: JobStatus,
-) -> Result<(), StoreError> {
-    let record = JobRecord {
-        id: id.to_owned(),
-        spec_toml: spec_toml.to_owned(),
-        submitted_by: by.to_owned(),
-        submitted_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-        status,
-        reason: None,
-        report: None,
-    };
-    store.submit_job(
-        &record,
-        vec![(
-            "job_submitted",
-            json!({
-                "job": id, "by": by, "name": spec.job.name,
-                "purpose": spec.job.purpose, "rounds": spec.job.rounds,
-                "spec_sha256": fedmark_core::audit::sha256_hex(spec_toml.as_bytes()),
-                "privacy_mode": format!("{:?}", spec.privacy.mode),
-            }),
-        )],
-    )
-}
-
-/// Registers the job in the store, or finds where a restarted coordinator left it.
-fn register(
-    hub: &Hub,
-    spec: &JobSpec,
-    settings: &RunSettings,
-) -> Result<Option<JobState>, JobError> {
-    let store = &settings.store;
-    let id = &hub.job_id;
-    match store.job(id)? {
-        None => {
-            submit(
-                store,
-                id,
-                spec,
-                &hub.spec_toml,
-                &settings.submitted_by,
-                JobStatus::Running,
-            )?;
-            Ok(None)
-        }
-        Some(job) if matches!(job.status, JobStatus::Running | JobStatus::Queued) => {
-            if job.status == JobStatus::Queued {
-                store.set_status(
-                    id,
-                    JobStatus::Running,
-                    vec![("job_started", json!({"job": id}))],
-                )?;
-            }
-            let Some(restored) = store.checkpoint(id, None)? else {
-                if job.status == JobStatus::Queued {
-                    return Ok(None);
-                }
-                store.audit(vec![("job_resumed", json!({"job": id, "from_round": 0}))])?;
-                return Ok(None);
-            };
-            let cp = restored.checkpoint;
-            let arch = Architecture::from_spec(spec);
-            let mut model = Model::zeros(arch, FeatureSchema::from_spec(spec).dim());
-            let mut optimizer = ServerOptimizer::from_spec(spec, model.params.len());
-            if model.params.len() != restored.model.len() || !optimizer.restore(&restored.optimizer)
-            {
-                return Err(JobError::Store(StoreError::Corrupt {
-                    path: "store".into(),
-                    what: format!("checkpoint of job {id} round {}", cp.round),
-                    reason: "its vectors do not fit the spec".into(),
-                }));
-            }
-            model.params = restored.model;
-            info!(job = %id, round = cp.round, "resuming after the last committed round");
-            store.audit(vec![(
-                "job_resumed",
-                json!({"job": id, "from_round": cp.round + 1, "model_sha256": cp.model_sha256}),
-            )])?;
-            Ok(Some(JobState {
-                model,
-                optimizer,
-                standardizer: Standardizer {
-                    mean: cp.feature_mean,
-                    std: cp.feature_std,
-                },
-                training_rows: cp.training_rows,
-                ledger: cp.ledger,
-                records: cp.records,
-                next_round: cp.round + 1,
-            }))
-        }
-        Some(job) => Err(JobError::AlreadyEnded {
-            id: id.clone(),
-            status: job.status,
-            reason: job.reason.unwrap_or_default(),
-        }),
-    }
-}
-
-/// Commits round `state.next_round - 1` with its audit events: the only way a round's result
-/// becomes part of the job.
-fn commit(
-    store: &Store,
-    job_id: &str,
-    state: &JobState,
-    mut event: serde_json::Value,
-) -> Result<(), JobError> {
-    let round = state.next_round - 1;
-    let model_hash = f64s_sha256(&state.model.params);
-    event["job"] = json!(job_id);
-    event["round"] = json!(round);
-    event["model_sha256"] = json!(model_hash);
-    let checkpoint = Checkpoint {
-        round,
-        model_len: state.model.params.len(),
-        model_sha256: model_hash,
-        feature_mean: state.standardizer.mean.clone(),
-        feature_std: state.standardizer.std.clone(),
-        training_rows: state.training_rows,
-        ledger: state.ledger.clone(),
-        records: state.records.clone(),
-    };
-    store.commit_round(
-        job_id,
-        &checkpoint,
-        &state.model.params,
-        &state.optimizer.state(),
-        vec![("round_committed", event)],
-    )?;
-    Ok(())
-}
-
 /// Runs a job to its end, committing every round to the store; a job the store holds as
 /// running resumes after its last committed round.
 pub async fn run_job(
@@ -714,7 +189,23 @@ pub async fn run_job(
     let job_id = hub.job_id.clone();
     let store = settings.store.clone();
     check_size(&spec, settings.max_model_params)?;
-    let resumed = register(&hub, &spec, &settings)?;
+    let resumed = match register(
+        &store,
+        &job_id,
+        &spec,
+        &hub.spec_toml,
+        &settings.submitted_by,
+    )? {
+        Registered::Fresh => None,
+        Registered::Resumed(state) => Some(*state),
+        Registered::Ended { status, reason } => {
+            return Err(JobError::AlreadyEnded {
+                id: job_id,
+                status,
+                reason,
+            });
+        }
+    };
     let board = &settings.board;
     board.refresh(&store, &job_id)?;
     board.set_phase(&job_id, "waiting for partners");
@@ -931,7 +422,7 @@ pub async fn run_job(
         let mut record = RoundRecord::new(
             round,
             done.attempts,
-            &done.output,
+            (done.output.survivors.len(), done.output.dropped.len()),
             &eval,
             t0.elapsed().as_secs_f64(),
         );
@@ -1360,31 +851,9 @@ async fn wait_for_available(
     }
 }
 
-impl From<&Metrics> for FinalMetrics {
-    fn from(m: &Metrics) -> Self {
-        FinalMetrics {
-            auc: m.auc,
-            log_loss: m.log_loss,
-            accuracy: m.accuracy,
-            lift_top_decile: m.lift_top_decile,
-            rows: m.count,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn refusal_reasons_are_bounded_and_printable() {
-        assert_eq!(bounded_reason("ε above the cap"), "ε above the cap");
-        assert_eq!(bounded_reason("a\x1b[2Jb\nc"), "a [2Jb c");
-        let long = "x".repeat(10 * MAX_REASON_CHARS);
-        let cut = bounded_reason(&long);
-        assert_eq!(cut.chars().count(), MAX_REASON_CHARS + 1);
-        assert!(cut.ends_with('…'));
-    }
 
     /// The poison job of the issue (no vocabulary, 2^22 hash buckets, an MLP of 4,096
     /// units) passes every per-field cap but not the size budget, which names the size, the

@@ -25,6 +25,8 @@ pub mod bulk;
 pub mod config;
 pub mod dashboard;
 pub mod export;
+pub mod http;
+pub mod hub;
 pub mod job;
 pub mod metrics;
 pub mod report;
@@ -34,8 +36,10 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod tls;
+pub mod token;
 
-use job::{Hub, JobError, JobOutcome, RunSettings};
+use hub::Hub;
+use job::{JobError, JobOutcome, RunSettings};
 use report::RoundRecord;
 
 /// How long a stopping server waits for partners to close their sessions.
@@ -58,7 +62,7 @@ pub async fn run(
 ) -> Result<JobOutcome, JobError> {
     let spec_toml = spec.to_toml()?;
     let id = job_id(&spec_toml);
-    if let Some(outcome) = job::stored_outcome(&settings.store, &spec, &id)? {
+    if let Some(outcome) = store::jobs::stored_outcome(&settings.store, &spec, &id)? {
         tracing::info!(job = %id, "the store holds this job as finished; not running it again");
         return Ok(outcome);
     }

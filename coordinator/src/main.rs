@@ -536,7 +536,7 @@ fn serve(cfg: CoordinatorConfig, spec: Option<JobSpec>) -> anyhow::Result<()> {
         let board = Board::from_store(&store)?;
         let metrics = fedmark_coordinator::metrics::Metrics::default();
         if let Some(at) = cfg.metrics_listen {
-            let listener = fedmark_coordinator::metrics::bind(at)
+            let listener = fedmark_coordinator::http::bind(at)
                 .await
                 .with_context(|| format!("binding the metrics address {at}"))?;
             let bound = listener.local_addr().context("reading the bound metrics address")?;
@@ -544,7 +544,7 @@ fn serve(cfg: CoordinatorConfig, spec: Option<JobSpec>) -> anyhow::Result<()> {
             println!("fedmark-coordinator metrics on {bound}");
             println!("fedmark-coordinator dashboard on http://{bound}/dashboard (admin token in {})", token_path.display());
             let dashboard = Dashboard { board: board.clone(), store: store.clone(), token: token.clone() };
-            tokio::spawn(fedmark_coordinator::metrics::serve(listener, metrics.clone(), Some(dashboard), std::future::pending()));
+            tokio::spawn(fedmark_coordinator::http::serve(listener, metrics.clone(), Some(dashboard), std::future::pending()));
         }
         let pause_at = match std::env::var("FEDMARK_TEST_PAUSE_AT") {
             Ok(v) => Some(PausePoint::parse(&v).with_context(|| {

@@ -5,8 +5,6 @@ use std::collections::BTreeMap;
 use fedmark_core::metrics::Metrics;
 use serde::{Deserialize, Serialize};
 
-use crate::round::RoundOutput;
-
 /// One completed training round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundRecord {
@@ -39,25 +37,38 @@ pub struct RoundRecord {
 }
 
 impl RoundRecord {
-    /// A record from a round's output and its evaluation.
+    /// A record of a round with `participants` in its sum and `dropped` members, and its
+    /// evaluation.
     pub fn new(
         round: u64,
         attempts: u32,
-        output: &RoundOutput,
+        (participants, dropped): (usize, usize),
         eval: &Metrics,
         seconds: f64,
     ) -> Self {
         Self {
             round,
             attempts,
-            participants: output.survivors.len() as u32,
-            dropped: output.dropped.len() as u32,
+            participants: participants as u32,
+            dropped: dropped as u32,
             auc: eval.auc,
             log_loss: eval.log_loss,
             accuracy: eval.accuracy,
             lift_top_decile: eval.lift_top_decile,
             seconds,
             epsilon: None,
+        }
+    }
+}
+
+impl From<&Metrics> for FinalMetrics {
+    fn from(m: &Metrics) -> Self {
+        FinalMetrics {
+            auc: m.auc,
+            log_loss: m.log_loss,
+            accuracy: m.accuracy,
+            lift_top_decile: m.lift_top_decile,
+            rows: m.count,
         }
     }
 }

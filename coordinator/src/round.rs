@@ -51,7 +51,7 @@ use tonic::Status;
 use tracing::{debug, info, warn};
 
 use crate::bulk::{OpenRound, model_bytes};
-use crate::job::{Hub, RoundEvent};
+use crate::hub::{Hub, RoundEvent};
 
 /// Everything a round needs to start.
 #[derive(Debug, Clone)]

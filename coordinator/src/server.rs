@@ -15,7 +15,9 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fedmark_core::spec::JobSpec;
 use serde_json::json;
@@ -24,9 +26,13 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::admin::{AdminAuth, AdminService, JobQueue};
-use crate::job::{FINISH_SEND_LIMIT, Hub, JobError, RunSettings, SharedEvents, run_job};
+use crate::hub::{FINISH_SEND_LIMIT, Hub, SharedEvents};
+use crate::job::{JobError, RunSettings, run_job};
 use crate::service::{CoordinatorService, Event, Sessions};
 use crate::store::{JobStatus, StoreError};
+
+/// HTTP/2 receive window per stream and per connection (eight 64 KiB input chunks).
+const RECEIVE_WINDOW: u32 = 512 * 1024;
 
 /// Why the service stopped other than by its shutdown signal.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +82,7 @@ impl PartnerServer {
             let stop = async move {
                 let _ = stop_rx.await;
             };
-            crate::service::serve(listener, service, admin, tls, stop).await
+            serve(listener, service, admin, tls, stop).await
         });
         Self {
             sessions,
@@ -254,4 +260,39 @@ pub async fn serve_jobs(
     .await;
     server.stop().await?;
     result
+}
+
+/// Serves `service` (and the admin API, when given) on an already-bound listener until
+/// `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    service: CoordinatorService,
+    admin: Option<AdminService>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    info!(addr = ?addr, tls = tls.is_some(), "coordinator listening");
+    let mut builder = tonic::transport::Server::builder();
+    let mut service = service;
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+        // With TLS every session is bound to its certificate's name; no caller can forget it.
+        service = service.bind_certificates();
+    }
+    builder
+        // Small HTTP/2 receive windows bound what a partner can have in flight unread, so the
+        // coordinator's memory stays one vector plus a small constant per partner.
+        .initial_stream_window_size(RECEIVE_WINDOW)
+        .initial_connection_window_size(RECEIVE_WINDOW)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(service.into_server())
+        .add_optional_service(admin.map(AdminService::into_server))
+        // `tcp_nodelay` above does not reach sockets from our own listener; without it Nagle
+        // holds each small phase message for the peer's delayed ACK (40 ms a round trip).
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
 }

@@ -8,8 +8,6 @@
 //! one task means no locks are held across awaits and the round logic reads top to bottom.
 
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,7 +20,6 @@ use fedmark_proto::{
 };
 use rand::RngExt;
 use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -35,8 +32,6 @@ pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// How long a new session may take to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
-/// HTTP/2 receive window per stream and per connection (eight 64 KiB input chunks).
-const RECEIVE_WINDOW: u32 = 512 * 1024;
 /// Outbound messages buffered per session before sending waits.
 const OUTBOUND_BUFFER: usize = 4;
 
@@ -275,41 +270,6 @@ impl CoordinatorService {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
-}
-
-/// Serves `service` (and the admin API, when given) on an already-bound listener until
-/// `shutdown` completes.
-pub async fn serve(
-    listener: TcpListener,
-    service: CoordinatorService,
-    admin: Option<crate::admin::AdminService>,
-    tls: Option<tonic::transport::ServerTlsConfig>,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    info!(addr = ?addr, tls = tls.is_some(), "coordinator listening");
-    let mut builder = tonic::transport::Server::builder();
-    let mut service = service;
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-        // With TLS every session is bound to its certificate's name; no caller can forget it.
-        service = service.bind_certificates();
-    }
-    builder
-        // Small HTTP/2 receive windows bound what a partner can have in flight unread, so the
-        // coordinator's memory stays one vector plus a small constant per partner.
-        .initial_stream_window_size(RECEIVE_WINDOW)
-        .initial_connection_window_size(RECEIVE_WINDOW)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(service.into_server())
-        .add_optional_service(admin.map(crate::admin::AdminService::into_server))
-        // `tcp_nodelay` above does not reach sockets from our own listener; without it Nagle
-        // holds each small phase message for the peer's delayed ACK (40 ms a round trip).
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
 }
 
 impl CoordinatorService {

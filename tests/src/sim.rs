@@ -425,7 +425,7 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                 board: Default::default(),
             };
             if let Some(at) = opts.metrics_listen {
-                let listener = fedmark_coordinator::metrics::bind(at)
+                let listener = fedmark_coordinator::http::bind(at)
                     .await
                     .with_context(|| format!("binding the metrics address {at}"))?;
                 let bound = listener.local_addr()?;
@@ -438,7 +438,7 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                     store: coordinator_store.clone(),
                     token: fedmark_coordinator::admin::AdminToken::from_secret(&secret),
                 };
-                tokio::spawn(fedmark_coordinator::metrics::serve(
+                tokio::spawn(fedmark_coordinator::http::serve(
                     listener,
                     settings.metrics.clone(),
                     Some(dashboard),

@@ -31,6 +31,8 @@ use tracing::info;
 
 use crate::report::RoundRecord;
 
+pub mod jobs;
+
 /// The database file in the data directory.
 pub const STORE_FILE: &str = "fedmark.redb";
 /// The audit chain's JSON-lines mirror in the data directory.
