@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{CodecError, FixedPoint, WideInt};
 use crate::metrics::EvalStats;
-use crate::spec::JobSpec;
 
 /// Values the statistics round appends after the feature moments: the partner's usable rows
 /// and how many of them carry the positive label, so a label that matches no row (or every
@@ -30,55 +29,6 @@ pub enum RoundKind {
     Training,
     /// Evaluation statistics of the current model only.
     Evaluation,
-}
-
-impl RoundKind {
-    /// The vector layout of this round kind for a job, a model of `num_params` parameters and
-    /// a cohort of `parties`. Coordinator and partners compute it independently and compare.
-    pub fn layout(
-        self,
-        spec: &JobSpec,
-        num_params: usize,
-        parties: usize,
-    ) -> Result<VectorLayout, CodecError> {
-        let bins = spec.histogram_bins() as usize;
-        match self {
-            RoundKind::Statistics => VectorLayout::new(
-                parties,
-                0,
-                0.0,
-                3 * spec.features.numeric.len() + LABEL_COUNTS,
-            ),
-            RoundKind::Training => {
-                // Partner-level DP bounds each partner's whole contribution: unit weight and
-                // the privacy clipping norm.
-                let bound = match spec.privacy.mode {
-                    crate::spec::PrivacyMode::PartnerCentral => spec.privacy.clip,
-                    crate::spec::PrivacyMode::PartnerDistributed => {
-                        // Leave room for the noise the partners add after encoding.
-                        let t = crate::budget::noise_threshold(spec, parties);
-                        let headroom = crate::budget::PrivacyPlan::from_spec(spec)
-                            .ok()
-                            .flatten()
-                            .map_or(1.0, |plan| plan.headroom(parties, t));
-                        spec.privacy.clip * headroom
-                    }
-                    // Record DP: unit weight (spec-fixed), the delta clipped to clip_norm.
-                    crate::spec::PrivacyMode::Record => spec.training.clip_norm,
-                    crate::spec::PrivacyMode::None => {
-                        f64::from(spec.training.max_weight) * spec.training.clip_norm
-                    }
-                };
-                let eval = if spec.evaluates_in_training() {
-                    eval_stats_len(bins)
-                } else {
-                    0
-                };
-                VectorLayout::new(parties, num_params, bound, 1 + eval)
-            }
-            RoundKind::Evaluation => VectorLayout::new(parties, 0, 0.0, eval_stats_len(bins)),
-        }
-    }
 }
 
 /// Layout of a round's vector.

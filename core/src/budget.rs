@@ -11,7 +11,11 @@
 //! `partner-distributed`. Coordinator and partners derive the plan with this same pure
 //! function, so they agree on σ to the last bit.
 
+use rand::Rng;
+
 use crate::accountant::{Accountant, AccountantError, Method, calibrate_noise_multiplier_after};
+use crate::aggregate::VectorLayout;
+use crate::discrete_gaussian::{self, DiscreteGaussianError, LatticeNoise};
 use crate::secagg::{recommended_degree, recommended_threshold};
 use crate::spec::{JobSpec, PrivacyMode};
 
@@ -248,6 +252,78 @@ impl PrivacyPlan {
         self.charge_round(&mut next)?;
         Ok(next.epsilon(self.delta)?.0)
     }
+
+    /// Charges a released training round of `spec` to `ledger`: its round's Skellam noise
+    /// where partners noise in the integers (`partner-distributed`: the cost depends on the
+    /// encoding `layout` and the threshold of a cohort of `cohort`), one round of the plan's
+    /// mechanism otherwise.
+    pub fn charge_training_round(
+        &self,
+        spec: &JobSpec,
+        ledger: &mut Accountant,
+        layout: &VectorLayout,
+        cohort: usize,
+    ) -> Result<(), AccountantError> {
+        match (self.mode, layout.update_codec) {
+            (PrivacyMode::PartnerDistributed, Some(codec)) => {
+                let t = noise_threshold(spec, cohort);
+                self.charge_skellam(
+                    ledger,
+                    &self.skellam_round(codec.scale, layout.update_len, t),
+                )
+            }
+            _ => self.charge_round(ledger),
+        }
+    }
+
+    /// ε after one more training round with the `layout` of a cohort of `n`, charged to a
+    /// copy of `ledger` as [`Self::charge_training_round`] will charge it: what the
+    /// coordinator checks before it starts a round.
+    pub fn epsilon_after_training_round(
+        &self,
+        spec: &JobSpec,
+        ledger: &Accountant,
+        layout: &VectorLayout,
+        n: usize,
+    ) -> Result<f64, AccountantError> {
+        let mut next = ledger.clone();
+        self.charge_training_round(spec, &mut next, layout, n)?;
+        Ok(next.epsilon(self.delta)?.0)
+    }
+
+    /// ε after the release of holdout statistics planned for the end of the job, charged to
+    /// a copy of `ledger` (the ledger's own ε for a plan without one).
+    pub fn epsilon_after_evaluation(&self, ledger: &Accountant) -> Result<f64, AccountantError> {
+        let mut next = ledger.clone();
+        self.charge_evaluation(&mut next)?;
+        Ok(next.epsilon(self.delta)?.0)
+    }
+
+    /// Adds the coordinator's noise to a round's summed update in a `partner-central` job: a
+    /// discrete Gaussian on the integer sum the round's `layout` encodes
+    /// ([`discrete_gaussian::add_to_fixed_point_sum`]), charged by
+    /// [`Self::charge_training_round`]. Other modes add nothing here (`record` and
+    /// `partner-distributed` partners noise their own updates) and return `None`.
+    pub fn add_central_noise<R: Rng + ?Sized>(
+        &self,
+        update: &mut [f64],
+        layout: &VectorLayout,
+        rng: &mut R,
+    ) -> Result<Option<LatticeNoise>, DiscreteGaussianError> {
+        match (self.mode, layout.update_codec) {
+            (PrivacyMode::PartnerCentral, Some(codec)) => {
+                discrete_gaussian::add_to_fixed_point_sum(
+                    update,
+                    codec.scale,
+                    self.clip,
+                    self.noise_multiplier,
+                    rng,
+                )
+                .map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -423,6 +499,70 @@ mod tests {
         let distributed = spec("[privacy]\nmode = \"partner-distributed\"\nepsilon = 2.0\n");
         let plan = PrivacyPlan::from_spec(&distributed).unwrap().unwrap();
         assert_eq!(plan.accountant(), Method::Rdp);
+    }
+
+    /// What the coordinator checks before a round is what it charges after it, in every
+    /// mode: for distributed noise the Skellam charge of the cohort's own encoding (its cost
+    /// differs from the Gaussian's, and with the cohort size), for the others one round of
+    /// the plan. Central noise is added only in `partner-central` jobs, with the plan's σ
+    /// (the sample spread of the added noise matches the lattice's real σ).
+    #[test]
+    fn the_round_check_matches_the_round_charge_and_noise_is_central_only() {
+        use crate::aggregate::RoundKind;
+        use rand::SeedableRng;
+        for extra in [
+            "[privacy]\nmode = \"record\"\nepsilon = 1.0\nsampling_rate = 0.02\n",
+            "[privacy]\nmode = \"partner-central\"\nepsilon = 2.0\n",
+            "[privacy]\nmode = \"partner-distributed\"\nepsilon = 2.0\n",
+        ] {
+            let s = spec(extra);
+            let plan = PrivacyPlan::from_spec(&s).unwrap().unwrap();
+            let params = 2;
+            for n in [3usize, 10, 40] {
+                let layout = RoundKind::Training.layout(&s, params, n).unwrap();
+                let mut charged = Accountant::new();
+                plan.charge_rounds(&mut charged, 1).unwrap();
+                plan.charge_training_round(&s, &mut charged, &layout, n)
+                    .unwrap();
+                let mut reference = Accountant::new();
+                plan.charge_rounds(&mut reference, 1).unwrap();
+                let before = reference.clone();
+                match plan.mode {
+                    PrivacyMode::PartnerDistributed => {
+                        let codec = layout.update_codec.unwrap();
+                        let t = noise_threshold(&s, n);
+                        let round = plan.skellam_round(codec.scale, layout.update_len, t);
+                        reference
+                            .compose_skellam(round.l2, round.l1, round.variance, 1)
+                            .unwrap();
+                    }
+                    _ => plan.charge_round(&mut reference).unwrap(),
+                }
+                assert_eq!(charged, reference, "{extra} n = {n}");
+                let estimate = plan
+                    .epsilon_after_training_round(&s, &before, &layout, n)
+                    .unwrap();
+                assert_eq!(estimate, charged.epsilon(s.privacy.delta).unwrap().0);
+
+                let mut rng = rand::rngs::StdRng::seed_from_u64(n as u64);
+                let mut update = vec![0.0; layout.update_len];
+                let noise = plan
+                    .add_central_noise(&mut update, &layout, &mut rng)
+                    .unwrap();
+                match plan.mode {
+                    PrivacyMode::PartnerCentral => {
+                        let noise = noise.unwrap();
+                        let var = update.iter().map(|u| u * u).sum::<f64>() / update.len() as f64;
+                        // Few coordinates: only a loose check that noise of that scale is there.
+                        assert!(var > 0.0 && var.sqrt() < 4.0 * noise.std_real, "{var}");
+                    }
+                    _ => {
+                        assert!(noise.is_none());
+                        assert!(update.iter().all(|&u| u == 0.0));
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! | graph seed | [`GraphSpec::for_cohort`] of the instance, the cohort and the degree |
 //! | survivor floor | the job's `min_participants`, t, and for distributed-noise training the survivors the noise was sized for ([`crate::budget::noise_threshold`]) |
 
-use crate::aggregate::{RoundKind, VectorLayout};
+use crate::aggregate::{LABEL_COUNTS, RoundKind, VectorLayout, eval_stats_len};
 use crate::budget::{noise_threshold, secure_shape};
 use crate::codec::CodecError;
 use crate::secagg::{GraphSpec, RoundId};
@@ -203,6 +203,55 @@ impl RoundShape {
             );
         }
         Ok(())
+    }
+}
+
+impl RoundKind {
+    /// The vector layout of this round kind for a job, a model of `num_params` parameters and
+    /// a cohort of `parties`. Coordinator and partners compute it independently and compare.
+    pub fn layout(
+        self,
+        spec: &JobSpec,
+        num_params: usize,
+        parties: usize,
+    ) -> Result<VectorLayout, CodecError> {
+        let bins = spec.histogram_bins() as usize;
+        match self {
+            RoundKind::Statistics => VectorLayout::new(
+                parties,
+                0,
+                0.0,
+                3 * spec.features.numeric.len() + LABEL_COUNTS,
+            ),
+            RoundKind::Training => {
+                // Partner-level DP bounds each partner's whole contribution: unit weight and
+                // the privacy clipping norm.
+                let bound = match spec.privacy.mode {
+                    PrivacyMode::PartnerCentral => spec.privacy.clip,
+                    PrivacyMode::PartnerDistributed => {
+                        // Leave room for the noise the partners add after encoding.
+                        let t = noise_threshold(spec, parties);
+                        let headroom = crate::budget::PrivacyPlan::from_spec(spec)
+                            .ok()
+                            .flatten()
+                            .map_or(1.0, |plan| plan.headroom(parties, t));
+                        spec.privacy.clip * headroom
+                    }
+                    // Record DP: unit weight (spec-fixed), the delta clipped to clip_norm.
+                    PrivacyMode::Record => spec.training.clip_norm,
+                    PrivacyMode::None => {
+                        f64::from(spec.training.max_weight) * spec.training.clip_norm
+                    }
+                };
+                let eval = if spec.evaluates_in_training() {
+                    eval_stats_len(bins)
+                } else {
+                    0
+                };
+                VectorLayout::new(parties, num_params, bound, 1 + eval)
+            }
+            RoundKind::Evaluation => VectorLayout::new(parties, 0, 0.0, eval_stats_len(bins)),
+        }
     }
 }
 

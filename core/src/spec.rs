@@ -218,6 +218,16 @@ pub enum ModelKindName {
     Mlp,
 }
 
+impl ModelKindName {
+    /// The name as the spec writes it (`logistic`, `mlp`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKindName::Logistic => "logistic",
+            ModelKindName::Mlp => "mlp",
+        }
+    }
+}
+
 /// `[model]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
