@@ -1,9 +1,9 @@
 //! The live view of the coordinator's jobs, for the admin API's `job watch` and the dashboard.
 //!
 //! The store is the record; the board is what a watcher reads while jobs run: each job's
-//! status, what it is doing now, and its committed rounds. The job task writes to it at the
-//! same points it commits to the store, and every change bumps a version number that watchers
-//! wait on, so a watcher never polls. It holds only aggregate figures (the same ones the report
+//! status, what it is doing now, and its committed rounds. It follows the job task's events
+//! ([`BoardFeed`]), which come at the same points the job commits to the store, and every
+//! change bumps a version number that watchers wait on, so a watcher never polls. It holds only aggregate figures (the same ones the report
 //! holds), never an update or a partner's data.
 
 use std::collections::BTreeMap;
@@ -13,6 +13,7 @@ use fedmark_core::spec::JobSpec;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::events::{JobEvent, JobListener};
 use crate::report::{FinalMetrics, JobReport, RoundRecord};
 use crate::store::{AuditEvent, JobRecord, JobStatus, Store, StoreError};
 
@@ -202,6 +203,32 @@ impl Board {
 
     fn bump(&self) {
         self.version.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+/// The board as a subscriber of job events; it reads a job's record from `store` when the
+/// job says the record changed.
+#[derive(Debug, Clone)]
+pub struct BoardFeed {
+    /// The board it shows events on.
+    pub board: Board,
+    /// The store it reads job records from.
+    pub store: Store,
+}
+
+impl JobListener for BoardFeed {
+    fn on_event(&self, event: &JobEvent<'_>) {
+        match *event {
+            JobEvent::Recorded { job } => {
+                // The store is the record: a view that cannot be read shows its last state.
+                if let Err(e) = self.board.refresh(&self.store, job) {
+                    tracing::warn!(job, error = %e, "could not refresh the job's view");
+                }
+            }
+            JobEvent::Phase { job, phase } => self.board.set_phase(job, phase),
+            JobEvent::RoundCommitted { job, record } => self.board.round_committed(job, record),
+            _ => {}
+        }
     }
 }
 

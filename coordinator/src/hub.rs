@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::metrics::Metrics as MetricsRegistry;
+use crate::events::{JobEvent, JobEvents};
 use crate::service::{Event, Outbound, Sessions};
 use crate::store::Store;
 
@@ -58,7 +58,8 @@ pub type SharedEvents = Arc<tokio::sync::Mutex<mpsc::Receiver<Event>>>;
 pub struct Hub {
     /// Open sessions.
     pub sessions: Sessions,
-    events: tokio::sync::OwnedMutexGuard<mpsc::Receiver<Event>>,
+    /// The sessions' events, held for this job.
+    inbox: tokio::sync::OwnedMutexGuard<mpsc::Receiver<Event>>,
     pub(crate) job_id: String,
     pub(crate) spec_toml: String,
     /// Partners that accepted the job.
@@ -70,8 +71,8 @@ pub struct Hub {
     pub(crate) stopped: bool,
     /// Where offer answers are audited.
     store: Option<Store>,
-    /// Where the rounds record their metrics.
-    pub metrics: MetricsRegistry,
+    /// Where the job and its rounds publish what happens.
+    pub(crate) events: JobEvents,
     /// The session whose offer each partner has answered: one decision per offer.
     answered: BTreeMap<String, u64>,
     /// Partners that missed a phase deadline (or left) in a round: for the next rounds they
@@ -106,7 +107,7 @@ impl Hub {
     ) -> Self {
         Self {
             sessions,
-            events: events.lock_owned().await,
+            inbox: events.lock_owned().await,
             job_id,
             spec_toml,
             accepted: BTreeSet::new(),
@@ -114,7 +115,7 @@ impl Hub {
             sessions_seen: BTreeMap::new(),
             stopped: false,
             store: None,
-            metrics: MetricsRegistry::default(),
+            events: JobEvents::default(),
             probation: BTreeMap::new(),
             answered: BTreeMap::new(),
         }
@@ -178,7 +179,7 @@ impl Hub {
     /// server stopped). Joins are offered the job and offer replies recorded on the way.
     pub async fn next(&mut self, deadline: Instant) -> Option<RoundEvent> {
         loop {
-            let event = match tokio::time::timeout_at(deadline, self.events.recv()).await {
+            let event = match tokio::time::timeout_at(deadline, self.inbox.recv()).await {
                 Ok(Some(e)) => e,
                 Ok(None) => {
                     self.stopped = true;
@@ -218,7 +219,8 @@ impl Hub {
                             // One decision per offer: a second answer on the session is a
                             // protocol violation, counted and ended, never audited again.
                             warn!(partner = %partner, "second answer to one job offer; closing the session");
-                            self.metrics.protocol_violation(&self.job_id);
+                            self.events
+                                .publish(JobEvent::ProtocolViolation { job: &self.job_id });
                             self.sessions
                                 .kick(
                                     &partner,

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fedmark_coordinator::admin::{AdminAuth, AdminToken};
-use fedmark_coordinator::board::Board;
+use fedmark_coordinator::board::{Board, BoardFeed};
 use fedmark_coordinator::config::CoordinatorConfig;
 use fedmark_coordinator::dashboard::Dashboard;
+use fedmark_coordinator::events::JobEvents;
 use fedmark_coordinator::export::{self, write_json};
 use fedmark_coordinator::job::RunSettings;
 use fedmark_coordinator::round::PausePoint;
@@ -564,8 +565,9 @@ fn serve(cfg: CoordinatorConfig, spec: Option<JobSpec>) -> anyhow::Result<()> {
             submitted_by: std::env::var("USER").unwrap_or_else(|_| "operator".into()),
             pause_at,
             tls: cfg.tls.as_ref().map(|t| t.load()).transpose()?,
-            metrics,
-            board,
+            events: JobEvents::default()
+                .with(metrics)
+                .with(BoardFeed { board: board.clone(), store: store.clone() }),
         };
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
@@ -573,7 +575,7 @@ fn serve(cfg: CoordinatorConfig, spec: Option<JobSpec>) -> anyhow::Result<()> {
         let Some(spec) = spec else {
             let auth = AdminAuth { token, require_admin_cert: settings.tls.is_some() };
             info!("serving jobs; submit them with `fedmark job submit`");
-            fedmark_coordinator::server::serve_jobs(listener, settings, auth, shutdown)
+            fedmark_coordinator::server::serve_jobs(listener, settings, board, auth, shutdown)
                 .await
                 .context("serving jobs")?;
             println!("fedmark-coordinator stopped");

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::events::{JobEvent, JobListener};
+
 /// Upper bounds (seconds) of the round-duration histogram buckets.
 pub const DURATION_BUCKETS: [f64; 12] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -158,6 +160,24 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+impl JobListener for Metrics {
+    fn on_event(&self, event: &JobEvent<'_>) {
+        match *event {
+            JobEvent::RoundCommitted { job, record } => self.round_committed(
+                job,
+                record.seconds,
+                record.participants as usize,
+                record.dropped as usize,
+                record.epsilon,
+            ),
+            JobEvent::RoundAborted { job } => self.round_aborted(job),
+            JobEvent::ProtocolViolation { job } => self.protocol_violation(job),
+            JobEvent::InputBytes { job, bytes } => self.input_bytes(job, bytes),
+            _ => {}
+        }
     }
 }
 

@@ -703,7 +703,10 @@ async fn input_phase(
                 };
                 if added.is_ok() {
                     let bytes = chunk.values.len() * std::mem::size_of::<u32>();
-                    hub.metrics.input_bytes(&plan.rref.job_id, bytes as u64);
+                    hub.events.publish(crate::events::JobEvent::InputBytes {
+                        job: &plan.rref.job_id,
+                        bytes: bytes as u64,
+                    });
                 }
                 if chunk.last && !chunk.consent_snapshot.is_empty() && added.is_ok() {
                     consent.insert(partner.clone(), chunk.consent_snapshot.to_ascii_lowercase());

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::admin::{AdminAuth, AdminService, JobQueue};
+use crate::board::Board;
 use crate::hub::{FINISH_SEND_LIMIT, Hub, SharedEvents};
 use crate::job::{JobError, RunSettings, run_job};
 use crate::service::{CoordinatorService, Event, Sessions};
@@ -122,15 +123,17 @@ enum Ended {
 }
 
 /// Serves partners and the admin API on `listener` and runs submitted jobs until `shutdown`.
-/// `settings.board` should hold the store's jobs ([`crate::board::Board::from_store`]).
+/// `board` should hold the store's jobs ([`crate::board::Board::from_store`]) and follow
+/// the jobs' events (a [`crate::board::BoardFeed`] in `settings.events`); the admin API reads
+/// it, and the scheduler records on it how jobs end.
 pub async fn serve_jobs(
     listener: TcpListener,
     settings: RunSettings,
+    board: Board,
     auth: AdminAuth,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let store = settings.store.clone();
-    let board = settings.board.clone();
     let queue = Arc::new(JobQueue::default());
     // Unfinished jobs first (a restart resumes them), then the queued ones, each in
     // submission order.

@@ -77,8 +77,7 @@ pub async fn start_coordinator_with_tls(
         submitted_by: "test".into(),
         pause_at: None,
         tls,
-        metrics: Default::default(),
-        board: Default::default(),
+        events: Default::default(),
     };
     let job = tokio::spawn(fedmark_coordinator::run(
         listener,

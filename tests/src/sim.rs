@@ -407,6 +407,8 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                 .await
                 .context("binding 127.0.0.1:0")?;
             let addr = listener.local_addr()?;
+            let metrics = fedmark_coordinator::metrics::Metrics::default();
+            let board = fedmark_coordinator::board::Board::default();
             let settings = RunSettings {
                 max_model_params: fedmark_coordinator::job::DEFAULT_MAX_MODEL_PARAMS,
                 expected_partners: opts.partners,
@@ -421,8 +423,12 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                 tls: certs.as_ref().map(|c| {
                     server_config(&c.ca_pem, &c.coordinator.cert_pem, &c.coordinator.key_pem)
                 }),
-                metrics: fedmark_coordinator::metrics::Metrics::default(),
-                board: Default::default(),
+                events: fedmark_coordinator::events::JobEvents::default()
+                    .with(metrics.clone())
+                    .with(fedmark_coordinator::board::BoardFeed {
+                        board: board.clone(),
+                        store: coordinator_store.clone(),
+                    }),
             };
             if let Some(at) = opts.metrics_listen {
                 let listener = fedmark_coordinator::http::bind(at)
@@ -434,13 +440,13 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                 eprintln!("coordinator metrics on http://{bound}/metrics");
                 eprintln!("coordinator dashboard on http://{bound}/dashboard#token={secret}");
                 let dashboard = fedmark_coordinator::dashboard::Dashboard {
-                    board: settings.board.clone(),
+                    board,
                     store: coordinator_store.clone(),
                     token: fedmark_coordinator::admin::AdminToken::from_secret(&secret),
                 };
                 tokio::spawn(fedmark_coordinator::http::serve(
                     listener,
-                    settings.metrics.clone(),
+                    metrics,
                     Some(dashboard),
                     std::future::pending(),
                 ));
