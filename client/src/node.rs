@@ -34,15 +34,16 @@ use fedmark_core::guard::GuardRefusal;
 use fedmark_core::model::Model;
 use fedmark_core::secagg::keys::parse_signing_key;
 use fedmark_core::secagg::{
-    ClientPolicy, ClientRound, Envelope, KeyAdvertisement, Mask, MaskPlan, Roster, RoundId,
-    RoundParams, SecAggError, ShareKind, SignedKeys, SurvivorSignature as CoreSurvivorSignature,
+    ClientPolicy, ClientRound, Envelope, Mask, MaskPlan, Roster, RoundId, RoundParams, SecAggError,
+    SignedKeys,
 };
-use fedmark_core::shape::{Announced, RoundShape};
+use fedmark_core::shape::RoundShape;
 use fedmark_core::spec::{JobSpec, PrivacyMode};
+use fedmark_proto::convert;
 use fedmark_proto::coordinator_client::CoordinatorClient;
 use fedmark_proto::{
-    ClientMessage, EncryptedShares, Hello, OfferReply, PROTOCOL_VERSION, RevealedShare, RoundRef,
-    RoundStart, SurvivorSignature, UnmaskReply, client_message, server_message,
+    ClientMessage, EncryptedShares, Hello, OfferReply, PROTOCOL_VERSION, RoundRef, RoundStart,
+    SurvivorSignature, UnmaskReply, client_message, server_message,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};
@@ -61,9 +62,6 @@ use crate::policy::{PartnerPolicy, PolicyError};
 use crate::rounds::{RoundRecords, RoundsError};
 use crate::transfer::{SessionToken, Uploaded, download_model, upload_input};
 use fedmark_core::audit::{f64s_sha256, u32s_sha256};
-
-/// Largest message the client accepts (model chunks are 64 KiB).
-pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Why the client stopped.
 #[derive(Debug, thiserror::Error)]
@@ -273,8 +271,8 @@ pub async fn connect(cfg: &ClientConfig) -> Result<CoordinatorClient<Channel>, C
         match endpoint.connect().await {
             Ok(channel) => {
                 return Ok(CoordinatorClient::new(channel)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES));
+                    .max_decoding_message_size(fedmark_proto::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(fedmark_proto::MAX_MESSAGE_BYTES));
             }
             Err(e) => {
                 let now = tokio::time::Instant::now();
@@ -666,29 +664,6 @@ fn model_hash(model: &[f64]) -> String {
     }
 }
 
-/// What a round start announces about the round's shape, for [`RoundShape::check`].
-pub fn announced(start: &RoundStart) -> Announced<'_> {
-    Announced {
-        secure: start.secure,
-        vector_len: start.vector_len,
-        model_len: start.model_len,
-        threshold: u64::from(start.threshold),
-        graph_degree: u64::from(start.graph_degree),
-        graph_seed: &start.graph_seed,
-    }
-}
-
-fn kind_of(start: &RoundStart) -> Result<RoundKind, ClientError> {
-    match start.kind() {
-        fedmark_proto::RoundKind::Statistics => Ok(RoundKind::Statistics),
-        fedmark_proto::RoundKind::Training => Ok(RoundKind::Training),
-        fedmark_proto::RoundKind::Evaluation => Ok(RoundKind::Evaluation),
-        fedmark_proto::RoundKind::Unspecified => {
-            Err(ClientError::Protocol("round of unspecified kind".into()))
-        }
-    }
-}
-
 impl Node {
     async fn handle(&mut self, body: server_message::Body) -> Result<Flow, ClientError> {
         use server_message::Body;
@@ -726,21 +701,12 @@ impl Node {
                     return Ok(Flow::Continue);
                 }
                 self.leave_if(DropPoint::AfterKeys)?;
+                // A malformed advertisement counts as missing: the client round decides
+                // whether enough valid ones remain.
                 let signed: Vec<SignedKeys> = keys
                     .keys
                     .into_iter()
-                    .filter_map(|k| {
-                        KeyAdvertisement::from_slices(
-                            &k.cipher_public,
-                            &k.mask_public,
-                            &k.signature,
-                        )
-                        .ok()
-                        .map(|keys| SignedKeys {
-                            partner_id: k.partner_id,
-                            keys,
-                        })
-                    })
+                    .filter_map(|k| SignedKeys::try_from(k).ok())
                     .collect();
                 let (Some(round), Some(identity)) = (self.round.as_mut(), self.identity.as_ref())
                 else {
@@ -755,14 +721,7 @@ impl Node {
                     Ok(envelopes) => {
                         let msg = EncryptedShares {
                             round: Some(round.rref.clone()),
-                            envelopes: envelopes
-                                .into_iter()
-                                .map(|e| fedmark_proto::Envelope {
-                                    from: e.from,
-                                    to: e.to,
-                                    ciphertext: e.ciphertext,
-                                })
-                                .collect(),
+                            envelopes: envelopes.into_iter().map(Into::into).collect(),
                         };
                         send(&self.tx, client_message::Body::Shares(msg)).await?;
                     }
@@ -774,11 +733,7 @@ impl Node {
                     return Ok(Flow::Continue);
                 }
                 self.leave_if(DropPoint::AfterShares)?;
-                let envelopes: Result<Vec<Envelope>, _> = delivery
-                    .envelopes
-                    .into_iter()
-                    .map(|e| Envelope::new(e.from, e.to, e.ciphertext))
-                    .collect();
+                let envelopes: Result<Vec<Envelope>, _> = convert::all(delivery.envelopes);
                 let Some(round) = self.round.as_mut() else {
                     return Ok(Flow::Continue);
                 };
@@ -837,11 +792,7 @@ impl Node {
                 let revealed = if request.survivors != secagg.signed_survivors() {
                     Err(SecAggError::SurvivorSetChanged)
                 } else {
-                    request
-                        .signatures
-                        .into_iter()
-                        .map(|s| CoreSurvivorSignature::new(s.partner_id, &s.signature))
-                        .collect::<Result<Vec<_>, _>>()
+                    convert::all(request.signatures)
                         .and_then(|signatures| secagg.on_unmask(&signatures, &identity.roster))
                 };
                 // The hash kept at download: `round.model` went to the computation.
@@ -862,18 +813,7 @@ impl Node {
                         }
                         let msg = UnmaskReply {
                             round: Some(round.rref.clone()),
-                            shares: shares
-                                .into_iter()
-                                .map(|s| RevealedShare {
-                                    owner: s.owner,
-                                    kind: match s.kind {
-                                        ShareKind::SelfMask => fedmark_proto::ShareKind::SelfMask,
-                                        ShareKind::MaskKey => fedmark_proto::ShareKind::MaskKey,
-                                    } as i32,
-                                    x: s.x,
-                                    value: s.value,
-                                })
-                                .collect(),
+                            shares: shares.into_iter().map(Into::into).collect(),
                         };
                         send(&self.tx, client_message::Body::Unmask(msg)).await?;
                     }
@@ -1250,7 +1190,9 @@ impl Node {
             )?;
             return Ok(());
         }
-        let kind = kind_of(&start)?;
+        let kind = start
+            .round_kind()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         if let Err(refusal) = self.admit(&rref, kind)? {
             // Not this partner's round: it sends nothing, and the coordinator counts it out.
             warn!(round = rref.round, attempt = rref.attempt, reason = %refusal, "refusing a round this job may not ask for");
@@ -1274,7 +1216,7 @@ impl Node {
             let shape = RoundShape::derive(&ctx.spec, kind, start.cohort.clone(), ctx.num_params());
             (shape, ctx.spec.features.numeric.len())
         };
-        let announced = announced(&start);
+        let announced = start.announced();
         let shape = match shape.and_then(|shape| {
             shape.check(&announced, &rref.job_id, rref.round, rref.attempt)?;
             Ok(shape)
@@ -1408,7 +1350,7 @@ impl Node {
             ));
         };
         let (degree, threshold) = (shape.degree, shape.threshold);
-        let rid = RoundId::new(&round.rref.job_id, round.rref.round, round.rref.attempt);
+        let rid = RoundId::from(&round.rref);
         let policy_floor = match (&self.policy, &self.job) {
             (Some(policy), Some((_, ctx))) => ctx
                 .lock()
@@ -1451,12 +1393,7 @@ impl Node {
         });
         match created {
             Ok((secagg, advert)) => {
-                let msg = fedmark_proto::KeyAdvertisement {
-                    round: Some(round.rref.clone()),
-                    cipher_public: advert.cipher_public.to_vec(),
-                    mask_public: advert.mask_public.to_vec(),
-                    signature: advert.signature.to_vec(),
-                };
+                let msg = fedmark_proto::KeyAdvertisement::new(&round.rref, &advert);
                 round.secagg = Some(secagg);
                 send(&self.tx, client_message::Body::Keys(msg)).await?;
             }

@@ -197,8 +197,8 @@ impl AdminService {
     /// The tonic server wrapper.
     pub fn into_server(self) -> AdminServer<Self> {
         AdminServer::new(self)
-            .max_decoding_message_size(crate::service::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(crate::service::MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(fedmark_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(fedmark_proto::MAX_MESSAGE_BYTES)
     }
 
     fn info(&self, view: JobView) -> JobInfo {

@@ -39,12 +39,13 @@ use std::time::Duration;
 use fedmark_core::aggregate::{Progress, RoundKind, RunningSum, VectorLayout};
 use fedmark_core::features::Standardizer;
 use fedmark_core::secagg::{
-    Envelope, GraphSpec, KeyAdvertisement, RevealedShare, Roster, RoundId, RoundParams,
-    SecAggError, ServerRound, ShareKind, SignedKeys, SurvivorSignature,
+    Envelope, GraphSpec, RevealedShare, Roster, RoundId, RoundParams, SecAggError, ServerRound,
+    SignedKeys, SurvivorSignature,
 };
+use fedmark_proto::convert;
 use fedmark_proto::{
-    KeyBroadcast, PartnerSignature, RoundAbort, RoundRef, RoundStart, SharesDelivery,
-    SurvivorCheck, UnmaskRequest, client_message, server_message,
+    KeyBroadcast, RoundAbort, RoundRef, RoundStart, SharesDelivery, SurvivorCheck, UnmaskRequest,
+    client_message, server_message,
 };
 use tokio::time::Instant;
 use tonic::Status;
@@ -179,11 +180,7 @@ fn start_message(plan: &RoundPlan) -> RoundStart {
         .unwrap_or_default();
     RoundStart {
         round: Some(plan.rref.clone()),
-        kind: match plan.kind {
-            RoundKind::Statistics => fedmark_proto::RoundKind::Statistics,
-            RoundKind::Training => fedmark_proto::RoundKind::Training,
-            RoundKind::Evaluation => fedmark_proto::RoundKind::Evaluation,
-        } as i32,
+        kind: fedmark_proto::RoundKind::from(plan.kind) as i32,
         cohort: plan.cohort.clone(),
         threshold: plan.threshold as u32,
         secure: plan.secure.is_some(),
@@ -206,7 +203,7 @@ fn start_message(plan: &RoundPlan) -> RoundStart {
 
 /// The secure-aggregation id of a round instance; a retried round is a new instance.
 pub fn round_id(rref: &RoundRef) -> RoundId {
-    RoundId::new(&rref.job_id, rref.round, rref.attempt)
+    RoundId::from(rref)
 }
 
 /// The tasks sending a round's start to its members. They are stopped when the round is
@@ -383,8 +380,7 @@ async fn secure_round(
         dropped,
         |partner, body| match body {
             client_message::Body::Keys(k) if k.round.as_ref() == Some(&plan.rref) => {
-                let keys =
-                    KeyAdvertisement::from_slices(&k.cipher_public, &k.mask_public, &k.signature)?;
+                let keys = k.keys()?;
                 server.on_keys(
                     SignedKeys {
                         partner_id: partner.to_owned(),
@@ -404,15 +400,7 @@ async fn secure_round(
         let keys = server.keys_for(member).map_err(secagg_failed)?;
         let msg = KeyBroadcast {
             round: Some(plan.rref.clone()),
-            keys: keys
-                .into_iter()
-                .map(|k| fedmark_proto::SignedKeys {
-                    partner_id: k.partner_id,
-                    cipher_public: k.keys.cipher_public.to_vec(),
-                    mask_public: k.keys.mask_public.to_vec(),
-                    signature: k.keys.signature.to_vec(),
-                })
-                .collect(),
+            keys: keys.into_iter().map(Into::into).collect(),
         };
         hub.send(member, server_message::Body::Keys(msg)).await;
     }
@@ -431,11 +419,7 @@ async fn secure_round(
         dropped,
         |partner, body| match body {
             client_message::Body::Shares(sh) if sh.round.as_ref() == Some(&plan.rref) => {
-                let envelopes = sh
-                    .envelopes
-                    .into_iter()
-                    .map(|e| Envelope::new(e.from, e.to, e.ciphertext))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let envelopes: Vec<Envelope> = convert::all(sh.envelopes)?;
                 server.on_shares(partner, envelopes)?;
                 Ok(true)
             }
@@ -452,14 +436,7 @@ async fn secure_round(
         let envelopes = server.envelopes_for(member).map_err(secagg_failed)?;
         let msg = SharesDelivery {
             round: Some(plan.rref.clone()),
-            envelopes: envelopes
-                .into_iter()
-                .map(|e| fedmark_proto::Envelope {
-                    from: e.from,
-                    to: e.to,
-                    ciphertext: e.ciphertext,
-                })
-                .collect(),
+            envelopes: envelopes.into_iter().map(Into::into).collect(),
         };
         hub.send(member, server_message::Body::Shares(msg)).await;
     }
@@ -522,13 +499,7 @@ async fn secure_round(
         let msg = UnmaskRequest {
             round: Some(plan.rref.clone()),
             survivors: u3.clone(),
-            signatures: signatures
-                .into_iter()
-                .map(|s| PartnerSignature {
-                    partner_id: s.partner_id,
-                    signature: s.signature.to_vec(),
-                })
-                .collect(),
+            signatures: signatures.into_iter().map(Into::into).collect(),
         };
         hub.send(member, server_message::Body::Unmask(msg)).await;
     }
@@ -545,20 +516,7 @@ async fn secure_round(
         &mut late_dropped,
         |partner, body| match body {
             client_message::Body::Unmask(u) if u.round.as_ref() == Some(&plan.rref) => {
-                let shares = u
-                    .shares
-                    .into_iter()
-                    .map(|s| {
-                        let kind = match s.kind() {
-                            fedmark_proto::ShareKind::SelfMask => ShareKind::SelfMask,
-                            fedmark_proto::ShareKind::MaskKey => ShareKind::MaskKey,
-                            fedmark_proto::ShareKind::Unspecified => {
-                                return Err(SecAggError::UnspecifiedShareKind { owner: s.owner });
-                            }
-                        };
-                        RevealedShare::new(s.owner, kind, s.x, s.value)
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                let shares: Vec<RevealedShare> = convert::all(u.shares)?;
                 server.on_revealed(partner, shares)?;
                 Ok(true)
             }

@@ -27,8 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::bulk::{Bulk, Transfer, TransferError};
 
-/// Largest message accepted from a partner (input chunks are 64 KiB).
-pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+use fedmark_proto::MAX_MESSAGE_BYTES;
 
 /// How long a new session may take to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,9 +1,9 @@
 //! Wire types of the fedmark protocol, generated from `proto/fedmark.proto`.
 //!
-//! Only types live here: what the messages mean and how they are validated is the business of
-//! `fedmark-core` (the protocol logic) and of the coordinator and client crates (the I/O glue).
-//! The crate also holds what both sides share at the boundary: [`durable`], the one atomic
-//! file replace.
+//! What the messages mean is the business of `fedmark-core` (the protocol logic) and of the
+//! coordinator and client crates (the I/O glue). The crate also holds what both sides share at the boundary: [`convert`], every conversion
+//! between these types and `fedmark-core`'s, the wire limits ([`MAX_MESSAGE_BYTES`]) and
+//! [`durable`], the one atomic file replace. It depends on `fedmark-core`, never the reverse.
 
 #![allow(missing_docs)]
 #![allow(clippy::large_enum_variant)]
@@ -16,7 +16,11 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod convert;
 pub mod durable;
+
+/// Largest gRPC message either side sends or accepts (model and input chunks are 64 KiB).
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Shared byte buffers of the generated messages.
 pub use bytes::Bytes;

@@ -18,17 +18,16 @@ use std::io::Write;
 use std::sync::OnceLock;
 
 use ed25519_dalek::SigningKey;
-use fedmark_core::aggregate::RoundKind;
 use fedmark_core::aggregate::{Progress, RunningSum};
 use fedmark_core::audit::{AuditChain, AuditRecord, verify};
 use fedmark_core::guard::RoundGuard;
 use fedmark_core::secagg::{
     ClientPolicy, ClientRound, Envelope, KeyAdvertisement, RevealedShare, Roster, RoundId,
-    RoundParams, ServerRound, ShareKind, SignedKeys, SurvivorSignature, generate_identity,
-    valid_partner_id,
+    RoundParams, ServerRound, SignedKeys, SurvivorSignature, generate_identity, valid_partner_id,
 };
 use fedmark_core::shape::RoundShape;
 use fedmark_core::spec::JobSpec;
+use fedmark_proto::convert;
 use fedmark_proto::{ClientMessage, ServerMessage, client_message, server_message};
 use prost::Message;
 use rand::SeedableRng;
@@ -479,22 +478,11 @@ impl Fixture {
 }
 
 fn proto_keys(k: &KeyAdvertisement) -> fedmark_proto::KeyAdvertisement {
-    fedmark_proto::KeyAdvertisement {
-        round: Some(fixture_rref()),
-        cipher_public: k.cipher_public.to_vec(),
-        mask_public: k.mask_public.to_vec(),
-        signature: k.signature.to_vec(),
-    }
+    fedmark_proto::KeyAdvertisement::new(&fixture_rref(), k)
 }
 
 fn proto_envelopes(envs: &[Envelope]) -> Vec<fedmark_proto::Envelope> {
-    envs.iter()
-        .map(|e| fedmark_proto::Envelope {
-            from: e.from.clone(),
-            to: e.to.clone(),
-            ciphertext: e.ciphertext.clone(),
-        })
-        .collect()
+    envs.iter().cloned().map(Into::into).collect()
 }
 
 fn fixture_rref() -> fedmark_proto::RoundRef {
@@ -502,14 +490,6 @@ fn fixture_rref() -> fedmark_proto::RoundRef {
         job_id: "fuzz-job".into(),
         round: 1,
         attempt: 0,
-    }
-}
-
-fn share_kind_from_proto(kind: fedmark_proto::ShareKind) -> Option<ShareKind> {
-    match kind {
-        fedmark_proto::ShareKind::SelfMask => Some(ShareKind::SelfMask),
-        fedmark_proto::ShareKind::MaskKey => Some(ShareKind::MaskKey),
-        fedmark_proto::ShareKind::Unspecified => None,
     }
 }
 
@@ -548,9 +528,7 @@ pub fn client_message(data: &[u8]) {
             }
         }
         client_message::Body::Keys(k) => {
-            let Ok(keys) =
-                KeyAdvertisement::from_slices(&k.cipher_public, &k.mask_public, &k.signature)
-            else {
+            let Ok(keys) = k.keys() else {
                 return;
             };
             let mut server = fx.server_keys.clone();
@@ -565,12 +543,7 @@ pub fn client_message(data: &[u8]) {
             }
         }
         client_message::Body::Shares(sh) => {
-            let Ok(envelopes) = sh
-                .envelopes
-                .into_iter()
-                .map(|e| Envelope::new(e.from, e.to, e.ciphertext))
-                .collect::<Result<Vec<_>, _>>()
-            else {
+            let Ok(envelopes) = convert::all::<_, Envelope>(sh.envelopes) else {
                 return;
             };
             let mut server = fx.server_shares.clone();
@@ -593,15 +566,7 @@ pub fn client_message(data: &[u8]) {
             }
         }
         client_message::Body::Unmask(u) => {
-            let Ok(shares) = u
-                .shares
-                .into_iter()
-                .map(|s| {
-                    let kind = share_kind_from_proto(s.kind()).ok_or(())?;
-                    RevealedShare::new(s.owner, kind, s.x, s.value).map_err(|_| ())
-                })
-                .collect::<Result<Vec<_>, ()>>()
-            else {
+            let Ok(shares) = convert::all::<_, RevealedShare>(u.shares) else {
                 return;
             };
             let mut server = fx.server_reveals.clone();
@@ -663,15 +628,12 @@ pub fn server_message(data: &[u8]) {
             }
             // The partner's production checks: the round's shape against its own derivation,
             // and its round guard.
-            let kind = match start.kind() {
-                fedmark_proto::RoundKind::Statistics => RoundKind::Statistics,
-                fedmark_proto::RoundKind::Training => RoundKind::Training,
-                fedmark_proto::RoundKind::Evaluation => RoundKind::Evaluation,
-                fedmark_proto::RoundKind::Unspecified => return,
+            let Ok(kind) = start.round_kind() else {
+                return;
             };
             let spec = fuzz_spec();
             if let Ok(shape) = RoundShape::derive(spec, kind, start.cohort.clone(), 3) {
-                let announced = fedmark_client::node::announced(&start);
+                let announced = start.announced();
                 if shape
                     .check(&announced, &rref.job_id, rref.round, rref.attempt)
                     .is_ok()
@@ -690,7 +652,7 @@ pub fn server_message(data: &[u8]) {
                     "round start: the guard admitted one round instance twice"
                 );
             }
-            let rid = RoundId::new(&rref.job_id, rref.round, rref.attempt);
+            let rid = RoundId::from(rref);
             let degree = start.graph_degree as usize;
             let len = usize::try_from(start.vector_len).unwrap_or(usize::MAX);
             let threshold = start.threshold as usize;
@@ -705,26 +667,14 @@ pub fn server_message(data: &[u8]) {
             let signed: Vec<SignedKeys> = kb
                 .keys
                 .into_iter()
-                .filter_map(|k| {
-                    KeyAdvertisement::from_slices(&k.cipher_public, &k.mask_public, &k.signature)
-                        .ok()
-                        .map(|keys| SignedKeys {
-                            partner_id: k.partner_id,
-                            keys,
-                        })
-                })
+                .filter_map(|k| SignedKeys::try_from(k).ok())
                 .collect();
             let mut client = fx.p0_at(0);
             let mut rng = client_rng(0);
             let _ = client.on_keys(&signed, &fx.roster, &mut rng);
         }
         server_message::Body::Shares(delivery) => {
-            let Ok(envelopes) = delivery
-                .envelopes
-                .into_iter()
-                .map(|e| Envelope::new(e.from, e.to, e.ciphertext))
-                .collect::<Result<Vec<_>, _>>()
-            else {
+            let Ok(envelopes) = convert::all::<_, Envelope>(delivery.envelopes) else {
                 return;
             };
             let mut client = fx.p0_at(1);
@@ -748,12 +698,7 @@ pub fn server_message(data: &[u8]) {
             }
         }
         server_message::Body::Unmask(request) => {
-            let Ok(signatures) = request
-                .signatures
-                .into_iter()
-                .map(|s| SurvivorSignature::new(s.partner_id, &s.signature))
-                .collect::<Result<Vec<_>, _>>()
-            else {
+            let Ok(signatures) = convert::all::<_, SurvivorSignature>(request.signatures) else {
                 return;
             };
             let mut client = fx.p0_at(3);
@@ -821,19 +766,7 @@ pub fn client_message_seeds() -> Vec<(&'static str, Vec<u8>)> {
             "unmask",
             Body::Unmask(fedmark_proto::UnmaskReply {
                 round: rref,
-                shares: fx
-                    .p0_reveals
-                    .iter()
-                    .map(|s| fedmark_proto::RevealedShare {
-                        owner: s.owner.clone(),
-                        kind: match s.kind {
-                            ShareKind::SelfMask => fedmark_proto::ShareKind::SelfMask,
-                            ShareKind::MaskKey => fedmark_proto::ShareKind::MaskKey,
-                        } as i32,
-                        x: s.x,
-                        value: s.value.clone(),
-                    })
-                    .collect(),
+                shares: fx.p0_reveals.iter().cloned().map(Into::into).collect(),
             }),
         ),
     ];
@@ -885,16 +818,7 @@ pub fn server_message_seeds(offer_spec: &str) -> Vec<(&'static str, Vec<u8>)> {
             "keys",
             Body::Keys(fedmark_proto::KeyBroadcast {
                 round: rref.clone(),
-                keys: fx
-                    .keys_for_p0
-                    .iter()
-                    .map(|k| fedmark_proto::SignedKeys {
-                        partner_id: k.partner_id.clone(),
-                        cipher_public: k.keys.cipher_public.to_vec(),
-                        mask_public: k.keys.mask_public.to_vec(),
-                        signature: k.keys.signature.to_vec(),
-                    })
-                    .collect(),
+                keys: fx.keys_for_p0.iter().cloned().map(Into::into).collect(),
             }),
         ),
         (

@@ -48,8 +48,9 @@ fn every_corpus_file_replays_without_panic() {
 /// give the fuzzer nothing worth mutating).
 #[test]
 fn client_message_seeds_are_accepted_by_the_fixture_round() {
-    use fedmark_core::secagg::{Envelope, KeyAdvertisement, RevealedShare, ShareKind, SignedKeys};
+    use fedmark_core::secagg::{Envelope, RevealedShare, SignedKeys};
     use fedmark_proto::client_message::Body;
+    use fedmark_proto::convert;
     use prost::Message;
     let fx = fedmark_tests::fuzzing::Fixture::get();
     let mut accepted = 0;
@@ -57,9 +58,7 @@ fn client_message_seeds_are_accepted_by_the_fixture_round() {
         let msg = fedmark_proto::ClientMessage::decode(bytes.as_slice()).unwrap();
         match msg.body.unwrap() {
             Body::Keys(k) => {
-                let keys =
-                    KeyAdvertisement::from_slices(&k.cipher_public, &k.mask_public, &k.signature)
-                        .unwrap();
+                let keys = k.keys().unwrap();
                 let signed = SignedKeys {
                     partner_id: "p0".into(),
                     keys,
@@ -68,26 +67,12 @@ fn client_message_seeds_are_accepted_by_the_fixture_round() {
                 accepted += 1;
             }
             Body::Shares(sh) => {
-                let envelopes = sh
-                    .envelopes
-                    .into_iter()
-                    .map(|e| Envelope::new(e.from, e.to, e.ciphertext).unwrap())
-                    .collect();
+                let envelopes: Vec<Envelope> = convert::all(sh.envelopes).unwrap();
                 fx.server_shares.clone().on_shares("p0", envelopes).unwrap();
                 accepted += 1;
             }
             Body::Unmask(u) => {
-                let shares = u
-                    .shares
-                    .into_iter()
-                    .map(|s| {
-                        let kind = match s.kind() {
-                            fedmark_proto::ShareKind::SelfMask => ShareKind::SelfMask,
-                            _ => ShareKind::MaskKey,
-                        };
-                        RevealedShare::new(s.owner, kind, s.x, s.value).unwrap()
-                    })
-                    .collect();
+                let shares: Vec<RevealedShare> = convert::all(u.shares).unwrap();
                 let mut server = fx.server_reveals.clone();
                 server.on_revealed("p0", shares).unwrap();
                 let mut words = fx.masked_sum.clone();

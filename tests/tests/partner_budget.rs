@@ -216,11 +216,7 @@ impl Driver {
             model_len: self.model_len as u64,
             ..RoundStart::default()
         };
-        start.set_kind(match kind {
-            RoundKind::Statistics => fedmark_proto::RoundKind::Statistics,
-            RoundKind::Training => fedmark_proto::RoundKind::Training,
-            RoundKind::Evaluation => fedmark_proto::RoundKind::Evaluation,
-        });
+        start.set_kind(kind.into());
         send(&s.out, server_message::Body::RoundStart(start)).await;
         let deadline = Instant::now() + WAIT;
         loop {

@@ -31,8 +31,7 @@ const EXIT_UNAVAILABLE: u8 = 69;
 const EXIT_NOPERM: u8 = 77;
 /// Largest exported file accepted (a model of 500 million parameters).
 const MAX_FILE_BYTES: usize = 4 << 30;
-/// Largest message accepted from the coordinator (file chunks are 1 MiB).
-const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+use fedmark_proto::MAX_MESSAGE_BYTES;
 
 #[derive(Debug, Parser)]
 #[command(
