@@ -13,6 +13,8 @@
 //! snapshot's hash and counts go into the audit log and the hash onto the round's last input
 //! chunk; the user ids themselves stay in this process and are never logged or sent.
 
+use ed25519_dalek::SigningKey;
+use rand::Rng as _;
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -246,6 +248,36 @@ pub fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The partner's secret key for consent-snapshot hashes, derived (HKDF-SHA256) from its
+/// identity key, so it needs no file of its own and no one else can recompute the hashes.
+pub(crate) fn consent_key(identity: &SigningKey) -> [u8; 32] {
+    let hk = hkdf::Hkdf::<sha2::Sha256>::new(None, identity.as_bytes());
+    let mut key = [0u8; 32];
+    // 32 bytes is far below HKDF-SHA256's output limit, so expand cannot fail.
+    let _ = hk.expand(b"fedmark consent-snapshot key v1", &mut key);
+    key
+}
+
+/// What the coordinator gets of a round's consent snapshot: a hiding commitment to its
+/// (keyed) hash, `SHA-256("fedmark consent commitment v1" ‖ salt ‖ hash)` with 16 fresh
+/// random bytes of salt, hex. The partner's audit file keeps the hash and the salt, so the
+/// partner can open every commitment the model card lists to a regulator; the coordinator
+/// learns nothing from it, not even whether two rounds used the same snapshot (a bare hash
+/// would show each consent change). Empty without a consent source.
+pub(crate) fn commit_snapshot(hash: &str) -> (String, String) {
+    if hash.is_empty() {
+        return (String::new(), String::new());
+    }
+    let mut salt = [0u8; 16];
+    crate::participant::secret_rng().fill_bytes(&mut salt);
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"fedmark consent commitment v1");
+    h.update(salt);
+    h.update(hash.as_bytes());
+    (hex::encode(h.finalize()), hex::encode(salt))
 }
 
 #[cfg(test)]

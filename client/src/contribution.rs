@@ -4,9 +4,9 @@
 //! standardisation; this module evaluates, trains, clips and weights, and returns the values
 //! of the round's vector (see [`fedmark_core::aggregate`]). Encoding and masking happen after.
 
-use fedmark_core::aggregate::eval_stats_to_vec;
-use fedmark_core::budget::{EVAL_LOSS_CAP, PrivacyPlan};
-use fedmark_core::dp::add_gaussian_noise;
+use fedmark_core::aggregate::{RoundKind, eval_stats_to_vec};
+use fedmark_core::budget::{EVAL_LOSS_CAP, PrivacyPlan, noise_threshold};
+use fedmark_core::dp::{add_gaussian_noise, add_skellam_noise};
 use fedmark_core::features::{FeatureSchema, Standardizer};
 use fedmark_core::matrix::Dataset;
 use fedmark_core::metrics::EvalStats;
@@ -14,10 +14,12 @@ use fedmark_core::model::{Architecture, Model};
 use fedmark_core::spec::JobSpec;
 use fedmark_core::spec::PrivacyMode;
 use fedmark_core::train::{DpSgd, LocalTraining, clip_l2, train_dp_sgd, train_local};
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use crate::consent::ConsentSnapshot;
 use crate::data::{KeyedData, LocalData};
+use crate::participant::{Computation, secret_rng};
 
 /// A job this partner accepted, with its records for it.
 #[derive(Debug)]
@@ -251,6 +253,89 @@ impl JobContext {
         }
         Ok(RoundValues { update, stats })
     }
+}
+
+impl JobContext {
+    /// What this partner sends in a round, before masking: the round's values
+    /// ([`Self::statistics`], [`Self::training`] or [`Self::evaluation`]) encoded in the
+    /// round's layout and, in a `partner-distributed` training round, with the partner's share
+    /// of the round's Skellam noise. `seed` drives the shuffles and the stochastic rounding of
+    /// a job without DP ([`training_seed`]); DP jobs draw from the operating system, so their
+    /// noise is unpredictable to everyone.
+    pub fn compute(&mut self, c: Computation, seed: u64) -> Result<Vec<u32>, String> {
+        let mut rng = match self.privacy {
+            Some(_) => StdRng::from_rng(&mut secret_rng()),
+            None => StdRng::seed_from_u64(seed),
+        };
+        let (kind, layout) = (c.kind, c.layout);
+        let model = Model {
+            arch: self.arch,
+            dim: self.schema.dim(),
+            params: c.model,
+        };
+        // A DP job standardises with the spec's declared ranges, whatever the coordinator
+        // sends: nothing measured on partners' data enters it.
+        let standardizer = match self.spec.is_dp() {
+            true => Standardizer::from_ranges(&self.schema)
+                .ok_or("a DP job without declared feature ranges")?,
+            false => c.standardizer,
+        };
+        let RoundValues { update, stats } = match kind {
+            RoundKind::Statistics => self.statistics(),
+            RoundKind::Training => self.training(&model, &standardizer, &mut rng)?,
+            RoundKind::Evaluation => self.evaluation(&model, &standardizer, &mut rng)?,
+        };
+        let mut words = layout.encode(&update, &stats, &mut rng);
+        if kind == RoundKind::Training
+            && let Some(plan) = self.privacy
+            && plan.mode == PrivacyMode::PartnerDistributed
+            && let Some(codec) = layout.update_codec
+        {
+            // The partner's share of the round's noise, added before masking; the threshold
+            // is this partner's own computation, not the coordinator's word.
+            let t = noise_threshold(&self.spec, c.cohort);
+            let skellam = plan.skellam_round(codec.scale, layout.update_len, t);
+            add_skellam_noise(
+                &mut words[..layout.update_len],
+                skellam.mu_per_partner,
+                &mut rng,
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(words)
+    }
+}
+
+/// The seed of a round's training shuffles and stochastic rounding in a job without DP: a
+/// function of the job's seed, the partner's own `seed` (if configured), its id, the job and
+/// the round — never of the session, the attempt or the time — so the same spec, data and
+/// seeds give the same model bit for bit, and a retried round computes the same update. (DP
+/// jobs draw from the OS instead, see [`JobContext::compute`].)
+pub fn training_seed(
+    job_seed: u64,
+    partner_seed: Option<u64>,
+    partner: &str,
+    job_id: &str,
+    round: u64,
+) -> u64 {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"fedmark training seed v1");
+    h.update(job_seed.to_le_bytes());
+    h.update(partner_seed.map_or([0u8; 9], |s| {
+        let mut b = [1u8; 9];
+        b[1..].copy_from_slice(&s.to_le_bytes());
+        b
+    }));
+    for text in [partner, job_id] {
+        h.update((text.len() as u64).to_le_bytes());
+        h.update(text.as_bytes());
+    }
+    h.update(round.to_le_bytes());
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
 }
 
 #[cfg(test)]

@@ -134,7 +134,7 @@ pub(crate) async fn run_with_retries(
             "round_started",
             json!({
                 "job": hub.job_id, "round": round, "attempt": attempt,
-                "kind": format!("{kind:?}").to_lowercase(), "cohort": cohort,
+                "kind": kind.as_str(), "cohort": cohort,
                 "threshold": threshold, "secure": secure.is_some(),
                 "vector_len": layout.len(),
             }),

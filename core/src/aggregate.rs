@@ -31,6 +31,17 @@ pub enum RoundKind {
     Evaluation,
 }
 
+impl RoundKind {
+    /// The kind's name as records and logs write it (`statistics`, `training`, `evaluation`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoundKind::Statistics => "statistics",
+            RoundKind::Training => "training",
+            RoundKind::Evaluation => "evaluation",
+        }
+    }
+}
+
 /// Layout of a round's vector.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct VectorLayout {
