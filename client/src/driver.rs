@@ -36,7 +36,9 @@ use crate::error::ClientError;
 use crate::identity::Identity;
 use crate::ledger::{self, Contribution, JobTerms, Ledger};
 use crate::options::{DropPoint, NodeOptions};
-use crate::participant::{AcceptedJob, Action, Computation, Participant, ProtocolViolation};
+use crate::participant::{
+    AcceptedJob, Action, Computation, Decision, Participant, ProtocolViolation, RoundConsent,
+};
 use crate::policy::PartnerPolicy;
 use crate::transfer::{SessionToken, Uploaded, download_model, upload_input};
 
@@ -336,7 +338,7 @@ impl Node {
                 Action::Audit { kind, data } => self.audit(kind, data)?,
                 Action::TakeConsent(rref) => {
                     let outcome = self.consent_for_round(&rref)?;
-                    if outcome.is_ok() {
+                    if matches!(outcome, RoundConsent::Committed(_)) {
                         self.leave_if(DropPoint::Start)?;
                     }
                     self.participant.consent_taken(&rref, outcome);
@@ -481,12 +483,12 @@ impl Node {
         kind: RoundKind,
         layout: &VectorLayout,
         words: Vec<u32>,
-    ) -> Result<Result<Vec<u32>, String>, ClientError> {
+    ) -> Result<Decision, ClientError> {
         if !matches!(kind, RoundKind::Training | RoundKind::Evaluation) {
-            return Ok(Ok(words));
+            return Ok(Decision::Send(words));
         }
         let Some((job_id, ctx)) = &self.job else {
-            return Ok(Ok(words));
+            return Ok(Decision::Send(words));
         };
         let (purpose, plan, planned, digest) = match ctx.lock() {
             Ok(ctx) => (
@@ -500,11 +502,11 @@ impl Node {
         let number = rref.round;
         let Some(plan) = plan else {
             if kind == RoundKind::Training && (number == 0 || number > planned) {
-                return Ok(Err(format!(
+                return Ok(Decision::Refuse(format!(
                     "training round {number} is past the plan this partner accepted: the job plans training rounds 1 to {planned}"
                 )));
             }
-            return Ok(Ok(words));
+            return Ok(Decision::Send(words));
         };
         let cap = ledger::partner_cap(self.cfg.max_epsilon, self.policy.as_ref(), &purpose);
         let terms = JobTerms {
@@ -542,7 +544,7 @@ impl Node {
                 if let Some(pause) = ledger::pause_after_charge(number) {
                     tokio::time::sleep(pause).await;
                 }
-                Ok(Ok(words))
+                Ok(Decision::Send(words))
             }
             Ok(Contribution::Replayed(again)) => {
                 debug!(
@@ -550,9 +552,9 @@ impl Node {
                     "re-sending the update this round got before"
                 );
                 self.audit("input_replayed", ids)?;
-                Ok(Ok(again))
+                Ok(Decision::Send(again))
             }
-            Err(reason) => Ok(Err(reason)),
+            Err(reason) => Ok(Decision::Refuse(reason)),
         }
     }
 
@@ -657,10 +659,7 @@ impl Node {
     /// Takes the round's consent snapshot (re-reading the consent source) and restricts the
     /// job's rows to it; returns the snapshot hash (empty without a consent source), or the
     /// reason the round cannot use any data.
-    fn consent_for_round(
-        &mut self,
-        rref: &RoundRef,
-    ) -> Result<Result<String, String>, ClientError> {
+    fn consent_for_round(&mut self, rref: &RoundRef) -> Result<RoundConsent, ClientError> {
         if let Some(hook) = &self.options.round_hook {
             (hook.0)(rref.round);
         }
@@ -676,7 +675,9 @@ impl Node {
                             Some(identity) => s.with_key(consent_key(&identity.key)),
                             None => s,
                         },
-                        Err(e) => return Ok(Err(format!("consent source: {e}"))),
+                        Err(e) => {
+                            return Ok(RoundConsent::Unavailable(format!("consent source: {e}")));
+                        }
                     };
                     let snapshot = source.snapshot(&ctx.spec.job.purpose, now_unix());
                     ctx.apply_consent(&snapshot);
@@ -720,6 +721,6 @@ impl Node {
                 "usable_records": train_rows + holdout_rows,
             }),
         )?;
-        Ok(Ok(commitment))
+        Ok(RoundConsent::Committed(commitment))
     }
 }

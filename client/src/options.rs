@@ -74,7 +74,7 @@ pub struct NodeOptions {
     /// a long-running coordinator); otherwise the session ends with the first job.
     pub keep_serving: bool,
     /// What each job has asked of this partner (its round guards), loaded from
-    /// [`ClientConfig::rounds_path`] by the first session and kept across sessions and
+    /// [`crate::config::ClientConfig::rounds_path`] by the first session and kept across sessions and
     /// restarts.
     pub guards: Arc<Mutex<RoundRecords>>,
 }

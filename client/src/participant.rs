@@ -142,6 +142,24 @@ pub struct Computation {
     pub standardizer: Standardizer,
 }
 
+/// A round's consent snapshot, as the driver took it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoundConsent {
+    /// Taken: the commitment the coordinator gets.
+    Committed(String),
+    /// The round cannot use any data, and why (the partner sits it out).
+    Unavailable(String),
+}
+
+/// What may leave for a round's vector, as the ledger decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// This vector (the computed one, or the one the round got before).
+    Send(Vec<u32>),
+    /// Nothing, and why (past the plan or a cap).
+    Refuse(String),
+}
+
 /// What the driver must do next.
 #[derive(Debug)]
 pub enum Action {
@@ -412,13 +430,13 @@ impl Participant {
     /// The round's consent snapshot: its commitment, or why the round cannot use any data
     /// (the partner sits it out). Then the round's work begins: the model download, the
     /// round keys (secure rounds), and the computation when there is no model to wait for.
-    pub fn consent_taken(&mut self, rref: &RoundRef, outcome: Result<String, String>) {
+    pub fn consent_taken(&mut self, rref: &RoundRef, outcome: RoundConsent) {
         if self.round() != Some(rref) {
             return;
         }
         let commitment = match outcome {
-            Ok(c) => c,
-            Err(reason) => {
+            RoundConsent::Committed(c) => c,
+            RoundConsent::Unavailable(reason) => {
                 warn!(round = rref.round, reason = %reason, "cannot take this round's consent snapshot; sitting it out");
                 self.abandon(&reason);
                 return;
@@ -644,13 +662,13 @@ impl Participant {
 
     /// What the round's vector may leave as (after the ledger's charge, or the update this
     /// round got before), or why it may not leave: then masked and uploaded.
-    pub fn contribution(&mut self, rref: &RoundRef, decided: Result<Vec<u32>, String>) {
+    pub fn contribution(&mut self, rref: &RoundRef, decided: Decision) {
         let Some(round) = self.round.as_mut().filter(|r| &r.rref == rref) else {
             return;
         };
         let mut words = match decided {
-            Ok(words) => words,
-            Err(reason) => {
+            Decision::Send(words) => words,
+            Decision::Refuse(reason) => {
                 self.abandon(&reason);
                 return;
             }

@@ -2,7 +2,7 @@
 //! one job that runs, offers it to every session that opens, records the answers (one per
 //! offer, audited), and hands the round driver only the events of current sessions
 //! ([`RoundEvent`]). It also keeps each partner's standing after missed deadlines
-//! ([`Probation`]), which the cohort draw reads.
+//! (its probation), which the cohort draw reads.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -76,7 +76,7 @@ pub struct Hub {
     /// The session whose offer each partner has answered: one decision per offer.
     answered: BTreeMap<String, u64>,
     /// Partners that missed a phase deadline (or left) in a round: for the next rounds they
-    /// are drawn only when the others fall short (see [`crate::retry`]).
+    /// are drawn only when the others fall short (see `attempts.rs`).
     pub(crate) probation: BTreeMap<String, Probation>,
 }
 

@@ -11,7 +11,7 @@
 //! 3. **Training rounds** 1..=R: each one averages the partners' clipped deltas into the
 //!    server optimiser (and, without DP, evaluates the incoming model on their holdouts). A
 //!    round that fails ([`crate::round::RoundError`]) is retried with a fresh cohort up to
-//!    `max_attempts` times ([`crate::attempts`]). What a round costs in privacy, and the
+//!    `max_attempts` times (`attempts.rs`). What a round costs in privacy, and the
 //!    coordinator's noise, come from core's [`PrivacyPlan`].
 //! 4. **Final evaluation** (round R+1) of the last model, then `JobFinished` to everyone.
 //!

@@ -160,13 +160,13 @@ pub enum RoundError {
     PartialInput(String),
     /// Secure aggregation could not complete (too few advertisers, sharers or unmaskers).
     #[error("secure aggregation: {0}")]
-    SecAgg(String),
+    SecAgg(#[from] SecAggError),
     /// The unmask failed after some members revealed their shares. They will not help unmask
     /// this round again (see [`fedmark_core::guard`]), so its retries go on without them.
     #[error("unmasking failed after {} partners revealed their shares: {reason}", revealers.len())]
     UnmaskFailed {
         /// Why.
-        reason: String,
+        reason: SecAggError,
         /// Members whose shares were accepted.
         revealers: Vec<String>,
     },
@@ -335,7 +335,7 @@ fn finish(
 }
 
 fn secagg_failed(e: SecAggError) -> RoundError {
-    RoundError::SecAgg(e.to_string())
+    RoundError::SecAgg(e)
 }
 
 /// The secure phases around the input phase.
@@ -529,7 +529,7 @@ async fn secure_round(
     server
         .unmask(&mut words)
         .map_err(|e| RoundError::UnmaskFailed {
-            reason: e.to_string(),
+            reason: e,
             revealers: server.revealers(),
         })?;
     phase_done("unmasked", u3.len());

@@ -125,7 +125,9 @@ fn drive(p: &mut Party, model: &[f64], rng: &mut StdRng) -> Vec<client_message::
         match action {
             Action::Send(body) => sent.push(body),
             Action::Audit { kind, data } => p.audit.push((kind, data)),
-            Action::TakeConsent(r) => p.participant.consent_taken(&r, Ok("commitment".into())),
+            Action::TakeConsent(r) => p
+                .participant
+                .consent_taken(&r, RoundConsent::Committed("commitment".into())),
             Action::Download { round, model_len } => {
                 assert_eq!(model_len, model.len());
                 p.participant
@@ -141,7 +143,7 @@ fn drive(p: &mut Party, model: &[f64], rng: &mut StdRng) -> Vec<client_message::
             }
             Action::Contribute { round, words, .. } => {
                 assert_eq!(words, p.input, "the ledger sees the plain vector");
-                p.participant.contribution(&round, Ok(words));
+                p.participant.contribution(&round, Decision::Send(words));
             }
             Action::Upload {
                 words,
@@ -543,7 +545,7 @@ fn no_consent_snapshot_means_the_round_is_sat_out_and_stale_results_are_ignored(
             Action::TakeConsent(r) => {
                 took = true;
                 p.participant
-                    .consent_taken(&r, Err("consent source: unreadable".into()));
+                    .consent_taken(&r, RoundConsent::Unavailable("unreadable".into()));
             }
             Action::Audit { kind, data } => p.audit.push((kind, data)),
             other => panic!("nothing else may happen without consent: {other:?}"),
