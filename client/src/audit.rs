@@ -37,6 +37,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use fedmark_core::audit::{self, AuditChain, AuditError, AuditRecord};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Why the audit file could not be used.
@@ -146,9 +147,14 @@ impl AuditLog {
             chain: AuditChain::resume(actor, last.as_ref()),
         };
         if torn > 0 {
-            log.append("torn_write_discarded", serde_json::json!({ "bytes": torn }))?;
+            log.record(&PartnerEvent::TornWriteDiscarded { bytes: torn })?;
         }
         Ok(log)
+    }
+
+    /// Appends the record of `event`.
+    pub fn record(&mut self, event: &PartnerEvent) -> Result<(), AuditLogError> {
+        self.append(event.kind(), event.data())
     }
 
     /// Appends one record and syncs it to disk.
@@ -205,6 +211,191 @@ pub fn verify_file(path: &Path, head: Option<&str>) -> Result<audit::Verified, A
         path: shown,
         source,
     })
+}
+
+/// A round's identity as audit records name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundIds {
+    /// The job.
+    pub job_id: String,
+    /// The round number.
+    pub round: u64,
+    /// The attempt.
+    pub attempt: u32,
+}
+
+impl From<&fedmark_proto::RoundRef> for RoundIds {
+    fn from(r: &fedmark_proto::RoundRef) -> Self {
+        Self {
+            job_id: r.job_id.clone(),
+            round: r.round,
+            attempt: r.attempt,
+        }
+    }
+}
+
+/// Every record a partner writes, one variant per kind: serialised, each is the `kind` and
+/// `data` of the record exactly as the partner has always written it, so files written
+/// before these types existed still verify and read the same.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PartnerEvent {
+    /// A job was offered.
+    OfferReceived {
+        /// The job.
+        job_id: String,
+        /// SHA-256 of the spec text.
+        spec_sha256: String,
+        /// The spec's purpose, if it parses.
+        purpose: Option<String>,
+    },
+    /// The partner took the job.
+    OfferAccepted {
+        /// The job.
+        job_id: String,
+        /// Training rows before consent.
+        train_rows: usize,
+        /// Holdout rows before consent.
+        holdout_rows: usize,
+    },
+    /// The partner refused the job.
+    OfferRefused {
+        /// The job.
+        job_id: String,
+        /// Why (as sent to the coordinator).
+        reason: String,
+    },
+    /// A round started for this partner.
+    RoundStarted {
+        /// The round.
+        #[serde(flatten)]
+        ids: RoundIds,
+        /// `statistics`, `training` or `evaluation`.
+        kind: String,
+        /// Members of its cohort.
+        cohort_size: usize,
+        /// Its announced threshold.
+        threshold: u32,
+    },
+    /// The partner refused a round start (nothing sent).
+    RoundRefused {
+        /// The round.
+        #[serde(flatten)]
+        ids: RoundIds,
+        /// Why.
+        reason: String,
+    },
+    /// The partner gave up on a round it had started.
+    RoundAbandoned {
+        /// The round.
+        #[serde(flatten)]
+        ids: RoundIds,
+        /// Why.
+        reason: String,
+    },
+    /// The round's consent snapshot.
+    ConsentSnapshot {
+        /// The round.
+        #[serde(flatten)]
+        ids: RoundIds,
+        /// Whether the partner has a consent source.
+        consent_source: bool,
+        /// The snapshot's keyed hash (empty without a consent source).
+        snapshot_sha256: String,
+        /// The commitment the coordinator gets.
+        commitment: String,
+        /// Its salt, so the partner can open it.
+        commitment_salt: String,
+        /// Users with consent for the purpose (with a consent source).
+        consented_users: Option<usize>,
+        /// Training rows used.
+        train_rows: usize,
+        /// Holdout rows used.
+        holdout_rows: usize,
+        /// Both.
+        usable_records: usize,
+    },
+    /// The round's model arrived.
+    ModelReceived {
+        /// The round.
+        #[serde(flatten)]
+        ids: RoundIds,
+        /// SHA-256 of the model.
+        model_sha256: String,
+        /// Its parameter count.
+        params: usize,
+    },
+    /// The privacy ledger was charged for a round.
+    PrivacyCharged {
+        /// The job.
+        job_id: String,
+        /// The round.
+        round: u64,
+        /// The job's purpose.
+        purpose: String,
+        /// The purpose's ε after the charge.
+        epsilon_after: f64,
+    },
+    /// A round got the update it had before again.
+    InputReplayed {
+        /// The round.
+        #[serde(flatten)]
+        ids: RoundIds,
+    },
+    /// The partner's (masked) input left.
+    InputSent {
+        /// The round.
+        #[serde(flatten)]
+        ids: RoundIds,
+        /// SHA-256 of the words sent.
+        masked_sha256: String,
+        /// How many.
+        words: usize,
+    },
+    /// A half-written last record (a crash mid-write) was cut off when the file was opened.
+    TornWriteDiscarded {
+        /// Bytes discarded.
+        bytes: usize,
+    },
+    /// The job ended.
+    JobFinished {
+        /// The job.
+        job_id: String,
+        /// Why, as the coordinator said.
+        reason: String,
+    },
+}
+
+impl PartnerEvent {
+    /// The record's `kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PartnerEvent::OfferReceived { .. } => "offer_received",
+            PartnerEvent::OfferAccepted { .. } => "offer_accepted",
+            PartnerEvent::OfferRefused { .. } => "offer_refused",
+            PartnerEvent::RoundStarted { .. } => "round_started",
+            PartnerEvent::RoundRefused { .. } => "round_refused",
+            PartnerEvent::RoundAbandoned { .. } => "round_abandoned",
+            PartnerEvent::ConsentSnapshot { .. } => "consent_snapshot",
+            PartnerEvent::ModelReceived { .. } => "model_received",
+            PartnerEvent::PrivacyCharged { .. } => "privacy_charged",
+            PartnerEvent::InputReplayed { .. } => "input_replayed",
+            PartnerEvent::InputSent { .. } => "input_sent",
+            PartnerEvent::TornWriteDiscarded { .. } => "torn_write_discarded",
+            PartnerEvent::JobFinished { .. } => "job_finished",
+        }
+    }
+
+    /// The record's `data`, as the serde representation's `data` (strings, integers,
+    /// booleans and floats only, so serialising cannot fail; a NaN is written as null, as
+    /// `serde_json` writes every non-finite float).
+    pub fn data(&self) -> Value {
+        match serde_json::to_value(self) {
+            Ok(Value::Object(mut map)) => map.remove("data").unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -303,5 +494,142 @@ mod tests {
         std::fs::write(&path, &damaged[..damaged.len() - 10]).unwrap();
         let e = AuditLog::open(&path, "bank").unwrap_err().to_string();
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    /// Each typed event is the record the partner wrote before the types existed: the same
+    /// kind and the same data, field for field (written out here by hand from the old
+    /// call sites).
+    #[test]
+    fn typed_events_are_the_old_records() {
+        use serde_json::json;
+        let ids = || RoundIds {
+            job_id: "j".into(),
+            round: 3,
+            attempt: 1,
+        };
+        let cases = [
+            (
+                PartnerEvent::OfferReceived {
+                    job_id: "j".into(),
+                    spec_sha256: "ab".into(),
+                    purpose: None,
+                },
+                "offer_received",
+                json!({"job_id": "j", "spec_sha256": "ab", "purpose": null}),
+            ),
+            (
+                PartnerEvent::OfferAccepted {
+                    job_id: "j".into(),
+                    train_rows: 10,
+                    holdout_rows: 2,
+                },
+                "offer_accepted",
+                json!({"job_id": "j", "train_rows": 10, "holdout_rows": 2}),
+            ),
+            (
+                PartnerEvent::OfferRefused {
+                    job_id: "j".into(),
+                    reason: "no".into(),
+                },
+                "offer_refused",
+                json!({"job_id": "j", "reason": "no"}),
+            ),
+            (
+                PartnerEvent::RoundStarted {
+                    ids: ids(),
+                    kind: "training".into(),
+                    cohort_size: 5,
+                    threshold: 4,
+                },
+                "round_started",
+                json!({"job_id": "j", "round": 3, "attempt": 1, "kind": "training", "cohort_size": 5, "threshold": 4}),
+            ),
+            (
+                PartnerEvent::RoundRefused {
+                    ids: ids(),
+                    reason: "r".into(),
+                },
+                "round_refused",
+                json!({"job_id": "j", "round": 3, "attempt": 1, "reason": "r"}),
+            ),
+            (
+                PartnerEvent::RoundAbandoned {
+                    ids: ids(),
+                    reason: "r".into(),
+                },
+                "round_abandoned",
+                json!({"job_id": "j", "round": 3, "attempt": 1, "reason": "r"}),
+            ),
+            (
+                PartnerEvent::ConsentSnapshot {
+                    ids: ids(),
+                    consent_source: true,
+                    snapshot_sha256: "h".into(),
+                    commitment: "c".into(),
+                    commitment_salt: "s".into(),
+                    consented_users: Some(7),
+                    train_rows: 8,
+                    holdout_rows: 1,
+                    usable_records: 9,
+                },
+                "consent_snapshot",
+                json!({"job_id": "j", "round": 3, "attempt": 1, "consent_source": true,
+                       "snapshot_sha256": "h", "commitment": "c", "commitment_salt": "s",
+                       "consented_users": 7, "train_rows": 8, "holdout_rows": 1,
+                       "usable_records": 9}),
+            ),
+            (
+                PartnerEvent::ModelReceived {
+                    ids: ids(),
+                    model_sha256: "m".into(),
+                    params: 60,
+                },
+                "model_received",
+                json!({"job_id": "j", "round": 3, "attempt": 1, "model_sha256": "m", "params": 60}),
+            ),
+            (
+                PartnerEvent::PrivacyCharged {
+                    job_id: "j".into(),
+                    round: 3,
+                    purpose: "p".into(),
+                    epsilon_after: 0.5,
+                },
+                "privacy_charged",
+                json!({"job_id": "j", "round": 3, "purpose": "p", "epsilon_after": 0.5}),
+            ),
+            (
+                PartnerEvent::InputReplayed { ids: ids() },
+                "input_replayed",
+                json!({"job_id": "j", "round": 3, "attempt": 1}),
+            ),
+            (
+                PartnerEvent::InputSent {
+                    ids: ids(),
+                    masked_sha256: "w".into(),
+                    words: 9,
+                },
+                "input_sent",
+                json!({"job_id": "j", "round": 3, "attempt": 1, "masked_sha256": "w", "words": 9}),
+            ),
+            (
+                PartnerEvent::TornWriteDiscarded { bytes: 12 },
+                "torn_write_discarded",
+                json!({"bytes": 12}),
+            ),
+            (
+                PartnerEvent::JobFinished {
+                    job_id: "j".into(),
+                    reason: "done".into(),
+                },
+                "job_finished",
+                json!({"job_id": "j", "reason": "done"}),
+            ),
+        ];
+        for (event, kind, data) in cases {
+            assert_eq!(event.kind(), kind);
+            assert_eq!(event.data(), data, "{kind}");
+            // The serde tag agrees with kind().
+            assert_eq!(serde_json::to_value(&event).unwrap()["kind"], kind);
+        }
     }
 }

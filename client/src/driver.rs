@@ -21,13 +21,12 @@ use fedmark_proto::{ClientMessage, Hello, OfferReply, PROTOCOL_VERSION, RoundRef
 use fedmark_proto::{client_message, server_message};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, PartnerEvent};
 use crate::config::ClientConfig;
 use crate::consent::{ConsentSource, commit_snapshot, consent_key, now_unix};
 use crate::contribution::{JobContext, training_seed};
@@ -242,14 +241,11 @@ impl Node {
                 let purpose = JobSpec::from_toml(&offer.spec_toml)
                     .ok()
                     .map(|s| s.job.purpose);
-                self.audit(
-                    "offer_received",
-                    json!({
-                        "job_id": offer.job_id,
-                        "spec_sha256": fedmark_core::audit::sha256_hex(offer.spec_toml.as_bytes()),
-                        "purpose": purpose,
-                    }),
-                )?;
+                self.audit(PartnerEvent::OfferReceived {
+                    job_id: offer.job_id.clone(),
+                    spec_sha256: fedmark_core::audit::sha256_hex(offer.spec_toml.as_bytes()),
+                    purpose,
+                })?;
                 let reply = self.consider(&offer.job_id, &offer.spec_toml)?;
                 // On a refusal the coordinator answers with `JobFinished`, which ends the
                 // session; leaving at once could lose the reply with the stream.
@@ -314,10 +310,10 @@ impl Node {
                 }
                 info!(job = %f.job_id, reason = %f.reason, "job finished");
                 self.finished = Some(f.job_id.clone());
-                self.audit(
-                    "job_finished",
-                    json!({"job_id": f.job_id, "reason": f.reason}),
-                )?;
+                self.audit(PartnerEvent::JobFinished {
+                    job_id: f.job_id.clone(),
+                    reason: f.reason.clone(),
+                })?;
                 self.summary.finish_reason = f.reason;
                 // Ready for the next job: nothing of this one carries over.
                 self.job = None;
@@ -335,7 +331,7 @@ impl Node {
         while let Some(action) = self.participant.poll() {
             match action {
                 Action::Send(body) => send(&self.tx, body).await?,
-                Action::Audit { kind, data } => self.audit(kind, data)?,
+                Action::Audit(event) => self.audit(event)?,
                 Action::TakeConsent(rref) => {
                     let outcome = self.consent_for_round(&rref)?;
                     if matches!(outcome, RoundConsent::Committed(_)) {
@@ -527,20 +523,16 @@ impl Node {
             replayable,
             &mut self.rng,
         );
-        let ids = json!({"job_id": rref.job_id, "round": rref.round, "attempt": rref.attempt});
         match decided {
             Ok(Contribution::Charged(eps)) => {
                 debug!(epsilon = eps, "charged the privacy ledger");
                 // The ledger was charged: that is audited whether or not the input goes out.
-                self.audit(
-                    "privacy_charged",
-                    json!({
-                        "job_id": rref.job_id,
-                        "round": rref.round,
-                        "purpose": purpose,
-                        "epsilon_after": eps,
-                    }),
-                )?;
+                self.audit(PartnerEvent::PrivacyCharged {
+                    job_id: rref.job_id.clone(),
+                    round: rref.round,
+                    purpose,
+                    epsilon_after: eps,
+                })?;
                 if let Some(pause) = ledger::pause_after_charge(number) {
                     tokio::time::sleep(pause).await;
                 }
@@ -551,7 +543,7 @@ impl Node {
                     round = number,
                     "re-sending the update this round got before"
                 );
-                self.audit("input_replayed", ids)?;
+                self.audit(PartnerEvent::InputReplayed { ids: rref.into() })?;
                 Ok(Decision::Send(again))
             }
             Err(reason) => Ok(Decision::Refuse(reason)),
@@ -559,9 +551,9 @@ impl Node {
     }
 
     /// Appends a record to the partner's audit file, if it keeps one.
-    fn audit(&mut self, kind: &str, data: serde_json::Value) -> Result<(), ClientError> {
+    fn audit(&mut self, event: PartnerEvent) -> Result<(), ClientError> {
         if let Some(log) = self.audit.as_mut() {
-            log.append(kind, data)?;
+            log.record(&event)?;
         }
         Ok(())
     }
@@ -613,7 +605,10 @@ impl Node {
             Ok(ctx) => ctx,
             Err(reason) => {
                 warn!(job = %job_id, reason = %reason, "refusing job");
-                self.audit("offer_refused", json!({"job_id": job_id, "reason": reason}))?;
+                self.audit(PartnerEvent::OfferRefused {
+                    job_id: job_id.to_owned(),
+                    reason: reason.clone(),
+                })?;
                 self.summary.refused = Some(reason.clone());
                 return Ok(OfferReply {
                     job_id: job_id.to_owned(),
@@ -624,10 +619,11 @@ impl Node {
         };
         let (train_rows, holdout_rows) = ctx.rows_before_consent();
         info!(job = %job_id, train_rows, holdout_rows, consent = ctx.has_consent_source(), "accepted job");
-        self.audit(
-            "offer_accepted",
-            json!({"job_id": job_id, "train_rows": train_rows, "holdout_rows": holdout_rows}),
-        )?;
+        self.audit(PartnerEvent::OfferAccepted {
+            job_id: job_id.to_owned(),
+            train_rows,
+            holdout_rows,
+        })?;
         self.options
             .guards
             .lock()
@@ -705,22 +701,17 @@ impl Node {
             "consent snapshot taken"
         );
         let (commitment, salt) = commit_snapshot(&hash);
-        self.audit(
-            "consent_snapshot",
-            json!({
-                "job_id": rref.job_id,
-                "round": rref.round,
-                "attempt": rref.attempt,
-                "consent_source": consented_users.is_some(),
-                "snapshot_sha256": hash,
-                "commitment": commitment,
-                "commitment_salt": salt,
-                "consented_users": consented_users,
-                "train_rows": train_rows,
-                "holdout_rows": holdout_rows,
-                "usable_records": train_rows + holdout_rows,
-            }),
-        )?;
+        self.audit(PartnerEvent::ConsentSnapshot {
+            ids: rref.into(),
+            consent_source: consented_users.is_some(),
+            snapshot_sha256: hash,
+            commitment: commitment.clone(),
+            commitment_salt: salt,
+            consented_users,
+            train_rows,
+            holdout_rows,
+            usable_records: train_rows + holdout_rows,
+        })?;
         Ok(RoundConsent::Committed(commitment))
     }
 }

@@ -33,9 +33,9 @@ use fedmark_proto::{
     EncryptedShares, KeyBroadcast, RoundAbort, RoundRef, RoundResult, RoundStart, SharesDelivery,
     SurvivorCheck, SurvivorSignature, UnmaskReply, UnmaskRequest, client_message, convert,
 };
-use serde_json::json;
 use tracing::{debug, warn};
 
+use crate::audit::PartnerEvent;
 use crate::identity::Identity;
 use crate::rounds::{RoundRecords, RoundsError};
 use fedmark_core::audit::{f64s_sha256, u32s_sha256};
@@ -166,12 +166,7 @@ pub enum Action {
     /// Send a message to the coordinator.
     Send(client_message::Body),
     /// Append a record to the partner's audit file.
-    Audit {
-        /// Record kind.
-        kind: &'static str,
-        /// Record data.
-        data: serde_json::Value,
-    },
+    Audit(PartnerEvent),
     /// Take the round's consent snapshot; answer with [`Participant::consent_taken`].
     TakeConsent(RoundRef),
     /// Download the round's model on its bulk stream; answer with
@@ -294,8 +289,8 @@ impl Participant {
         self.round = None;
     }
 
-    fn audit(&mut self, kind: &'static str, data: serde_json::Value) {
-        self.actions.push_back(Action::Audit { kind, data });
+    fn audit(&mut self, event: PartnerEvent) {
+        self.actions.push_back(Action::Audit(event));
     }
 
     fn send(&mut self, body: client_message::Body) {
@@ -307,15 +302,10 @@ impl Participant {
     pub fn abandon(&mut self, reason: &str) {
         warn!(reason = %reason, "refusing to continue this round");
         if let Some(round) = self.round.take() {
-            self.audit(
-                "round_abandoned",
-                json!({
-                    "job_id": round.rref.job_id,
-                    "round": round.rref.round,
-                    "attempt": round.rref.attempt,
-                    "reason": reason,
-                }),
-            );
+            self.audit(PartnerEvent::RoundAbandoned {
+                ids: (&round.rref).into(),
+                reason: reason.to_owned(),
+            });
         }
     }
 
@@ -323,15 +313,10 @@ impl Participant {
     /// coordinator counts it out).
     fn refuse(&mut self, rref: &RoundRef, reason: String) {
         warn!(round = rref.round, attempt = rref.attempt, reason = %reason, "refusing a round");
-        self.audit(
-            "round_refused",
-            json!({
-                "job_id": rref.job_id,
-                "round": rref.round,
-                "attempt": rref.attempt,
-                "reason": reason,
-            }),
-        );
+        self.audit(PartnerEvent::RoundRefused {
+            ids: rref.into(),
+            reason,
+        });
     }
 
     /// A round starts: checked against the accepted job, this partner's floors, the job's
@@ -400,17 +385,12 @@ impl Participant {
             ?kind,
             "round started"
         );
-        self.audit(
-            "round_started",
-            json!({
-                "job_id": rref.job_id,
-                "round": rref.round,
-                "attempt": rref.attempt,
-                "kind": kind.as_str(),
-                "cohort_size": start.cohort.len(),
-                "threshold": start.threshold,
-            }),
-        );
+        self.audit(PartnerEvent::RoundStarted {
+            ids: (&rref).into(),
+            kind: kind.as_str().to_owned(),
+            cohort_size: start.cohort.len(),
+            threshold: start.threshold,
+        });
         self.actions.push_back(Action::TakeConsent(rref.clone()));
         self.round = Some(Round {
             rref,
@@ -545,16 +525,11 @@ impl Participant {
         };
         round.model_sha256 = hash.clone();
         let secure = round.secagg.is_some();
-        self.audit(
-            "model_received",
-            json!({
-                "job_id": rref.job_id,
-                "round": rref.round,
-                "attempt": rref.attempt,
-                "model_sha256": hash,
-                "params": model.len(),
-            }),
-        );
+        self.audit(PartnerEvent::ModelReceived {
+            ids: rref.into(),
+            model_sha256: hash.clone(),
+            params: model.len(),
+        });
         // A secure round from a model this partner already helped unmask another round from
         // is sat out at once (it would refuse that round's unmask anyway).
         if secure && let Err(refusal) = guards.may_unmask(&rref.job_id, rref.round, &hash) {
@@ -680,16 +655,11 @@ impl Participant {
             return;
         }
         let consent_commitment = round.consent.clone().unwrap_or_default();
-        self.audit(
-            "input_sent",
-            json!({
-                "job_id": rref.job_id,
-                "round": rref.round,
-                "attempt": rref.attempt,
-                "masked_sha256": u32s_sha256(&words),
-                "words": words.len(),
-            }),
-        );
+        self.audit(PartnerEvent::InputSent {
+            ids: rref.into(),
+            masked_sha256: u32s_sha256(&words),
+            words: words.len(),
+        });
         self.actions.push_back(Action::Upload {
             round: rref.clone(),
             words,

@@ -124,7 +124,7 @@ fn drive(p: &mut Party, model: &[f64], rng: &mut StdRng) -> Vec<client_message::
     while let Some(action) = p.participant.poll() {
         match action {
             Action::Send(body) => sent.push(body),
-            Action::Audit { kind, data } => p.audit.push((kind, data)),
+            Action::Audit(event) => p.audit.push((event.kind(), event.data())),
             Action::TakeConsent(r) => p
                 .participant
                 .consent_taken(&r, RoundConsent::Committed("commitment".into())),
@@ -547,7 +547,7 @@ fn no_consent_snapshot_means_the_round_is_sat_out_and_stale_results_are_ignored(
                 p.participant
                     .consent_taken(&r, RoundConsent::Unavailable("unreadable".into()));
             }
-            Action::Audit { kind, data } => p.audit.push((kind, data)),
+            Action::Audit(event) => p.audit.push((event.kind(), event.data())),
             other => panic!("nothing else may happen without consent: {other:?}"),
         }
     }
