@@ -581,6 +581,53 @@ pub fn client_message(data: &[u8]) {
     }
 }
 
+/// Feeds `body` to a fresh `Participant` for `p0` that accepted the fuzz job (id `fuzz-job`,
+/// [`fuzz_spec`]) and drains what it asks for: the partner's checks of a round start (job,
+/// cohort, floor, guard, shape, standardisation) and of every secure-aggregation message, as
+/// production runs them. A violation is an error; nothing may panic.
+fn participant_takes(body: &server_message::Body, fx: &Fixture) {
+    use fedmark_client::identity::Identity;
+    use fedmark_client::participant::{AcceptedJob, Participant};
+    use fedmark_client::rounds::RoundRecords;
+    use server_message::Body;
+    let spec = fuzz_spec();
+    let identity = Identity {
+        key: fx.identities[0].clone(),
+        roster: std::sync::Arc::new(fx.roster.clone()),
+    };
+    let mut p = Participant::new("p0".into(), Some(identity));
+    p.job_accepted(AcceptedJob {
+        job_id: "fuzz-job".into(),
+        spec: spec.clone(),
+        num_params: 3,
+        cohort_floor: 1,
+        threshold_floor: None,
+    });
+    let mut guards = RoundRecords::default();
+    if guards.accept("fuzz-job", spec).is_err() {
+        return;
+    }
+    let _ = match body.clone() {
+        Body::RoundStart(s) if s.cohort.len() <= MAX_FUZZ_COHORT => {
+            p.on_round_start(s, &mut guards)
+        }
+        Body::Keys(k) => p.on_keys(k),
+        Body::Shares(s) => p.on_shares(s),
+        Body::SurvivorCheck(c) => p.on_survivor_check(c),
+        Body::Unmask(u) => p.on_unmask(u, &mut guards),
+        Body::RoundResult(r) => {
+            p.on_result(&r);
+            Ok(())
+        }
+        Body::RoundAbort(a) => {
+            p.on_abort(&a);
+            Ok(())
+        }
+        Body::RoundStart(_) | Body::Welcome(_) | Body::Offer(_) | Body::Finished(_) => Ok(()),
+    };
+    while p.poll().is_some() {}
+}
+
 /// The job a fuzzed `RoundStart` is checked against.
 fn fuzz_spec() -> &'static JobSpec {
     static SPEC: OnceLock<JobSpec> = OnceLock::new();
@@ -603,10 +650,9 @@ const MAX_FUZZ_COHORT: usize = 64;
 /// `RoundParams::new` and `ClientRound::new` for `p0`; `Keys` →
 /// `KeyAdvertisement::from_slices` + `ClientRound::on_keys`; `Shares` → `Envelope::new` +
 /// `on_shares`; `Unmask` → `on_unmask` (each on `p0` rebuilt at the matching phase).
-/// The node's own checks (round reference, model-chunk offsets, the round start against the
-/// accepted job) live inside the async `Node` in `client/src/node.rs` and are not reachable
-/// without a session: `Welcome`, `RoundResult`, `RoundAbort` and `Finished` are decoded only.
-/// Model chunks have their own target, [`model_chunk`].
+/// Every message also goes to the partner's production round logic, a `Participant` for
+/// `p0` that accepted the fuzz job ([`participant_takes`]). Model chunks have their own
+/// target, [`model_chunk`].
 pub fn server_message(data: &[u8]) {
     let Ok(msg) = ServerMessage::decode(data) else {
         return;
@@ -615,6 +661,7 @@ pub fn server_message(data: &[u8]) {
         return;
     };
     let fx = Fixture::get();
+    participant_takes(&body, fx);
     match body {
         server_message::Body::Offer(offer) => {
             let _ = JobSpec::from_toml(&offer.spec_toml);
