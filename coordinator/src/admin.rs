@@ -19,7 +19,6 @@ use fedmark_proto::{
     ExportModelRequest, FileChunk, FinalEvaluation, JobInfo, JobList, JobRequest, ListJobsRequest,
     RoundProgress, SubmitJobRequest,
 };
-use serde_json::json;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,6 +27,7 @@ use tracing::{info, warn};
 
 use crate::board::{Board, JobView};
 use crate::export::{self, ExportError};
+use crate::store::events::CoordinatorEvent;
 use crate::store::{JobStatus, Store, StoreError};
 pub use crate::token::{AdminError, AdminToken, TOKEN_FILE};
 
@@ -347,10 +347,14 @@ impl Admin for AdminService {
                     .set_status(
                         &id,
                         JobStatus::Queued,
-                        vec![(
-                            "job_resubmitted",
-                            json!({"job": id, "by": who, "was": job.status.as_str()}),
-                        )],
+                        vec![
+                            CoordinatorEvent::JobResubmitted {
+                                job: id.clone(),
+                                by: who.clone(),
+                                was: job.status.as_str().to_owned(),
+                            }
+                            .into(),
+                        ],
                     )
                     .map_err(store_status)?;
                 info!(job = %id, by = %who, "job resubmitted");
@@ -428,10 +432,14 @@ impl Admin for AdminService {
         let reason = format!("cancelled by {who}");
         match self.queue.cancel(&id, &reason) {
             Cancelled::Dequeued => {
-                let event = (
-                    "job_cancelled",
-                    json!({"job": id, "by": who, "was": "queued"}),
-                );
+                let event = CoordinatorEvent::JobCancelled {
+                    job: id.clone(),
+                    by: Some(who.clone()),
+                    reason: None,
+                    was: "queued".into(),
+                    last_committed_round: None,
+                }
+                .into();
                 self.board
                     .end_job(&self.store, &id, JobStatus::Cancelled, &reason, event)
                     .map_err(store_status)?;

@@ -15,7 +15,6 @@ use fedmark_proto::{RoundRef, server_message};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use serde_json::json;
 use tokio::time::Instant;
 use tracing::info;
 
@@ -24,7 +23,7 @@ use crate::events::JobEvent;
 use crate::hub::Hub;
 use crate::round::{RoundError, RoundOutput, RoundPlan, SecureSetup, run_round};
 use crate::settings::RunSettings;
-use crate::store::AuditEvent;
+use crate::store::events::CoordinatorEvent;
 
 /// A round that produced its result.
 pub(crate) struct Done {
@@ -130,15 +129,19 @@ pub(crate) async fn run_with_retries(
             min_survivors: threshold,
             ..
         } = shape;
-        settings.store.audit(vec![(
-            "round_started",
-            json!({
-                "job": hub.job_id, "round": round, "attempt": attempt,
-                "kind": kind.as_str(), "cohort": cohort,
-                "threshold": threshold, "secure": secure.is_some(),
-                "vector_len": layout.len(),
-            }),
-        )])?;
+        settings.store.audit(vec![
+            CoordinatorEvent::RoundStarted {
+                job: hub.job_id.clone(),
+                round,
+                attempt,
+                kind: kind.as_str().to_owned(),
+                cohort: cohort.clone(),
+                threshold,
+                secure: secure.is_some(),
+                vector_len: layout.len(),
+            }
+            .into(),
+        ])?;
         let plan = RoundPlan {
             rref: RoundRef {
                 job_id: hub.job_id.clone(),
@@ -193,11 +196,13 @@ pub(crate) async fn run_with_retries(
                 {
                     sat_out.extend(revealers.iter().cloned());
                 }
-                let event: AuditEvent = (
-                    "round_aborted",
-                    json!({"job": hub.job_id, "round": round, "attempt": attempt, "reason": e.to_string()}),
-                );
-                settings.store.audit(vec![event])?;
+                let event = CoordinatorEvent::RoundAborted {
+                    job: hub.job_id.clone(),
+                    round,
+                    attempt,
+                    reason: e.to_string(),
+                };
+                settings.store.audit(vec![event.into()])?;
                 hub.events
                     .publish(JobEvent::RoundAborted { job: &hub.job_id });
                 last = e;

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fedmark_proto::{JobFinished, JobOffer, client_message, server_message};
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -17,6 +16,7 @@ use tracing::{info, warn};
 use crate::events::{JobEvent, JobEvents};
 use crate::service::{Event, Outbound, Sessions};
 use crate::store::Store;
+use crate::store::events::CoordinatorEvent;
 
 /// A round-relevant event, after the hub has handled joins and offer replies.
 #[derive(Debug)]
@@ -130,20 +130,20 @@ impl Hub {
         let Some(store) = &self.store else {
             return;
         };
+        let (job, partner) = (self.job_id.clone(), partner.to_owned());
         let event = if accepted {
-            (
-                "offer_accepted",
-                json!({"job": self.job_id, "partner": partner}),
-            )
+            CoordinatorEvent::OfferAccepted { job, partner }
         } else {
-            (
-                "offer_refused",
-                json!({"job": self.job_id, "partner": partner, "reason": reason}),
-            )
+            let reason = reason.to_owned();
+            CoordinatorEvent::OfferRefused {
+                job,
+                partner,
+                reason,
+            }
         };
         // The audit write failing must not hide the answer; the error is logged and the
         // job's commits (which do fail hard) follow.
-        if let Err(e) = store.audit(vec![event]) {
+        if let Err(e) = store.audit(vec![event.into()]) {
             warn!(error = %e, "could not audit an offer answer");
         }
     }

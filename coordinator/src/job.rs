@@ -31,7 +31,6 @@ use fedmark_core::spec::{JobSpec, SpecError};
 use fedmark_core::train::ServerOptimizer;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -42,8 +41,9 @@ use crate::events::{JobEvent, JobEvents};
 use crate::hub::{FINISH_SEND_LIMIT, Hub};
 use crate::report::{FinalMetrics, JobReport, PrivacyReport, RoundRecord};
 pub use crate::settings::{DEFAULT_MAX_MODEL_PARAMS, RunSettings, check_size};
+use crate::store::events::{CoordinatorEvent, TrainingFigures};
 pub use crate::store::jobs::JobOutcome;
-use crate::store::jobs::{JobState, Registered, commit, register};
+use crate::store::jobs::{Committed, JobState, Registered, commit, register};
 use crate::store::{JobStatus, Store};
 
 /// Runs a job to its end, committing every round to the store; a job the store holds as
@@ -212,11 +212,14 @@ impl JobRun {
             &self.store,
             &self.job_id,
             &state,
-            json!({
-                "kind": "statistics", "attempt": done.attempt,
-                "participants": done.output.survivors, "dropped": done.output.dropped,
-                "consent_snapshots": done.output.consent,
-            }),
+            Committed {
+                kind: RoundKind::Statistics,
+                attempt: done.attempt,
+                participants: done.output.survivors.clone(),
+                dropped: done.output.dropped.clone(),
+                consent_snapshots: done.output.consent.clone(),
+                training: None,
+            },
         )?;
         info!(job = %self.job_id, training_rows = state.training_rows, "feature statistics agreed");
         let rref = (0, done.attempt);
@@ -249,10 +252,14 @@ impl JobRun {
             let t0 = Instant::now();
             let done = match self.round(round, RoundKind::Training, Some(state)).await {
                 Err(JobError::RoundLost { round, sat_out }) => {
-                    self.store.audit(vec![(
-                        "round_lost",
-                        json!({"job": self.job_id, "round": round, "sat_out": sat_out}),
-                    )])?;
+                    self.store.audit(vec![
+                        CoordinatorEvent::RoundLost {
+                            job: self.job_id.clone(),
+                            round,
+                            sat_out,
+                        }
+                        .into(),
+                    ])?;
                     if !self.spec.is_dp() {
                         // Without DP, partners help unmask one round per start model: the
                         // next round would start from the same model and find them sitting
@@ -340,12 +347,18 @@ impl JobRun {
             &self.store,
             &self.job_id,
             state,
-            json!({
-                "kind": "training", "attempt": done.attempt,
-                "participants": survivors, "dropped": done.output.dropped,
-                "consent_snapshots": done.output.consent, "epsilon": epsilon,
-                "auc": eval.auc, "log_loss": eval.log_loss,
-            }),
+            Committed {
+                kind: RoundKind::Training,
+                attempt: done.attempt,
+                participants: survivors.clone(),
+                dropped: done.output.dropped.clone(),
+                consent_snapshots: done.output.consent.clone(),
+                training: Some(TrainingFigures {
+                    epsilon,
+                    auc: eval.auc,
+                    log_loss: eval.log_loss,
+                }),
+            },
         )?;
         self.events.publish(JobEvent::RoundCommitted {
             job: &self.job_id,
@@ -464,15 +477,18 @@ impl JobRun {
             JobStatus::Finished,
             &stop_reason,
             Some(serde_json::to_value(&report).unwrap_or_default()),
-            vec![(
-                "job_finished",
-                json!({
-                    "job": self.job_id, "reason": stop_reason, "rounds": report.rounds.len(),
-                    "auc": final_metrics.auc, "model_sha256": f64s_sha256(&state.model.params),
-                    "epsilon": report.privacy.as_ref().map(|p| p.epsilon_spent),
-                    "evaluated_by": evaluated_by,
-                }),
-            )],
+            vec![
+                CoordinatorEvent::JobFinished {
+                    job: self.job_id.clone(),
+                    reason: stop_reason.clone(),
+                    rounds: report.rounds.len(),
+                    auc: final_metrics.auc,
+                    model_sha256: f64s_sha256(&state.model.params),
+                    epsilon: report.privacy.as_ref().map(|p| p.epsilon_spent),
+                    evaluated_by,
+                }
+                .into(),
+            ],
         )?;
         self.events
             .publish(JobEvent::Recorded { job: &self.job_id });

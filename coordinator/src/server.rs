@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fedmark_core::spec::JobSpec;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -30,6 +29,7 @@ use crate::board::Board;
 use crate::hub::{FINISH_SEND_LIMIT, Hub, SharedEvents};
 use crate::job::{JobError, RunSettings, run_job};
 use crate::service::{CoordinatorService, Event, Sessions};
+use crate::store::events::CoordinatorEvent;
 use crate::store::{JobStatus, StoreError};
 
 /// HTTP/2 receive window per stream and per connection (eight 64 KiB input chunks).
@@ -189,7 +189,12 @@ pub async fn serve_jobs(
                 Ok(spec) => spec,
                 Err(e) => {
                     let reason = format!("the stored spec does not parse: {e}");
-                    let event = ("job_failed", json!({"job": id, "reason": reason}));
+                    let event = CoordinatorEvent::JobFailed {
+                        job: id.clone(),
+                        reason: reason.clone(),
+                        starts: None,
+                    }
+                    .into();
                     board.end_job(&store, &id, JobStatus::Failed, &reason, event)?;
                     queue.finish();
                     continue;
@@ -204,7 +209,12 @@ pub async fn serve_jobs(
                     "started {starts} times without committing a round (the coordinator stopped during each start); failed so that the queue goes on — check the coordinator's log, then resubmit"
                 );
                 warn!(job = %id, starts, "job failed: no progress across restarts");
-                let event = ("job_failed", json!({"job": id, "reason": reason, "starts": starts}));
+                let event = CoordinatorEvent::JobFailed {
+                    job: id.clone(),
+                    reason: reason.clone(),
+                    starts: Some(starts),
+                }
+                .into();
                 board.end_job(&store, &id, JobStatus::Failed, &reason, event)?;
                 queue.finish();
                 continue;
@@ -232,7 +242,12 @@ pub async fn serve_jobs(
                 Ended::Ran(Err(e)) => {
                     let reason = e.to_string();
                     warn!(job = %id, reason = %reason, "job failed");
-                    let event = ("job_failed", json!({"job": id, "reason": reason}));
+                    let event = CoordinatorEvent::JobFailed {
+                        job: id.clone(),
+                        reason: reason.clone(),
+                        starts: None,
+                    }
+                    .into();
                     // Partners hear a generic end: why a job failed (e.g. other partners'
                     // refusals) is not theirs to read.
                     if board.end_job(&store, &id, JobStatus::Failed, &reason, event)? {
@@ -245,10 +260,14 @@ pub async fn serve_jobs(
                 Ended::Cancelled(reason) => {
                     warn!(job = %id, reason = %reason, "job cancelled");
                     let at = store.checkpoint_rounds(&id)?.last().copied();
-                    let event = (
-                        "job_cancelled",
-                        json!({"job": id, "reason": reason, "was": "running", "last_committed_round": at}),
-                    );
+                    let event = CoordinatorEvent::JobCancelled {
+                        job: id.clone(),
+                        by: None,
+                        reason: Some(reason.clone()),
+                        was: "running".into(),
+                        last_committed_round: Some(at),
+                    }
+                    .into();
                     if board.end_job(&store, &id, JobStatus::Cancelled, &reason, event)? {
                         server
                             .sessions

@@ -9,9 +9,12 @@ use fedmark_core::features::{FeatureSchema, Standardizer};
 use fedmark_core::model::{Architecture, Model};
 use fedmark_core::spec::JobSpec;
 use fedmark_core::train::ServerOptimizer;
-use serde_json::json;
+use std::collections::BTreeMap;
+
+use fedmark_core::aggregate::RoundKind;
 use tracing::info;
 
+use super::events::{CoordinatorEvent, TrainingFigures};
 use super::{Checkpoint, JobRecord, JobStatus, Store, StoreError};
 use crate::report::{JobReport, RoundRecord};
 
@@ -110,15 +113,18 @@ pub fn submit(
     };
     store.submit_job(
         &record,
-        vec![(
-            "job_submitted",
-            json!({
-                "job": id, "by": by, "name": spec.job.name,
-                "purpose": spec.job.purpose, "rounds": spec.job.rounds,
-                "spec_sha256": fedmark_core::audit::sha256_hex(spec_toml.as_bytes()),
-                "privacy_mode": format!("{:?}", spec.privacy.mode),
-            }),
-        )],
+        vec![
+            CoordinatorEvent::JobSubmitted {
+                job: id.to_owned(),
+                by: by.to_owned(),
+                name: spec.job.name.clone(),
+                purpose: spec.job.purpose.clone(),
+                rounds: spec.job.rounds,
+                spec_sha256: fedmark_core::audit::sha256_hex(spec_toml.as_bytes()),
+                privacy_mode: format!("{:?}", spec.privacy.mode),
+            }
+            .into(),
+        ],
     )
 }
 
@@ -157,14 +163,19 @@ pub fn register(
                 store.set_status(
                     id,
                     JobStatus::Running,
-                    vec![("job_started", json!({"job": id}))],
+                    vec![CoordinatorEvent::JobStarted { job: id.to_owned() }.into()],
                 )?;
             }
             let Some(restored) = store.checkpoint(id, None)? else {
                 if job.status == JobStatus::Queued {
                     return Ok(Registered::Fresh);
                 }
-                store.audit(vec![("job_resumed", json!({"job": id, "from_round": 0}))])?;
+                let event = CoordinatorEvent::JobResumed {
+                    job: id.to_owned(),
+                    from_round: 0,
+                    model_sha256: None,
+                };
+                store.audit(vec![event.into()])?;
                 return Ok(Registered::Fresh);
             };
             let cp = restored.checkpoint;
@@ -181,10 +192,12 @@ pub fn register(
             }
             model.params = restored.model;
             info!(job = %id, round = cp.round, "resuming after the last committed round");
-            store.audit(vec![(
-                "job_resumed",
-                json!({"job": id, "from_round": cp.round + 1, "model_sha256": cp.model_sha256}),
-            )])?;
+            let event = CoordinatorEvent::JobResumed {
+                job: id.to_owned(),
+                from_round: cp.round + 1,
+                model_sha256: Some(cp.model_sha256.clone()),
+            };
+            store.audit(vec![event.into()])?;
             Ok(Registered::Resumed(Box::new(JobState {
                 model,
                 optimizer,
@@ -205,19 +218,44 @@ pub fn register(
     }
 }
 
-/// Commits round `state.next_round - 1` with its audit events: the only way a round's result
+/// What a committed round's audit record says of the round itself.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// `statistics` or `training`.
+    pub kind: RoundKind,
+    /// The attempt that succeeded.
+    pub attempt: u32,
+    /// Members in its sum.
+    pub participants: Vec<String>,
+    /// Members that dropped.
+    pub dropped: Vec<String>,
+    /// Each member's consent commitment.
+    pub consent_snapshots: BTreeMap<String, String>,
+    /// A training round's figures.
+    pub training: Option<TrainingFigures>,
+}
+
+/// Commits round `state.next_round - 1` with its audit record: the only way a round's result
 /// becomes part of the job.
 pub fn commit(
     store: &Store,
     job_id: &str,
     state: &JobState,
-    mut event: serde_json::Value,
+    committed: Committed,
 ) -> Result<(), StoreError> {
     let round = state.next_round - 1;
     let model_hash = f64s_sha256(&state.model.params);
-    event["job"] = json!(job_id);
-    event["round"] = json!(round);
-    event["model_sha256"] = json!(model_hash);
+    let event = CoordinatorEvent::RoundCommitted {
+        job: job_id.to_owned(),
+        round,
+        model_sha256: model_hash.clone(),
+        kind: committed.kind.as_str().to_owned(),
+        attempt: committed.attempt,
+        participants: committed.participants,
+        dropped: committed.dropped,
+        consent_snapshots: committed.consent_snapshots,
+        training: committed.training,
+    };
     let checkpoint = Checkpoint {
         round,
         model_len: state.model.params.len(),
@@ -233,6 +271,6 @@ pub fn commit(
         &checkpoint,
         &state.model.params,
         &state.optimizer.state(),
-        vec![("round_committed", event)],
+        vec![event.into()],
     )
 }

@@ -31,6 +31,7 @@ use tracing::info;
 
 use crate::report::RoundRecord;
 
+pub mod events;
 pub mod jobs;
 
 /// The database file in the data directory.
@@ -263,7 +264,12 @@ impl Store {
             .map_err(|e| db_err(&path, e))?;
         let store = Self::wrap(db, path, Some(dir.join(AUDIT_FILE)), AuditChain::new(ACTOR));
         store.write(
-            vec![("store_created", serde_json::json!({ "format": FORMAT }))],
+            vec![
+                events::CoordinatorEvent::StoreCreated {
+                    format: FORMAT.to_owned(),
+                }
+                .into(),
+            ],
             |txn| {
                 let mut meta = txn.open_table(META)?;
                 meta.insert("format", FORMAT)?;
