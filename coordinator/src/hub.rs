@@ -151,7 +151,7 @@ impl Hub {
     /// Offers the job on every session open now (a long-running coordinator's partners are
     /// connected before a job is submitted); sessions that open later are offered it as their
     /// `Connected` event arrives.
-    pub(crate) async fn offer_connected(&mut self) {
+    pub async fn offer_connected(&mut self) {
         for (partner, session) in self.sessions.open() {
             if self.sessions_seen.get(&partner) == Some(&session) {
                 continue;

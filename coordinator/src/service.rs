@@ -108,8 +108,10 @@ impl Sessions {
         }
     }
 
-    /// Registers a session: its number and its token.
-    fn register(&self, partner: &str, tx: Outbound) -> (u64, [u8; 32]) {
+    /// Registers a session of `partner` whose messages go to `tx`: its number and its token.
+    /// The partner service registers every session it opens; an in-memory driver (a test
+    /// harness) registers its own.
+    pub fn register(&self, partner: &str, tx: Outbound) -> (u64, [u8; 32]) {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let token: [u8; 32] = rand::rng().random();
         if let Ok(mut map) = self.inner.lock() {
