@@ -286,6 +286,26 @@ impl Hub {
         }
     }
 
+    /// Waits until `expected` partners have answered the offer, or `deadline`; false if the
+    /// server stopped meanwhile.
+    pub async fn await_answers(&mut self, expected: usize, deadline: Instant) -> bool {
+        while self.accepted.len() + self.refused.len() < expected {
+            if self.next(deadline).await.is_none() {
+                return !self.stopped;
+            }
+        }
+        true
+    }
+
+    /// The refusals so far, `partner: reason; …`.
+    pub fn refusals(&self) -> String {
+        self.refused
+            .iter()
+            .map(|(p, r)| format!("{p}: {r}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// The outbound channel of a partner's current session, if this job has offered itself
     /// on that session. A session the service registered but whose `Connected` the hub has not
     /// handled yet has had no offer, so no round message may reach it before one.

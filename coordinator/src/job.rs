@@ -83,12 +83,21 @@ pub async fn run_job(
     hub.audit_to(store.clone());
     hub.events = events.clone();
     hub.offer_connected().await;
-    wait_for_partners(
-        &mut hub,
-        &settings,
-        spec.aggregation.min_participants as usize,
-    )
-    .await?;
+    let deadline = Instant::now() + settings.join_timeout;
+    if !hub
+        .await_answers(settings.expected_partners, deadline)
+        .await
+    {
+        return Err(JobError::ServerStopped);
+    }
+    let min = spec.aggregation.min_participants as usize;
+    if hub.accepted.len() < min {
+        return Err(JobError::NotEnoughPartners {
+            accepted: hub.accepted.len(),
+            needed: min,
+            refusals: hub.refusals(),
+        });
+    }
     info!(job = %job_id, partners = hub.accepted.len(), "job starting");
 
     let privacy = PrivacyPlan::from_spec(&spec)?;
@@ -320,7 +329,7 @@ impl JobRun {
             let bins = self.spec.histogram_bins() as usize;
             eval_stats_from_slice(&done.sum.stats[1..], bins).metrics()
         } else {
-            not_evaluated()
+            Metrics::not_evaluated()
         };
         let mut update = done.sum.update;
         let mut epsilon = None;
@@ -393,7 +402,7 @@ impl JobRun {
         stop_reason: &mut String,
     ) -> Result<(Metrics, Vec<String>), JobError> {
         if !self.spec.final_evaluation() {
-            return Ok((not_evaluated(), Vec::new()));
+            return Ok((Metrics::not_evaluated(), Vec::new()));
         }
         if let Some(plan) = &self.privacy {
             let after = plan.epsilon_after_evaluation(&state.ledger)?;
@@ -402,7 +411,7 @@ impl JobRun {
                     "; no final evaluation: it would bring epsilon to {after:.4}, above the budget of {}",
                     plan.epsilon
                 ));
-                return Ok((not_evaluated(), Vec::new()));
+                return Ok((Metrics::not_evaluated(), Vec::new()));
             }
         }
         self.phase("final evaluation");
@@ -511,47 +520,4 @@ struct Ended {
     lost: Vec<u64>,
     final_metrics: Metrics,
     evaluated_by: Vec<String>,
-}
-
-/// The metrics of a round or job that released no holdout statistics (NaN: shown as "–").
-fn not_evaluated() -> Metrics {
-    Metrics {
-        auc: f64::NAN,
-        log_loss: f64::NAN,
-        accuracy: f64::NAN,
-        lift_top_decile: f64::NAN,
-        count: 0,
-    }
-}
-
-/// Waits until every expected partner has answered the offer, or the join deadline; fails
-/// unless at least `min` accepted.
-async fn wait_for_partners(
-    hub: &mut Hub,
-    settings: &RunSettings,
-    min: usize,
-) -> Result<(), JobError> {
-    let deadline = Instant::now() + settings.join_timeout;
-    while hub.accepted.len() + hub.refused.len() < settings.expected_partners {
-        if hub.next(deadline).await.is_none() {
-            if hub.stopped {
-                return Err(JobError::ServerStopped);
-            }
-            break;
-        }
-    }
-    if hub.accepted.len() < min {
-        let refusals = hub
-            .refused
-            .iter()
-            .map(|(p, r)| format!("{p}: {r}"))
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(JobError::NotEnoughPartners {
-            accepted: hub.accepted.len(),
-            needed: min,
-            refusals,
-        });
-    }
-    Ok(())
 }

@@ -24,6 +24,20 @@ pub struct Metrics {
     pub count: u64,
 }
 
+impl Metrics {
+    /// The metrics of a round or job that released no holdout statistics: NaN (shown as
+    /// "–"), no rows.
+    pub fn not_evaluated() -> Self {
+        Self {
+            auc: f64::NAN,
+            log_loss: f64::NAN,
+            accuracy: f64::NAN,
+            lift_top_decile: f64::NAN,
+            count: 0,
+        }
+    }
+}
+
 /// A metric for people: four decimals, or "–" where it is undefined (NaN: a round or job
 /// that released no holdout statistics, or a one-class holdout).
 pub fn show(v: f64) -> String {
