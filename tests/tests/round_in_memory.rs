@@ -65,7 +65,7 @@ async fn partner(
     stop: Stop,
     inputs: Arc<Mutex<BTreeMap<String, Vec<u32>>>>,
     seed: u64,
-) {
+) -> (Participant, RoundRecords) {
     use server_message::Body;
     let mut rng = StdRng::seed_from_u64(seed);
     let leave = |events: mpsc::Sender<Event>, id: String| async move {
@@ -79,19 +79,17 @@ async fn partner(
     while let Some(Ok(msg)) = inbox.recv().await {
         let Some(body) = msg.body else { continue };
         let step = match body {
-            Body::RoundStart(_) if stop == Stop::AtStart => return leave(events, id).await,
-            Body::Keys(_) if stop == Stop::AtKeys => return leave(events, id).await,
-            Body::Shares(_) if stop == Stop::AtShares => return leave(events, id).await,
-            Body::SurvivorCheck(_) if stop == Stop::AtSurvivorCheck => {
-                return leave(events, id).await;
-            }
-            Body::Unmask(_) if stop == Stop::AtUnmask => return leave(events, id).await,
+            Body::RoundStart(_) if stop == Stop::AtStart => break,
+            Body::Keys(_) if stop == Stop::AtKeys => break,
+            Body::Shares(_) if stop == Stop::AtShares => break,
+            Body::SurvivorCheck(_) if stop == Stop::AtSurvivorCheck => break,
+            Body::Unmask(_) if stop == Stop::AtUnmask => break,
             Body::RoundStart(s) => participant.on_round_start(s, &mut guards),
             Body::Keys(k) => participant.on_keys(k),
             Body::Shares(d) => participant.on_shares(d),
             Body::SurvivorCheck(c) => participant.on_survivor_check(c),
             Body::Unmask(u) => participant.on_unmask(u, &mut guards),
-            Body::RoundResult(_) | Body::RoundAbort(_) => return,
+            Body::RoundResult(_) | Body::RoundAbort(_) => return (participant, guards),
             Body::Welcome(_) | Body::Offer(_) | Body::Finished(_) => Ok(()),
         };
         step.unwrap();
@@ -104,7 +102,7 @@ async fn partner(
                         body,
                     };
                     if events.send(message).await.is_err() {
-                        return;
+                        return (participant, guards);
                     }
                 }
                 Action::Audit(_) => {}
@@ -147,23 +145,27 @@ async fn partner(
                         session,
                     };
                     if events.send(input).await.is_err() || events.send(ended).await.is_err() {
-                        return;
+                        return (participant, guards);
                     }
                 }
             }
         }
     }
+    leave(events, id).await;
+    (participant, guards)
 }
 
-/// Runs one secure training round of `stops.len()` partners through the coordinator's round
-/// driver; returns its result and each partner's computed vector.
-async fn round(
-    stops: &[Stop],
-    seed: u64,
-) -> (Result<RoundOutput, RoundError>, BTreeMap<String, Vec<u32>>) {
+/// A partner's state that outlives one round: its participant and its round records.
+struct Party {
+    id: String,
+    participant: Participant,
+    guards: RoundRecords,
+}
+
+/// `n` partners that accepted the job, with their roster.
+fn parties(n: usize, seed: u64) -> (Vec<Party>, Arc<Roster>) {
     let spec = spec();
     let mut rng = StdRng::seed_from_u64(seed);
-    let n = stops.len();
     let ids: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
     let keys: Vec<_> = (0..n).map(|_| generate_identity(&mut rng)).collect();
     let mut roster = Roster::new();
@@ -172,47 +174,81 @@ async fn round(
     }
     let roster = Arc::new(roster);
     let num_params = usize::try_from(spec.model_params()).unwrap();
-    let model: Vec<f64> = (0..num_params).map(|i| 0.1 * i as f64).collect();
+    let parties = ids
+        .into_iter()
+        .zip(keys)
+        .map(|(id, key)| {
+            let identity = Identity {
+                key,
+                roster: Arc::clone(&roster),
+            };
+            let mut participant = Participant::new(id.clone(), Some(identity));
+            participant.job_accepted(AcceptedJob {
+                job_id: JOB.into(),
+                spec: spec.clone(),
+                num_params,
+                cohort_floor: 1,
+                threshold_floor: None,
+            });
+            let mut guards = RoundRecords::default();
+            guards.accept(JOB, &spec).unwrap();
+            Party {
+                id,
+                participant,
+                guards,
+            }
+        })
+        .collect();
+    (parties, roster)
+}
 
+/// What one round through the coordinator's driver gave.
+struct Ran {
+    result: Result<RoundOutput, RoundError>,
+    /// Each member's computed vector.
+    inputs: BTreeMap<String, Vec<u32>>,
+    /// The members, for the next round.
+    parties: Vec<Party>,
+}
+
+/// Runs secure training round `round` from `model` over `parties` (member `i` leaves at
+/// `stops[i]`) through the coordinator's round driver, as the job task would start it.
+async fn run(
+    parties: Vec<Party>,
+    roster: &Arc<Roster>,
+    round: u64,
+    model: &[f64],
+    stops: &[Stop],
+    phase_timeout: Duration,
+) -> Ran {
+    let spec = spec();
+    let num_params = model.len();
     let sessions = Sessions::with_transfers(4, Duration::from_secs(5));
     let (events_tx, events_rx) = mpsc::channel(256);
     let inputs = Arc::new(Mutex::new(BTreeMap::new()));
     let mut tasks = Vec::new();
-    for (i, (id, key)) in ids.iter().zip(keys).enumerate() {
+    let ids: Vec<String> = parties.iter().map(|p| p.id.clone()).collect();
+    for (i, party) in parties.into_iter().enumerate() {
         let (out_tx, out_rx) = mpsc::channel(64);
-        let (session, _token) = sessions.register(id, out_tx);
+        let (session, _token) = sessions.register(&party.id, out_tx);
         events_tx
             .send(Event::Connected {
-                partner: id.clone(),
+                partner: party.id.clone(),
                 session,
             })
             .await
             .unwrap();
-        let identity = Identity {
-            key,
-            roster: Arc::clone(&roster),
-        };
-        let mut participant = Participant::new(id.clone(), Some(identity));
-        participant.job_accepted(AcceptedJob {
-            job_id: JOB.into(),
-            spec: spec.clone(),
-            num_params,
-            cohort_floor: 1,
-            threshold_floor: None,
-        });
-        let mut guards = RoundRecords::default();
-        guards.accept(JOB, &spec).unwrap();
         tasks.push(tokio::spawn(partner(
-            id.clone(),
+            party.id,
             session,
             out_rx,
             events_tx.clone(),
-            participant,
-            guards,
-            model.clone(),
+            party.participant,
+            party.guards,
+            model.to_vec(),
             stops[i],
             Arc::clone(&inputs),
-            seed * 100 + i as u64,
+            round * 100 + i as u64,
         )));
     }
     drop(events_tx);
@@ -230,21 +266,21 @@ async fn round(
     let plan = RoundPlan {
         rref: RoundRef {
             job_id: JOB.into(),
-            round: 1,
+            round,
             attempt: 0,
         },
         kind: RoundKind::Training,
         cohort: shape.cohort.clone(),
         threshold: shape.min_survivors,
         layout: shape.layout,
-        model: Some(Arc::new(model)),
+        model: Some(Arc::new(model.to_vec())),
         standardizer: Some(Standardizer {
             mean: vec![0.0],
             std: vec![1.0],
         }),
-        phase_timeout: Duration::from_secs(10),
+        phase_timeout,
         secure: Some(SecureSetup {
-            roster,
+            roster: Arc::clone(roster),
             degree: secure.degree,
             threshold: secure.threshold,
         }),
@@ -253,11 +289,36 @@ async fn round(
     let mut missed = BTreeSet::new();
     let result = run_round(&mut hub, &plan, &mut missed).await;
     drop(hub);
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    let mut parties = Vec::new();
+    for (t, id) in tasks.into_iter().zip(ids) {
+        let (participant, guards) = tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .unwrap()
+            .unwrap();
+        parties.push(Party {
+            id,
+            participant,
+            guards,
+        });
     }
     let inputs = inputs.lock().unwrap().clone();
-    (result, inputs)
+    Ran {
+        result,
+        inputs,
+        parties,
+    }
+}
+
+/// Runs one round of `stops.len()` fresh partners.
+async fn round(
+    stops: &[Stop],
+    seed: u64,
+) -> (Result<RoundOutput, RoundError>, BTreeMap<String, Vec<u32>>) {
+    let (parties, roster) = parties(stops.len(), seed);
+    let num_params = usize::try_from(spec().model_params()).unwrap();
+    let model: Vec<f64> = (0..num_params).map(|i| 0.1 * i as f64).collect();
+    let ran = run(parties, &roster, 1, &model, stops, Duration::from_secs(10)).await;
+    (ran.result, ran.inputs)
 }
 
 fn wrapping_sum<'a>(vectors: impl Iterator<Item = &'a Vec<u32>>) -> Vec<u32> {
@@ -329,4 +390,57 @@ async fn a_round_that_loses_too_many_partners_fails_and_unmasks_nothing() {
         ),
         "{result:?}"
     );
+}
+
+/// The differencing attack of the privacy issue, by a coordinator that drives honest
+/// participants: it sums cohort S from model M, then asks S∖{C} for a round from the same
+/// model, hoping to subtract the sums and isolate C's input. Every member of S∖{C} refuses to
+/// help unmask a second round from M (the round is sat out as soon as M arrives), so no
+/// second sum exists. The same members take a round from a new model.
+#[tokio::test]
+async fn a_coordinator_that_repeats_a_round_without_one_partner_gets_no_second_sum() {
+    let (parties, roster) = parties(5, 7);
+    let num_params = usize::try_from(spec().model_params()).unwrap();
+    let model: Vec<f64> = (0..num_params).map(|i| 0.2 * i as f64).collect();
+    let everyone = [Stop::Never; 5];
+    let first = run(
+        parties,
+        &roster,
+        1,
+        &model,
+        &everyone,
+        Duration::from_secs(10),
+    )
+    .await;
+    let sum = first.result.unwrap().sum;
+    assert_eq!(sum, wrapping_sum(first.inputs.values()));
+
+    // S∖{p4}, same model: a short phase deadline, since the members fall silent.
+    let mut parties = first.parties;
+    let target = parties.pop().unwrap();
+    assert_eq!(target.id, "p4");
+    let second = run(
+        parties,
+        &roster,
+        2,
+        &model,
+        &[Stop::Never; 4],
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(second.result.is_err(), "a second sum from the same model");
+
+    // From a new model the same members take part again.
+    let new_model: Vec<f64> = model.iter().map(|w| w + 1.0).collect();
+    let third = run(
+        second.parties,
+        &roster,
+        3,
+        &new_model,
+        &[Stop::Never; 4],
+        Duration::from_secs(10),
+    )
+    .await;
+    let output = third.result.unwrap();
+    assert_eq!(output.sum, wrapping_sum(third.inputs.values()));
 }
