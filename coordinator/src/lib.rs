@@ -32,6 +32,7 @@ pub mod http;
 pub mod hub;
 pub mod job;
 pub mod metrics;
+pub mod queue;
 pub mod report;
 pub mod round;
 pub mod scoring;

@@ -24,10 +24,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::admin::{AdminAuth, AdminService, JobQueue};
+use crate::admin::{AdminAuth, AdminService};
 use crate::board::Board;
 use crate::hub::{FINISH_SEND_LIMIT, Hub, SharedEvents};
 use crate::job::{JobError, RunSettings, run_job};
+use crate::queue::JobQueue;
 use crate::service::{CoordinatorService, Event, Sessions};
 use crate::store::events::CoordinatorEvent;
 use crate::store::{JobStatus, StoreError};
