@@ -21,6 +21,8 @@ use fedmark_proto::{
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
@@ -33,6 +35,22 @@ pub use crate::token::{AdminError, AdminToken, TOKEN_FILE};
 
 /// Bytes per streamed file chunk.
 const FILE_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Largest admin request accepted (a job spec with its vocabularies fits with room to
+/// spare; the partner service's limit is [`fedmark_proto::MAX_MESSAGE_BYTES`]).
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// The admin credential as a tonic interceptor: a call without it is refused on its
+/// metadata, before a byte of its body is read or decoded.
+#[derive(Debug, Clone)]
+pub struct AdminGate(AdminAuth);
+
+impl Interceptor for AdminGate {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        self.0.check(&request)?;
+        Ok(request)
+    }
+}
 
 /// What an admin call must present.
 #[derive(Debug, Clone)]
@@ -115,11 +133,15 @@ impl AdminService {
         self
     }
 
-    /// The tonic server wrapper.
-    pub fn into_server(self) -> AdminServer<Self> {
-        AdminServer::new(self)
-            .max_decoding_message_size(fedmark_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(fedmark_proto::MAX_MESSAGE_BYTES)
+    /// The tonic server wrapper: the credential is checked by an interceptor, on the
+    /// request's metadata, before its body is read; requests are at most
+    /// [`MAX_REQUEST_BYTES`].
+    pub fn into_server(self) -> InterceptedService<AdminServer<Self>, AdminGate> {
+        let gate = AdminGate(self.auth.clone());
+        let server = AdminServer::new(self)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(fedmark_proto::MAX_MESSAGE_BYTES);
+        InterceptedService::new(server, gate)
     }
 
     fn info(&self, view: JobView) -> JobInfo {
