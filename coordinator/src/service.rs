@@ -99,6 +99,44 @@ fn token_key(token: &[u8]) -> [u8; 32] {
     Sha256::digest(token).into()
 }
 
+/// Control messages a session may send per second, sustained; a burst of
+/// [`CONTROL_BURST`] is allowed. An honest partner sends about five a round (offer answer,
+/// keys, shares, signature, unmask), far below either; a session above them is flooding the
+/// coordinator and is closed.
+pub const CONTROL_RATE: u32 = 500;
+
+/// Control messages a session may send at once before [`CONTROL_RATE`] applies.
+pub const CONTROL_BURST: u32 = 2000;
+
+/// A session's token bucket for control messages.
+#[derive(Debug, Clone, Copy)]
+struct ControlBudget {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl ControlBudget {
+    fn new(now: std::time::Instant) -> Self {
+        Self {
+            tokens: f64::from(CONTROL_BURST),
+            at: now,
+        }
+    }
+
+    /// Spends one message's token at `now`; false when none is left.
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * f64::from(CONTROL_RATE);
+        self.tokens = (self.tokens + refill).min(f64::from(CONTROL_BURST));
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 impl Sessions {
     /// Sessions whose transfers share `slots` slots and may stall for `idle` at most.
     pub fn with_transfers(slots: usize, idle: Duration) -> Self {
@@ -575,8 +613,19 @@ impl Coordinator for CoordinatorService {
             return Err(Status::unavailable("coordinator is shutting down"));
         }
         tokio::spawn(async move {
+            let mut budget = ControlBudget::new(std::time::Instant::now());
             loop {
                 match inbound.message().await {
+                    Ok(Some(ClientMessage { body: Some(_) }))
+                        if !budget.take(std::time::Instant::now()) =>
+                    {
+                        warn!(partner = %partner, "control messages above the session's rate; closing the session");
+                        let status = Status::resource_exhausted(format!(
+                            "more than {CONTROL_RATE} control messages a second on one session; closing it"
+                        ));
+                        sessions.kick(&partner, status).await;
+                        break;
+                    }
                     Ok(Some(ClientMessage { body: Some(body) })) => {
                         if events
                             .send(Event::Message {
@@ -606,5 +655,32 @@ impl Coordinator for CoordinatorService {
             let _ = events.send(Event::Closed { partner, session }).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_control_budget_allows_a_burst_then_the_rate() {
+        let t0 = std::time::Instant::now();
+        let mut b = ControlBudget::new(t0);
+        for _ in 0..CONTROL_BURST {
+            assert!(b.take(t0));
+        }
+        assert!(!b.take(t0), "the burst is spent");
+        // A tenth of a second later, a tenth of the rate is back.
+        let later = t0 + std::time::Duration::from_millis(100);
+        for _ in 0..CONTROL_RATE / 10 {
+            assert!(b.take(later));
+        }
+        assert!(!b.take(later));
+        // Idle time refills no more than the burst.
+        let much_later = t0 + std::time::Duration::from_secs(3600);
+        let taken = (0..10 * CONTROL_BURST)
+            .filter(|_| b.take(much_later))
+            .count();
+        assert_eq!(taken, CONTROL_BURST as usize);
     }
 }

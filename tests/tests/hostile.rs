@@ -39,6 +39,8 @@ enum Misbehaviour {
     /// Its acceptance, then fifty more answers to the same offer, accepting and refusing in
     /// turn (each used to be an fsynced audit record and a change of mind).
     Flood,
+    /// Its acceptance, then twenty thousand stale control messages as fast as it can.
+    Burst,
 }
 
 fn msg(body: client_message::Body) -> ClientMessage {
@@ -94,6 +96,12 @@ async fn run(bad: Misbehaviour) -> (JobOutcome, Option<tonic::Status>, Vec<serde
                         .await;
                     }
                     send(accept(&o.job_id)).await;
+                    if bad == Misbehaviour::Burst {
+                        for _ in 0..20_000 {
+                            send(msg(client_message::Body::Keys(KeyAdvertisement::default())))
+                                .await;
+                        }
+                    }
                     if bad == Misbehaviour::Flood {
                         for i in 0..50 {
                             send(msg(client_message::Body::OfferReply(OfferReply {
@@ -148,7 +156,7 @@ async fn run(bad: Misbehaviour) -> (JobOutcome, Option<tonic::Status>, Vec<serde
                             .await;
                             send_input(vec![whole_input(&rref, vec![0; n])]).await;
                         }
-                        Misbehaviour::WrongJob | Misbehaviour::Flood => {
+                        Misbehaviour::WrongJob | Misbehaviour::Flood | Misbehaviour::Burst => {
                             send_input(vec![whole_input(&rref, vec![0; n])]).await
                         }
                     }
@@ -317,6 +325,19 @@ async fn answering_one_offer_twice_closes_the_session_without_flooding_the_audit
         .collect();
     assert_eq!(offers, vec!["offer_accepted"]);
     assert!(outcome.report.partners_refused.is_empty());
+    assert_eq!(outcome.report.rounds.len(), 2);
+    assert!(outcome.report.rounds.iter().all(|r| r.participants == 2));
+}
+
+/// A session that sends control messages far above any honest rate is closed with
+/// `ResourceExhausted` (issue 16, item 5), before its flood costs the coordinator more than a
+/// bounded burst; the job goes on with the honest partners.
+#[tokio::test]
+async fn a_session_flooding_control_messages_is_closed() {
+    let (outcome, status, _) = run(Misbehaviour::Burst).await;
+    let status = status.expect("the session ends with a status");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+    assert!(status.message().contains("control messages"), "{status}");
     assert_eq!(outcome.report.rounds.len(), 2);
     assert!(outcome.report.rounds.iter().all(|r| r.participants == 2));
 }
