@@ -42,6 +42,13 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// page's one `<style>` block) but no inline script; no framing, no forms, no plugins.
 const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
+/// Whether the dashboard may be served on `addr`: only on a loopback address, since its API
+/// takes the admin token over plain HTTP (a non-loopback listener serves metrics and health
+/// alone).
+pub fn serves_dashboard_on(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
 /// Binds `addr` for [`serve`]; returns the listener (its `local_addr` is the bound address,
 /// so port 0 works).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -171,6 +178,18 @@ mod tests {
             r = r.header("authorization", a);
         }
         r.body(()).unwrap()
+    }
+
+    #[test]
+    fn the_dashboard_is_served_on_loopback_only() {
+        for (addr, ok) in [
+            ("127.0.0.1:9464", true),
+            ("[::1]:9464", true),
+            ("0.0.0.0:9464", false),
+            ("192.168.1.4:9464", false),
+        ] {
+            assert_eq!(serves_dashboard_on(&addr.parse().unwrap()), ok, "{addr}");
+        }
     }
 
     #[test]
