@@ -391,10 +391,7 @@ impl PartnerEvent {
     /// booleans and floats only, so serialising cannot fail; a NaN is written as null, as
     /// `serde_json` writes every non-finite float).
     pub fn data(&self) -> Value {
-        match serde_json::to_value(self) {
-            Ok(Value::Object(mut map)) => map.remove("data").unwrap_or(Value::Null),
-            _ => Value::Null,
-        }
+        audit::event_data(self)
     }
 }
 

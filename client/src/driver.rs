@@ -11,7 +11,7 @@
 //! masked) vectors, counts and the partner's accept/refuse decision.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use fedmark_core::aggregate::{RoundKind, VectorLayout};
 use fedmark_core::secagg::Mask;
@@ -39,6 +39,7 @@ use crate::participant::{
     AcceptedJob, Action, Computation, Decision, Participant, ProtocolViolation, RoundConsent,
 };
 use crate::policy::PartnerPolicy;
+use crate::rounds::RoundRecords;
 use crate::transfer::{SessionToken, Uploaded, download_model, upload_input};
 
 /// What a client did, for its operator.
@@ -66,11 +67,7 @@ pub(crate) async fn session(
     };
     // Reopened from its file by every session, so a reconnect or a restart carries it on.
     let ledger = Ledger::open(cfg.ledger_path().as_deref())?;
-    options
-        .guards
-        .lock()
-        .map_err(|_| ClientError::Poisoned("round records"))?
-        .load_once(cfg.rounds_path().as_deref())?;
+    lock(&options.guards)?.load_once(cfg.rounds_path().as_deref())?;
     let policy = cfg.policy.as_deref().map(PartnerPolicy::load).transpose()?;
     let audit = match &cfg.audit {
         Some(path) => Some(AuditLog::open(path, &cfg.partner_id)?),
@@ -214,6 +211,13 @@ struct Node {
     finished: Option<String>,
 }
 
+/// The round records, locked.
+fn lock(guards: &Mutex<RoundRecords>) -> Result<MutexGuard<'_, RoundRecords>, ClientError> {
+    guards
+        .lock()
+        .map_err(|_| ClientError::Poisoned("round records"))
+}
+
 async fn send(
     tx: &mpsc::Sender<ClientMessage>,
     body: client_message::Body,
@@ -255,10 +259,7 @@ impl Node {
                 if self.token.is_none() {
                     return Err(ProtocolViolation::RoundBeforeWelcome.into());
                 }
-                let guards = Arc::clone(&self.options.guards);
-                let mut guards = guards
-                    .lock()
-                    .map_err(|_| ClientError::Poisoned("round records"))?;
+                let mut guards = lock(&self.options.guards)?;
                 self.participant.on_round_start(start, &mut guards)?;
             }
             Body::Keys(keys) => {
@@ -282,10 +283,7 @@ impl Node {
             Body::Unmask(request) => {
                 if self.participant.is_current(&request.round) {
                     self.leave_if(DropPoint::AfterSignature)?;
-                    let guards = Arc::clone(&self.options.guards);
-                    let mut guards = guards
-                        .lock()
-                        .map_err(|_| ClientError::Poisoned("round records"))?;
+                    let mut guards = lock(&self.options.guards)?;
                     self.participant.on_unmask(request, &mut guards)?;
                 }
             }
@@ -373,7 +371,7 @@ impl Node {
                 } => {
                     let drop_mid = self.take_dropout(round.round, DropPoint::MidInput);
                     let (client, token) = (self.client.clone(), self.session_token()?);
-                    let sent = Arc::clone(&self.transfers.sent);
+                    let sent = Arc::clone(&self.transfers_for(&round).sent);
                     let rref = round.clone();
                     self.spawn(round, async move {
                         upload_input(
@@ -404,14 +402,24 @@ impl Node {
         rref: RoundRef,
         work: impl std::future::Future<Output = Result<Product, String>> + Send + 'static,
     ) {
-        if self.transfers.round.as_ref() != Some(&rref) {
+        let done = self.done_tx.clone();
+        let task = tokio::spawn({
+            let rref = rref.clone();
+            async move {
+                let product = work.await;
+                let _ = done.send(Done { rref, product }).await;
+            }
+        });
+        self.transfers_for(&rref).tasks.push(task);
+    }
+
+    /// The background work of round `rref`, started afresh if it belonged to another round
+    /// (whose tasks stop).
+    fn transfers_for(&mut self, rref: &RoundRef) -> &mut Transfers {
+        if self.transfers.round.as_ref() != Some(rref) {
             self.transfers = Transfers::for_round(Some(rref.clone()));
         }
-        let done = self.done_tx.clone();
-        self.transfers.tasks.push(tokio::spawn(async move {
-            let product = work.await;
-            let _ = done.send(Done { rref, product }).await;
-        }));
+        &mut self.transfers
     }
 
     /// Hands the product of a round's background work to the participant.
@@ -426,11 +434,7 @@ impl Node {
             // session: the coordinator counts it out.
             Err(reason) => self.participant.abandon(&reason),
             Ok(Product::Model(model)) => {
-                let guards = self
-                    .options
-                    .guards
-                    .lock()
-                    .map_err(|_| ClientError::Poisoned("round records"))?;
+                let guards = lock(&self.options.guards)?;
                 self.participant.model_received(&rref, model, &guards);
             }
             Ok(Product::Words(words)) => self.participant.computed(&rref, words),
@@ -624,11 +628,7 @@ impl Node {
             train_rows,
             holdout_rows,
         })?;
-        self.options
-            .guards
-            .lock()
-            .map_err(|_| ClientError::Poisoned("round records"))?
-            .accept(job_id, &ctx.spec)?;
+        lock(&self.options.guards)?.accept(job_id, &ctx.spec)?;
         let purpose = &ctx.spec.job.purpose;
         let policy_floor = self
             .policy

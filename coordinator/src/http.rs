@@ -55,15 +55,21 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves `/metrics`, `/healthz` and the dashboard (when given) on `listener` until `stop`
-/// completes.
+/// Serves `/metrics`, `/healthz` and the dashboard (when given, and only on a loopback
+/// address: see [`serves_dashboard_on`]) on `listener` until `stop` completes.
 pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
     dashboard: Option<Dashboard>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
-    let dashboard = dashboard.map(Arc::new);
+    let loopback = listener.local_addr().is_ok_and(|a| serves_dashboard_on(&a));
+    if dashboard.is_some() && !loopback {
+        tracing::warn!(
+            "the dashboard is served on a loopback address only (its API takes the admin token over plain HTTP); serving metrics and health alone"
+        );
+    }
+    let dashboard = dashboard.filter(|_| loopback).map(Arc::new);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(stop);
     loop {

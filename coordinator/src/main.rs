@@ -16,7 +16,7 @@ use fedmark_coordinator::round::PausePoint;
 use fedmark_coordinator::store::Store;
 use fedmark_core::accountant::{Bound, Method};
 use fedmark_core::spec::JobSpec;
-use tracing::{info, warn};
+use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 /// Exit code for configuration or spec errors (BSD EX_USAGE).
@@ -543,15 +543,12 @@ fn serve(cfg: CoordinatorConfig, spec: Option<JobSpec>) -> anyhow::Result<()> {
             let bound = listener.local_addr().context("reading the bound metrics address")?;
             // The second stdout line names it, so `metrics_listen = "127.0.0.1:0"` works.
             println!("fedmark-coordinator metrics on {bound}");
-            // The dashboard's API takes the admin token over plain HTTP: loopback only.
-            let dashboard = if fedmark_coordinator::http::serves_dashboard_on(&bound) {
+            // `serve` drops the dashboard on a non-loopback address (and says so).
+            if fedmark_coordinator::http::serves_dashboard_on(&bound) {
                 println!("fedmark-coordinator dashboard on http://{bound}/dashboard (admin token in {})", token_path.display());
-                Some(Dashboard { board: board.clone(), store: store.clone(), token: token.clone() })
-            } else {
-                warn!(address = %bound, "the dashboard is served on a loopback address only (its API takes the admin token over plain HTTP); serving metrics and health alone");
-                None
-            };
-            tokio::spawn(fedmark_coordinator::http::serve(listener, metrics.clone(), dashboard, std::future::pending()));
+            }
+            let dashboard = Dashboard { board: board.clone(), store: store.clone(), token: token.clone() };
+            tokio::spawn(fedmark_coordinator::http::serve(listener, metrics.clone(), Some(dashboard), std::future::pending()));
         }
         let pause_at = match std::env::var("FEDMARK_TEST_PAUSE_AT") {
             Ok(v) => Some(PausePoint::parse(&v).with_context(|| {

@@ -328,6 +328,17 @@ pub fn hex_lower(bytes: &[u8]) -> String {
     s
 }
 
+/// The `data` of an audit event type serialised with `#[serde(tag = "kind", content =
+/// "data")]`: what a record of that event holds. Event types hold strings, numbers, booleans
+/// and lists of them, which always serialise (a non-finite float as null); anything else
+/// gives null.
+pub fn event_data(event: &impl serde::Serialize) -> Value {
+    match serde_json::to_value(event) {
+        Ok(Value::Object(mut map)) => map.remove("data").unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
 /// SHA-256 of `bytes` in lower-case hex: how vectors, snapshots and models are named in audit
 /// records.
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -505,7 +505,7 @@ mod tests {
     /// mode: for distributed noise the Skellam charge of the cohort's own encoding (its cost
     /// differs from the Gaussian's, and with the cohort size), for the others one round of
     /// the plan. Central noise is added only in `partner-central` jobs, with the plan's σ
-    /// (the sample spread of the added noise matches the lattice's real σ).
+    /// times the clip (checked on the sample spread over 20,000 coordinates).
     #[test]
     fn the_round_check_matches_the_round_charge_and_noise_is_central_only() {
         use crate::aggregate::RoundKind;
@@ -544,17 +544,30 @@ mod tests {
                     .unwrap();
                 assert_eq!(estimate, charged.epsilon(s.privacy.delta).unwrap().0);
 
+                // Enough coordinates that the sample spread pins the noise's scale down.
+                let wide = RoundKind::Training.layout(&s, 20_000, n).unwrap();
                 let mut rng = rand::rngs::StdRng::seed_from_u64(n as u64);
-                let mut update = vec![0.0; layout.update_len];
+                let mut update = vec![0.0; wide.update_len];
                 let noise = plan
-                    .add_central_noise(&mut update, &layout, &mut rng)
+                    .add_central_noise(&mut update, &wide, &mut rng)
                     .unwrap();
                 match plan.mode {
                     PrivacyMode::PartnerCentral => {
                         let noise = noise.unwrap();
                         let var = update.iter().map(|u| u * u).sum::<f64>() / update.len() as f64;
-                        // Few coordinates: only a loose check that noise of that scale is there.
-                        assert!(var > 0.0 && var.sqrt() < 4.0 * noise.std_real, "{var}");
+                        let ratio = var.sqrt() / noise.std_real;
+                        assert!(
+                            (ratio - 1.0).abs() < 0.05,
+                            "sample std / planned std {ratio}"
+                        );
+                        // σ_real is the plan's σ times the clip (the sum's L2 sensitivity),
+                        // up to the lattice's rounding of σ.
+                        let planned = plan.noise_multiplier * plan.clip;
+                        assert!(
+                            noise.std_real >= planned && noise.std_real < 1.01 * planned,
+                            "{} vs {planned}",
+                            noise.std_real
+                        );
                     }
                     _ => {
                         assert!(noise.is_none());

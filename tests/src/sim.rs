@@ -438,24 +438,19 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                 // A fresh admin token per run; the fragment carries it to the page only.
                 let secret = fedmark_coordinator::admin::AdminToken::generate_secret();
                 eprintln!("coordinator metrics on http://{bound}/metrics");
-                // The dashboard's API takes the token over plain HTTP: loopback only.
-                let dashboard = if fedmark_coordinator::http::serves_dashboard_on(&bound) {
+                // `serve` drops the dashboard on a non-loopback address (and says so).
+                if fedmark_coordinator::http::serves_dashboard_on(&bound) {
                     eprintln!("coordinator dashboard on http://{bound}/dashboard#token={secret}");
-                    Some(fedmark_coordinator::dashboard::Dashboard {
-                        board,
-                        store: coordinator_store.clone(),
-                        token: fedmark_coordinator::admin::AdminToken::from_secret(&secret),
-                    })
-                } else {
-                    eprintln!(
-                        "the dashboard is served on a loopback address only; serving metrics and health alone on {bound}"
-                    );
-                    None
+                }
+                let dashboard = fedmark_coordinator::dashboard::Dashboard {
+                    board,
+                    store: coordinator_store.clone(),
+                    token: fedmark_coordinator::admin::AdminToken::from_secret(&secret),
                 };
                 tokio::spawn(fedmark_coordinator::http::serve(
                     listener,
                     metrics,
-                    dashboard,
+                    Some(dashboard),
                     std::future::pending(),
                 ));
             }

@@ -218,10 +218,7 @@ impl CoordinatorEvent {
     /// serialising cannot fail; a NaN is written as null, as `serde_json` writes every
     /// non-finite float).
     pub fn data(&self) -> Value {
-        match serde_json::to_value(self) {
-            Ok(Value::Object(mut map)) => map.remove("data").unwrap_or(Value::Null),
-            _ => Value::Null,
-        }
+        fedmark_core::audit::event_data(self)
     }
 }
 
