@@ -23,6 +23,14 @@
 //! ([`Ledger::check_offer`]), not the whole plan again: a coordinator crash never makes a
 //! capped job impossible to finish.
 //!
+//! **Parallel composition.** A job's training rounds release what its training rows give, a
+//! `record` job's final evaluation what its holdout rows give; each record's side is decided
+//! by the record alone, so the job's own ε is the larger side's ([`JobSpend`]). Across jobs a
+//! record can be on either side (another job declares other columns), so the purpose's total
+//! is the sum over jobs of each job's [`JobSpend::envelope`] (the pointwise maximum of the two
+//! sides' RDP curves), or — where that is larger — every release composed one after the
+//! other (which the PLD accountant can bound): the purpose's ε is the smaller of the two.
+//!
 //! The ledger is a JSON file (by default in the node's data directory, see
 //! [`crate::config::ClientConfig::ledger_path`]) written to a temporary file that is fsynced,
 //! renamed over the old one, and the folder fsynced: a crash leaves the old ledger or the
@@ -34,15 +42,16 @@ use std::path::{Path, PathBuf};
 
 use fedmark_core::accountant::{Accountant, AccountantError};
 use fedmark_core::aggregate::VectorLayout;
-use fedmark_core::budget::PrivacyPlan;
+use fedmark_core::budget::{JobSpend, PrivacyPlan};
 use fedmark_core::spec::JobSpec;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::policy::PartnerPolicy;
 
-/// The ledger file's format version.
-const VERSION: u32 = 2;
+/// The ledger file's format version (3: per-job holdout spend and per-purpose parallel
+/// totals; 2 still loads).
+const VERSION: u32 = 3;
 
 /// Relative slack on the job's own ε, so that rounds composed one by one are not refused for
 /// a rounding error against a plan calibrated to fit exactly.
@@ -125,10 +134,25 @@ pub struct JobRecord {
     pub epsilon: f64,
     /// δ of the budget.
     pub delta: f64,
-    /// The training rounds this partner has been charged for (each at most once).
+    /// The training rounds this partner has been charged for (each at most once), and the
+    /// final evaluation as round `planned_rounds + 1`.
     pub charged_rounds: BTreeSet<u64>,
-    /// What this job's charges spent.
+    /// What this job's training rounds spent (in a record written before parallel
+    /// composition, format 2: everything the job spent).
     pub spent: Accountant,
+    /// What this job's release of holdout statistics spent.
+    #[serde(default, skip_serializing_if = "Accountant::is_empty")]
+    pub holdout: Accountant,
+}
+
+impl JobRecord {
+    /// What the job spent, by side.
+    pub fn spend(&self) -> JobSpend {
+        JobSpend {
+            training: self.spent.clone(),
+            holdout: self.holdout.clone(),
+        }
+    }
 }
 
 /// The file's content.
@@ -136,8 +160,16 @@ pub struct JobRecord {
 #[serde(deny_unknown_fields)]
 struct State {
     version: u32,
-    /// Spent privacy per purpose, across jobs.
+    /// Spent privacy per purpose, across jobs: every release composed one after the other.
     purposes: BTreeMap<String, Accountant>,
+    /// Per purpose, the sum over its jobs of each job's parallel envelope (RDP alone). A
+    /// purpose loaded from an older file starts from its sequential total.
+    #[serde(default)]
+    parallel: BTreeMap<String, Accountant>,
+    /// Purposes whose totals include charges from before per-job sides were kept (files of
+    /// format 1 and 2): their ε is never taken from a single job's.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    legacy: BTreeSet<String>,
     /// Per job id.
     #[serde(default)]
     jobs: BTreeMap<String, JobRecord>,
@@ -148,6 +180,8 @@ impl Default for State {
         Self {
             version: VERSION,
             purposes: BTreeMap::new(),
+            parallel: BTreeMap::new(),
+            legacy: BTreeSet::new(),
             jobs: BTreeMap::new(),
         }
     }
@@ -244,6 +278,20 @@ fn with_evaluation(
     Ok(acc)
 }
 
+/// A job's spend after `n` more training rounds of `plan`, and its holdout release if
+/// `evaluation_pending`.
+fn projected(
+    spend: &JobSpend,
+    plan: &PrivacyPlan,
+    n: u64,
+    evaluation_pending: bool,
+) -> Result<JobSpend, LedgerError> {
+    Ok(JobSpend {
+        training: with_rounds(&spend.training, plan, n)?,
+        holdout: with_evaluation(spend.holdout.clone(), plan, evaluation_pending)?,
+    })
+}
+
 /// `n` rounds of `plan` composed onto `acc`.
 fn with_rounds(acc: &Accountant, plan: &PrivacyPlan, n: u64) -> Result<Accountant, LedgerError> {
     let mut acc = acc.clone();
@@ -257,6 +305,37 @@ fn with_rounds(acc: &Accountant, plan: &PrivacyPlan, n: u64) -> Result<Accountan
         plan.charge_rounds(&mut acc, n)?;
     }
     Ok(acc)
+}
+
+/// A purpose's ε from its (sequential, parallel) totals: the smaller of the sequential
+/// ledger's tightest bound and the parallel total's RDP bound — and, when one job is all the
+/// purpose ever spent (`only_job`), that job's own ε, which is exactly its total.
+fn purpose_epsilon(
+    spent: &(Accountant, Accountant),
+    only_job: Option<&JobSpend>,
+    delta: f64,
+) -> Result<f64, LedgerError> {
+    let sequential = spent.0.epsilon(delta)?.0;
+    let parallel = spent.1.epsilon_rdp(delta)?.0;
+    let mut eps = sequential.min(parallel);
+    if let Some(job) = only_job {
+        eps = eps.min(job.epsilon(delta)?.0);
+    }
+    Ok(eps)
+}
+
+/// `spent` with a job's growth from `before` to `after` charged: `charge` composed onto the
+/// sequential total, the growth of the job's envelope onto the parallel one.
+fn purpose_after(
+    spent: &(Accountant, Accountant),
+    before: &JobSpend,
+    after: &JobSpend,
+    charge: impl Fn(&Accountant) -> Result<Accountant, LedgerError>,
+) -> Result<(Accountant, Accountant), LedgerError> {
+    let sequential = charge(&spent.0)?;
+    let mut parallel = spent.1.clone();
+    parallel.compose_growth(&before.envelope()?, &after.envelope()?)?;
+    Ok((sequential, parallel))
 }
 
 /// The lower of two optional caps.
@@ -415,36 +494,80 @@ impl Ledger {
             .get("version")
             .is_some_and(serde_json::Value::is_number)
         {
-            let state: State = serde_json::from_value(value).map_err(|e| e.to_string())?;
-            if state.version != VERSION {
-                return Err(format!("format version {} is not {VERSION}", state.version));
+            let mut state: State = serde_json::from_value(value).map_err(|e| e.to_string())?;
+            if !(2..=VERSION).contains(&state.version) {
+                return Err(format!(
+                    "format version {} is not one this node reads (2 to {VERSION})",
+                    state.version
+                ));
             }
-            return Ok(state);
+            if state.version < 3 {
+                state.legacy.extend(state.purposes.keys().cloned());
+            }
+            state.version = VERSION;
+            return Ok(Self::with_parallel_totals(state));
         }
         // The first format: purpose → spent RDP, no per-job records.
         let purposes: BTreeMap<String, Accountant> =
             serde_json::from_value(value).map_err(|e| e.to_string())?;
-        Ok(State {
+        Ok(Self::with_parallel_totals(State {
+            legacy: purposes.keys().cloned().collect(),
             purposes,
             ..State::default()
-        })
+        }))
     }
 
-    /// ε spent for `purpose` at `delta`, across jobs.
+    /// Gives every purpose without a parallel total its sequential one: an upper bound on
+    /// the sum of its jobs' envelopes, so an older file never under-reports.
+    fn with_parallel_totals(mut state: State) -> State {
+        for (purpose, acc) in &state.purposes {
+            state
+                .parallel
+                .entry(purpose.clone())
+                .or_insert_with(|| acc.clone());
+        }
+        state
+    }
+
+    /// ε spent for `purpose` at `delta`, across jobs: the smaller of the sequential and the
+    /// parallel bound (see the module doc).
     pub fn spent(&self, purpose: &str, delta: f64) -> Result<f64, LedgerError> {
-        match self.state.purposes.get(purpose) {
-            Some(acc) => Ok(acc.epsilon(delta)?.0),
-            None => Ok(0.0),
+        if !self.state.purposes.contains_key(purpose) {
+            return Ok(0.0);
+        }
+        let only = self.only_job(purpose).map(JobRecord::spend);
+        purpose_epsilon(&self.purpose_spent(purpose), only.as_ref(), delta)
+    }
+
+    /// The one job of `purpose`, if it is all the purpose ever spent.
+    fn only_job(&self, purpose: &str) -> Option<&JobRecord> {
+        if self.state.legacy.contains(purpose) {
+            return None;
+        }
+        let mut jobs = self.state.jobs.values().filter(|j| j.purpose == purpose);
+        match (jobs.next(), jobs.next()) {
+            (Some(job), None) => Some(job),
+            _ => None,
         }
     }
 
-    /// What `purpose` has spent across jobs (an empty ledger if nothing yet).
-    fn purpose_spent(&self, purpose: &str) -> Accountant {
+    /// Whether `job_id` would be the only job `purpose` ever spent on.
+    fn is_only_job(&self, purpose: &str, job_id: &str) -> bool {
+        if self.state.legacy.contains(purpose) {
+            return false;
+        }
         self.state
-            .purposes
-            .get(purpose)
-            .cloned()
-            .unwrap_or_default()
+            .jobs
+            .iter()
+            .all(|(id, j)| j.purpose != purpose || id == job_id)
+    }
+
+    /// What `purpose` has spent across jobs, (sequential, parallel) (empty ledgers if
+    /// nothing yet).
+    fn purpose_spent(&self, purpose: &str) -> (Accountant, Accountant) {
+        let get =
+            |map: &BTreeMap<String, Accountant>| map.get(purpose).cloned().unwrap_or_default();
+        (get(&self.state.purposes), get(&self.state.parallel))
     }
 
     /// The record of job `job_id`, if this partner has been charged for it.
@@ -467,13 +590,13 @@ impl Ledger {
     /// How many of `remaining` further rounds fit the job's own budget after `spent`, with
     /// the release of holdout statistics still to come if `evaluation_pending`.
     fn rounds_within_budget(
-        spent: &Accountant,
+        spent: &JobSpend,
         plan: &PrivacyPlan,
         remaining: u64,
         evaluation_pending: bool,
     ) -> Result<u64, LedgerError> {
         let fits = |n: u64| -> Result<bool, LedgerError> {
-            let eps = with_evaluation(with_rounds(spent, plan, n)?, plan, evaluation_pending)?
+            let eps = projected(spent, plan, n, evaluation_pending)?
                 .epsilon(plan.delta)?
                 .0;
             Ok(eps <= plan.epsilon * (1.0 + JOB_EPSILON_SLACK))
@@ -504,22 +627,25 @@ impl Ledger {
         let (done, job_spent, evaluated) = match job {
             Some(j) => (
                 j.charged_rounds.range(..evaluation_round).count() as u64,
-                j.spent.clone(),
+                j.spend(),
                 j.charged_rounds.contains(&evaluation_round),
             ),
-            None => (0, Accountant::new(), false),
+            None => (0, JobSpend::default(), false),
         };
         let pending = terms.plan.evaluation_noise.is_some() && !evaluated;
         let remaining = terms.planned_rounds.saturating_sub(done);
         let runnable = Self::rounds_within_budget(&job_spent, terms.plan, remaining, pending)?;
-        let purpose = self.purpose_spent(terms.purpose);
-        let projected = with_evaluation(
-            with_rounds(&purpose, terms.plan, runnable)?,
-            terms.plan,
-            pending,
-        )?
-        .epsilon(terms.plan.delta)?
-        .0;
+        let job_after = projected(&job_spent, terms.plan, runnable, pending)?;
+        let purpose = purpose_after(
+            &self.purpose_spent(terms.purpose),
+            &job_spent,
+            &job_after,
+            |acc| with_evaluation(with_rounds(acc, terms.plan, runnable)?, terms.plan, pending),
+        )?;
+        let only = self
+            .is_only_job(terms.purpose, terms.job_id)
+            .then_some(&job_after);
+        let projected = purpose_epsilon(&purpose, only, terms.plan.delta)?;
         if let Some(cap) = terms.cap
             && projected > cap
         {
@@ -569,6 +695,7 @@ impl Ledger {
                 delta: terms.plan.delta,
                 charged_rounds: BTreeSet::new(),
                 spent: Accountant::new(),
+                holdout: Accountant::new(),
             },
         };
         if job.charged_rounds.contains(&round) {
@@ -587,35 +714,41 @@ impl Ledger {
                 with_rounds(acc, terms.plan, 1)
             }
         };
-        let job_after = charge(&job.spent)?;
+        let before = job.spend();
+        let job_after = projected(&before, terms.plan, u64::from(!evaluation), evaluation)?;
         let after = job_after.epsilon(terms.plan.delta)?.0;
         if after > terms.plan.epsilon * (1.0 + JOB_EPSILON_SLACK) {
             return Err(LedgerError::OverJobBudget {
                 round,
-                spent: job.spent.epsilon(terms.plan.delta)?.0,
+                spent: before.epsilon(terms.plan.delta)?.0,
                 after,
                 budget: terms.plan.epsilon,
             });
         }
         let purpose = self.purpose_spent(terms.purpose);
-        let purpose_after = charge(&purpose)?;
+        let purpose_next = purpose_after(&purpose, &before, &job_after, charge)?;
         if let Some(cap) = terms.cap {
-            let after = purpose_after.epsilon(terms.plan.delta)?.0;
+            let only = self
+                .is_only_job(terms.purpose, terms.job_id)
+                .then_some(&job_after);
+            let after = purpose_epsilon(&purpose_next, only, terms.plan.delta)?;
             if after > cap {
                 return Err(LedgerError::OverCap {
                     purpose: terms.purpose.to_owned(),
-                    spent: purpose.epsilon(terms.plan.delta)?.0,
+                    spent: self.spent(terms.purpose, terms.plan.delta)?,
                     after,
                     cap,
                 });
             }
         }
         let mut next = self.state.clone();
-        next.purposes
-            .insert(terms.purpose.to_owned(), purpose_after);
+        let (sequential, parallel) = purpose_next;
+        next.purposes.insert(terms.purpose.to_owned(), sequential);
+        next.parallel.insert(terms.purpose.to_owned(), parallel);
         let mut job = job;
         job.charged_rounds.insert(round);
-        job.spent = job_after;
+        job.spent = job_after.training;
+        job.holdout = job_after.holdout;
         next.jobs.insert(terms.job_id.to_owned(), job);
         Ok(Some(next))
     }
@@ -826,16 +959,19 @@ mod tests {
             ledger.charge(&t, round).unwrap();
         }
         let before = ledger.job("job-b").unwrap().spent.clone();
+        assert!(ledger.job("job-b").unwrap().holdout.is_empty());
         ledger.charge(&t, 4).unwrap();
         assert_eq!(ledger.prepare(&t, 4).unwrap(), Prepared::AlreadyCharged);
         assert!(matches!(
             ledger.prepare(&t, 5),
             Err(LedgerError::PastPlan { round: 5, .. })
         ));
-        let after = &ledger.job("job-b").unwrap().spent;
-        for ((order, a), b) in before.orders().iter().zip(after.rdp()).zip(before.rdp()) {
+        // The evaluation is charged to the holdout side; training's spend is untouched.
+        let job = ledger.job("job-b").unwrap();
+        assert_eq!(job.spent, before);
+        for (order, h) in job.holdout.orders().iter().zip(job.holdout.rdp()) {
             let gaussian = order / (2.0 * 8.0 * 8.0);
-            assert!((a - b - gaussian).abs() < 1e-12, "order {order}");
+            assert!((h - gaussian).abs() < 1e-12, "order {order}");
         }
         // Training rounds are still counted apart from it: no fourth training round.
         let err = ledger.check_offer(&t).unwrap();
@@ -956,6 +1092,83 @@ mod tests {
         assert!(ledger.check_offer(&next).is_err());
     }
 
+    /// The purpose's ε after one job is that job's own; across two `record` jobs with
+    /// evaluations it is recomputed here from the
+    /// RDP closed forms: the sum over jobs of max(training, holdout) at each order, converted
+    /// with `epsilon_from_rdp`; never above the sequential composition of every release, and
+    /// each job's own ε the larger side's. A file of format 2 (job records without a holdout
+    /// side) loads with its totals as they were.
+    #[test]
+    fn purposes_compose_each_job_in_parallel_and_jobs_in_sequence() {
+        use fedmark_core::accountant::{epsilon_from_rdp, rdp_subsampled_gaussian};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.json");
+        let mut ledger = Ledger::open(Some(&path)).unwrap();
+        let mut p = plan();
+        p.epsilon = 100.0;
+        p.steps_per_round = 200;
+        // An evaluation about as costly as training (z = 3), so that parallel composition
+        // matters.
+        p.evaluation_noise = Some(3.0);
+        let a = terms("job-a", &p, 5);
+        let b = terms("job-b", &p, 5);
+        for round in 1..=6 {
+            ledger.charge(&a, round).unwrap();
+        }
+        // One job is all the purpose spent: its total is the job's own ε (the larger side's,
+        // each by PLD), below both cross-job bounds.
+        let only_a = ledger.job("job-a").unwrap().spend().epsilon(1e-5).unwrap().0;
+        assert_eq!(ledger.spent("campaign_response", 1e-5).unwrap(), only_a);
+        assert!(only_a < ledger.state.purposes["campaign_response"].epsilon(1e-5).unwrap().0);
+        for round in 1..=6 {
+            ledger.charge(&b, round).unwrap();
+        }
+        let orders = Accountant::new().orders().to_vec();
+        let curve = |rounds: f64| -> Vec<f64> {
+            orders
+                .iter()
+                .map(|&o| {
+                    let training = rounds * 200.0 * rdp_subsampled_gaussian(0.01, 1.4, o).unwrap();
+                    training.max(o / (2.0 * 3.0 * 3.0))
+                })
+                .collect()
+        };
+        let total: Vec<f64> = curve(5.0).iter().map(|x| 2.0 * x).collect();
+        let (expected, _) = epsilon_from_rdp(&orders, &total, 1e-5).unwrap();
+        // dp-accounting 0.6 (RdpAccountant over the same orders, the two curves' maximum
+        // summed, `compute_epsilon`) gives 2.028993 for this; its PLD accountant gives
+        // 2.449769 for every release composed in sequence.
+        assert!((expected - 2.028993).abs() < 1e-4, "{expected}");
+        let spent = ledger.spent("campaign_response", 1e-5).unwrap();
+        let sequential = ledger.state.purposes["campaign_response"]
+            .epsilon(1e-5)
+            .unwrap()
+            .0;
+        assert!((sequential - 2.449769).abs() < 2e-3, "{sequential}");
+        assert!(
+            spent >= expected && spent <= expected * (1.0 + 1e-9),
+            "spent {spent}, parallel {expected}, sequential {sequential}"
+        );
+        let job = ledger.job("job-a").unwrap();
+        let (training, holdout) = job.spend().sides(1e-5).unwrap();
+        assert_eq!(
+            job.spend().epsilon(1e-5).unwrap().0,
+            training.max(holdout.unwrap())
+        );
+
+        // Format 2: the same totals, read back as written.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["version"] = 2.into();
+        v.as_object_mut().unwrap().remove("parallel");
+        for job in v["jobs"].as_object_mut().unwrap().values_mut() {
+            job.as_object_mut().unwrap().remove("holdout");
+        }
+        std::fs::write(&path, v.to_string()).unwrap();
+        let old = Ledger::open(Some(&path)).unwrap();
+        assert_eq!(old.spent("campaign_response", 1e-5).unwrap(), sequential);
+    }
+
     #[test]
     fn the_first_format_still_loads() {
         let dir = tempfile::tempdir().unwrap();
@@ -971,7 +1184,7 @@ mod tests {
         p.epsilon = 100.0;
         ledger.charge(&terms("job-a", &p, 5), 1).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains("\"version\": 2"), "{text}");
+        assert!(text.contains("\"version\": 3"), "{text}");
         let reopened = Ledger::open(Some(&path)).unwrap();
         assert!(reopened.spent("campaign_response", 1e-5).unwrap() > spent);
     }

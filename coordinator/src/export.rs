@@ -24,6 +24,7 @@ use fedmark_core::spec::JobSpec;
 use fedmark_proto::durable::AtomicFile;
 use serde_json::{Value, json};
 
+use crate::report::PrivacyReport;
 use crate::store::jobs::{JobOutcome, stored_outcome};
 use crate::store::{JobStatus, Store, StoreError};
 use fedmark_core::audit::f64s_sha256;
@@ -325,13 +326,7 @@ pub fn model_card(store: &Store, outcome: &JobOutcome) -> Result<Value, ExportEr
             "sha256": f64s_sha256(&outcome.model.params),
         },
         "metrics": report.final_metrics,
-        "privacy": match &report.privacy {
-            Some(p) => json!({
-                "mode": p.mode, "epsilon": p.epsilon_spent, "epsilon_budget": p.epsilon_budget,
-                "delta": p.delta, "noise_multiplier": p.noise_multiplier, "clip": p.clip,
-            }),
-            None => json!({"mode": "none"}),
-        },
+        "privacy": privacy_card(report.privacy.as_ref()),
         "secure_aggregation": report.secure_aggregation,
         "partners_per_round": report.rounds.iter().map(|r| r.participants).collect::<Vec<_>>(),
         "partners_accepted": report.partners_accepted,
@@ -341,6 +336,45 @@ pub fn model_card(store: &Store, outcome: &JobOutcome) -> Result<Value, ExportEr
         "stop_reason": report.stop_reason,
         "audit_head": store.audit_head(),
     }))
+}
+
+/// The card's privacy section: the total (ε, δ) over every release of the job, per protected
+/// unit, how it composes, and each side's share.
+fn privacy_card(privacy: Option<&PrivacyReport>) -> Value {
+    let Some(p) = privacy else {
+        return json!({
+            "mode": "none",
+            "guarantee": "no differential privacy: secure aggregation (if on) hides each partner's update, but the model and its metrics are not noised",
+        });
+    };
+    let mode = match p.mode.as_str() {
+        "Record" => "record",
+        "PartnerCentral" => "partner-central",
+        "PartnerDistributed" => "partner-distributed",
+        other => other,
+    };
+    let composition = if p.epsilon_evaluation.is_some() {
+        "parallel: training and holdout rows are disjoint (each record's side is decided by its own values), so the total is the larger side's"
+    } else {
+        "sequential over the training rounds"
+    };
+    json!({
+        "mode": mode,
+        "protected_unit": p.protected_unit,
+        "guarantee": format!(
+            "({:.4}, {:e})-differential privacy for {} over every release of the job",
+            p.epsilon_spent, p.delta, p.protected_unit
+        ),
+        "epsilon": p.epsilon_spent,
+        "delta": p.delta,
+        "epsilon_budget": p.epsilon_budget,
+        "accountant": p.accountant,
+        "composition": composition,
+        "epsilon_training": p.epsilon_training,
+        "epsilon_evaluation": p.epsilon_evaluation,
+        "noise_multiplier": p.noise_multiplier,
+        "clip": p.clip,
+    })
 }
 
 /// One exported file: its name and its bytes.

@@ -423,7 +423,7 @@ impl JobRun {
         if let Some(plan) = &self.privacy {
             // Released noised, each row's loss divided by the cap (see the client).
             stats[2] *= EVAL_LOSS_CAP;
-            plan.charge_evaluation(&mut state.ledger)?;
+            plan.charge_final_evaluation(&mut state.ledger)?;
         }
         let bins = self.spec.histogram_bins() as usize;
         let metrics = eval_stats_from_slice(&stats, bins).metrics();
@@ -468,18 +468,9 @@ impl JobRun {
             seconds: started.elapsed().as_secs_f64(),
             peak_rss_bytes: None,
             stop_reason: stop_reason.clone(),
-            privacy: self.privacy.map(|plan| PrivacyReport {
-                mode: format!("{:?}", plan.mode),
-                noise_multiplier: plan.noise_multiplier,
-                clip: plan.clip,
-                epsilon_budget: plan.epsilon,
-                epsilon_spent: state
-                    .ledger
-                    .epsilon(plan.delta)
-                    .map(|e| e.0)
-                    .unwrap_or(f64::NAN),
-                delta: plan.delta,
-            }),
+            privacy: self
+                .privacy
+                .map(|plan| PrivacyReport::new(&plan, &state.ledger)),
         };
         self.store.end_job(
             &self.job_id,

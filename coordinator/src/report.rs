@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use fedmark_core::budget::{JobSpend, PrivacyPlan};
 use fedmark_core::metrics::Metrics;
 use serde::{Deserialize, Serialize};
 
@@ -154,12 +155,51 @@ pub struct PrivacyReport {
     /// The job's ε budget.
     #[serde(deserialize_with = "nan_if_null")]
     pub epsilon_budget: f64,
-    /// ε spent by the released rounds.
+    /// ε spent by every release of the job, at `delta`: the total guarantee per protected
+    /// unit (the larger of the training and holdout sides', which hold disjoint records).
     #[serde(deserialize_with = "nan_if_null")]
     pub epsilon_spent: f64,
     /// δ.
     #[serde(deserialize_with = "nan_if_null")]
     pub delta: f64,
+    /// What one (ε, δ) protects: `one record` or `one partner` (all its records).
+    #[serde(default)]
+    pub protected_unit: String,
+    /// The accountant that gave `epsilon_spent` (`pld` or `rdp`).
+    #[serde(default)]
+    pub accountant: String,
+    /// ε spent by the releases computed from training rows (the noised updates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon_training: Option<f64>,
+    /// ε spent by the releases computed from holdout rows (the noised final evaluation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon_evaluation: Option<f64>,
+}
+
+impl PrivacyReport {
+    /// The guarantee of a job with `plan` that spent `spend`. `mode` keeps the name earlier
+    /// reports used (`Record`, `PartnerCentral`, …) so that stored reports compare alike.
+    pub fn new(plan: &PrivacyPlan, spend: &JobSpend) -> Self {
+        let (epsilon_spent, accountant) = match spend.epsilon(plan.delta) {
+            Ok((e, bound)) => (e, bound.method().to_string()),
+            Err(_) => (f64::NAN, String::new()),
+        };
+        let (training, evaluation) = spend
+            .sides(plan.delta)
+            .map_or((None, None), |(t, h)| (Some(t), h));
+        Self {
+            mode: format!("{:?}", plan.mode),
+            noise_multiplier: plan.noise_multiplier,
+            clip: plan.clip,
+            epsilon_budget: plan.epsilon,
+            epsilon_spent,
+            delta: plan.delta,
+            protected_unit: plan.mode.protected_unit().to_owned(),
+            accountant,
+            epsilon_training: training,
+            epsilon_evaluation: evaluation,
+        }
+    }
 }
 
 /// serde_json writes a non-finite `f64` as `null`. Read `null` back as NaN, so a stored

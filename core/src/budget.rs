@@ -5,6 +5,13 @@
 //! no noise multiplier, [`PrivacyPlan::from_spec`] calibrates the smallest one under which the
 //! whole planned job fits the budget, so the budget lasts exactly the planned rounds.
 //!
+//! A job's releases fall on two disjoint sets of a partner's records: its training rows
+//! (the noised updates) and its holdout rows (a `record` job's noised final evaluation).
+//! Which side a record is on depends on that record alone (see the holdout split), so adding
+//! or removing one record changes what only one side releases: a job's ε is the larger of
+//! the two sides' ([`JobSpend`], parallel composition), and calibration gives training the
+//! whole budget once the evaluation fits it on its own.
+//!
 //! Calibration uses the tightest accountant the job's mechanism has
 //! ([`PrivacyPlan::accountant`]): privacy loss distributions for the Gaussian mechanism
 //! (`record` and `partner-central`), Rényi DP for the Skellam noise of
@@ -13,7 +20,11 @@
 
 use rand::Rng;
 
-use crate::accountant::{Accountant, AccountantError, Method, calibrate_noise_multiplier_after};
+use serde::{Deserialize, Serialize};
+
+use crate::accountant::{
+    Accountant, AccountantError, Bound, Method, calibrate_noise_multiplier_after,
+};
 use crate::aggregate::VectorLayout;
 use crate::discrete_gaussian::{self, DiscreteGaussianError, LatticeNoise};
 use crate::secagg::{recommended_degree, recommended_threshold};
@@ -94,6 +105,56 @@ pub const EVAL_SENSITIVITY: f64 = 2.0;
 /// true class).
 pub const EVAL_LOSS_CAP: f64 = 10.0;
 
+/// What one job has spent of a protected unit's privacy, by the disjoint sets of records its
+/// releases are computed from. Persisted with the job (coordinator checkpoint, partner ledger).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpend {
+    /// Releases computed from the training rows: the rounds' noised updates. (Under
+    /// partner-level DP the unit is a partner, whose rows are on both sides; those jobs
+    /// release nothing from the holdout.)
+    pub training: Accountant,
+    /// Releases computed from the holdout rows and released models alone: a `record` job's
+    /// noised final evaluation.
+    #[serde(default)]
+    pub holdout: Accountant,
+}
+
+impl JobSpend {
+    /// The job's ε at `delta` by parallel composition: the larger of the two sides' (each by
+    /// its tightest accountant), and which accountant gave it.
+    pub fn epsilon(&self, delta: f64) -> Result<(f64, Bound), AccountantError> {
+        let training = self.training.epsilon(delta)?;
+        if self.holdout.is_empty() {
+            return Ok(training);
+        }
+        let holdout = self.holdout.epsilon(delta)?;
+        Ok(if holdout.0 > training.0 {
+            holdout
+        } else {
+            training
+        })
+    }
+
+    /// ε of each side at `delta`: (training, holdout), the holdout's `None` when it released
+    /// nothing.
+    pub fn sides(&self, delta: f64) -> Result<(f64, Option<f64>), AccountantError> {
+        let holdout = if self.holdout.is_empty() {
+            None
+        } else {
+            Some(self.holdout.epsilon(delta)?.0)
+        };
+        Ok((self.training.epsilon(delta)?.0, holdout))
+    }
+
+    /// The job's RDP curve by parallel composition ([`Accountant::parallel`]): what it adds
+    /// to a partner's total across jobs, where another job may put the same record on the
+    /// other side.
+    pub fn envelope(&self) -> Result<Accountant, AccountantError> {
+        Accountant::parallel(&[&self.training, &self.holdout])
+    }
+}
+
 impl PrivacyPlan {
     /// The plan of a job, or `None` for `mode = "none"`.
     pub fn from_spec(spec: &JobSpec) -> Result<Option<Self>, AccountantError> {
@@ -112,14 +173,24 @@ impl PrivacyPlan {
         let total_steps = steps_per_round * u64::from(spec.job.rounds);
         let evaluation_noise =
             (p.mode == PrivacyMode::Record).then_some(p.evaluation_noise_multiplier);
-        let mut base = Accountant::new();
         if let Some(z) = evaluation_noise {
-            base.compose_gaussian(z, 1)?;
+            // The holdout's release is composed in parallel with training: it must fit the
+            // budget on its own, and then leaves all of it to training.
+            let mut holdout = Accountant::new();
+            holdout.compose_gaussian(z, 1)?;
+            let epsilon = holdout.epsilon(p.delta)?.0;
+            if epsilon > p.epsilon {
+                return Err(AccountantError::ReleaseOverBudget {
+                    release: "the final evaluation (evaluation_noise_multiplier)",
+                    epsilon,
+                    budget: p.epsilon,
+                });
+            }
         }
         let mut noise_multiplier = match p.noise_multiplier {
             Some(s) => s,
             None => calibrate_noise_multiplier_after(
-                &base,
+                &Accountant::new(),
                 Self::accountant_for(p.mode),
                 p.epsilon,
                 p.delta,
@@ -260,10 +331,11 @@ impl PrivacyPlan {
     pub fn charge_training_round(
         &self,
         spec: &JobSpec,
-        ledger: &mut Accountant,
+        spend: &mut JobSpend,
         layout: &VectorLayout,
         cohort: usize,
     ) -> Result<(), AccountantError> {
+        let ledger = &mut spend.training;
         match (self.mode, layout.update_codec) {
             (PrivacyMode::PartnerDistributed, Some(codec)) => {
                 let t = noise_threshold(spec, cohort);
@@ -282,20 +354,26 @@ impl PrivacyPlan {
     pub fn epsilon_after_training_round(
         &self,
         spec: &JobSpec,
-        ledger: &Accountant,
+        spend: &JobSpend,
         layout: &VectorLayout,
         n: usize,
     ) -> Result<f64, AccountantError> {
-        let mut next = ledger.clone();
+        let mut next = spend.clone();
         self.charge_training_round(spec, &mut next, layout, n)?;
         Ok(next.epsilon(self.delta)?.0)
     }
 
-    /// ε after the release of holdout statistics planned for the end of the job, charged to
-    /// a copy of `ledger` (the ledger's own ε for a plan without one).
-    pub fn epsilon_after_evaluation(&self, ledger: &Accountant) -> Result<f64, AccountantError> {
-        let mut next = ledger.clone();
-        self.charge_evaluation(&mut next)?;
+    /// Charges the final evaluation's release to the holdout side of `spend` (nothing for a
+    /// plan without one).
+    pub fn charge_final_evaluation(&self, spend: &mut JobSpend) -> Result<(), AccountantError> {
+        self.charge_evaluation(&mut spend.holdout)
+    }
+
+    /// The job's ε after the release of holdout statistics planned for the end of the job,
+    /// charged to a copy of `spend` (its own ε for a plan without one).
+    pub fn epsilon_after_evaluation(&self, spend: &JobSpend) -> Result<f64, AccountantError> {
+        let mut next = spend.clone();
+        self.charge_final_evaluation(&mut next)?;
         Ok(next.epsilon(self.delta)?.0)
     }
 
@@ -351,8 +429,7 @@ mod tests {
                 assert!(plan.epsilon_after_round(&ledger).unwrap() <= s.privacy.epsilon);
                 plan.charge_round(&mut ledger).unwrap();
             }
-            // `record` plans keep room for the one noised release of holdout statistics.
-            plan.charge_evaluation(&mut ledger).unwrap();
+            // Training has the whole budget: a `record` job's evaluation is on other rows.
             let spent = ledger.epsilon(s.privacy.delta).unwrap().0;
             assert!(
                 spent <= s.privacy.epsilon && spent > 0.99 * s.privacy.epsilon,
@@ -363,6 +440,70 @@ mod tests {
                 "one more round would pass the budget"
             );
         }
+    }
+
+    /// A `record` job's final evaluation is on the holdout rows, disjoint from training:
+    /// training is calibrated to the whole budget and the evaluation does not add to the
+    /// job's ε, which is the larger side's. The holdout side is checked against the analytic
+    /// Gaussian mechanism (Balle and Wang 2018), recomputed here: δ(ε) = Φ(1/(2z) − εz) −
+    /// e^ε Φ(−1/(2z) − εz).
+    #[test]
+    fn a_record_job_composes_its_evaluation_in_parallel_with_training() {
+        let s = spec(
+            "[privacy]\nmode = \"record\"\nepsilon = 1.0\nsampling_rate = 0.02\nevaluation_noise_multiplier = 4.0\n",
+        );
+        let delta = s.privacy.delta;
+        let plan = PrivacyPlan::from_spec(&s).unwrap().unwrap();
+        let mut spend = JobSpend::default();
+        for _ in 0..s.job.rounds {
+            plan.charge_round(&mut spend.training).unwrap();
+        }
+        let trained = spend.epsilon(delta).unwrap().0;
+        assert!(trained <= 1.0 && trained > 0.99, "{trained}");
+        assert!(plan.epsilon_after_evaluation(&spend).unwrap() <= 1.0);
+        plan.charge_final_evaluation(&mut spend).unwrap();
+        let (training, holdout) = spend.sides(delta).unwrap();
+        let holdout = holdout.unwrap();
+        assert_eq!(training, trained);
+        assert_eq!(spend.epsilon(delta).unwrap().0, training.max(holdout));
+
+        let z = 4.0_f64;
+        let phi = |x: f64| 0.5 * crate::accountant::log_erfc(-x / std::f64::consts::SQRT_2).exp();
+        let delta_at =
+            |e: f64| phi(1.0 / (2.0 * z) - e * z) - e.exp() * phi(-1.0 / (2.0 * z) - e * z);
+        let (mut lo, mut hi) = (0.0, 10.0);
+        for _ in 0..200 {
+            let mid = 0.5 * (lo + hi);
+            if delta_at(mid) > delta {
+                lo = mid
+            } else {
+                hi = mid
+            }
+        }
+        assert!(
+            holdout >= hi && holdout < 1.01 * hi,
+            "{holdout} vs analytic {hi}"
+        );
+        assert!(
+            holdout > 0.5,
+            "the test's evaluation is not negligible: {holdout}"
+        );
+
+        // One after the other, the same releases would have passed the budget.
+        let mut sequential = spend.training.clone();
+        sequential.compose_ledger(&spend.holdout).unwrap();
+        assert!(sequential.epsilon(delta).unwrap().0 > 1.05);
+
+        // An evaluation that alone passes the budget is refused at the plan.
+        let s = spec(
+            "[privacy]\nmode = \"record\"\nepsilon = 1.0\nsampling_rate = 0.02\nevaluation_noise_multiplier = 1.0\n",
+        );
+        let err = PrivacyPlan::from_spec(&s).unwrap_err();
+        assert!(
+            matches!(err, AccountantError::ReleaseOverBudget { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("evaluation_noise_multiplier"));
     }
 
     /// What the coordinator can unmask in a distributed round — the wrapping sum of the
@@ -470,10 +611,8 @@ mod tests {
         let plan = PrivacyPlan::from_spec(&s).unwrap().unwrap();
         assert_eq!(plan.accountant(), Method::Pld);
         let total = plan.steps_per_round * u64::from(s.job.rounds);
-        let mut evaluation = Accountant::new();
-        plan.charge_evaluation(&mut evaluation).unwrap();
         let rdp = calibrate_noise_multiplier_after(
-            &evaluation,
+            &Accountant::new(),
             Method::Rdp,
             1.0,
             s.privacy.delta,
@@ -490,9 +629,6 @@ mod tests {
         for _ in 0..s.job.rounds {
             plan.charge_round(&mut ledger).unwrap();
         }
-        // The one release of noised holdout statistics is planned within the same budget.
-        assert!(ledger.epsilon(s.privacy.delta).unwrap().0 < 0.99);
-        plan.charge_evaluation(&mut ledger).unwrap();
         let (spent, bound) = ledger.epsilon(s.privacy.delta).unwrap();
         assert_eq!(bound.method(), Method::Pld);
         assert!(spent <= 1.0 && spent > 0.99, "{spent}");
@@ -520,13 +656,13 @@ mod tests {
             let params = 2;
             for n in [3usize, 10, 40] {
                 let layout = RoundKind::Training.layout(&s, params, n).unwrap();
-                let mut charged = Accountant::new();
-                plan.charge_rounds(&mut charged, 1).unwrap();
+                let mut charged = JobSpend::default();
+                plan.charge_rounds(&mut charged.training, 1).unwrap();
+                let before = charged.clone();
                 plan.charge_training_round(&s, &mut charged, &layout, n)
                     .unwrap();
                 let mut reference = Accountant::new();
                 plan.charge_rounds(&mut reference, 1).unwrap();
-                let before = reference.clone();
                 match plan.mode {
                     PrivacyMode::PartnerDistributed => {
                         let codec = layout.update_codec.unwrap();
@@ -538,7 +674,8 @@ mod tests {
                     }
                     _ => plan.charge_round(&mut reference).unwrap(),
                 }
-                assert_eq!(charged, reference, "{extra} n = {n}");
+                assert_eq!(charged.training, reference, "{extra} n = {n}");
+                assert!(charged.holdout.is_empty());
                 let estimate = plan
                     .epsilon_after_training_round(&s, &before, &layout, n)
                     .unwrap();

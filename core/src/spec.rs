@@ -92,6 +92,30 @@ pub enum PrivacyMode {
     PartnerDistributed,
 }
 
+impl PrivacyMode {
+    /// The mode as the spec spells it (`none`, `record`, `partner-central`,
+    /// `partner-distributed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrivacyMode::None => "none",
+            PrivacyMode::Record => "record",
+            PrivacyMode::PartnerCentral => "partner-central",
+            PrivacyMode::PartnerDistributed => "partner-distributed",
+        }
+    }
+
+    /// What one (ε, δ) of the mode protects.
+    pub fn protected_unit(self) -> &'static str {
+        match self {
+            PrivacyMode::None => "nothing",
+            PrivacyMode::Record => "one record",
+            PrivacyMode::PartnerCentral | PrivacyMode::PartnerDistributed => {
+                "one partner (all its records)"
+            }
+        }
+    }
+}
+
 /// `[privacy]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

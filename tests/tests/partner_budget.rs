@@ -634,17 +634,26 @@ async fn every_value_a_dp_partner_sends_is_fixed_by_the_spec_or_noised_and_charg
         s * s
     );
 
-    // Charged before each release: the training rounds and the evaluation, and the ledger's
-    // total is the plan's, recomputed here.
+    // Charged before each release: the training rounds to the training side, the evaluation
+    // to the holdout side, and each side's total is the plan's, recomputed here.
     let ledger = Ledger::open(Some(&cfg.ledger_path().unwrap())).unwrap();
     let job = ledger.job("job-walk").unwrap();
     assert_eq!(job.charged_rounds, (1..=eval_round).collect());
-    let mut expected = fedmark_core::accountant::Accountant::new();
-    plan.charge_rounds(&mut expected, rounds).unwrap();
-    plan.charge_evaluation(&mut expected).unwrap();
+    let mut training = fedmark_core::accountant::Accountant::new();
+    plan.charge_rounds(&mut training, rounds).unwrap();
+    let mut holdout = fedmark_core::accountant::Accountant::new();
+    plan.charge_evaluation(&mut holdout).unwrap();
+    assert_eq!(job.spent, training);
+    assert_eq!(job.holdout, holdout);
+    let job_epsilon = job.spend().epsilon(1e-5).unwrap().0;
+    assert!(job_epsilon <= plan.epsilon * (1.0 + 1e-9));
     assert_eq!(
-        job.spent.epsilon(1e-5).unwrap().0,
-        expected.epsilon(1e-5).unwrap().0
+        job_epsilon,
+        training
+            .epsilon(1e-5)
+            .unwrap()
+            .0
+            .max(holdout.epsilon(1e-5).unwrap().0)
     );
     let text = std::fs::read_to_string(&audit).unwrap();
     for round in 1..=eval_round {

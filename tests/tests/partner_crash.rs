@@ -25,27 +25,20 @@ fn dp_job() -> String {
     job
 }
 
-/// The job's record in a partner's ledger file: its charged rounds and the ε they spent.
+/// The job's record in a partner's ledger file: its charged rounds, the job's ε (the larger
+/// of its training and holdout sides') and the purpose's, as the partner's ledger reads them.
 fn charged(d: &Deployment, id: &str) -> (BTreeSet<u64>, f64, f64) {
-    let ledger = d.partner_ledger(id).unwrap();
-    let jobs = ledger["jobs"].as_object().unwrap();
+    let raw = d.partner_ledger(id).unwrap();
+    let jobs = raw["jobs"].as_object().unwrap();
     assert_eq!(jobs.len(), 1, "{id}: one job");
-    let job = jobs.values().next().unwrap();
-    let rounds = job["charged_rounds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_u64().unwrap())
-        .collect();
-    let spent = |acc: &serde_json::Value| {
-        let acc: fedmark_core::accountant::Accountant =
-            serde_json::from_value(acc.clone()).unwrap();
-        acc.epsilon(1e-5).unwrap().0
-    };
+    let job_id = jobs.keys().next().unwrap();
+    let path = d.path().join(format!("fedmark-state/{id}.ledger.json"));
+    let ledger = fedmark_client::ledger::Ledger::open(Some(&path)).unwrap();
+    let job = ledger.job(job_id).unwrap();
     (
-        rounds,
-        spent(&job["spent"]),
-        spent(&ledger["purposes"]["campaign_response"]),
+        job.charged_rounds.clone(),
+        job.spend().epsilon(1e-5).unwrap().0,
+        ledger.spent("campaign_response", 1e-5).unwrap(),
     )
 }
 

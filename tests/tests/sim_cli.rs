@@ -81,6 +81,13 @@ fn an_edited_local_job_file_changes_the_run_and_the_export_loads() {
     );
     let card = json(&export.join("model_card.json"));
     assert_eq!(card["job_id"], report["job"]["job_id"]);
+    assert_eq!(card["privacy"]["mode"], "none");
+    assert!(
+        card["privacy"]["guarantee"]
+            .as_str()
+            .unwrap()
+            .starts_with("no differential privacy")
+    );
     assert_eq!(report["export"]["model_sha256"], card["model"]["sha256"]);
     // The export is in the coordinator's audit chain, as `model export` records it.
     let audit = std::fs::read_to_string(d.join("fedmark-audit/coordinator.audit.jsonl")).unwrap();
@@ -96,6 +103,49 @@ fn an_edited_local_job_file_changes_the_run_and_the_export_loads() {
             .unwrap()
             .len(),
         1
+    );
+
+    // A record-DP job's card states the job's total (ε, δ) per record over every release:
+    // the larger of the training and the evaluation sides', which compose in parallel.
+    sim(
+        d,
+        &[
+            "--job",
+            "one-round.toml",
+            "--dp",
+            "record",
+            "--epsilon",
+            "1",
+            "--delta",
+            "1e-5",
+            "--export",
+            "out/dp",
+        ],
+    );
+    let privacy = &json(&d.join("out/dp/model_card.json"))["privacy"];
+    assert_eq!(privacy["mode"], "record");
+    assert_eq!(privacy["protected_unit"], "one record");
+    let total = privacy["epsilon"].as_f64().unwrap();
+    let training = privacy["epsilon_training"].as_f64().unwrap();
+    let evaluation = privacy["epsilon_evaluation"].as_f64().unwrap();
+    assert_eq!(total, training.max(evaluation), "{privacy}");
+    assert!(
+        total <= 1.0 && training > 0.99 && evaluation > 0.0,
+        "{privacy}"
+    );
+    assert!(
+        privacy["composition"]
+            .as_str()
+            .unwrap()
+            .starts_with("parallel")
+    );
+    assert_eq!(privacy["accountant"], "pld");
+    assert!(
+        privacy["guarantee"]
+            .as_str()
+            .unwrap()
+            .contains("for one record over every release"),
+        "{privacy}"
     );
 }
 

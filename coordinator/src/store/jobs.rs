@@ -3,8 +3,8 @@
 //! once finished. The job task ([`crate::job`]) calls these; they know nothing of sessions or
 //! rounds.
 
-use fedmark_core::accountant::Accountant;
 use fedmark_core::audit::f64s_sha256;
+use fedmark_core::budget::JobSpend;
 use fedmark_core::features::{FeatureSchema, Standardizer};
 use fedmark_core::model::{Architecture, Model};
 use fedmark_core::spec::JobSpec;
@@ -40,8 +40,8 @@ pub struct JobState {
     pub standardizer: Standardizer,
     /// Training rows the statistics round counted (NaN: not measured, a DP job).
     pub training_rows: f64,
-    /// The job's privacy ledger.
-    pub ledger: Accountant,
+    /// The job's privacy ledger, by the disjoint rows its releases come from.
+    pub ledger: JobSpend,
     /// The committed rounds.
     pub records: Vec<RoundRecord>,
     /// The first training round still to run.
@@ -206,7 +206,10 @@ pub fn register(
                     std: cp.feature_std,
                 },
                 training_rows: cp.training_rows,
-                ledger: cp.ledger,
+                ledger: JobSpend {
+                    training: cp.ledger,
+                    holdout: cp.holdout_ledger,
+                },
                 records: cp.records,
                 next_round: cp.round + 1,
             })))
@@ -263,7 +266,8 @@ pub fn commit(
         feature_mean: state.standardizer.mean.clone(),
         feature_std: state.standardizer.std.clone(),
         training_rows: state.training_rows,
-        ledger: state.ledger.clone(),
+        ledger: state.ledger.training.clone(),
+        holdout_ledger: state.ledger.holdout.clone(),
         records: state.records.clone(),
     };
     store.commit_round(

@@ -184,8 +184,13 @@ pub struct Checkpoint {
     /// Training rows over all partners (statistics round; NaN in DP jobs, which have none).
     #[serde(deserialize_with = "crate::report::nan_if_null")]
     pub training_rows: f64,
-    /// The job's privacy ledger after this round.
+    /// The job's privacy ledger after this round: what its training rows have spent (see
+    /// [`fedmark_core::budget::JobSpend`]).
     pub ledger: Accountant,
+    /// What its holdout rows have spent (a checkpoint written before parallel composition
+    /// has none: its `ledger` held every release).
+    #[serde(default, skip_serializing_if = "Accountant::is_empty")]
+    pub holdout_ledger: Accountant,
     /// Every committed training round so far.
     pub records: Vec<RoundRecord>,
 }
@@ -750,6 +755,7 @@ mod tests {
             feature_std: vec![2.0],
             training_rows: 10.0,
             ledger: Accountant::new(),
+            holdout_ledger: Accountant::new(),
             records: Vec::new(),
         }
     }
