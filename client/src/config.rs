@@ -71,6 +71,10 @@ pub struct ClientConfig {
     /// Cap on the ε this partner's records may spend per purpose, across jobs.
     #[serde(default)]
     pub max_epsilon: Option<f64>,
+    /// Largest model (parameters) this partner accepts a job for: it holds the model, its
+    /// update and their encodings in memory each round.
+    #[serde(default = "default_max_model_params")]
+    pub max_model_params: u64,
     /// The node's own state folder (its privacy ledger lives there). Default: `fedmark-state`
     /// beside the config file (beside the data file for a config built in code).
     #[serde(default)]
@@ -122,6 +126,13 @@ pub struct ClientTls {
 /// The node's state folder when `data_dir` is not set, beside the config file.
 pub const STATE_DIR: &str = "fedmark-state";
 
+/// Default of `max_model_params`: 2^24 parameters, the coordinator's default too.
+pub const DEFAULT_MAX_MODEL_PARAMS: u64 = 1 << 24;
+
+fn default_max_model_params() -> u64 {
+    DEFAULT_MAX_MODEL_PARAMS
+}
+
 fn default_min_cohort() -> usize {
     2
 }
@@ -152,6 +163,7 @@ impl ClientConfig {
             roster: None,
             min_cohort: default_min_cohort(),
             max_epsilon: None,
+            max_model_params: DEFAULT_MAX_MODEL_PARAMS,
             data_dir: Some(data_dir),
             ledger: None,
             ledger_in_memory: false,
@@ -285,6 +297,12 @@ impl ClientConfig {
         if self.min_cohort == 0 {
             return Err(ConfigError::Invalid {
                 field: "min_cohort",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.max_model_params == 0 {
+            return Err(ConfigError::Invalid {
+                field: "max_model_params",
                 reason: "must be at least 1".into(),
             });
         }

@@ -1117,9 +1117,21 @@ mod tests {
         }
         // One job is all the purpose spent: its total is the job's own ε (the larger side's,
         // each by PLD), below both cross-job bounds.
-        let only_a = ledger.job("job-a").unwrap().spend().epsilon(1e-5).unwrap().0;
+        let only_a = ledger
+            .job("job-a")
+            .unwrap()
+            .spend()
+            .epsilon(1e-5)
+            .unwrap()
+            .0;
         assert_eq!(ledger.spent("campaign_response", 1e-5).unwrap(), only_a);
-        assert!(only_a < ledger.state.purposes["campaign_response"].epsilon(1e-5).unwrap().0);
+        assert!(
+            only_a
+                < ledger.state.purposes["campaign_response"]
+                    .epsilon(1e-5)
+                    .unwrap()
+                    .0
+        );
         for round in 1..=6 {
             ledger.charge(&b, round).unwrap();
         }

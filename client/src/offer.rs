@@ -46,6 +46,15 @@ pub fn check_offer(
             spec.aggregation.min_participants, cfg.min_cohort
         ));
     }
+    // Before anything is built for it: the model, its update and their encodings are held
+    // in memory every round.
+    let params = spec.model_params();
+    if params > u128::from(cfg.max_model_params) {
+        return Err(format!(
+            "the model has {params} parameters, above this partner's max_model_params = {}",
+            cfg.max_model_params
+        ));
+    }
     let cap = ledger::partner_cap(cfg.max_epsilon, policy, &spec.job.purpose);
     if spec.privacy.mode != PrivacyMode::None
         && let Some(cap) = cap
@@ -132,6 +141,35 @@ pub fn data_refusal(e: DataError) -> String {
 mod tests {
     use super::*;
     use crate::data::SkipReason;
+
+    /// The poison job of issue 16 (no vocabulary, 2^22 hash buckets, an MLP of 4,096 units)
+    /// is refused by the partner itself, naming the size and the setting, before its data is
+    /// even opened (the data path here does not exist); raising the setting moves the refusal
+    /// on to the data.
+    #[test]
+    fn a_model_above_this_partners_size_budget_is_refused_before_anything_is_built() {
+        let mut cfg = ClientConfig::new(
+            "http://127.0.0.1:1".into(),
+            "p".into(),
+            "/nonexistent/fedmark/data.csv".into(),
+        );
+        let ledger = Ledger::open(None).unwrap();
+        let poison = "[job]\nname = \"p\"\npurpose = \"p\"\nrounds = 1\n[label]\ncolumn = \"y\"\npositive = \"1\"\n\
+                      [features]\ncategorical = [\"job\"]\nhash_buckets = 4194304\n\
+                      [model]\nkind = \"mlp\"\nhidden = 4096\n";
+        let err = check_offer(&cfg, None, true, &ledger, "job-p", poison)
+            .err()
+            .unwrap();
+        assert!(
+            err.contains("17179877377 parameters") && err.contains("max_model_params = 16777216"),
+            "{err}"
+        );
+        cfg.max_model_params = u64::MAX;
+        let err = check_offer(&cfg, None, true, &ledger, "job-p", poison)
+            .err()
+            .unwrap();
+        assert!(!err.contains("max_model_params"), "{err}");
+    }
 
     /// A refusal for unusable data names the numeric columns at fault, and nothing else of
     /// the data (no counts, no values).

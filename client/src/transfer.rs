@@ -90,6 +90,8 @@ impl ModelAssembly {
                 self.expected
             ));
         }
+        fedmark_core::alloc::reserve(&mut self.values, count, "the downloaded model")
+            .map_err(|e| e.to_string())?;
         self.values.extend(chunk.values.chunks_exact(8).map(|b| {
             let mut le = [0u8; 8];
             le.copy_from_slice(b);

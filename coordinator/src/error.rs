@@ -37,6 +37,9 @@ pub enum JobError {
     /// The job asks for more than this coordinator's size budget.
     #[error("job too large: {0}")]
     TooLarge(String),
+    /// The job's vectors do not fit in this coordinator's memory now.
+    #[error(transparent)]
+    Memory(#[from] fedmark_core::alloc::AllocError),
     /// A check before training failed (e.g. no row carries the positive label).
     #[error("pre-flight check failed: {0}")]
     Preflight(String),

@@ -174,8 +174,8 @@ impl JobRun {
         let spec = self.spec.clone();
         let schema = FeatureSchema::from_spec(&spec);
         let mut rng = StdRng::seed_from_u64(spec.job.seed);
-        let model = Model::init(Architecture::from_spec(&spec), schema.dim(), &mut rng);
-        let optimizer = ServerOptimizer::from_spec(&spec, model.params.len());
+        let model = Model::try_init(Architecture::from_spec(&spec), schema.dim(), &mut rng)?;
+        let optimizer = ServerOptimizer::try_from_spec(&spec, model.params.len())?;
         let mut state = JobState {
             model,
             optimizer,

@@ -161,6 +161,9 @@ pub enum RoundError {
     /// Secure aggregation could not complete (too few advertisers, sharers or unmaskers).
     #[error("secure aggregation: {0}")]
     SecAgg(#[from] SecAggError),
+    /// The round's running sum does not fit in memory.
+    #[error(transparent)]
+    Memory(#[from] fedmark_core::alloc::AllocError),
     /// The unmask failed after some members revealed their shares. They will not help unmask
     /// this round again (see [`fedmark_core::guard`]), so its retries go on without them.
     #[error("unmasking failed after {} partners revealed their shares: {reason}", revealers.len())]
@@ -624,7 +627,7 @@ async fn input_phase(
     dropped: &mut BTreeSet<String>,
 ) -> Result<Input, RoundError> {
     let deadline = Instant::now() + plan.phase_timeout;
-    let mut sum = RunningSum::new(plan.layout.len());
+    let mut sum = RunningSum::try_new(plan.layout.len())?;
     let mut progress: BTreeMap<String, Progress> = BTreeMap::new();
     let mut consent: BTreeMap<String, String> = BTreeMap::new();
     let mut paused = false;

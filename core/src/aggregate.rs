@@ -210,6 +210,13 @@ impl RunningSum {
         Self { sum: vec![0; len] }
     }
 
+    /// [`RunningSum::new`], or an error if `len` words do not fit in memory.
+    pub fn try_new(len: usize) -> Result<Self, crate::alloc::AllocError> {
+        Ok(Self {
+            sum: crate::alloc::filled(len, 0, "a round's running sum")?,
+        })
+    }
+
     /// Adds a chunk of one partner's vector at `offset`, checking it continues `progress`.
     pub fn add(
         &mut self,

@@ -8,6 +8,7 @@
 //! so every function is deterministic under a seeded generator and testable without a network.
 
 pub mod accountant;
+pub mod alloc;
 /// The privacy-loss-distribution accountant (part of [`accountant`]).
 pub use accountant::pld;
 pub mod aggregate;

@@ -15,6 +15,7 @@ use ndarray::{ArrayView1, ArrayView2, ArrayViewMut2};
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
 
+use crate::alloc::AllocError;
 use crate::matrix::{CsrMatrix, Dataset};
 use crate::spec::{JobSpec, ModelKindName};
 
@@ -86,10 +87,44 @@ impl Model {
         }
     }
 
+    /// A model of `arch` on `dim` inputs with these parameters, or `None` if their number is
+    /// not the architecture's.
+    pub fn from_params(arch: Architecture, dim: usize, params: Vec<f64>) -> Option<Self> {
+        (params.len() == arch.num_params(dim)).then_some(Self { arch, dim, params })
+    }
+
+    /// [`Model::zeros`], or an error if its parameters do not fit in memory (a size the spec
+    /// decides: use this wherever the spec came from someone else).
+    pub fn try_zeros(arch: Architecture, dim: usize) -> Result<Self, AllocError> {
+        Ok(Self {
+            arch,
+            dim,
+            params: crate::alloc::filled(arch.num_params(dim), 0.0, "the model's parameters")?,
+        })
+    }
+
     /// A freshly initialised model: zeros for logistic regression; for the MLP, He-normal
     /// first-layer weights (scaled for sparse one-hot inputs) and small output weights.
     pub fn init<R: Rng + ?Sized>(arch: Architecture, dim: usize, rng: &mut R) -> Self {
         let mut m = Self::zeros(arch, dim);
+        m.initialise(rng);
+        m
+    }
+
+    /// [`Model::init`], or an error if its parameters do not fit in memory.
+    pub fn try_init<R: Rng + ?Sized>(
+        arch: Architecture,
+        dim: usize,
+        rng: &mut R,
+    ) -> Result<Self, AllocError> {
+        let mut m = Self::try_zeros(arch, dim)?;
+        m.initialise(rng);
+        Ok(m)
+    }
+
+    fn initialise<R: Rng + ?Sized>(&mut self, rng: &mut R) {
+        let (arch, dim) = (self.arch, self.dim);
+        let m = self;
         if let Architecture::Mlp { hidden } = arch {
             let w1 = Normal::new(0.0, (2.0 / dim.max(1) as f64).sqrt().max(0.05)).ok();
             let w2 = Normal::new(0.0, (1.0 / hidden as f64).sqrt()).ok();
@@ -103,7 +138,6 @@ impl Model {
                 }
             }
         }
-        m
     }
 
     /// Ranges of `params` that are weights (regularised), as opposed to biases.

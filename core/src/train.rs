@@ -7,6 +7,7 @@
 use rand::Rng;
 use rand::seq::SliceRandom;
 
+use crate::alloc::AllocError;
 use crate::matrix::Dataset;
 use crate::model::Model;
 use crate::spec::{JobSpec, ServerOptimizerName};
@@ -221,6 +222,27 @@ impl ServerOptimizer {
                 v: vec![0.0; params],
             },
         }
+    }
+
+    /// [`Self::from_spec`], or an error if its state does not fit in memory.
+    pub fn try_from_spec(spec: &JobSpec, params: usize) -> Result<Self, AllocError> {
+        Ok(match Self::from_spec(spec, 0) {
+            ServerOptimizer::FedAdam {
+                lr,
+                beta1,
+                beta2,
+                tau,
+                ..
+            } => ServerOptimizer::FedAdam {
+                lr,
+                beta1,
+                beta2,
+                tau,
+                m: crate::alloc::filled(params, 0.0, "the server optimiser's moments")?,
+                v: crate::alloc::filled(params, 0.0, "the server optimiser's moments")?,
+            },
+            fedavg => fedavg,
+        })
     }
 
     /// The optimiser's state beyond the spec (FedAdam's moments, concatenated `m ++ v`), for a

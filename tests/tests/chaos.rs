@@ -86,7 +86,10 @@ fn random_kills_of_the_coordinator_and_a_partner_leave_the_job_as_an_uninterrupt
         let mut committed = false;
         if !committed_before {
             if let Err(e) = running.wait_for_line("round complete", Duration::from_secs(60)) {
-                panic!("kill {k}: {e:#}\nkills so far: {kills:?}\n{}", d.client_logs());
+                panic!(
+                    "kill {k}: {e:#}\nkills so far: {kills:?}\n{}",
+                    d.client_logs()
+                );
             }
             committed = true;
         }
@@ -113,13 +116,23 @@ fn random_kills_of_the_coordinator_and_a_partner_leave_the_job_as_an_uninterrupt
         kills.push(format!(
             "coordinator {} after {delay:?} ({})",
             k + 1,
-            if committed { "after a commit" } else { "before any commit" }
+            if committed {
+                "after a commit"
+            } else {
+                "before any commit"
+            }
         ));
-        println!("chaos: {} at {:?}", kills.last().unwrap(), started.elapsed());
+        println!(
+            "chaos: {} at {:?}",
+            kills.last().unwrap(),
+            started.elapsed()
+        );
         committed_before = committed;
         running = d.start_coordinator(&[]).unwrap();
     }
-    let status = running.process.wait(LIMIT.saturating_sub(started.elapsed()));
+    let status = running
+        .process
+        .wait(LIMIT.saturating_sub(started.elapsed()));
     let status = match status {
         Ok(s) => s,
         Err(e) => panic!("{e:#} (kills: {kills:?})\n{}", d.client_logs()),
@@ -158,7 +171,10 @@ fn random_kills_of_the_coordinator_and_a_partner_leave_the_job_as_an_uninterrupt
     let store = Store::open(&d.path().join("data")).unwrap();
     let text = store.audit_text().unwrap();
     fedmark_core::audit::verify(&text, Some(&store.audit_head())).unwrap();
-    let resumed = text.lines().filter(|l| l.contains("\"job_resumed\"")).count();
+    let resumed = text
+        .lines()
+        .filter(|l| l.contains("\"job_resumed\""))
+        .count();
     assert!(resumed >= COORDINATOR_KILLS, "{resumed} resumptions");
     for id in &d.partners {
         let path = d.path().join(format!("{id}.audit.jsonl"));

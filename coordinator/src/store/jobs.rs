@@ -73,13 +73,8 @@ pub fn stored_outcome(
         .ok_or_else(|| corrupt("finished without a checkpoint".into()))?;
     let arch = Architecture::from_spec(spec);
     let dim = FeatureSchema::from_spec(spec).dim();
-    let mut model = Model::zeros(arch, dim);
-    if model.params.len() != restored.model.len() {
-        return Err(corrupt(
-            "the checkpoint's model does not fit the spec".into(),
-        ));
-    }
-    model.params = restored.model;
+    let model = Model::from_params(arch, dim, restored.model)
+        .ok_or_else(|| corrupt("the checkpoint's model does not fit the spec".into()))?;
     Ok(Some(JobOutcome {
         report,
         model,
@@ -180,17 +175,17 @@ pub fn register(
             };
             let cp = restored.checkpoint;
             let arch = Architecture::from_spec(spec);
-            let mut model = Model::zeros(arch, FeatureSchema::from_spec(spec).dim());
-            let mut optimizer = ServerOptimizer::from_spec(spec, model.params.len());
-            if model.params.len() != restored.model.len() || !optimizer.restore(&restored.optimizer)
-            {
-                return Err(StoreError::Corrupt {
-                    path: "store".into(),
-                    what: format!("checkpoint of job {id} round {}", cp.round),
-                    reason: "its vectors do not fit the spec".into(),
-                });
+            let unfit = || StoreError::Corrupt {
+                path: "store".into(),
+                what: format!("checkpoint of job {id} round {}", cp.round),
+                reason: "its vectors do not fit the spec".into(),
+            };
+            let dim = FeatureSchema::from_spec(spec).dim();
+            let model = Model::from_params(arch, dim, restored.model).ok_or_else(unfit)?;
+            let mut optimizer = ServerOptimizer::try_from_spec(spec, model.params.len())?;
+            if !optimizer.restore(&restored.optimizer) {
+                return Err(unfit());
             }
-            model.params = restored.model;
             info!(job = %id, round = cp.round, "resuming after the last committed round");
             let event = CoordinatorEvent::JobResumed {
                 job: id.to_owned(),

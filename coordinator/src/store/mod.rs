@@ -99,6 +99,9 @@ pub enum StoreError {
         #[source]
         source: AuditError,
     },
+    /// A stored job's vectors do not fit in memory now.
+    #[error(transparent)]
+    Memory(#[from] fedmark_core::alloc::AllocError),
     /// The data directory or the audit mirror could not be written.
     #[error("coordinator data directory {path}: {source}")]
     Io {
