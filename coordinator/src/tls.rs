@@ -11,6 +11,7 @@
 //! and `127.0.0.1`), one client certificate per partner and an admin certificate (common name
 //! `admin:<name>`, which no partner id can take since `:` is not allowed in one). In
 //! production each organisation's certificate comes from the consortium's own CA.
+//! [`admin_name`] is the one rule for who is an administrator.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -183,6 +184,29 @@ pub fn common_name(der: &[u8]) -> Option<String> {
     cn.as_str().ok().map(str::to_owned)
 }
 
+/// Why a caller's client certificate does not make it an administrator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotAdmin {
+    /// No client certificate was presented (or it names no one).
+    #[error("no administrator's client certificate (`{ADMIN_PREFIX}…`) was presented")]
+    NoCertificate,
+    /// The certificate names someone else, e.g. a partner.
+    #[error("the client certificate names `{0}`, not an administrator (`{ADMIN_PREFIX}…`)")]
+    Named(String),
+}
+
+/// The administrator a verified client certificate names (its common name starts with
+/// [`ADMIN_PREFIX`]), given the leaf of the chain the TLS layer verified; the one rule for
+/// the admin API and the dashboard.
+pub fn admin_name(leaf_der: Option<&[u8]>) -> Result<String, NotAdmin> {
+    match leaf_der.and_then(common_name) {
+        Some(n) if n.starts_with(ADMIN_PREFIX) => Ok(n),
+        Some(n) => Err(NotAdmin::Named(n)),
+        None => Err(NotAdmin::NoCertificate),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +242,20 @@ mod tests {
         assert!(
             DevCerts::generate("x", &["has space".to_owned()]).is_err(),
             "ids are checked"
+        );
+        // Only the admin certificate names an administrator.
+        assert_eq!(
+            admin_name(Some(der(&certs.admin.cert_pem).as_slice())),
+            Ok(admin)
+        );
+        assert_eq!(
+            admin_name(Some(der(&certs.partners[0].cert_pem).as_slice())),
+            Err(NotAdmin::Named("bank".into()))
+        );
+        assert_eq!(admin_name(None), Err(NotAdmin::NoCertificate));
+        assert_eq!(
+            admin_name(Some(&b"not DER"[..])),
+            Err(NotAdmin::NoCertificate)
         );
     }
 }
