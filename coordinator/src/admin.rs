@@ -4,8 +4,8 @@
 //! Every call must present the admin credential ([`AdminAuth`]): the admin token as a bearer
 //! token, and under mutual TLS also a client certificate whose common name starts with
 //! `admin:`, so a partner's certificate (which the TLS layer accepts for partner sessions) can
-//! never submit or read jobs (the rule is [`crate::tls::admin_name`]). The token itself is
-//! [`crate::token`]'s.
+//! never submit or read jobs (the rule is [`crate::tls::admin_name`], which the dashboard
+//! applies too). The token itself is [`crate::token`]'s.
 //!
 //! Submissions go into the durable store first (status `queued`, with an audit record naming
 //! who submitted) and then onto the [`crate::queue::JobQueue`] the scheduler in [`crate::server`] runs from.
