@@ -4,7 +4,8 @@
 //! Every call must present the admin credential ([`AdminAuth`]): the admin token as a bearer
 //! token, and under mutual TLS also a client certificate whose common name starts with
 //! `admin:`, so a partner's certificate (which the TLS layer accepts for partner sessions) can
-//! never submit or read jobs. The token itself is [`crate::token`]'s.
+//! never submit or read jobs (the rule is [`crate::tls::admin_name`], which the dashboard
+//! applies too). The token itself is [`crate::token`]'s.
 //!
 //! Submissions go into the durable store first (status `queued`, with an audit record naming
 //! who submitted) and then onto the [`crate::queue::JobQueue`] the scheduler in [`crate::server`] runs from.
@@ -31,6 +32,7 @@ use crate::export::{self, ExportError};
 use crate::queue::{Cancelled, JobQueue};
 use crate::store::events::CoordinatorEvent;
 use crate::store::{JobStatus, Store, StoreError};
+use crate::tls::NotAdmin;
 pub use crate::token::{AdminError, AdminToken, TOKEN_FILE};
 
 /// Bytes per streamed file chunk.
@@ -82,19 +84,15 @@ impl AdminAuth {
         if !self.require_admin_cert {
             return Ok("admin".into());
         }
-        let name = request
-            .peer_certs()
-            .and_then(|chain| chain.first().and_then(|leaf| crate::tls::common_name(leaf)));
-        match name {
-            Some(n) if n.starts_with(crate::tls::ADMIN_PREFIX) => Ok(n),
-            Some(n) => {
-                warn!(certificate = %n, "refused an admin call from a non-admin certificate");
-                Err(Status::permission_denied(format!(
-                    "the client certificate names `{n}`, not an administrator (`{}…`)",
-                    crate::tls::ADMIN_PREFIX
-                )))
+        let chain = request.peer_certs();
+        let leaf = chain.as_ref().and_then(|c| c.first()).map(|l| l.as_ref());
+        match crate::tls::admin_name(leaf) {
+            Ok(n) => Ok(n),
+            Err(refusal @ NotAdmin::Named(_)) => {
+                warn!(%refusal, "refused an admin call from a non-admin certificate");
+                Err(Status::permission_denied(refusal.to_string()))
             }
-            None => Err(Status::unauthenticated(
+            Err(_) => Err(Status::unauthenticated(
                 "the admin API needs an administrator's client certificate",
             )),
         }

@@ -35,6 +35,9 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// The `[tls]` files hold no usable CA, certificate or key.
+    #[error("coordinator config [tls]: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// `coordinator.toml`.
@@ -64,11 +67,15 @@ pub struct CoordinatorConfig {
     /// raise it for many partners on slow links.
     #[serde(default = "default_slots")]
     pub transfer_slots: usize,
-    /// Mutual TLS; plaintext when absent (development only).
+    /// Mutual TLS; plaintext when absent (development only). It covers the partners' and
+    /// admin port and the metrics listener alike.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
     /// Address of the Prometheus metrics and health endpoint (`GET /metrics`,
-    /// `GET /healthz`), e.g. `127.0.0.1:9464`; no endpoint when absent.
+    /// `GET /healthz`) and the dashboard, e.g. `127.0.0.1:9464`; no endpoint when absent.
+    /// Over TLS when `tls` is set (the dashboard then on any address, for an admin
+    /// certificate and the admin token); plain HTTP otherwise (the dashboard on loopback
+    /// only).
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
     /// Largest model (in parameters) a job may ask for. A round holds about six copies of
@@ -98,17 +105,26 @@ pub struct TlsFiles {
 impl TlsFiles {
     /// Reads the three PEM files into a server TLS configuration.
     pub fn load(&self) -> Result<tonic::transport::ServerTlsConfig, ConfigError> {
+        let (ca, cert, key) = self.read()?;
+        Ok(crate::tls::server_config(&ca, &cert, &key))
+    }
+
+    /// Reads the three PEM files into the TLS of the operators' HTTP listener (metrics,
+    /// health, dashboard): the same CA and coordinator certificate as the partners' port.
+    pub fn load_http(&self) -> Result<crate::http::HttpTls, ConfigError> {
+        let (ca, cert, key) = self.read()?;
+        Ok(crate::http::HttpTls::new(&ca, &cert, &key)?)
+    }
+
+    /// The CA, certificate and key PEM texts.
+    fn read(&self) -> Result<(String, String, String), ConfigError> {
         let read = |p: &PathBuf| {
             std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
                 path: p.display().to_string(),
                 source,
             })
         };
-        Ok(crate::tls::server_config(
-            &read(&self.ca)?,
-            &read(&self.cert)?,
-            &read(&self.key)?,
-        ))
+        Ok((read(&self.ca)?, read(&self.cert)?, read(&self.key)?))
     }
 }
 

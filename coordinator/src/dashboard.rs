@@ -5,7 +5,9 @@
 //! (jobs, their rounds' AUC, loss, ε and participants) and the audit chain head, and only to a
 //! request carrying the admin token (`Authorization: Bearer …`). The script takes the token
 //! from the address's fragment (`/dashboard#token=…`), which browsers never send to a server,
-//! so the token does not end up in access logs or proxies.
+//! so the token does not end up in access logs or proxies. Under mutual TLS the listener
+//! also asks every dashboard path ([`Dashboard::is_path`]) for an administrator's client
+//! certificate before it gets here (see [`crate::http`]).
 
 use serde_json::json;
 
@@ -31,6 +33,11 @@ pub struct Dashboard {
 pub type Answer = (&'static str, &'static str, String);
 
 impl Dashboard {
+    /// Whether `path` is one of the dashboard's: the page, its script or its API.
+    pub fn is_path(path: &str) -> bool {
+        matches!(path, "/" | "/dashboard" | "/dashboard.js" | "/api/jobs")
+    }
+
     /// Answers a GET of `path` with the request's `Authorization` header value, or None when
     /// the path is not the dashboard's.
     pub fn route(&self, path: &str, authorization: Option<&str>) -> Option<Answer> {
@@ -94,5 +101,22 @@ mod tests {
         assert!(v["jobs"].as_array().is_some_and(Vec::is_empty));
         assert!(v["audit_head"].is_string());
         assert!(d.route("/metrics", None).is_none());
+        // `is_path` names exactly the paths `route` answers.
+        for path in [
+            "/",
+            "/dashboard",
+            "/dashboard.js",
+            "/api/jobs",
+            "/metrics",
+            "/healthz",
+            "/api",
+            "/dashboard/",
+        ] {
+            assert_eq!(
+                Dashboard::is_path(path),
+                d.route(path, None).is_some(),
+                "{path}"
+            );
+        }
     }
 }

@@ -541,14 +541,21 @@ fn serve(cfg: CoordinatorConfig, spec: Option<JobSpec>) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding the metrics address {at}"))?;
             let bound = listener.local_addr().context("reading the bound metrics address")?;
+            // Under mutual TLS the listener is TLS too, with the same CA and certificate.
+            let tls = cfg.tls.as_ref().map(|t| t.load_http()).transpose()?;
             // The second stdout line names it, so `metrics_listen = "127.0.0.1:0"` works.
             println!("fedmark-coordinator metrics on {bound}");
-            // `serve` drops the dashboard on a non-loopback address (and says so).
-            if fedmark_coordinator::http::serves_dashboard_on(&bound) {
-                println!("fedmark-coordinator dashboard on http://{bound}/dashboard (admin token in {})", token_path.display());
+            // `serve` drops the dashboard from a plain non-loopback listener (and says so).
+            if fedmark_coordinator::http::serves_dashboard_on(&bound, tls.is_some()) {
+                let (scheme, credential) = if tls.is_some() {
+                    ("https", "an admin client certificate and the admin token")
+                } else {
+                    ("http", "the admin token")
+                };
+                println!("fedmark-coordinator dashboard on {scheme}://{bound}/dashboard (needs {credential} in {})", token_path.display());
             }
             let dashboard = Dashboard { board: board.clone(), store: store.clone(), token: token.clone() };
-            tokio::spawn(fedmark_coordinator::http::serve(listener, metrics.clone(), Some(dashboard), std::future::pending()));
+            tokio::spawn(fedmark_coordinator::http::serve(listener, metrics.clone(), Some(dashboard), tls, std::future::pending()));
         }
         let pause_at = match std::env::var("FEDMARK_TEST_PAUSE_AT") {
             Ok(v) => Some(PausePoint::parse(&v).with_context(|| {

@@ -11,14 +11,23 @@
 //! and `127.0.0.1`), one client certificate per partner and an admin certificate (common name
 //! `admin:<name>`, which no partner id can take since `:` is not allowed in one). In
 //! production each organisation's certificate comes from the consortium's own CA.
+//! [`admin_name`] is the one rule for who is an administrator, for the admin API and the
+//! dashboard alike.
+//!
+//! The operators' HTTP listener ([`crate::http`]) takes its rustls configuration from
+//! [`http_server_config`]: the same CA and coordinator certificate, with the ring provider
+//! tonic uses, client certificates verified against the CA but optional at the handshake
+//! (Prometheus and load balancers scrape `/metrics` and `/healthz` without one).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
+use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
 };
+use tokio_rustls::rustls;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 /// Prefix of the common name of an admin certificate.
@@ -43,6 +52,20 @@ pub enum TlsError {
     /// A name cannot go into a certificate.
     #[error("`{0}` cannot name a certificate holder")]
     BadName(String),
+    /// A PEM text holds no usable certificate or key.
+    #[error("{what}: {reason}")]
+    Pem {
+        /// Which of the CA, the certificate or the key.
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// rustls refused the CA, the certificate or the key.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client certificate verifier could not be built from the CA.
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
 /// A certificate and its private key, PEM-encoded.
@@ -183,6 +206,77 @@ pub fn common_name(der: &[u8]) -> Option<String> {
     cn.as_str().ok().map(str::to_owned)
 }
 
+/// Why a caller's client certificate does not make it an administrator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotAdmin {
+    /// No client certificate was presented (or it names no one).
+    #[error("no administrator's client certificate (`{ADMIN_PREFIX}…`) was presented")]
+    NoCertificate,
+    /// The certificate names someone else, e.g. a partner.
+    #[error("the client certificate names `{0}`, not an administrator (`{ADMIN_PREFIX}…`)")]
+    Named(String),
+}
+
+/// The administrator a verified client certificate names (its common name starts with
+/// [`ADMIN_PREFIX`]), given the leaf of the chain the TLS layer verified; the one rule for
+/// the admin API and the dashboard.
+pub fn admin_name(leaf_der: Option<&[u8]>) -> Result<String, NotAdmin> {
+    match leaf_der.and_then(common_name) {
+        Some(n) if n.starts_with(ADMIN_PREFIX) => Ok(n),
+        Some(n) => Err(NotAdmin::Named(n)),
+        None => Err(NotAdmin::NoCertificate),
+    }
+}
+
+/// The rustls server configuration of the operators' HTTP listener under mutual TLS:
+/// presents `cert`/`key`, verifies any client certificate against `ca` (a certificate from
+/// another CA fails the handshake) but lets a client without one in, since `/metrics` and
+/// `/healthz` need none; the dashboard asks for an admin certificate per request
+/// ([`admin_name`]). HTTP/1.1 only, with the ring provider tonic uses.
+pub fn http_server_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = |what: &'static str, pem: &str| {
+        let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Pem {
+                what,
+                reason: e.to_string(),
+            })?;
+        if certs.is_empty() {
+            return Err(TlsError::Pem {
+                what,
+                reason: "no PEM certificate in it".into(),
+            });
+        }
+        Ok(certs)
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in certs("the CA", ca_pem)? {
+        roots.add(ca)?;
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .allow_unauthenticated()
+            .build()?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Pem {
+        what: "the coordinator's key",
+        reason: e.to_string(),
+    })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs("the coordinator's certificate", cert_pem)?, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +313,43 @@ mod tests {
             DevCerts::generate("x", &["has space".to_owned()]).is_err(),
             "ids are checked"
         );
+        // Only the admin certificate names an administrator.
+        assert_eq!(
+            admin_name(Some(der(&certs.admin.cert_pem).as_slice())),
+            Ok(admin)
+        );
+        assert_eq!(
+            admin_name(Some(der(&certs.partners[0].cert_pem).as_slice())),
+            Err(NotAdmin::Named("bank".into()))
+        );
+        assert_eq!(admin_name(None), Err(NotAdmin::NoCertificate));
+        assert_eq!(
+            admin_name(Some(&b"not DER"[..])),
+            Err(NotAdmin::NoCertificate)
+        );
+    }
+
+    #[test]
+    fn the_http_config_needs_real_pem() {
+        let certs = DevCerts::generate("test CA", &[]).unwrap();
+        let c = &certs.coordinator;
+        let config = http_server_config(&certs.ca_pem, &c.cert_pem, &c.key_pem).unwrap();
+        assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        for (ca, cert, key, what) in [
+            ("", c.cert_pem.as_str(), c.key_pem.as_str(), "the CA"),
+            (
+                &certs.ca_pem,
+                "garbage",
+                &c.key_pem,
+                "the coordinator's certificate",
+            ),
+            (&certs.ca_pem, &c.cert_pem, "", "the coordinator's key"),
+        ] {
+            let e = http_server_config(ca, cert, key).unwrap_err().to_string();
+            assert!(e.starts_with(what), "{e}");
+        }
+        // A key that is not the certificate's.
+        let other = &certs.admin.key_pem;
+        assert!(http_server_config(&certs.ca_pem, &c.cert_pem, other).is_err());
     }
 }

@@ -3,10 +3,12 @@
 //! [`partition`] splits a CSV among simulated partners, [`synthetic`] makes scale workloads,
 //! and [`sim`] runs a coordinator and N clients over real gRPC on loopback and writes the
 //! report with its baselines. [`procs`] runs the real binaries, [`harness`] an in-process
-//! coordinator, and [`scoring`] scores rows from an exported model's files alone.
+//! coordinator, [`https`] reads the coordinator's HTTP listener over TLS, and [`scoring`] scores
+//! rows from an exported model's files alone.
 
 pub mod fuzzing;
 pub mod harness;
+pub mod https;
 pub mod partition;
 pub mod procs;
 pub mod scoring;

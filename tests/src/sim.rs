@@ -438,8 +438,9 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                 // A fresh admin token per run; the fragment carries it to the page only.
                 let secret = fedmark_coordinator::admin::AdminToken::generate_secret();
                 eprintln!("coordinator metrics on http://{bound}/metrics");
+                // Plain HTTP (the browser test reads it without a client certificate):
                 // `serve` drops the dashboard on a non-loopback address (and says so).
-                if fedmark_coordinator::http::serves_dashboard_on(&bound) {
+                if fedmark_coordinator::http::serves_dashboard_on(&bound, false) {
                     eprintln!("coordinator dashboard on http://{bound}/dashboard#token={secret}");
                 }
                 let dashboard = fedmark_coordinator::dashboard::Dashboard {
@@ -451,6 +452,7 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                     listener,
                     metrics,
                     Some(dashboard),
+                    None,
                     std::future::pending(),
                 ));
             }

@@ -3,13 +3,15 @@
 //! connected, and the `fedmark` CLI over the network: submit, watch to the end, list, export
 //! the model and score the partners' holdout rows from the exported files to the AUC the
 //! coordinator reported; then a second job on the same partners, cancelled mid-run, a third
-//! that runs after it, the metrics moving, the audit export, and the admin credential refused
-//! when it is wrong or a partner's.
+//! that runs after it, the metrics moving (read over TLS without a client certificate), the
+//! dashboard's API over TLS (for the admin certificate and token, not a partner's), the audit
+//! export, and the admin credential refused when it is wrong or a partner's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly
 
 use std::time::{Duration, Instant};
 
+use fedmark_tests::https;
 use fedmark_tests::procs::Deployment;
 use fedmark_tests::scoring::{read_npy, score_from_files};
 use fedmark_tests::sim::workspace_root;
@@ -37,14 +39,13 @@ fn json_of(text: &str) -> Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
-fn metrics(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
+/// `/metrics` over TLS (the coordinator runs with mutual TLS), without a client
+/// certificate, as Prometheus scrapes it.
+fn metrics(d: &Deployment, addr: std::net::SocketAddr) -> String {
+    let ca = std::fs::read_to_string(d.path().join("certs/ca.pem")).unwrap();
+    let config = https::client_config(&ca, None).unwrap();
+    let (code, body) = https::get_blocking(addr, config, "/metrics", None).unwrap();
+    assert_eq!(code, 200, "{body}");
     body
 }
 
@@ -168,11 +169,25 @@ fn submit_watch_export_score_cancel_over_the_admin_api() {
         "holdout AUC from the exported files {auc:.6}, reported by the coordinator {reported_auc:.6}"
     );
     // examples/score.py on the same files: tests/export.rs.
-    let m = metrics(metrics_at);
+    let m = metrics(&d, metrics_at);
     assert!(
         m.contains(&format!("fedmark_rounds_completed_total{{job=\"{id}\"}} 5")),
         "{m}"
     );
+    // The dashboard's API on the same TLS listener: the admin certificate and the token
+    // read it; a partner's certificate with the token is refused.
+    let ca = std::fs::read_to_string(d.path().join("certs/ca.pem")).unwrap();
+    let token = std::fs::read_to_string(d.path().join("data/admin.token")).unwrap();
+    let as_holder = |name: &str| {
+        let cert = https::cert_from(&d.path().join("certs"), name).unwrap();
+        let config = https::client_config(&ca, Some(&cert)).unwrap();
+        https::get_blocking(metrics_at, config, "/api/jobs", Some(token.trim())).unwrap()
+    };
+    let (code, body) = as_holder("admin");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(&id), "{body}");
+    let (code, body) = as_holder("bank");
+    assert_eq!(code, 403, "{body}");
 
     // The same partners take a second job; it is cancelled after its first rounds.
     let second = json_of(&ok(&d
@@ -183,7 +198,7 @@ fn submit_watch_export_score_cancel_over_the_admin_api() {
     wait_for(&d, &id2, "two committed rounds", |j| {
         j["rounds"].as_array().is_some_and(|r| r.len() >= 2)
     });
-    let moving = metrics(metrics_at);
+    let moving = metrics(&d, metrics_at);
     assert!(
         moving.contains(&format!("fedmark_rounds_completed_total{{job=\"{id2}\"}}")),
         "{moving}"

@@ -64,7 +64,8 @@ struct Cli {
     tls: String,
     /// Serve the coordinator's Prometheus metrics (`/metrics`), health check (`/healthz`)
     /// and dashboard (`/dashboard`, its address with a one-run admin token printed on stderr)
-    /// on this address, e.g. 127.0.0.1:9464.
+    /// on this address, e.g. 127.0.0.1:9464, over plain HTTP (the dashboard on a loopback
+    /// address only).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
     /// After the job, keep serving the metrics and dashboard until interrupted (Ctrl-C).
