@@ -189,6 +189,42 @@ async fn serve_with(
     }
 }
 
+/// Who a fuzzed exchange comes from (see [`exchange_for_fuzzing`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub enum FuzzCaller {
+    /// Plain HTTP.
+    Plain,
+    /// TLS without a client certificate.
+    TlsAnonymous,
+    /// TLS with a partner's certificate.
+    TlsPartner,
+    /// TLS with an administrator's certificate.
+    TlsAdmin,
+}
+
+/// One exchange on `stream` exactly as [`serve`] runs it for a connection from `caller`: the
+/// entry of the `http_request` fuzz target (`fedmark_tests::fuzzing`), which feeds it raw
+/// bytes over an in-memory stream.
+#[doc(hidden)]
+pub async fn exchange_for_fuzzing<S>(
+    stream: S,
+    caller: FuzzCaller,
+    metrics: Metrics,
+    dashboard: Option<Dashboard>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let caller = match caller {
+        FuzzCaller::Plain => Caller::Plain,
+        FuzzCaller::TlsAnonymous => Caller::Tls(Err(NotAdmin::NoCertificate)),
+        FuzzCaller::TlsPartner => Caller::Tls(Err(NotAdmin::Named("bank".into()))),
+        FuzzCaller::TlsAdmin => Caller::Tls(Ok("admin:ops".into())),
+    };
+    let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+    exchange(stream, peer, caller, metrics, dashboard.map(Arc::new)).await;
+}
+
 /// Serves one request on `stream` (plain or after the TLS handshake).
 async fn exchange<S>(
     stream: S,
@@ -208,6 +244,9 @@ async fn exchange<S>(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_REQUEST_BYTES)
         .keep_alive(false)
+        // A client that shuts its side down after its request still gets the answer, and a
+        // head cut short by the end of the stream fails at once instead of at the timeout.
+        .half_close(true)
         .serve_connection(TokioIo::new(stream), service);
     match tokio::time::timeout(REQUEST_TIMEOUT, connection).await {
         Ok(Ok(())) => {}

@@ -156,6 +156,12 @@ max_epsilon = 2.5\nledger = \"ledger.json\"\n",
     for (name, bytes) in fuzzing::model_chunk_seeds() {
         write(&root, "model_chunk", &format!("{name}.pb"), &bytes)?;
     }
+    for (name, bytes) in fuzzing::admin_request_seeds() {
+        write(&root, "admin_request", &format!("{name}.bin"), &bytes)?;
+    }
+    for (name, bytes) in fuzzing::http_request_seeds() {
+        write(&root, "http_request", &format!("{name}.bin"), &bytes)?;
+    }
     println!("seed corpus written to {}", root.display());
     Ok(())
 }

@@ -1057,6 +1057,283 @@ pub fn audit_log_seed(records: usize) -> String {
     text
 }
 
+/// The admin API's decoders and handlers, as an operator's client reaches them past the
+/// credential check: byte 0 picks the call (submit, cancel, export model, export audit,
+/// list), the rest is that call's prost-encoded request, handled by the real
+/// [`AdminService`](fedmark_coordinator::admin::AdminService) over a fresh in-memory store.
+/// Properties: nothing panics; the store (in memory, no I/O to fail) never answers
+/// `Internal`; a submitted spec is listed under a well-formed job id; an export stream ends.
+pub fn admin_request(data: &[u8]) {
+    let _ = admin_outcome(data);
+}
+
+/// [`admin_request`]'s call and its outcome: `None` when the bytes decode to no request,
+/// else the status code the handler answered (`Ok` for success).
+pub fn admin_outcome(data: &[u8]) -> Option<tonic::Code> {
+    use fedmark_coordinator::admin::{AdminAuth, AdminService};
+    use fedmark_coordinator::board::Board;
+    use fedmark_coordinator::queue::JobQueue;
+    use fedmark_coordinator::store::Store;
+    use fedmark_coordinator::token::AdminToken;
+    use fedmark_proto::admin_server::Admin;
+    use fedmark_proto::{ExportModelRequest, JobRequest, ListJobsRequest, SubmitJobRequest};
+    use tokio_stream::StreamExt;
+
+    let (&call, body) = data.split_first()?;
+    let store = Store::in_memory().unwrap_or_else(|e| panic!("fixture: in-memory store: {e}"));
+    let auth = AdminAuth {
+        token: AdminToken::from_secret("fuzz"),
+        require_admin_cert: false,
+    };
+    let service = AdminService::new(
+        store,
+        Board::default(),
+        std::sync::Arc::new(JobQueue::default()),
+        auth,
+    );
+    fn authorised<T>(message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Ok(v) = "Bearer fuzz".parse() {
+            request.metadata_mut().insert("authorization", v);
+        }
+        request
+    }
+    fn no_internal<T>(what: &str, r: &Result<T, tonic::Status>) -> tonic::Code {
+        match r {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => {
+                assert_ne!(s.code(), tonic::Code::Internal, "{what}: {}", s.message());
+                s.code()
+            }
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap_or_else(|e| panic!("fixture: runtime: {e}"));
+    runtime.block_on(async move {
+        match call % 5 {
+            0 => {
+                let req = SubmitJobRequest::decode(body).ok()?;
+                let r = service.submit_job(authorised(req)).await;
+                let code = no_internal("submit", &r);
+                if let Ok(info) = r {
+                    let id = info.into_inner().job_id;
+                    assert!(
+                        id.len() == 16
+                            && id.starts_with("job-")
+                            && id[4..].bytes().all(|b| b.is_ascii_hexdigit()),
+                        "submit returned a malformed job id {id:?}"
+                    );
+                    let listed = service
+                        .list_jobs(authorised(ListJobsRequest {}))
+                        .await
+                        .unwrap_or_else(|s| panic!("list after submit: {s}"));
+                    assert!(
+                        listed.into_inner().jobs.iter().any(|j| j.job_id == id),
+                        "a submitted job is not listed"
+                    );
+                }
+                Some(code)
+            }
+            1 => {
+                let req = JobRequest::decode(body).ok()?;
+                Some(no_internal(
+                    "cancel",
+                    &service.cancel_job(authorised(req)).await,
+                ))
+            }
+            2 => {
+                let req = ExportModelRequest::decode(body).ok()?;
+                let r = service.export_model(authorised(req)).await;
+                let code = no_internal("export model", &r);
+                if let Ok(stream) = r {
+                    let mut stream = stream.into_inner();
+                    while let Some(chunk) = stream.next().await {
+                        no_internal("export model chunk", &chunk);
+                    }
+                }
+                Some(code)
+            }
+            3 => {
+                let req = JobRequest::decode(body).ok()?;
+                let r = service.export_audit(authorised(req)).await;
+                let code = no_internal("export audit", &r);
+                if let Ok(stream) = r {
+                    let mut stream = stream.into_inner();
+                    while let Some(chunk) = stream.next().await {
+                        no_internal("export audit chunk", &chunk);
+                    }
+                }
+                Some(code)
+            }
+            _ => {
+                let req = ListJobsRequest::decode(body).ok()?;
+                Some(no_internal(
+                    "list",
+                    &service.list_jobs(authorised(req)).await,
+                ))
+            }
+        }
+    })
+}
+
+/// The operators' HTTP listener on raw bytes: byte 0 picks who is calling (plain HTTP, or TLS
+/// without a certificate, with a partner's, with an administrator's), the rest is what the
+/// client sends, fed over an in-memory stream to the listener's own per-connection exchange
+/// (hyper's strict HTTP/1.1 parser, the header-read timeout, the routing and the dashboard),
+/// with the dashboard served and its admin token `fuzz-token`. The client's side is closed
+/// after the bytes, so nothing waits for a timeout. Properties: nothing panics; an answer is an HTTP/1.1 status line; the
+/// dashboard's data (`audit_head`) is only ever answered to a request that carried the token,
+/// and over TLS only to an administrator's certificate; over TLS without one, no dashboard
+/// path answers 200.
+pub fn http_request(data: &[u8]) {
+    use fedmark_coordinator::http::FuzzCaller;
+    let Some((caller, answer)) = http_answer(data) else {
+        return;
+    };
+    if answer.is_empty() {
+        return;
+    }
+    let raw = &data[1..];
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 "),
+        "an answer that is not an HTTP/1.1 status line: {:?}",
+        &text[..text.len().min(80)]
+    );
+    if text.contains("\"audit_head\"") {
+        let sent = String::from_utf8_lossy(raw);
+        assert!(
+            sent.contains("fuzz-token"),
+            "the dashboard's data was answered without the token"
+        );
+        assert!(
+            matches!(caller, FuzzCaller::Plain | FuzzCaller::TlsAdmin),
+            "the dashboard's data was answered over TLS to {caller:?}"
+        );
+    }
+    if matches!(caller, FuzzCaller::TlsAnonymous | FuzzCaller::TlsPartner) {
+        assert!(
+            !(text.starts_with("HTTP/1.1 200") && text.contains("content-security-policy")),
+            "a dashboard page was served over TLS to {caller:?}"
+        );
+    }
+}
+
+/// [`http_request`]'s exchange: who called, and the bytes the listener answered (`None` for
+/// an empty input).
+pub fn http_answer(data: &[u8]) -> Option<(fedmark_coordinator::http::FuzzCaller, Vec<u8>)> {
+    use fedmark_coordinator::board::Board;
+    use fedmark_coordinator::dashboard::Dashboard;
+    use fedmark_coordinator::http::{FuzzCaller, exchange_for_fuzzing};
+    use fedmark_coordinator::metrics::Metrics;
+    use fedmark_coordinator::store::Store;
+    use fedmark_coordinator::token::AdminToken;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (&who, raw) = data.split_first()?;
+    let caller = match who % 4 {
+        0 => FuzzCaller::Plain,
+        1 => FuzzCaller::TlsAnonymous,
+        2 => FuzzCaller::TlsPartner,
+        _ => FuzzCaller::TlsAdmin,
+    };
+    let store = Store::in_memory().unwrap_or_else(|e| panic!("fixture: in-memory store: {e}"));
+    let dashboard = Dashboard {
+        board: Board::default(),
+        store,
+        token: AdminToken::from_secret("fuzz-token"),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap_or_else(|e| panic!("fixture: runtime: {e}"));
+    let answer = runtime.block_on(async {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let served = tokio::spawn(exchange_for_fuzzing(
+            server,
+            caller,
+            Metrics::default(),
+            Some(dashboard),
+        ));
+        // The server may stop reading (a refused head): a failed write is an answer too.
+        let _ = client.write_all(raw).await;
+        let _ = client.shutdown().await;
+        let mut answer = Vec::new();
+        let _ = client.read_to_end(&mut answer).await;
+        let _ = served.await;
+        answer
+    });
+    Some((caller, answer))
+}
+
+/// Seeds of [`http_request`]: the listener's own paths, from each kind of caller.
+pub fn http_request_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let get = |who: u8, path: &str, auth: Option<&str>| {
+        let mut v = vec![who];
+        v.extend_from_slice(format!("GET {path} HTTP/1.1\r\nhost: x\r\n").as_bytes());
+        if let Some(a) = auth {
+            v.extend_from_slice(format!("authorization: Bearer {a}\r\n").as_bytes());
+        }
+        v.extend_from_slice(b"\r\n");
+        v
+    };
+    vec![
+        ("healthz", get(0, "/healthz", None)),
+        ("metrics_tls", get(1, "/metrics", None)),
+        ("api_plain", get(0, "/api/jobs", Some("fuzz-token"))),
+        ("api_partner", get(2, "/api/jobs", Some("fuzz-token"))),
+        ("api_admin", get(3, "/api/jobs", Some("fuzz-token"))),
+        ("page_admin", get(3, "/dashboard", None)),
+        ("post", {
+            let mut v = vec![0];
+            v.extend_from_slice(b"POST /metrics HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc");
+            v
+        }),
+    ]
+}
+
+/// Seeds of [`admin_request`]: one valid request of each call.
+pub fn admin_request_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use fedmark_proto::{ExportModelRequest, JobRequest, ListJobsRequest, SubmitJobRequest};
+    let with = |call: u8, body: Vec<u8>| {
+        let mut v = vec![call];
+        v.extend(body);
+        v
+    };
+    let spec = "[job]\nname = \"fuzz\"\npurpose = \"p\"\nrounds = 1\n[label]\ncolumn = \"y\"\npositive = \"1\"\n\
+                [features]\nnumeric = [\"a\"]\n[model]\nkind = \"logistic\"\n";
+    let job = JobRequest {
+        job_id: "job-0123456789ab".into(),
+    };
+    vec![
+        (
+            "submit",
+            with(
+                0,
+                SubmitJobRequest {
+                    spec_toml: spec.into(),
+                }
+                .encode_to_vec(),
+            ),
+        ),
+        ("cancel", with(1, job.encode_to_vec())),
+        (
+            "export_model",
+            with(
+                2,
+                ExportModelRequest {
+                    job_id: "job-0123456789ab".into(),
+                    round: Some(1),
+                }
+                .encode_to_vec(),
+            ),
+        ),
+        ("export_audit", with(3, job.encode_to_vec())),
+        ("list", with(4, ListJobsRequest {}.encode_to_vec())),
+    ]
+}
+
 /// A fuzz entry point.
 pub type Target = fn(&[u8]);
 
@@ -1072,4 +1349,6 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("server_message", server_message),
     ("input_chunk", input_chunk),
     ("model_chunk", model_chunk),
+    ("admin_request", admin_request),
+    ("http_request", http_request),
 ];

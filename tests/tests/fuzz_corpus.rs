@@ -84,3 +84,44 @@ fn client_message_seeds_are_accepted_by_the_fixture_round() {
     }
     assert_eq!(accepted, 3, "keys, shares and unmask seeds");
 }
+
+/// The operators' seeds reach the handlers, not only the decoders: the admin seeds submit and
+/// list a job (and look up exports and cancels of an unknown one), and the HTTP seeds get the
+/// answers the listener gives each caller.
+#[test]
+fn admin_and_http_seeds_reach_their_handlers() {
+    use fedmark_tests::fuzzing::{
+        admin_outcome, admin_request_seeds, http_answer, http_request_seeds,
+    };
+    use tonic::Code;
+    let admin: std::collections::BTreeMap<_, _> = admin_request_seeds()
+        .into_iter()
+        .map(|(name, bytes)| (name, admin_outcome(&bytes)))
+        .collect();
+    assert_eq!(admin["submit"], Some(Code::Ok));
+    assert_eq!(admin["list"], Some(Code::Ok));
+    assert_eq!(admin["cancel"], Some(Code::NotFound));
+    assert_eq!(admin["export_model"], Some(Code::NotFound));
+    assert_eq!(admin["export_audit"], Some(Code::NotFound));
+    for (name, bytes) in http_request_seeds() {
+        let (_, answer) = http_answer(&bytes).unwrap();
+        let status = String::from_utf8_lossy(&answer)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let expected = match name {
+            "healthz" | "metrics_tls" | "api_plain" | "api_admin" | "page_admin" => "200",
+            "api_partner" => "403",
+            "post" => "405",
+            other => panic!("unknown seed {other}"),
+        };
+        assert!(
+            status.starts_with(&format!("HTTP/1.1 {expected}")),
+            "{name}: {status}"
+        );
+        if name.starts_with("api_") && expected == "200" {
+            assert!(String::from_utf8_lossy(&answer).contains("\"audit_head\""));
+        }
+    }
+}
