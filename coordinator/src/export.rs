@@ -306,7 +306,12 @@ pub fn model_card(store: &Store, outcome: &JobOutcome) -> Result<Value, ExportEr
             line: i + 1,
             source,
         })?;
-        if v["kind"] == "round_committed" && v["data"]["job"] == report.job_id.as_str() {
+        if v["kind"] == "round_committed"
+            && v["data"]["job"] == report.job_id.as_str()
+            && v["data"]["consent_snapshots"]
+                .as_object()
+                .is_some_and(|m| !m.is_empty())
+        {
             consent.push(json!({
                 "round": v["data"]["round"],
                 "snapshots": v["data"]["consent_snapshots"],
@@ -505,7 +510,12 @@ fn build_model_files(
     if job.status == JobStatus::Finished
         && let Some(outcome) = stored_outcome(store, &spec, job_id)?
     {
-        files.push((CARD_FILE, json_bytes(&model_card(store, &outcome)?)));
+        let card = model_card(store, &outcome)?;
+        files.push((CARD_FILE, json_bytes(&card)));
+        files.push((
+            crate::card::CARD_MARKDOWN_FILE,
+            crate::card::markdown(&card).into_bytes(),
+        ));
     }
     let done = ModelExport {
         job_id: job_id.to_owned(),

@@ -23,6 +23,7 @@ pub mod admin;
 mod attempts;
 pub mod board;
 pub mod bulk;
+pub mod card;
 pub mod config;
 pub mod dashboard;
 pub mod error;

@@ -634,6 +634,11 @@ async fn run_one(
     )?;
     let card = export::model_card(&store, &outcome)?;
     let card_bytes = write_json(&cfg.out_dir.join(export::CARD_FILE), &card)?;
+    export::write_atomic(
+        &cfg.out_dir
+            .join(fedmark_coordinator::card::CARD_MARKDOWN_FILE),
+        fedmark_coordinator::card::markdown(&card).as_bytes(),
+    )?;
     store.audit(vec![(
         "model_exported",
         serde_json::json!({
@@ -643,7 +648,7 @@ async fn run_one(
             "out_dir": cfg.out_dir.display().to_string(),
         }),
     )])?;
-    info!(out = %cfg.out_dir.display(), auc = outcome.report.final_metrics.auc, "wrote model.json, model_card.json and report.json");
+    info!(out = %cfg.out_dir.display(), auc = outcome.report.final_metrics.auc, "wrote model.json, model_card.json, model_card.md and report.json");
     println!(
         "job {} finished: {} rounds, final AUC {}, log-loss {}; results in {}",
         outcome.report.job_id,

@@ -82,6 +82,20 @@ fn an_edited_local_job_file_changes_the_run_and_the_export_loads() {
     let card = json(&export.join("model_card.json"));
     assert_eq!(card["job_id"], report["job"]["job_id"]);
     assert_eq!(card["privacy"]["mode"], "none");
+    // The Markdown card beside it: no ε under a job without DP, no empty consent rounds.
+    let md = std::fs::read_to_string(export.join("model_card.md")).unwrap();
+    assert!(md.starts_with("# Model card: local-edit"), "{md}");
+    assert!(
+        md.contains("No differential privacy") && !md.contains('ε'),
+        "{md}"
+    );
+    assert!(
+        card["consent_snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["snapshots"].as_object().is_some_and(|m| !m.is_empty()))
+    );
     assert!(
         card["privacy"]["guarantee"]
             .as_str()
@@ -123,6 +137,12 @@ fn an_edited_local_job_file_changes_the_run_and_the_export_loads() {
         ],
     );
     let privacy = &json(&d.join("out/dp/model_card.json"))["privacy"];
+    let md = std::fs::read_to_string(d.join("out/dp/model_card.md")).unwrap();
+    assert!(
+        md.contains("differential privacy for one record over every release")
+            && !md.contains("Record"),
+        "{md}"
+    );
     assert_eq!(privacy["mode"], "record");
     assert_eq!(privacy["protected_unit"], "one record");
     let total = privacy["epsilon"].as_f64().unwrap();
