@@ -24,11 +24,22 @@ fn dp_job() -> String {
 fn run_to_end(d: &Deployment) -> serde_json::Value {
     let mut c = d.start_coordinator(&[]).unwrap();
     let status = c.process.wait(Duration::from_secs(300)).unwrap();
+    // Its stderr is a pipe, not a terminal: plain text, no colour codes. (The reader thread
+    // ends at the pipe's end, so this loop does too.)
+    let mut lines = Vec::new();
+    while let Ok(line) = c.stderr.recv_timeout(Duration::from_secs(10)) {
+        lines.push(line);
+    }
+    assert!(lines.iter().any(|l| l.contains("INFO")), "{lines:?}");
+    assert!(
+        lines.iter().all(|l| !l.contains('\u{1b}')),
+        "colour codes in redirected logs: {:?}",
+        lines.iter().find(|l| l.contains('\u{1b}'))
+    );
     if !status.success() {
-        let log: Vec<String> = c.stderr.try_iter().collect();
         panic!(
             "coordinator: {status}\n{}\n{}",
-            log[log.len().saturating_sub(10)..].join("\n"),
+            lines[lines.len().saturating_sub(10)..].join("\n"),
             d.client_logs()
         );
     }
