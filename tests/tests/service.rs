@@ -130,6 +130,17 @@ fn submit_watch_export_score_cancel_over_the_admin_api() {
     }
     assert!(watched.contains("####################"), "{watched}");
     assert!(watched.contains("finished"), "{watched}");
+    // A job is also addressed by its name (its latest submission); an unknown one is a
+    // usage error that says where names are listed.
+    let name = submitted["name"].as_str().unwrap().to_owned();
+    let by_name = ok(&d.fedmark(&["job", "watch", &name]).unwrap());
+    assert!(
+        by_name.starts_with(&format!("job {id} ({name})")),
+        "{by_name}"
+    );
+    let unknown = d.fedmark(&["job", "watch", "no-such-name"]).unwrap();
+    assert_eq!(unknown.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("`fedmark job list` shows both"));
 
     let list = json_of(&ok(&d.fedmark(&["--json", "job", "list"]).unwrap()));
     let listed = &list["jobs"][0];

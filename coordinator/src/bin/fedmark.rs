@@ -113,12 +113,12 @@ enum JobCommand {
     List,
     /// Follow a job round by round until it ends; exits 0 if it finished, 1 otherwise.
     Watch {
-        /// Job id.
+        /// Job id, or a job's name (its latest submission).
         id: String,
     },
     /// Cancel a queued or running job.
     Cancel {
-        /// Job id.
+        /// Job id, or a job's name (its latest submission).
         id: String,
     },
 }
@@ -128,7 +128,7 @@ enum ModelCommand {
     /// Write a job's model into DIR: weights.npy, pipeline.json and (finished jobs)
     /// model_card.json, loadable without fedmark (see examples/score.py).
     Export {
-        /// Job id.
+        /// Job id, or a job's name (its latest submission).
         id: String,
         /// The committed round to export (default: the last). Round 0 is the initial model.
         #[arg(long)]
@@ -144,7 +144,7 @@ enum AuditCommand {
     /// Write a job's audit records (and the coordinator's own) as JSON lines, to FILE or,
     /// without `--out`, to stdout (the summary then goes to stderr).
     Export {
-        /// Job id.
+        /// Job id, or a job's name (its latest submission).
         id: String,
         /// Output file.
         #[arg(long)]
@@ -284,6 +284,31 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
+/// Whether `arg` has the shape of a job id (`job-` and 12 hex digits).
+fn is_job_id(arg: &str) -> bool {
+    arg.len() == 16 && arg.starts_with("job-") && arg[4..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The job an argument names: a job id as it is, else the latest submission of a job of
+/// that name.
+async fn resolve(client: &mut Client, arg: &str) -> Result<String, Failure> {
+    if is_job_id(arg) {
+        return Ok(arg.to_owned());
+    }
+    let list = client.list_jobs(ListJobsRequest {}).await?.into_inner();
+    list.jobs
+        .iter()
+        .filter(|j| j.name == arg)
+        .max_by_key(|j| j.submitted_ms)
+        .map(|j| j.job_id.clone())
+        .ok_or_else(|| {
+            usage(anyhow::anyhow!(
+                "no job id or job name `{}` on this coordinator (`fedmark job list` shows both)",
+                arg.escape_debug()
+            ))
+        })
+}
+
 type Client = AdminClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
 async fn connect(cfg: &AdminConfig, token: &str) -> Result<Client, Failure> {
@@ -379,8 +404,12 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     println!("audit chain head {}", list.audit_head);
                 }
             }
-            JobCommand::Watch { id } => return watch_job(&mut client, &id, json).await,
+            JobCommand::Watch { id } => {
+                let id = resolve(&mut client, &id).await?;
+                return watch_job(&mut client, &id, json).await;
+            }
             JobCommand::Cancel { id } => {
+                let id = resolve(&mut client, &id).await?;
                 let info = client
                     .cancel_job(JobRequest { job_id: id })
                     .await?
@@ -395,6 +424,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Model {
             command: ModelCommand::Export { id, round, out },
         } => {
+            let id = resolve(&mut client, &id).await?;
             let stream = client
                 .export_model(ExportModelRequest { job_id: id, round })
                 .await?
@@ -408,6 +438,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Audit {
             command: AuditCommand::Export { id, out },
         } => {
+            let id = resolve(&mut client, &id).await?;
             let mut stream = client
                 .export_audit(JobRequest { job_id: id })
                 .await?
