@@ -209,6 +209,11 @@ pub fn job_info(view: JobView, audit_head: String) -> JobInfo {
         submitted_by: view.submitted_by,
         submitted_ms: view.submitted_ms,
         audit_head,
+        settings: view
+            .settings
+            .into_iter()
+            .map(|(name, value)| fedmark_proto::Setting { name, value })
+            .collect(),
     }
 }
 

@@ -43,6 +43,9 @@ pub struct JobView {
     pub submitted_by: String,
     /// When (Unix milliseconds).
     pub submitted_ms: u64,
+    /// The settings that tell runs apart ([`JobSpec::settings`]).
+    #[serde(default)]
+    pub settings: Vec<(String, String)>,
 }
 
 impl JobView {
@@ -85,6 +88,15 @@ impl JobView {
             final_metrics: report.map(|r| r.final_metrics),
             submitted_by: job.submitted_by.clone(),
             submitted_ms: job.submitted_ms,
+            settings: spec
+                .as_ref()
+                .map(|s| {
+                    s.settings()
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 }
@@ -249,6 +261,7 @@ mod tests {
             final_metrics: None,
             submitted_by: "t".into(),
             submitted_ms: ms,
+            settings: Vec::new(),
         }
     }
 

@@ -623,6 +623,54 @@ impl JobSpec {
         Ok(())
     }
 
+    /// The settings that tell two runs apart, as (name, value) pairs in a fixed order: what
+    /// `fedmark job list` and `job compare` show. Values are spelled as the spec spells them;
+    /// settings that do not apply (ε without DP, hidden units of a linear model) are left out.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        let t = &self.training;
+        let mut out = vec![
+            ("model", self.model.kind.as_str().to_owned()),
+            ("rounds", self.job.rounds.to_string()),
+            ("local_epochs", t.local_epochs.to_string()),
+            ("batch_size", t.batch_size.to_string()),
+            ("learning_rate", t.learning_rate.to_string()),
+            (
+                "server_optimizer",
+                match t.server_optimizer {
+                    ServerOptimizerName::Fedavg => "fedavg",
+                    ServerOptimizerName::Fedadam => "fedadam",
+                }
+                .to_owned(),
+            ),
+            (
+                "server_learning_rate",
+                self.training.server_lr().to_string(),
+            ),
+            ("l2", self.model.l2.to_string()),
+        ];
+        if let Some(h) = self
+            .model
+            .hidden
+            .filter(|_| self.model.kind == ModelKindName::Mlp)
+        {
+            out.insert(1, ("hidden", h.to_string()));
+        }
+        if t.fedprox_mu > 0.0 {
+            out.push(("fedprox_mu", t.fedprox_mu.to_string()));
+        }
+        out.push((
+            "features",
+            (self.features.numeric.len() + self.features.categorical.len()).to_string(),
+        ));
+        out.push(("secure", self.aggregation.secure.to_string()));
+        out.push(("privacy", self.privacy.mode.as_str().to_owned()));
+        if self.privacy.mode != PrivacyMode::None {
+            out.push(("epsilon", self.privacy.epsilon.to_string()));
+            out.push(("delta", self.privacy.delta.to_string()));
+        }
+        out
+    }
+
     /// Model parameters the job asks for, computed without overflow (a spec can ask for more
     /// than memory holds: a hashed column of 2^22 slots under an MLP of 4,096 units is 1.7e10
     /// parameters, so the coordinator checks this against its budget before accepting it).
@@ -736,6 +784,45 @@ fn check_range(field: &str, v: f64, min: f64, max: f64) -> Result<(), SpecError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The settings a job list shows: in a fixed order, spelled as the spec spells them, and
+    /// only those that apply (no ε without DP, no hidden units for a linear model).
+    #[test]
+    fn settings_name_what_tells_runs_apart_and_only_what_applies() {
+        let plain = JobSpec::from_toml(GOOD).unwrap();
+        let s = plain.settings();
+        let names: Vec<&str> = s.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "model",
+                "rounds",
+                "local_epochs",
+                "batch_size",
+                "learning_rate",
+                "server_optimizer",
+                "server_learning_rate",
+                "l2",
+                "features",
+                "secure",
+                "privacy"
+            ]
+        );
+        assert_eq!(s[0].1, "logistic");
+        assert_eq!(s[4].1, "0.1");
+        assert_eq!(s[10].1, "none");
+        let dp = JobSpec::from_toml(&format!(
+            "{GOOD}[privacy]\nmode = \"record\"\nepsilon = 2.0\n"
+        ))
+        .unwrap();
+        let s = dp.settings();
+        assert!(s.contains(&("privacy", "record".into())));
+        assert!(s.contains(&("epsilon", "2".into())));
+        let mlp =
+            JobSpec::from_toml(&GOOD.replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = 16"))
+                .unwrap();
+        assert_eq!(mlp.settings()[1], ("hidden", "16".into()));
+    }
 
     const GOOD: &str = r#"
 [job]

@@ -236,6 +236,35 @@ fn submit_watch_export_score_cancel_over_the_admin_api() {
     let watched3 = ok(&d.fedmark(&["--json", "job", "watch", &id3]).unwrap());
     let last = json_of(watched3.lines().last().unwrap());
     assert_eq!(last["status"], "finished", "{watched3}");
+
+    // Two runs side by side: their settings, with the ones that differ marked, and results.
+    let compared = ok(&d.fedmark(&["job", "compare", &id, &id3]).unwrap());
+    let row = |name: &str| {
+        compared
+            .lines()
+            .find(|l| l[1..].trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no row {name} in\n{compared}"))
+            .to_owned()
+    };
+    assert!(
+        compared.lines().next().unwrap().contains(&id3),
+        "{compared}"
+    );
+    assert!(row("rounds ").starts_with('*'), "{compared}");
+    assert!(row("model").starts_with(' ') && row("model").contains("logistic"));
+    assert!(row("final auc").contains("0."), "{compared}");
+    let as_json = json_of(&ok(&d
+        .fedmark(&["--json", "job", "compare", &id, &id3])
+        .unwrap()));
+    assert_eq!(
+        as_json["jobs"][1]["settings"]["model"], "logistic",
+        "{as_json}"
+    );
+    let listed = ok(&d.fedmark(&["job", "list"]).unwrap());
+    assert!(
+        listed.contains("SETTINGS") && listed.contains("logistic lr"),
+        "{listed}"
+    );
     for c in &mut clients {
         assert!(c.0.try_wait().unwrap().is_none(), "a partner node left");
     }

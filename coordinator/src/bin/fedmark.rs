@@ -111,6 +111,13 @@ enum JobCommand {
     },
     /// List the coordinator's jobs.
     List,
+    /// Show jobs side by side: their settings (a `*` marks those that differ) and their
+    /// results. Each job is an id or a name (its latest submission).
+    Compare {
+        /// Two or more jobs.
+        #[arg(num_args = 2.., required = true)]
+        jobs: Vec<String>,
+    },
     /// Follow a job round by round until it ends; exits 0 if it finished, 1 otherwise.
     Watch {
         /// Job id, or a job's name (its latest submission).
@@ -382,8 +389,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     println!("no jobs");
                 } else {
                     println!(
-                        "{:<19} {:<24} {:<10} {:>7} {:>8}  NOW",
-                        "JOB", "NAME", "STATUS", "ROUNDS", "AUC"
+                        "{:<19} {:<24} {:<10} {:>7} {:>8}  {:<30} NOW",
+                        "JOB", "NAME", "STATUS", "ROUNDS", "AUC", "SETTINGS"
                     );
                     for j in &list.jobs {
                         let auc = j
@@ -392,16 +399,63 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                             .map(|f| f.auc)
                             .or_else(|| j.rounds.last().map(|r| r.auc));
                         println!(
-                            "{:<19} {:<24} {:<10} {:>7} {:>8}  {}",
+                            "{:<19} {:<24} {:<10} {:>7} {:>8}  {:<30} {}",
                             j.job_id,
                             truncate(&j.name, 24),
                             j.status,
                             format!("{}/{}", j.rounds.len(), j.planned_rounds),
                             auc.map_or("-".into(), |a| format!("{a:.4}")),
+                            truncate(&settings_summary(j), 30),
                             j.phase
                         );
                     }
                     println!("audit chain head {}", list.audit_head);
+                }
+            }
+            JobCommand::Compare { jobs } => {
+                let mut ids = Vec::new();
+                for j in &jobs {
+                    ids.push(resolve(&mut client, j).await?);
+                }
+                let list = client.list_jobs(ListJobsRequest {}).await?.into_inner();
+                let infos: Vec<JobInfo> = ids
+                    .iter()
+                    .map(|id| {
+                        list.jobs
+                            .iter()
+                            .find(|j| &j.job_id == id)
+                            .cloned()
+                            .ok_or_else(|| {
+                                usage(anyhow::anyhow!("no job {id} on this coordinator"))
+                            })
+                    })
+                    .collect::<Result<_, _>>()?;
+                if json {
+                    let jobs: Vec<Value> = infos.iter().map(info_json).collect();
+                    println!("{}", json!({ "jobs": jobs }));
+                } else {
+                    let rows = compare_rows(&infos);
+                    let width = |cells: &[String]| cells.iter().map(|c| c.chars().count()).max();
+                    let mut col = vec![16usize; infos.len()];
+                    for (i, c) in col.iter_mut().enumerate() {
+                        *c = (*c).max(
+                            width(&rows.iter().map(|r| r.1[i].clone()).collect::<Vec<_>>())
+                                .unwrap_or(0),
+                        );
+                    }
+                    let mut header = format!("  {:<20}", "");
+                    for (i, info) in infos.iter().enumerate() {
+                        header.push_str(&format!(" {:<w$}", info.job_id, w = col[i]));
+                    }
+                    println!("{}", header.trim_end());
+                    for (name, cells) in &rows {
+                        let differs = cells.iter().any(|c| c != &cells[0]);
+                        let mut line = format!("{} {:<20}", if differs { '*' } else { ' ' }, name);
+                        for (i, c) in cells.iter().enumerate() {
+                            line.push_str(&format!(" {:<w$}", c, w = col[i]));
+                        }
+                        println!("{}", line.trim_end());
+                    }
                 }
             }
             JobCommand::Watch { id } => {
@@ -881,5 +935,102 @@ fn info_json(info: &JobInfo) -> Value {
         "submitted_by": info.submitted_by,
         "submitted_ms": info.submitted_ms,
         "audit_head": info.audit_head,
+        "settings": info
+            .settings
+            .iter()
+            .map(|s| (s.name.clone(), Value::from(s.value.clone())))
+            .collect::<serde_json::Map<_, _>>(),
     })
+}
+
+/// The key settings of a job in a few words: model, learning rate, privacy (and ε).
+fn settings_summary(info: &JobInfo) -> String {
+    let get = |name: &str| {
+        info.settings
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.value.as_str())
+    };
+    let mut out = format!(
+        "{} lr {} {}",
+        get("model").unwrap_or("-"),
+        get("learning_rate").unwrap_or("-"),
+        get("privacy").unwrap_or("-")
+    );
+    if let Some(e) = get("epsilon") {
+        out.push_str(&format!(" ε {e}"));
+    }
+    out
+}
+
+/// The rows of `job compare`: each setting (in the order they first appear), then the
+/// results; a row's first cell is `*` where the jobs differ.
+fn compare_rows(infos: &[JobInfo]) -> Vec<(String, Vec<String>)> {
+    let mut names: Vec<&str> = Vec::new();
+    for info in infos {
+        for s in &info.settings {
+            if !names.contains(&s.name.as_str()) {
+                names.push(&s.name);
+            }
+        }
+    }
+    let mut rows: Vec<(String, Vec<String>)> = vec![
+        (
+            "name".into(),
+            infos.iter().map(|i| i.name.clone()).collect(),
+        ),
+        (
+            "status".into(),
+            infos.iter().map(|i| i.status.clone()).collect(),
+        ),
+    ];
+    for name in names {
+        let cells = infos
+            .iter()
+            .map(|i| {
+                i.settings
+                    .iter()
+                    .find(|s| s.name == name)
+                    .map_or_else(|| "-".to_owned(), |s| s.value.clone())
+            })
+            .collect();
+        rows.push((name.to_owned(), cells));
+    }
+    let metric = |f: &dyn Fn(&JobInfo) -> Option<f64>, digits: usize| -> Vec<String> {
+        infos
+            .iter()
+            .map(|i| {
+                f(i).filter(|x| x.is_finite())
+                    .map_or("-".into(), |x| format!("{x:.digits$}"))
+            })
+            .collect()
+    };
+    rows.push((
+        "rounds done".into(),
+        infos
+            .iter()
+            .map(|i| format!("{}/{}", i.rounds.len(), i.planned_rounds))
+            .collect(),
+    ));
+    rows.push((
+        "final auc".into(),
+        metric(&|i| i.r#final.as_ref().map(|f| f.auc), 4),
+    ));
+    rows.push((
+        "final log_loss".into(),
+        metric(&|i| i.r#final.as_ref().map(|f| f.log_loss), 4),
+    ));
+    rows.push((
+        "final accuracy".into(),
+        metric(&|i| i.r#final.as_ref().map(|f| f.accuracy), 4),
+    ));
+    rows.push((
+        "epsilon spent".into(),
+        metric(&|i| i.rounds.last().and_then(|r| r.epsilon), 4),
+    ));
+    rows.push((
+        "seconds".into(),
+        metric(&|i| Some(i.rounds.iter().map(|r| r.seconds).sum()), 1),
+    ));
+    rows
 }
