@@ -1,0 +1,27 @@
+//! Gradient-boosted decision trees for binary log-loss, built so that a tree can be grown
+//! through the secure sum: second-order (XGBoost-style) histogram boosting whose split decisions
+//! use summed histograms only.
+//!
+//! The pieces, in the order a tree is grown:
+//!
+//! - [`params`]: [`GbdtParams`], the settings (meant to sit under the job spec's `[model]`),
+//!   and [`error`], the module's typed errors;
+//! - [`bins`]: global bin edges per feature ([`BinEdges`]), from a declared range or from a
+//!   fine histogram sketch summed across partners, and [`BinnedRows`], one `u8` bin per row
+//!   and feature.
+//!
+//! Features are numbered as in [`FeatureSchema`](crate::features::FeatureSchema): its numeric
+//! columns first, then its categorical columns (one feature per column, not per one-hot slot).
+//! There are no missing values: the loader skips rows with an unparsable value, numeric values
+//! outside a feature's edges fall in its first or last bin (as [`FeatureSchema::clamp`] would
+//! clamp them), and a NaN (which the loader never produces) falls in bin 0.
+//!
+//! [`FeatureSchema::clamp`]: crate::features::FeatureSchema::clamp
+
+pub mod bins;
+pub mod error;
+pub mod params;
+
+pub use bins::{BinEdges, BinnedRows, Feature, FineGrid};
+pub use error::{BinError, GbdtError};
+pub use params::{CategoricalMode, GbdtParams, ParamError};
