@@ -8,7 +8,12 @@
 //!   and [`error`], the module's typed errors;
 //! - [`bins`]: global bin edges per feature ([`BinEdges`]), from a declared range or from a
 //!   fine histogram sketch summed across partners, and [`BinnedRows`], one `u8` bin per row
-//!   and feature.
+//!   and feature;
+//! - [`histogram`]: per node, feature and bin the (gradient, hessian, count) sums, laid out as
+//!   one flat `Vec<f64>` per level — the vector the secure sum adds — and the bound of one
+//!   row's contribution the fixed-point codec needs;
+//! - [`split`]: the gain and leaf formulas and the best split of a node from its (summed)
+//!   histogram alone.
 //!
 //! Features are numbered as in [`FeatureSchema`](crate::features::FeatureSchema): its numeric
 //! columns first, then its categorical columns (one feature per column, not per one-hot slot).
@@ -20,8 +25,15 @@
 
 pub mod bins;
 pub mod error;
+pub mod histogram;
 pub mod params;
+pub mod split;
+
+#[cfg(test)]
+mod tests;
 
 pub use bins::{BinEdges, BinnedRows, Feature, FineGrid};
 pub use error::{BinError, GbdtError};
+pub use histogram::{HistLayout, NodeStats, RowBound};
 pub use params::{CategoricalMode, GbdtParams, ParamError};
+pub use split::{Split, SplitRule};
