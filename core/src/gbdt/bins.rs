@@ -187,6 +187,30 @@ impl BinEdges {
             Self::Categorical { .. } => 0,
         }
     }
+
+    /// Checks the invariants a deserialised value may break.
+    pub(crate) fn check(&self) -> Result<(), BinError> {
+        match self {
+            Self::Numeric { thresholds } => {
+                // No threshold (one bin) is legal: a feature with no mass.
+                if thresholds.len() >= MAX_BINS {
+                    return Err(BinError::BadCount {
+                        count: thresholds.len() + 1,
+                        allowed: "1..=256",
+                    });
+                }
+                let sorted = thresholds.windows(2).all(|w| w[0] < w[1]);
+                if !sorted || thresholds.iter().any(|t| !t.is_finite()) {
+                    return Err(BinError::BadRange {
+                        low: thresholds.first().copied().unwrap_or(f64::NAN),
+                        high: thresholds.last().copied().unwrap_or(f64::NAN),
+                    });
+                }
+                Ok(())
+            }
+            Self::Categorical { slots } => Self::categorical(*slots).map(|_| ()),
+        }
+    }
 }
 
 /// A named feature with its edges.
@@ -383,6 +407,23 @@ impl BinnedRows {
     /// Labels, 1.0 for a positive row.
     pub fn labels(&self) -> &[f64] {
         &self.labels
+    }
+
+    /// Checks that the rows were binned with `features`' bin counts.
+    pub(crate) fn check_shape(&self, features: &[Feature]) -> Result<(), GbdtError> {
+        let ok = self.n_bins.len() == features.len()
+            && self
+                .n_bins
+                .iter()
+                .zip(features)
+                .all(|(&n, f)| n == f.edges.n_bins());
+        if ok {
+            Ok(())
+        } else {
+            Err(GbdtError::Shape(
+                "rows were binned with other features or edges".into(),
+            ))
+        }
     }
 }
 

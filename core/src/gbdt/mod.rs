@@ -13,7 +13,12 @@
 //!   one flat `Vec<f64>` per level — the vector the secure sum adds — and the bound of one
 //!   row's contribution the fixed-point codec needs;
 //! - [`split`]: the gain and leaf formulas and the best split of a node from its (summed)
-//!   histogram alone.
+//!   histogram alone;
+//! - [`tree`]: [`Tree`] and [`GbdtModel`]: routing by bins, prediction, versioned
+//!   serialisation, feature importance;
+//! - [`train`](mod@train): the centralised trainer, made of exactly the steps the federated
+//!   protocol will distribute (gradients → a level's histograms → splits → routing), with row
+//!   and column subsampling and early stopping.
 //!
 //! Features are numbered as in [`FeatureSchema`](crate::features::FeatureSchema): its numeric
 //! columns first, then its categorical columns (one feature per column, not per one-hot slot).
@@ -28,12 +33,18 @@ pub mod error;
 pub mod histogram;
 pub mod params;
 pub mod split;
+pub mod train;
+pub mod tree;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod train_tests;
 
 pub use bins::{BinEdges, BinnedRows, Feature, FineGrid};
 pub use error::{BinError, GbdtError};
 pub use histogram::{HistLayout, NodeStats, RowBound};
 pub use params::{CategoricalMode, GbdtParams, ParamError};
 pub use split::{Split, SplitRule};
+pub use train::{TrainReport, train};
+pub use tree::{GbdtModel, Importance, Tree};
