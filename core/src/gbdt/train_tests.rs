@@ -308,6 +308,14 @@ fn a_model_round_trips_and_damaged_files_are_refused() {
     refused(r#""bin":0"#, r#""bin":1"#);
     refused(r#""thresholds":[0.5]"#, r#""thresholds":[0.5,0.25]"#);
     refused(r#""format":"#, r#""extra":1,"format":"#);
+    // JSON has no NaN; a format that has one (TOML) cannot smuggle one into a leaf either.
+    let as_toml = toml::to_string(&model).unwrap();
+    let at = as_toml.find("value = ").unwrap() + "value = ".len();
+    let end = at + as_toml[at..].find(',').unwrap();
+    let nan_leaf = format!("{}nan{}", &as_toml[..at], &as_toml[end..]);
+    let e = toml::from_str::<GbdtModel>(&nan_leaf).unwrap_err();
+    assert!(e.to_string().contains("value NaN"), "{e}");
+    assert_eq!(toml::from_str::<GbdtModel>(&as_toml).unwrap(), model);
     // Rows binned with other edges are refused, not misrouted.
     let other = vec![features[0].clone(), features[1].clone()];
     let e = model.predict_margin_binned(

@@ -116,7 +116,8 @@ impl Tree {
     }
 
     /// Checks what routing relies on: children after their parent and in range, every node
-    /// but the root reached exactly once, features and rules that fit `features`.
+    /// but the root reached exactly once, features and rules that fit `features`; and finite
+    /// leaf values, so a model cannot score NaN.
     fn check(&self, features: &[Feature]) -> Result<(), String> {
         if self.nodes.is_empty() {
             return Err("a tree without nodes".into());
@@ -131,6 +132,11 @@ impl Tree {
                 ..
             } = n
             else {
+                if let Node::Leaf { value, .. } = n
+                    && !value.is_finite()
+                {
+                    return Err(format!("leaf {i} has value {value}"));
+                }
                 continue;
             };
             for c in [*left, *right] {
