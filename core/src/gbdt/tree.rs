@@ -67,8 +67,10 @@ impl Tree {
         &self.nodes
     }
 
-    /// The index of the leaf a row (its bins) lands in.
-    pub fn leaf_of(&self, bins: &[u8]) -> usize {
+    /// The index of the leaf a row (its bins, one per feature of the model) lands in.
+    /// Crate-internal: the public way in is [`GbdtModel::predict_margin_binned`], which checks
+    /// the rows' shape first.
+    pub(crate) fn leaf_of(&self, bins: &[u8]) -> usize {
         let mut i = 0;
         while let Node::Split {
             feature,
@@ -87,8 +89,8 @@ impl Tree {
         i
     }
 
-    /// The tree's output for a row.
-    pub fn predict(&self, bins: &[u8]) -> f64 {
+    /// The tree's output for a row (as [`Tree::leaf_of`]).
+    pub(crate) fn predict(&self, bins: &[u8]) -> f64 {
         match self.nodes[self.leaf_of(bins)] {
             Node::Leaf { value, .. } => value,
             Node::Split { .. } => 0.0,
@@ -274,8 +276,8 @@ impl GbdtModel {
         &self.trees
     }
 
-    /// The margin (log-odds) of one binned row.
-    pub fn margin_of(&self, bins: &[u8]) -> f64 {
+    /// The margin (log-odds) of one binned row, of the model's shape.
+    fn margin_of(&self, bins: &[u8]) -> f64 {
         self.base_margin + self.trees.iter().map(|t| t.predict(bins)).sum::<f64>()
     }
 
