@@ -19,6 +19,7 @@ pub mod decile;
 pub mod discrete_gaussian;
 pub mod dp;
 pub mod features;
+pub mod gbdt;
 pub mod guard;
 pub mod matrix;
 pub mod metrics;

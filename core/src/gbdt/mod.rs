@@ -1,0 +1,50 @@
+//! Gradient-boosted decision trees for binary log-loss, built so that a tree can be grown
+//! through the secure sum: second-order (XGBoost-style) histogram boosting whose split decisions
+//! use summed histograms only.
+//!
+//! The pieces, in the order a tree is grown:
+//!
+//! - [`params`]: [`GbdtParams`], the settings (meant to sit under the job spec's `[model]`),
+//!   and [`error`], the module's typed errors;
+//! - [`bins`]: global bin edges per feature ([`BinEdges`]), from a declared range or from a
+//!   fine histogram sketch summed across partners, and [`BinnedRows`], one `u8` bin per row
+//!   and feature;
+//! - [`histogram`]: per node, feature and bin the (gradient, hessian, count) sums, laid out as
+//!   one flat `Vec<f64>` per level — the vector the secure sum adds — and the bound of one
+//!   row's contribution the fixed-point codec needs;
+//! - [`split`]: the gain and leaf formulas and the best split of a node from its (summed)
+//!   histogram alone;
+//! - [`tree`]: [`Tree`] and [`GbdtModel`]: routing by bins, prediction, versioned
+//!   serialisation, feature importance;
+//! - [`train`](mod@train): the centralised trainer, made of exactly the steps the federated
+//!   protocol will distribute (gradients → a level's histograms → splits → routing), with row
+//!   and column subsampling and early stopping.
+//!
+//! Features are numbered as in [`FeatureSchema`](crate::features::FeatureSchema): its numeric
+//! columns first, then its categorical columns (one feature per column, not per one-hot slot).
+//! There are no missing values: the loader skips rows with an unparsable value, numeric values
+//! outside a feature's edges fall in its first or last bin (as [`FeatureSchema::clamp`] would
+//! clamp them), and a NaN (which the loader never produces) falls in bin 0.
+//!
+//! [`FeatureSchema::clamp`]: crate::features::FeatureSchema::clamp
+
+pub mod bins;
+pub mod error;
+pub mod histogram;
+pub mod params;
+pub mod split;
+pub mod train;
+pub mod tree;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod train_tests;
+
+pub use bins::{BinEdges, BinnedRows, Feature, FineGrid};
+pub use error::{BinError, GbdtError};
+pub use histogram::{HistLayout, NodeStats, RowBound};
+pub use params::{CategoricalMode, GbdtParams, ParamError};
+pub use split::{Split, SplitRule};
+pub use train::{TrainReport, train};
+pub use tree::{GbdtModel, Importance, Tree};
