@@ -38,6 +38,40 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The shipped bank job (`examples/bank-job.toml`) with `rounds` rounds and record-level DP
+/// at (`epsilon`, 1e-5): the job the crash tests kill and resume.
+pub fn record_dp_job(rounds: u64, epsilon: f64) -> anyhow::Result<String> {
+    let mut job = std::fs::read_to_string(workspace_root().join("examples/bank-job.toml"))?
+        .replace("rounds = 20", &format!("rounds = {rounds}"));
+    job.push_str(&format!(
+        "\n[privacy]\nmode = \"record\"\nepsilon = {epsilon:?}\ndelta = 1e-5\n"
+    ));
+    Ok(job)
+}
+
+/// Runs `job_toml` on a fresh [`Deployment`] without interruption (its partners leave after
+/// it) and returns the report: the reference a crash test compares a resumed run with.
+pub fn uninterrupted_report(job_toml: &str) -> anyhow::Result<serde_json::Value> {
+    let d = Deployment::new(job_toml)?;
+    let c = d.start_coordinator(&[])?;
+    let mut clients = d.start_clients(c.addr)?;
+    let mut process = c.process;
+    let status = process.wait(Duration::from_secs(300))?;
+    if !status.success() {
+        bail!(
+            "the uninterrupted coordinator: {status}\n{}",
+            d.client_logs()
+        );
+    }
+    for client in &mut clients {
+        let status = client.wait(Duration::from_secs(60))?;
+        if !status.success() {
+            bail!("a partner of the uninterrupted run: {status}");
+        }
+    }
+    d.report()
+}
+
 /// A child process killed (SIGKILL) and reaped when dropped, so a failing test leaves nothing
 /// running.
 #[derive(Debug)]

@@ -14,8 +14,7 @@
 use std::time::{Duration, Instant};
 
 use fedmark_coordinator::store::Store;
-use fedmark_tests::procs::Deployment;
-use fedmark_tests::sim::workspace_root;
+use fedmark_tests::procs::{Deployment, record_dp_job, uninterrupted_report};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -25,11 +24,7 @@ const COORDINATOR_KILLS: usize = 5;
 const LIMIT: Duration = Duration::from_secs(120);
 
 fn dp_job() -> String {
-    let mut job = std::fs::read_to_string(workspace_root().join("examples/bank-job.toml"))
-        .unwrap()
-        .replace("rounds = 20", &format!("rounds = {ROUNDS}"));
-    job.push_str("\n[privacy]\nmode = \"record\"\nepsilon = 4.0\ndelta = 1e-5\n");
-    job
+    record_dp_job(ROUNDS, 4.0).unwrap()
 }
 
 fn per_round_epsilon(report: &serde_json::Value) -> Vec<f64> {
@@ -51,15 +46,7 @@ fn random_kills_of_the_coordinator_and_a_partner_leave_the_job_as_an_uninterrupt
     let mut rng = StdRng::seed_from_u64(seed);
 
     // The uninterrupted reference.
-    let reference = Deployment::new(&dp_job()).unwrap();
-    let c = reference.start_coordinator(&[]).unwrap();
-    let mut clients = reference.start_clients(c.addr).unwrap();
-    let mut process = c.process;
-    assert!(process.wait(Duration::from_secs(300)).unwrap().success());
-    for client in &mut clients {
-        assert!(client.wait(Duration::from_secs(60)).unwrap().success());
-    }
-    let expected = reference.report().unwrap();
+    let expected = uninterrupted_report(&dp_job()).unwrap();
     assert_eq!(expected["rounds"].as_array().unwrap().len() as u64, ROUNDS);
 
     let d = Deployment::new(&dp_job()).unwrap();

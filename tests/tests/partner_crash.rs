@@ -9,20 +9,13 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use fedmark_tests::procs::{Deployment, Guard};
-use fedmark_tests::sim::workspace_root;
+use fedmark_tests::procs::{Deployment, Guard, record_dp_job};
 
 const ROUNDS: u64 = 6;
 const EPSILON: f64 = 2.0;
 
 fn dp_job() -> String {
-    let mut job = std::fs::read_to_string(workspace_root().join("examples/bank-job.toml"))
-        .unwrap()
-        .replace("rounds = 20", &format!("rounds = {ROUNDS}"));
-    job.push_str(&format!(
-        "\n[privacy]\nmode = \"record\"\nepsilon = {EPSILON}\ndelta = 1e-5\n"
-    ));
-    job
+    record_dp_job(ROUNDS, EPSILON).unwrap()
 }
 
 /// The job's record in a partner's ledger file: its charged rounds, the job's ε (the larger

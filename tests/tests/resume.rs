@@ -8,17 +8,12 @@
 use std::time::Duration;
 
 use fedmark_coordinator::store::Store;
-use fedmark_tests::procs::Deployment;
-use fedmark_tests::sim::workspace_root;
+use fedmark_tests::procs::{Deployment, record_dp_job, uninterrupted_report};
 
 const ROUNDS: u64 = 6;
 
 fn dp_job() -> String {
-    let mut job = std::fs::read_to_string(workspace_root().join("examples/bank-job.toml"))
-        .unwrap()
-        .replace("rounds = 20", &format!("rounds = {ROUNDS}"));
-    job.push_str("\n[privacy]\nmode = \"record\"\nepsilon = 4.0\ndelta = 1e-5\n");
-    job
+    record_dp_job(ROUNDS, 4.0).unwrap()
 }
 
 fn run_to_end(d: &Deployment) -> serde_json::Value {
@@ -49,15 +44,7 @@ fn run_to_end(d: &Deployment) -> serde_json::Value {
 #[test]
 fn a_coordinator_killed_at_three_phases_resumes_to_the_same_result() {
     // The uninterrupted reference.
-    let reference = Deployment::new(&dp_job()).unwrap();
-    let c = reference.start_coordinator(&[]).unwrap();
-    let mut clients = reference.start_clients(c.addr).unwrap();
-    let mut process = c.process;
-    assert!(process.wait(Duration::from_secs(300)).unwrap().success());
-    for client in &mut clients {
-        assert!(client.wait(Duration::from_secs(60)).unwrap().success());
-    }
-    let expected = reference.report().unwrap();
+    let expected = uninterrupted_report(&dp_job()).unwrap();
 
     // The same job, killed three times.
     let d = Deployment::new(&dp_job()).unwrap();
