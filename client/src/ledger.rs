@@ -29,7 +29,8 @@
 //! record can be on either side (another job declares other columns), so the purpose's total
 //! is the sum over jobs of each job's [`JobSpend::envelope`] (the pointwise maximum of the two
 //! sides' RDP curves), or — where that is larger — every release composed one after the
-//! other (which the PLD accountant can bound): the purpose's ε is the smaller of the two.
+//! other (which the PLD accountant can bound): the purpose's ε is the smaller of the two —
+//! or, while one job is all a purpose has spent, that job's own ε, which is exactly its total.
 //!
 //! The ledger is a JSON file (by default in the node's data directory, see
 //! [`crate::config::ClientConfig::ledger_path`]) written to a temporary file that is fsynced,
@@ -530,7 +531,8 @@ impl Ledger {
     }
 
     /// ε spent for `purpose` at `delta`, across jobs: the smaller of the sequential and the
-    /// parallel bound (see the module doc).
+    /// parallel bound, or the one job's own ε while it is all the purpose spent (see the
+    /// module doc).
     pub fn spent(&self, purpose: &str, delta: f64) -> Result<f64, LedgerError> {
         if !self.state.purposes.contains_key(purpose) {
             return Ok(0.0);
