@@ -130,6 +130,16 @@ fn submit_watch_export_score_cancel_over_the_admin_api() {
     }
     assert!(watched.contains("####################"), "{watched}");
     assert!(watched.contains("finished"), "{watched}");
+    // Each line's AUC is of the model the round starts from, and says so.
+    assert!(
+        watched.contains("score the model that round starts from"),
+        "{watched}"
+    );
+    let first = watched
+        .lines()
+        .find(|l| l.starts_with("round   1/5"))
+        .unwrap();
+    assert!(first.contains("(initial model)"), "{first}");
     // A job is also addressed by its name (its latest submission); an unknown one is a
     // usage error that says where names are listed.
     let name = submitted["name"].as_str().unwrap().to_owned();

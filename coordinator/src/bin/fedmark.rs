@@ -806,6 +806,9 @@ async fn watch_job(client: &mut Client, id: &str, json: bool) -> Result<u8, Fail
                     info.epsilon_budget
                         .map_or(String::new(), |e| format!(", privacy budget ε = {e}"))
                 );
+                println!(
+                    "  (AUC and loss on each line score the model that round starts from, on the partners' holdouts; the final evaluation scores the last model)"
+                );
             }
             for r in info.rounds.iter().skip(shown_rounds) {
                 println!(
@@ -883,8 +886,9 @@ fn round_line(r: &fedmark_proto::RoundProgress, planned: u64, budget: Option<f64
     } else {
         String::new()
     };
+    let start = if r.round == 1 { " (initial model)" } else { "" };
     format!(
-        "round {:>3}/{planned} [{bar}]  AUC {:.4}  loss {:.4}{eps}  participants {} (dropped {})  {:.2} s{retry}",
+        "round {:>3}/{planned} [{bar}]  AUC {:.4}  loss {:.4}{start}{eps}  participants {} (dropped {})  {:.2} s{retry}",
         r.round, r.auc, r.log_loss, r.participants, r.dropped, r.seconds
     )
 }
