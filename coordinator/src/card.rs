@@ -172,8 +172,7 @@ pub fn markdown(card: &Value) -> String {
             spec.training.local_epochs,
             spec.training.batch_size,
             spec.training.learning_rate,
-            serde_json::to_value(spec.training.server_optimizer)
-                .map_or_else(|_| "—".to_owned(), |v| text(&v)),
+            spec.training.server_optimizer.as_str(),
             spec.model.l2
         );
     }

@@ -352,12 +352,7 @@ fn privacy_card(privacy: Option<&PrivacyReport>) -> Value {
             "guarantee": "no differential privacy: secure aggregation (if on) hides each partner's update, but the model and its metrics are not noised",
         });
     };
-    let mode = match p.mode.as_str() {
-        "Record" => "record",
-        "PartnerCentral" => "partner-central",
-        "PartnerDistributed" => "partner-distributed",
-        other => other,
-    };
+    let mode = p.mode_name();
     let composition = if p.epsilon_evaluation.is_some() {
         "parallel: training and holdout rows are disjoint (each record's side is decided by its own values), so the total is the larger side's"
     } else {

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use fedmark_core::budget::{JobSpend, PrivacyPlan};
 use fedmark_core::metrics::Metrics;
+use fedmark_core::spec::PrivacyMode;
 use serde::{Deserialize, Serialize};
 
 /// One completed training round.
@@ -177,6 +178,20 @@ pub struct PrivacyReport {
 }
 
 impl PrivacyReport {
+    /// The mode as the spec spells it (`mode` keeps the older `Debug` name for stored
+    /// reports), or that name as it is if no mode has it.
+    pub fn mode_name(&self) -> &str {
+        [
+            PrivacyMode::None,
+            PrivacyMode::Record,
+            PrivacyMode::PartnerCentral,
+            PrivacyMode::PartnerDistributed,
+        ]
+        .into_iter()
+        .find(|m| format!("{m:?}") == self.mode)
+        .map_or(self.mode.as_str(), |m| m.as_str())
+    }
+
     /// The guarantee of a job with `plan` that spent `spend`. `mode` keeps the name earlier
     /// reports used (`Record`, `PartnerCentral`, …) so that stored reports compare alike.
     pub fn new(plan: &PrivacyPlan, spend: &JobSpend) -> Self {

@@ -280,6 +280,16 @@ pub enum ServerOptimizerName {
     Fedadam,
 }
 
+impl ServerOptimizerName {
+    /// The optimiser as the spec spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerOptimizerName::Fedavg => "fedavg",
+            ServerOptimizerName::Fedadam => "fedadam",
+        }
+    }
+}
+
 /// `[training]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -634,14 +644,7 @@ impl JobSpec {
             ("local_epochs", t.local_epochs.to_string()),
             ("batch_size", t.batch_size.to_string()),
             ("learning_rate", t.learning_rate.to_string()),
-            (
-                "server_optimizer",
-                match t.server_optimizer {
-                    ServerOptimizerName::Fedavg => "fedavg",
-                    ServerOptimizerName::Fedadam => "fedadam",
-                }
-                .to_owned(),
-            ),
+            ("server_optimizer", t.server_optimizer.as_str().to_owned()),
             (
                 "server_learning_rate",
                 self.training.server_lr().to_string(),

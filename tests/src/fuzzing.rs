@@ -1107,6 +1107,20 @@ pub fn admin_outcome(data: &[u8]) -> Option<tonic::Code> {
             }
         }
     }
+    /// An export's answer, its stream read to the end (no chunk may be `Internal` either).
+    async fn drained<S>(what: &str, r: Result<tonic::Response<S>, tonic::Status>) -> tonic::Code
+    where
+        S: tokio_stream::Stream<Item = Result<fedmark_proto::FileChunk, tonic::Status>> + Unpin,
+    {
+        let code = no_internal(what, &r);
+        if let Ok(stream) = r {
+            let mut stream = stream.into_inner();
+            while let Some(chunk) = stream.next().await {
+                no_internal(what, &chunk);
+            }
+        }
+        code
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap_or_else(|e| panic!("fixture: runtime: {e}"));
@@ -1145,26 +1159,12 @@ pub fn admin_outcome(data: &[u8]) -> Option<tonic::Code> {
             2 => {
                 let req = ExportModelRequest::decode(body).ok()?;
                 let r = service.export_model(authorised(req)).await;
-                let code = no_internal("export model", &r);
-                if let Ok(stream) = r {
-                    let mut stream = stream.into_inner();
-                    while let Some(chunk) = stream.next().await {
-                        no_internal("export model chunk", &chunk);
-                    }
-                }
-                Some(code)
+                Some(drained("export model", r).await)
             }
             3 => {
                 let req = JobRequest::decode(body).ok()?;
                 let r = service.export_audit(authorised(req)).await;
-                let code = no_internal("export audit", &r);
-                if let Ok(stream) = r {
-                    let mut stream = stream.into_inner();
-                    while let Some(chunk) = stream.next().await {
-                        no_internal("export audit chunk", &chunk);
-                    }
-                }
-                Some(code)
+                Some(drained("export audit", r).await)
             }
             _ => {
                 let req = ListJobsRequest::decode(body).ok()?;

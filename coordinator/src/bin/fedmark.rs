@@ -133,7 +133,7 @@ enum JobCommand {
 #[derive(Debug, Subcommand)]
 enum ModelCommand {
     /// Write a job's model into DIR: weights.npy, pipeline.json and (finished jobs)
-    /// model_card.json, loadable without fedmark (see examples/score.py).
+    /// model_card.json and model_card.md, loadable without fedmark (see examples/score.py).
     Export {
         /// Job id, or a job's name (its latest submission).
         id: String,
