@@ -865,6 +865,7 @@ mod tests {
             epsilon: 1.0,
             delta: 1e-5,
             evaluation_noise: None,
+            accountant: fedmark_core::accountant::Method::Pld,
         }
     }
 

@@ -237,6 +237,13 @@ pub fn markdown(card: &Value) -> String {
         }
         let _ = writeln!(md, "| composition | {} |", escape(&text(&p["composition"])));
         let _ = writeln!(md, "| accountant | {} |", escape(&text(&p["accountant"])));
+        if p["calibrated_by"].as_str().is_some_and(|c| !c.is_empty()) {
+            let _ = writeln!(
+                md,
+                "| σ calibrated by | {} |",
+                escape(&text(&p["calibrated_by"]))
+            );
+        }
         let _ = writeln!(
             md,
             "| noise multiplier σ, clip C | {}, {} |\n",
@@ -377,13 +384,15 @@ mod tests {
             json!({
                 "mode": "record", "protected_unit": "one record",
                 "guarantee": "(1.0000, 1e-5)-differential privacy for one record over every release of the job",
-                "epsilon": 1.0, "delta": 1e-5, "epsilon_budget": 1.0, "accountant": "pld",
+                "epsilon": 0.91, "delta": 1e-5, "epsilon_budget": 1.0, "accountant": "pld",
+                "calibrated_by": "rdp",
                 "composition": "parallel: training and holdout rows are disjoint",
-                "epsilon_training": 1.0, "epsilon_evaluation": 0.43,
-                "noise_multiplier": 1.84, "clip": 1.0,
+                "epsilon_training": 0.91, "epsilon_evaluation": 0.43,
+                "noise_multiplier": 1.98, "clip": 1.0,
             }),
             false,
         ));
+        assert!(dp.contains("| accountant | pld |\n| σ calibrated by | rdp |"), "{dp}");
         assert!(dp.contains("**(1.0000, 1e-5)-differential privacy for one record"));
         assert!(dp.contains("| ε of the final evaluation (holdout rows) | 0.4300 |"));
         assert!(dp.contains("| mode | `record` |"));

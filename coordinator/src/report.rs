@@ -166,9 +166,13 @@ pub struct PrivacyReport {
     /// What one (ε, δ) protects: `one record` or `one partner` (all its records).
     #[serde(default)]
     pub protected_unit: String,
-    /// The accountant that gave `epsilon_spent` (`pld` or `rdp`).
+    /// The accountant that gave `epsilon_spent` (`pld` or `rdp`): the tightest bound proved.
     #[serde(default)]
     pub accountant: String,
+    /// The accountant σ was calibrated on (the spec's `accountant`, or RDP where the mechanism
+    /// has no PLD); empty in reports from before it was recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub calibrated_by: String,
     /// ε spent by the releases computed from training rows (the noised updates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epsilon_training: Option<f64>,
@@ -211,6 +215,7 @@ impl PrivacyReport {
             delta: plan.delta,
             protected_unit: plan.mode.protected_unit().to_owned(),
             accountant,
+            calibrated_by: plan.accountant().to_string(),
             epsilon_training: training,
             epsilon_evaluation: evaluation,
         }

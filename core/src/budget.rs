@@ -93,6 +93,8 @@ pub struct PrivacyPlan {
     /// `record` jobs: the noise multiplier of the one release of holdout statistics (the
     /// final evaluation), planned and charged with training. `None`: no such release.
     pub evaluation_noise: Option<f64>,
+    /// The accountant σ was calibrated on and ε is reported by ([`Self::accountant`]).
+    pub accountant: Method,
 }
 
 /// L2 sensitivity of one record's holdout statistics as a `record` job releases them: its
@@ -191,7 +193,7 @@ impl PrivacyPlan {
             Some(s) => s,
             None => calibrate_noise_multiplier_after(
                 &Accountant::new(),
-                Self::accountant_for(p.mode),
+                Self::accountant_for(p.mode, p.accountant),
                 p.epsilon,
                 p.delta,
                 sampling_rate,
@@ -221,6 +223,7 @@ impl PrivacyPlan {
             epsilon: p.epsilon,
             delta: p.delta,
             evaluation_noise,
+            accountant: Self::accountant_for(p.mode, p.accountant),
         }))
     }
 
@@ -243,13 +246,16 @@ impl PrivacyPlan {
     /// DP-SGD (`record`); RDP for the discrete Gaussian the coordinator adds in
     /// `partner-central` jobs and for the Skellam noise of `partner-distributed` jobs (no PLD
     /// for either here).
+    ///
+    /// A spec may ask for `rdp` instead ([`crate::spec::PrivacySection::accountant`]).
     pub fn accountant(&self) -> Method {
-        Self::accountant_for(self.mode)
+        self.accountant
     }
 
-    fn accountant_for(mode: PrivacyMode) -> Method {
+    /// The spec's choice (`requested`) where the mechanism has a PLD, RDP where it has not.
+    fn accountant_for(mode: PrivacyMode, requested: Method) -> Method {
         match mode {
-            PrivacyMode::Record => Method::Pld,
+            PrivacyMode::Record => requested,
             _ => Method::Rdp,
         }
     }
@@ -632,9 +638,34 @@ mod tests {
         let (spent, bound) = ledger.epsilon(s.privacy.delta).unwrap();
         assert_eq!(bound.method(), Method::Pld);
         assert!(spent <= 1.0 && spent > 0.99, "{spent}");
+        // A spec that asks for RDP gets RDP's σ (what both ends re-derive from the spec).
+        let asked = spec(
+            "[privacy]\nmode = \"record\"\nepsilon = 1.0\nsampling_rate = 0.02\naccountant = \"rdp\"\n",
+        );
+        let plan = PrivacyPlan::from_spec(&asked).unwrap().unwrap();
+        assert_eq!(plan.accountant(), Method::Rdp);
+        assert_eq!(plan.noise_multiplier, rdp);
+        assert!(asked.to_toml().unwrap().contains("accountant = \"rdp\""));
+        assert!(!s.to_toml().unwrap().contains("accountant"));
         let distributed = spec("[privacy]\nmode = \"partner-distributed\"\nepsilon = 2.0\n");
         let plan = PrivacyPlan::from_spec(&distributed).unwrap().unwrap();
         assert_eq!(plan.accountant(), Method::Rdp);
+        // Skellam has no PLD: asking for it still calibrates on RDP.
+        let distributed = spec(
+            "[privacy]\nmode = \"partner-distributed\"\nepsilon = 2.0\naccountant = \"pld\"\n",
+        );
+        let plan = PrivacyPlan::from_spec(&distributed).unwrap().unwrap();
+        assert_eq!(plan.accountant(), Method::Rdp);
+        let unknown = JobSpec::from_toml(
+            "[job]\nname = \"t\"\npurpose = \"p\"\nrounds = 2\n[label]\ncolumn = \"y\"\npositive = \"1\"\n\
+             [features]\nnumeric = [\"a\"]\n[model]\nkind = \"logistic\"\n[privacy]\naccountant = \"prv\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            unknown.contains("prv") && unknown.contains("rdp"),
+            "{unknown}"
+        );
     }
 
     /// What the coordinator checks before a round is what it charges after it, in every

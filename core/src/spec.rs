@@ -144,6 +144,16 @@ pub struct PrivacySection {
     /// evaluation), charged to the same budget as training.
     #[serde(default = "default_evaluation_noise")]
     pub evaluation_noise_multiplier: f64,
+    /// The accountant that calibrates σ and reports ε: `pld` (the default) is the tightest
+    /// available for the mechanism (privacy loss distributions for `record`'s subsampled
+    /// Gaussian, Rényi DP where no PLD exists); `rdp` is Rényi DP only, looser, for comparing
+    /// with systems that use it. Partners re-derive the plan with the same one.
+    #[serde(default, skip_serializing_if = "is_default_accountant")]
+    pub accountant: crate::accountant::Method,
+}
+
+fn is_default_accountant(m: &crate::accountant::Method) -> bool {
+    *m == crate::accountant::Method::default()
 }
 
 fn default_evaluation_noise() -> f64 {
@@ -173,6 +183,7 @@ impl Default for PrivacySection {
             noise_multiplier: None,
             sampling_rate: default_sampling_rate(),
             evaluation_noise_multiplier: default_evaluation_noise(),
+            accountant: crate::accountant::Method::default(),
         }
     }
 }
@@ -670,6 +681,9 @@ impl JobSpec {
         if self.privacy.mode != PrivacyMode::None {
             out.push(("epsilon", self.privacy.epsilon.to_string()));
             out.push(("delta", self.privacy.delta.to_string()));
+            if self.privacy.accountant != crate::accountant::Method::default() {
+                out.push(("accountant", self.privacy.accountant.to_string()));
+            }
         }
         out
     }

@@ -79,6 +79,8 @@ pub struct SimOptions {
     pub delta: Option<f64>,
     /// Overrides the spec's DP clipping norm.
     pub clip: Option<f64>,
+    /// Overrides the accountant σ is calibrated on.
+    pub accountant: Option<fedmark_core::accountant::Method>,
     /// Synthetic workload: (dimension, rows per partner).
     pub synthetic: Option<(usize, usize)>,
     /// Scripted dropouts: (partner index, dropout).
@@ -133,6 +135,7 @@ impl Default for SimOptions {
             epsilon: None,
             delta: None,
             clip: None,
+            accountant: None,
             synthetic: None,
             dropouts: Vec::new(),
             dropout_rate: 0.0,
@@ -365,6 +368,10 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     }
     if let Some(c) = opts.clip {
         spec.privacy.clip = c;
+    }
+    if let Some(a) = opts.accountant {
+        spec.privacy.accountant = a;
+        spec.privacy.noise_multiplier = None;
     }
     spec.validate()
         .context("in the job spec after command-line overrides")?;

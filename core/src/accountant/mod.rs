@@ -649,7 +649,8 @@ impl Event {
 }
 
 /// Which accountant to ask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Privacy loss distributions ([`crate::pld`]) where every event has one, taking the
     /// smaller of that and the RDP bound; RDP otherwise. The tightest available.

@@ -84,6 +84,10 @@ struct Cli {
     /// DP clipping norm C (overrides the spec).
     #[arg(long)]
     clip: Option<f64>,
+    /// Accountant the noise is calibrated on (overrides the spec): `pld`, the tightest the
+    /// mechanism has, or `rdp`, Rényi DP only.
+    #[arg(long, value_parser = ["pld", "rdp"])]
+    accountant: Option<String>,
     /// Synthetic workload of this many model inputs instead of --data.
     #[arg(long, requires = "rows_per_partner")]
     synthetic_dim: Option<usize>,
@@ -234,6 +238,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     opts.epsilon = cli.epsilon;
     opts.delta = cli.delta;
     opts.clip = cli.clip;
+    opts.accountant = cli
+        .accountant
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
     opts.synthetic = cli.synthetic_dim.zip(cli.rows_per_partner);
     opts.skip_baselines = cli.no_baselines;
     if !(0.0..=1.0).contains(&cli.dropout) {
