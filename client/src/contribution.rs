@@ -196,10 +196,16 @@ impl JobContext {
     /// Training round: evaluates the incoming global model, trains from it, and returns the
     /// clipped delta weighted by the (capped) number of training rows — or, under
     /// partner-level DP, the delta clipped to the privacy norm with unit weight.
+    ///
+    /// With an adaptive clip (`round_clip`, the round's announced norm), the delta is clipped
+    /// to it and followed by one more value, the round's count coordinate
+    /// `κ·(b − ½)` with `κ = 2ρ·round_clip` and b = 1 if the delta was within the clip
+    /// ([`fedmark_core::budget::ADAPTIVE_COUNT_SHARE`]).
     pub fn training<R: Rng + ?Sized>(
         &mut self,
         global: &Model,
         standardizer: &Standardizer,
+        round_clip: Option<f64>,
         rng: &mut R,
     ) -> Result<RoundValues, String> {
         // DP jobs release no holdout statistics while training (see `JobSpec`).
@@ -232,7 +238,11 @@ impl JobContext {
                 ) =>
             {
                 train_local(&mut local, train, &cfg, rng);
-                clip = plan.clip;
+                clip = match (plan.adaptive, round_clip) {
+                    (Some(_), Some(c)) => c,
+                    (Some(_), None) => return Err("an adaptive-clip round without its clip".into()),
+                    (None, _) => plan.clip,
+                };
                 weight = 1.0;
             }
             _ => {
@@ -245,8 +255,13 @@ impl JobContext {
             .zip(&global.params)
             .map(|(l, g)| l - g)
             .collect();
+        let within = update.iter().map(|v| v * v).sum::<f64>().sqrt() <= clip;
         clip_l2(&mut update, clip);
         update.iter_mut().for_each(|v| *v *= weight);
+        if privacy.is_some_and(|p| p.adaptive.is_some()) {
+            let b = if within { 0.5 } else { -0.5 };
+            update.push(PrivacyPlan::count_scale(clip) * b);
+        }
         let mut stats = vec![weight];
         if let Some(eval) = &eval {
             eval_stats_to_vec(eval, &mut stats);
@@ -282,7 +297,7 @@ impl JobContext {
         };
         let RoundValues { update, stats } = match kind {
             RoundKind::Statistics => self.statistics(),
-            RoundKind::Training => self.training(&model, &standardizer, &mut rng)?,
+            RoundKind::Training => self.training(&model, &standardizer, c.clip, &mut rng)?,
             RoundKind::Evaluation => self.evaluation(&model, &standardizer, &mut rng)?,
         };
         let mut words = layout.encode(&update, &stats, &mut rng);
@@ -385,7 +400,7 @@ mod tests {
                 let std = Standardizer::from_ranges(&ctx.schema).unwrap();
                 let model = Model::init(ctx.arch, ctx.schema.dim(), &mut StdRng::seed_from_u64(1));
                 let values = ctx
-                    .training(&model, &std, &mut StdRng::seed_from_u64(2))
+                    .training(&model, &std, None, &mut StdRng::seed_from_u64(2))
                     .unwrap();
                 assert_eq!(values.stats, vec![1.0], "{mode}, {rows} rows");
             }
@@ -399,7 +414,7 @@ mod tests {
         let std = Standardizer::from_ranges(&ctx.schema).unwrap();
         let model = Model::init(ctx.arch, ctx.schema.dim(), &mut StdRng::seed_from_u64(1));
         let values = ctx
-            .training(&model, &std, &mut StdRng::seed_from_u64(2))
+            .training(&model, &std, None, &mut StdRng::seed_from_u64(2))
             .unwrap();
         assert_eq!(values.stats[0], 40.0);
         assert!(values.stats.len() > 1);

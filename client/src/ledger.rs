@@ -866,6 +866,7 @@ mod tests {
             delta: 1e-5,
             evaluation_noise: None,
             accountant: fedmark_core::accountant::Method::Pld,
+            adaptive: None,
         }
     }
 

@@ -27,7 +27,7 @@ use fedmark_core::secagg::{
     ClientPolicy, ClientRound, Envelope, Mask, MaskPlan, RoundId, RoundParams, SecAggError,
     SignedKeys,
 };
-use fedmark_core::shape::RoundShape;
+use fedmark_core::shape::{RoundShape, check_clip};
 use fedmark_core::spec::JobSpec;
 use fedmark_proto::{
     EncryptedShares, KeyBroadcast, RoundAbort, RoundRef, RoundResult, RoundStart, SharesDelivery,
@@ -140,6 +140,8 @@ pub struct Computation {
     pub model: Vec<f64>,
     /// The standardisation the coordinator announced (a DP job uses its declared ranges).
     pub standardizer: Standardizer,
+    /// The round's clip norm when the job's clip is adaptive (checked against the spec).
+    pub clip: Option<f64>,
 }
 
 /// A round's consent snapshot, as the driver took it.
@@ -216,6 +218,8 @@ struct Round {
     start: RoundStart,
     kind: RoundKind,
     shape: RoundShape,
+    /// The round's clip norm (adaptive-clip training rounds), as checked.
+    clip: Option<f64>,
     /// SHA-256 of the round's start model, once it arrived (empty in rounds without one).
     model_sha256: String,
     /// The consent commitment, once the snapshot is taken.
@@ -370,6 +374,13 @@ impl Participant {
                 return Ok(());
             }
         };
+        let clip = match check_clip(&job.spec, kind, start.clip) {
+            Ok(clip) => clip,
+            Err(e) => {
+                self.refuse(&rref, e.to_string());
+                return Ok(());
+            }
+        };
         let numeric = job.spec.features.numeric.len();
         if kind != RoundKind::Statistics
             && (start.feature_mean.len() != numeric || start.feature_std.len() != numeric)
@@ -397,6 +408,7 @@ impl Participant {
             start,
             kind,
             shape,
+            clip,
             model_sha256: String::new(),
             consent: None,
             secagg: None,
@@ -509,6 +521,7 @@ impl Participant {
                 mean: round.start.feature_mean.clone(),
                 std: round.start.feature_std.clone(),
             },
+            clip: round.clip,
         }));
     }
 

@@ -71,7 +71,7 @@ fn values(ctx: &mut JobContext) -> Vec<Vec<f64>> {
         &mut rng,
     );
     let train = ctx
-        .training(&model, &standardizer, &mut StdRng::seed_from_u64(11))
+        .training(&model, &standardizer, None, &mut StdRng::seed_from_u64(11))
         .unwrap();
     let eval = ctx
         .evaluation(&model, &standardizer, &mut StdRng::seed_from_u64(12))

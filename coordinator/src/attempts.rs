@@ -41,6 +41,16 @@ pub(crate) struct Done {
     pub(crate) cohort: usize,
 }
 
+/// What every attempt of a round starts from.
+pub(crate) struct RoundInputs {
+    /// The global model (training and evaluation rounds).
+    pub(crate) model: Option<Arc<Vec<f64>>>,
+    /// The standardisation (training and evaluation rounds).
+    pub(crate) standardizer: Option<Standardizer>,
+    /// The round's clip norm when the job's clip is adaptive (training rounds).
+    pub(crate) clip: Option<f64>,
+}
+
 /// Runs round `round` until it succeeds, each attempt with a fresh cohort of the partners
 /// available then and a fresh attempt number from the store.
 pub(crate) async fn run_with_retries(
@@ -49,9 +59,13 @@ pub(crate) async fn run_with_retries(
     settings: &RunSettings,
     round: u64,
     kind: RoundKind,
-    model: Option<Arc<Vec<f64>>>,
-    standardizer: Option<Standardizer>,
+    inputs: RoundInputs,
 ) -> Result<Done, JobError> {
+    let RoundInputs {
+        model,
+        standardizer,
+        clip,
+    } = inputs;
     let min = spec.aggregation.min_participants as usize;
     let num_params = model.as_ref().map_or(0, |m| m.len());
     let mut last = RoundError::BelowThreshold {
@@ -157,6 +171,7 @@ pub(crate) async fn run_with_retries(
             phase_timeout: settings.phase_timeout,
             secure,
             pause_at: settings.pause_at.clone(),
+            clip,
         };
         let mut out_of_round = BTreeSet::new();
         let result = run_round(hub, &plan, &mut out_of_round).await;

@@ -289,6 +289,8 @@ mod tests {
             lift_top_decile: 2.0,
             seconds: 0.1,
             epsilon: None,
+            clip: None,
+            unclipped_share: None,
         };
         board.round_committed("a", &rec);
         rec.auc = 0.8;

@@ -392,7 +392,10 @@ mod tests {
             }),
             false,
         ));
-        assert!(dp.contains("| accountant | pld |\n| σ calibrated by | rdp |"), "{dp}");
+        assert!(
+            dp.contains("| accountant | pld |\n| σ calibrated by | rdp |"),
+            "{dp}"
+        );
         assert!(dp.contains("**(1.0000, 1e-5)-differential privacy for one record"));
         assert!(dp.contains("| ε of the final evaluation (holdout rows) | 0.4300 |"));
         assert!(dp.contains("| mode | `record` |"));

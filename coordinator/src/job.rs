@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::attempts::{Done, announce, run_with_retries};
+use crate::attempts::{Done, RoundInputs, announce, run_with_retries};
 pub use crate::error::JobError;
 use crate::events::{JobEvent, JobEvents};
 use crate::hub::{FINISH_SEND_LIMIT, Hub};
@@ -156,14 +156,21 @@ impl JobRun {
     ) -> Result<Done, JobError> {
         let model = state.map(|s| Arc::new(s.model.params.clone()));
         let standardizer = state.map(|s| s.standardizer.clone());
+        let clip = match (kind, state) {
+            (RoundKind::Training, Some(s)) => round_clip(&self.spec, &s.records),
+            _ => None,
+        };
         run_with_retries(
             &mut self.hub,
             &self.spec,
             &self.settings,
             round,
             kind,
-            model,
-            standardizer,
+            RoundInputs {
+                model,
+                standardizer,
+                clip,
+            },
         )
         .await
     }
@@ -333,9 +340,20 @@ impl JobRun {
         };
         let mut update = done.sum.update;
         let mut epsilon = None;
+        let clip = round_clip(&self.spec, &state.records);
+        let mut unclipped_share = None;
         if let Some(plan) = &self.privacy {
-            if let Some(noise) = plan.add_central_noise(&mut update, &done.layout, noise_rng)? {
+            let sensitivity_clip = clip.unwrap_or(plan.clip);
+            if let Some(noise) =
+                plan.add_central_noise(&mut update, &done.layout, sensitivity_clip, noise_rng)?
+            {
                 debug!(job = %self.job_id, round, lattice_step = noise.step, noise_std = noise.std_real, "central noise added");
+            }
+            // An adaptive round's last coordinate is the noised count of updates within
+            // the clip, released with (and noised as) the update.
+            if let Some(c) = clip {
+                let count = update.pop().unwrap_or(f64::NAN);
+                unclipped_share = Some(PrivacyPlan::unclipped_share(count, c, weight));
             }
             // Charged with the release of this round's result (one commit below).
             plan.charge_training_round(&self.spec, &mut state.ledger, &done.layout, done.cohort)?;
@@ -350,6 +368,8 @@ impl JobRun {
         let seconds = t0.elapsed().as_secs_f64();
         let mut record = RoundRecord::new(round, done.attempts, counts, &eval, seconds);
         record.epsilon = epsilon;
+        record.clip = clip;
+        record.unclipped_share = unclipped_share;
         state.records.push(record.clone());
         state.next_round = round + 1;
         commit(
@@ -511,4 +531,21 @@ struct Ended {
     lost: Vec<u64>,
     final_metrics: Metrics,
     evaluated_by: Vec<String>,
+}
+
+/// The clip norm of the next training round of a job whose clip is adaptive, from its
+/// committed rounds (the last round's clip moved by its noised share, or the spec's initial
+/// clip): the same after a restart, since it is a function of the stored records.
+fn round_clip(spec: &JobSpec, records: &[RoundRecord]) -> Option<f64> {
+    if !spec.privacy.clip.is_adaptive() {
+        return None;
+    }
+    let a = &spec.privacy.adaptive_clip;
+    Some(
+        records
+            .iter()
+            .rev()
+            .find_map(|r| r.clip.zip(r.unclipped_share))
+            .map_or(a.initial, |(c, share)| a.next(c, share)),
+    )
 }

@@ -36,6 +36,13 @@ pub struct RoundRecord {
     /// Cumulative ε after this round (differentially private jobs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epsilon: Option<f64>,
+    /// The round's clip norm, when the job's clip is adaptive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip: Option<f64>,
+    /// The noised share of the round's partners whose update was within `clip` (adaptive
+    /// clip): what the next round's clip moved by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unclipped_share: Option<f64>,
 }
 
 impl RoundRecord {
@@ -59,6 +66,8 @@ impl RoundRecord {
             lift_top_decile: eval.lift_top_decile,
             seconds,
             epsilon: None,
+            clip: None,
+            unclipped_share: None,
         }
     }
 }
@@ -253,6 +262,8 @@ mod tests {
             lift_top_decile: f64::NAN,
             seconds: 0.1,
             epsilon: None,
+            clip: None,
+            unclipped_share: None,
         };
         let text = serde_json::to_string(&r).unwrap();
         assert!(text.contains("\"auc\":null"), "{text}");

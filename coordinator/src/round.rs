@@ -77,6 +77,8 @@ pub struct RoundPlan {
     pub secure: Option<SecureSetup>,
     /// Fault injection for crash tests: halt at this point of the round.
     pub pause_at: Option<PausePoint>,
+    /// The round's clip norm when the job's clip is adaptive (training rounds).
+    pub clip: Option<f64>,
 }
 
 /// A point in a round where a crash test halts the coordinator (see
@@ -201,6 +203,7 @@ fn start_message(plan: &RoundPlan) -> RoundStart {
             })
             .unwrap_or_default(),
         graph_degree: plan.secure.as_ref().map_or(0, |sec| sec.degree as u32),
+        clip: plan.clip.unwrap_or(0.0),
     }
 }
 

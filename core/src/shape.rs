@@ -18,7 +18,7 @@
 //! | survivor floor | the job's `min_participants`, t, and for distributed-noise training the survivors the noise was sized for ([`crate::budget::noise_threshold`]) |
 
 use crate::aggregate::{LABEL_COUNTS, RoundKind, VectorLayout, eval_stats_len};
-use crate::budget::{noise_threshold, secure_shape};
+use crate::budget::{ADAPTIVE_COUNT_SHARE, noise_threshold, secure_shape};
 use crate::codec::CodecError;
 use crate::secagg::{GraphSpec, RoundId};
 use crate::spec::{JobSpec, PrivacyMode};
@@ -206,6 +206,39 @@ impl RoundShape {
     }
 }
 
+/// The clip norm a round start announces (`announced`, 0 for none), checked against the job:
+/// a training round of a job with an adaptive clip must announce one in the spec's
+/// `[max / 10⁶, max]` (the coordinator moves it from round to round, so the partner can only
+/// bound it), and every other round none.
+pub fn check_clip(
+    spec: &JobSpec,
+    kind: RoundKind,
+    announced: f64,
+) -> Result<Option<f64>, ShapeError> {
+    let adaptive = spec.privacy.clip.is_adaptive() && kind == RoundKind::Training;
+    if !adaptive {
+        return if announced == 0.0 {
+            Ok(None)
+        } else {
+            Err(ShapeError::Mismatch {
+                field: "clip",
+                announced: announced.to_string(),
+                derived: "none (the job's clip is fixed)".into(),
+            })
+        };
+    }
+    let a = &spec.privacy.adaptive_clip;
+    if announced.is_finite() && announced >= a.min() && announced <= a.max {
+        Ok(Some(announced))
+    } else {
+        Err(ShapeError::Mismatch {
+            field: "clip",
+            announced: announced.to_string(),
+            derived: format!("a clip in [{}, {}]", a.min(), a.max),
+        })
+    }
+}
+
 impl RoundKind {
     /// The vector layout of this round kind for a job, a model of `num_params` parameters and
     /// a cohort of `parties`. Coordinator and partners compute it independently and compare.
@@ -226,8 +259,15 @@ impl RoundKind {
             RoundKind::Training => {
                 // Partner-level DP bounds each partner's whole contribution: unit weight and
                 // the privacy clipping norm.
+                let clip = spec.privacy.clip;
                 let bound = match spec.privacy.mode {
-                    PrivacyMode::PartnerCentral => spec.privacy.clip,
+                    // An adaptive clip's vector carries its count coordinate too, within
+                    // the largest clip's sensitivity.
+                    PrivacyMode::PartnerCentral if clip.is_adaptive() => {
+                        spec.privacy.adaptive_clip.max
+                            * (1.0 + ADAPTIVE_COUNT_SHARE * ADAPTIVE_COUNT_SHARE).sqrt()
+                    }
+                    PrivacyMode::PartnerCentral => clip.norm().unwrap_or(f64::NAN),
                     PrivacyMode::PartnerDistributed => {
                         // Leave room for the noise the partners add after encoding.
                         let t = noise_threshold(spec, parties);
@@ -235,7 +275,7 @@ impl RoundKind {
                             .ok()
                             .flatten()
                             .map_or(1.0, |plan| plan.headroom(parties, t));
-                        spec.privacy.clip * headroom
+                        clip.norm().unwrap_or(f64::NAN) * headroom
                     }
                     // Record DP: unit weight (spec-fixed), the delta clipped to clip_norm.
                     PrivacyMode::Record => spec.training.clip_norm,
@@ -248,7 +288,8 @@ impl RoundKind {
                 } else {
                     0
                 };
-                VectorLayout::new(parties, num_params, bound, 1 + eval)
+                let count = usize::from(clip.is_adaptive());
+                VectorLayout::new(parties, num_params + count, bound, 1 + eval)
             }
             RoundKind::Evaluation => VectorLayout::new(parties, 0, 0.0, eval_stats_len(bins)),
         }

@@ -130,9 +130,13 @@ pub struct PrivacySection {
     #[serde(default = "default_delta")]
     pub delta: f64,
     /// Clipping norm C: of each example's gradient (record) or each partner's update
-    /// (partner-central).
-    #[serde(default = "default_dp_clip")]
-    pub clip: f64,
+    /// (partner modes); or `"adaptive"` (partner-central), following a quantile of the
+    /// partners' update norms as `[privacy.adaptive_clip]` sets.
+    #[serde(default)]
+    pub clip: Clip,
+    /// How an adaptive clip moves (used when `clip = "adaptive"`).
+    #[serde(default, skip_serializing_if = "AdaptiveClip::is_default")]
+    pub adaptive_clip: AdaptiveClip,
     /// Noise multiplier σ (noise std = σ·C). When absent, the smallest σ that fits the whole
     /// job's plan in the budget is calibrated and recorded in the report.
     #[serde(default)]
@@ -150,6 +154,143 @@ pub struct PrivacySection {
     /// with systems that use it. Partners re-derive the plan with the same one.
     #[serde(default, skip_serializing_if = "is_default_accountant")]
     pub accountant: crate::accountant::Method,
+}
+
+/// `privacy.clip`: a fixed norm, or `"adaptive"`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Clip {
+    /// Every update (or example gradient) clipped to this L2 norm.
+    Norm(f64),
+    /// The norm follows a quantile of the partners' update norms (Andrew, Thakkar, McMahan
+    /// and Ramaswamy, "Differentially Private Learning with Adaptive Clipping", NeurIPS
+    /// 2021), estimated each round from a noised count released with the update.
+    Adaptive,
+}
+
+impl Default for Clip {
+    fn default() -> Self {
+        Clip::Norm(default_dp_clip())
+    }
+}
+
+impl Clip {
+    /// The fixed norm, or `None` when adaptive.
+    pub fn norm(self) -> Option<f64> {
+        match self {
+            Clip::Norm(c) => Some(c),
+            Clip::Adaptive => None,
+        }
+    }
+
+    /// Whether the clip is adaptive.
+    pub fn is_adaptive(self) -> bool {
+        self == Clip::Adaptive
+    }
+}
+
+impl Serialize for Clip {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Clip::Norm(c) => s.serialize_f64(*c),
+            Clip::Adaptive => s.serialize_str("adaptive"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Clip {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Clip;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a clipping norm (a number) or \"adaptive\"")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Clip, E> {
+                Ok(Clip::Norm(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Clip, E> {
+                Ok(Clip::Norm(v as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Clip, E> {
+                Ok(Clip::Norm(v as f64))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Clip, E> {
+                match v {
+                    "adaptive" => Ok(Clip::Adaptive),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// `[privacy.adaptive_clip]`: the clip norm C starts at `initial` and after each round moves
+/// geometrically toward the `quantile` of the partners' update norms,
+/// `C ← C·exp(−learning_rate·(b − quantile))`, where b is the noised share of partners whose
+/// update was within C; it stays in `[max / 10⁶, max]`. The fixed-point encoding is sized
+/// for `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveClip {
+    /// The clip of the first training round.
+    #[serde(default = "default_adaptive_initial")]
+    pub initial: f64,
+    /// The target quantile γ of the update norms (0.5: the median).
+    #[serde(default = "default_adaptive_quantile")]
+    pub quantile: f64,
+    /// The geometric learning rate η.
+    #[serde(default = "default_adaptive_learning_rate")]
+    pub learning_rate: f64,
+    /// The largest clip (and the bound the encoding is sized for).
+    #[serde(default = "default_adaptive_max")]
+    pub max: f64,
+}
+
+fn default_adaptive_initial() -> f64 {
+    0.1
+}
+fn default_adaptive_quantile() -> f64 {
+    0.5
+}
+fn default_adaptive_learning_rate() -> f64 {
+    0.2
+}
+fn default_adaptive_max() -> f64 {
+    10.0
+}
+
+impl Default for AdaptiveClip {
+    fn default() -> Self {
+        Self {
+            initial: default_adaptive_initial(),
+            quantile: default_adaptive_quantile(),
+            learning_rate: default_adaptive_learning_rate(),
+            max: default_adaptive_max(),
+        }
+    }
+}
+
+impl AdaptiveClip {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The smallest clip the norm may reach.
+    pub fn min(&self) -> f64 {
+        self.max * 1e-6
+    }
+
+    /// The next round's clip after a round at `clip` in which a noised share
+    /// `unclipped_share` of the partners had updates within it.
+    pub fn next(&self, clip: f64, unclipped_share: f64) -> f64 {
+        let share = if unclipped_share.is_finite() {
+            unclipped_share
+        } else {
+            self.quantile
+        };
+        (clip * (-self.learning_rate * (share - self.quantile)).exp()).clamp(self.min(), self.max)
+    }
 }
 
 fn is_default_accountant(m: &crate::accountant::Method) -> bool {
@@ -179,7 +320,8 @@ impl Default for PrivacySection {
             mode: PrivacyMode::None,
             epsilon: default_epsilon(),
             delta: default_delta(),
-            clip: default_dp_clip(),
+            clip: Clip::default(),
+            adaptive_clip: AdaptiveClip::default(),
             noise_multiplier: None,
             sampling_rate: default_sampling_rate(),
             evaluation_noise_multiplier: default_evaluation_noise(),
@@ -581,7 +723,37 @@ impl JobSpec {
                 format!("must be in (0, 1), got {}", p.delta),
             ));
         }
-        check_positive("privacy.clip", p.clip, 1e6)?;
+        match p.clip {
+            Clip::Norm(c) => check_positive("privacy.clip", c, 1e6)?,
+            Clip::Adaptive => {
+                if p.mode != PrivacyMode::PartnerCentral {
+                    return Err(invalid(
+                        "privacy.clip",
+                        "\"adaptive\" needs mode = \"partner-central\": the per-round clip is announced by the coordinator, which adds the noise in that mode; under distributed noise every partner's noise would hang on the clip it was told, which nothing binds yet",
+                    ));
+                }
+                let a = &p.adaptive_clip;
+                check_positive("privacy.adaptive_clip.max", a.max, 1e6)?;
+                if !(a.initial >= a.min() && a.initial <= a.max) {
+                    return Err(invalid(
+                        "privacy.adaptive_clip.initial",
+                        format!(
+                            "must be in [max / 1e6, max] = [{}, {}], got {}",
+                            a.min(),
+                            a.max,
+                            a.initial
+                        ),
+                    ));
+                }
+                if !(a.quantile > 0.0 && a.quantile < 1.0) {
+                    return Err(invalid(
+                        "privacy.adaptive_clip.quantile",
+                        format!("must be in (0, 1), got {}", a.quantile),
+                    ));
+                }
+                check_positive("privacy.adaptive_clip.learning_rate", a.learning_rate, 10.0)?;
+            }
+        }
         if let Some(sigma) = p.noise_multiplier {
             check_positive("privacy.noise_multiplier", sigma, 1e6)?;
         }
@@ -681,6 +853,16 @@ impl JobSpec {
         if self.privacy.mode != PrivacyMode::None {
             out.push(("epsilon", self.privacy.epsilon.to_string()));
             out.push(("delta", self.privacy.delta.to_string()));
+            if self.privacy.clip.is_adaptive() {
+                let a = &self.privacy.adaptive_clip;
+                out.push((
+                    "clip",
+                    format!(
+                        "adaptive (quantile {}, rate {})",
+                        a.quantile, a.learning_rate
+                    ),
+                ));
+            }
             if self.privacy.accountant != crate::accountant::Method::default() {
                 out.push(("accountant", self.privacy.accountant.to_string()));
             }
@@ -801,6 +983,62 @@ fn check_range(field: &str, v: f64, min: f64, max: f64) -> Result<(), SpecError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adaptive_clip_parses_validates_and_moves_geometrically() {
+        let base = "[job]\nname = \"t\"\npurpose = \"p\"\nrounds = 2\n[label]\ncolumn = \"y\"\npositive = \"1\"\n\
+                    [features]\nnumeric = [\"a\"]\nrange = { a = [0.0, 1.0] }\n[model]\nkind = \"logistic\"\n";
+        let parse = |privacy: &str| JobSpec::from_toml(&format!("{base}[privacy]\n{privacy}"));
+        let s = parse("mode = \"partner-central\"\nclip = \"adaptive\"\n").unwrap();
+        assert!(s.privacy.clip.is_adaptive());
+        assert_eq!(s.privacy.adaptive_clip, AdaptiveClip::default());
+        let round_trip = JobSpec::from_toml(&s.to_toml().unwrap()).unwrap();
+        assert_eq!(round_trip.privacy.clip, Clip::Adaptive);
+        let s = parse(
+            "mode = \"partner-central\"\nclip = \"adaptive\"\n[privacy.adaptive_clip]\nquantile = 0.8\n",
+        )
+        .unwrap();
+        assert_eq!(s.privacy.adaptive_clip.quantile, 0.8);
+        assert!(s.to_toml().unwrap().contains("quantile = 0.8"));
+        assert_eq!(parse("clip = 2\n").unwrap().privacy.clip, Clip::Norm(2.0));
+        for (privacy, field) in [
+            (
+                "mode = \"partner-distributed\"\nclip = \"adaptive\"\n",
+                "privacy.clip",
+            ),
+            ("mode = \"record\"\nclip = \"adaptive\"\n", "privacy.clip"),
+            (
+                "mode = \"partner-central\"\nclip = \"adaptive\"\n[privacy.adaptive_clip]\ninitial = 20.0\n",
+                "privacy.adaptive_clip.initial",
+            ),
+            (
+                "mode = \"partner-central\"\nclip = \"adaptive\"\n[privacy.adaptive_clip]\nquantile = 1.0\n",
+                "privacy.adaptive_clip.quantile",
+            ),
+            (
+                "mode = \"partner-central\"\nclip = \"adaptive\"\n[privacy.adaptive_clip]\nlearning_rate = 0.0\n",
+                "privacy.adaptive_clip.learning_rate",
+            ),
+        ] {
+            let err = parse(privacy).unwrap_err().to_string();
+            assert!(err.contains(field), "{privacy}: {err}");
+        }
+        assert!(
+            parse("clip = \"auto\"\n")
+                .unwrap_err()
+                .to_string()
+                .contains("adaptive")
+        );
+        // C·exp(−η(b − γ)), by hand: η = 0.2, γ = 0.5.
+        let a = AdaptiveClip::default();
+        assert!((a.next(1.0, 0.7) - 0.960_789_439_152_323_2).abs() < 1e-15);
+        assert!((a.next(1.0, 0.0) - 1.105_170_918_075_647_7).abs() < 1e-15);
+        assert_eq!(a.next(2.0, 0.5), 2.0);
+        // Clamped to [max·1e-6, max]; a non-finite share leaves the clip where it is.
+        assert_eq!(a.next(a.max, -5.0), a.max);
+        assert_eq!(a.next(a.min(), 50.0), a.min());
+        assert_eq!(a.next(0.3, f64::NAN), 0.3);
+    }
 
     /// The settings a job list shows: in a fixed order, spelled as the spec spells them, and
     /// only those that apply (no ε without DP, no hidden units for a linear model).

@@ -859,6 +859,7 @@ pub fn server_message_seeds(offer_spec: &str) -> Vec<(&'static str, Vec<u8>)> {
                 model_len: 2,
                 graph_seed: graph.seed.to_vec(),
                 graph_degree: graph.degree as u32,
+                clip: 0.0,
             }),
         ),
         (

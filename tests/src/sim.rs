@@ -77,8 +77,8 @@ pub struct SimOptions {
     pub epsilon: Option<f64>,
     /// Overrides the spec's δ.
     pub delta: Option<f64>,
-    /// Overrides the spec's DP clipping norm.
-    pub clip: Option<f64>,
+    /// Overrides the spec's DP clipping norm (or makes it adaptive).
+    pub clip: Option<fedmark_core::spec::Clip>,
     /// Overrides the accountant σ is calibrated on.
     pub accountant: Option<fedmark_core::accountant::Method>,
     /// Synthetic workload: (dimension, rows per partner).

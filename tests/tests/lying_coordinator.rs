@@ -163,6 +163,7 @@ fn stats_start(spec: &JobSpec, round: u64, attempt: u32) -> RoundStart {
         model_len: 0,
         graph_seed: params.graph_spec().seed.to_vec(),
         graph_degree: degree as u32,
+        clip: 0.0,
     }
 }
 

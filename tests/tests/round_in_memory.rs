@@ -285,6 +285,7 @@ async fn run(
             threshold: secure.threshold,
         }),
         pause_at: None,
+        clip: None,
     };
     let mut missed = BTreeSet::new();
     let result = run_round(&mut hub, &plan, &mut missed).await;

@@ -301,6 +301,47 @@ async fn record_level_dp_at_epsilon_one_keeps_a_useful_model() {
     assert!(spent.windows(2).all(|w| w[1] > w[0]));
 }
 
+/// Adaptive clipping end to end: each round's clip is the previous one moved by the noised
+/// share it released, recomputed here from the report by the paper's rule; the whole job,
+/// count included, stays within ε.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adaptive_clip_follows_the_released_shares_within_the_budget() {
+    let mut opts = quick(8);
+    opts.partners = 12;
+    opts.split = Split::Iid;
+    opts.dp_mode = Some(fedmark_core::spec::PrivacyMode::PartnerCentral);
+    opts.epsilon = Some(8.0);
+    opts.clip = Some(fedmark_core::spec::Clip::Adaptive);
+    opts.skip_baselines = true;
+    let report = sim::run(&opts).await.unwrap();
+    assert_eq!(report.rounds.len(), 8);
+    let (eta, gamma, max) = (0.2_f64, 0.5, 10.0);
+    let mut expected = 0.1;
+    for r in &report.rounds {
+        let clip = r.clip.expect("every round records its clip");
+        let share = r.unclipped_share.expect("and its released share");
+        assert!(
+            (clip - expected).abs() <= 1e-12 * expected,
+            "round {}: {clip} vs {expected}",
+            r.round
+        );
+        assert!(share.is_finite());
+        expected = (clip * (-eta * (share - gamma)).exp()).clamp(max * 1e-6, max);
+    }
+    let clips: Vec<f64> = report.rounds.iter().filter_map(|r| r.clip).collect();
+    assert!(
+        clips.iter().any(|c| (c - 0.1).abs() > 1e-3),
+        "the clip never moved: {clips:?}"
+    );
+    let eps = report.final_metrics.epsilon.unwrap();
+    assert!(eps <= 8.0 && eps > 7.9, "spent {eps}");
+    assert!(
+        report.final_metrics.auc > 0.65,
+        "auc {}",
+        report.final_metrics.auc
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_budget_stops_early_and_a_capped_partner_refuses() {
     use fedmark_client::node;

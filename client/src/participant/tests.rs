@@ -582,3 +582,51 @@ fn a_plain_round_uploads_the_computed_vector_unmasked() {
     assert_eq!(p.upload.as_ref(), Some(&p.input));
     assert_eq!(kinds(p), ["round_started", "model_received", "input_sent"]);
 }
+
+/// A lying coordinator cannot make a partner clip at more than the spec's largest adaptive
+/// clip (which the encoding and the noise are sized for), nor announce a clip in a job whose
+/// clip is fixed: the start is refused and audited, and nothing is computed or sent.
+#[test]
+fn an_adaptive_clip_outside_the_spec_is_refused() {
+    let s = spec(
+        "[privacy]\nmode = \"partner-central\"\nepsilon = 8.0\nclip = \"adaptive\"\n\
+         [privacy.adaptive_clip]\nmax = 2.0\n[features.range]\nage = [18, 90]\n",
+    );
+    for (seed, bad) in [
+        (1, 2.5),
+        (2, f64::NAN),
+        (3, f64::INFINITY),
+        (4, 0.0),
+        (5, -1.0),
+    ] {
+        let mut p = one(&s);
+        let (mut start, _) = round_start(&s, 1, &ids(3));
+        start.clip = bad;
+        p.participant.on_round_start(start, &mut p.guards).unwrap();
+        let mut rng = StdRng::seed_from_u64(seed);
+        assert!(drive(&mut p, &[], &mut rng).is_empty(), "clip {bad}");
+        assert_eq!(kinds(&p), ["round_refused"], "clip {bad}");
+        let reason = p.audit[0].1["reason"].as_str().unwrap().to_owned();
+        assert!(
+            reason.contains("clip") && reason.contains("[0.000002, 2]"),
+            "{reason}"
+        );
+    }
+    // In range: the round goes ahead with that clip.
+    let mut p = one(&s);
+    let (mut start, _) = round_start(&s, 1, &ids(3));
+    start.clip = 2.0;
+    p.participant.on_round_start(start, &mut p.guards).unwrap();
+    assert!(p.participant.round().is_some());
+    assert_eq!(p.participant.round.as_ref().and_then(|r| r.clip), Some(2.0));
+
+    // A fixed clip: any announced clip is refused.
+    let fixed = spec("");
+    let mut p = one(&fixed);
+    let (mut start, _) = round_start(&fixed, 1, &ids(3));
+    start.clip = 0.5;
+    p.participant.on_round_start(start, &mut p.guards).unwrap();
+    let mut rng = StdRng::seed_from_u64(9);
+    assert!(drive(&mut p, &[], &mut rng).is_empty());
+    assert_eq!(kinds(&p), ["round_refused"]);
+}

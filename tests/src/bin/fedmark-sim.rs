@@ -81,9 +81,11 @@ struct Cli {
     /// δ of the guarantee (overrides the spec).
     #[arg(long)]
     delta: Option<f64>,
-    /// DP clipping norm C (overrides the spec).
-    #[arg(long)]
-    clip: Option<f64>,
+    /// DP clipping norm C, or `adaptive` (partner-central: the norm follows the median of
+    /// the partners' update norms, as the spec's `[privacy.adaptive_clip]` sets) (overrides
+    /// the spec).
+    #[arg(long, value_parser = parse_clip)]
+    clip: Option<fedmark_core::spec::Clip>,
     /// Accountant the noise is calibrated on (overrides the spec): `pld`, the tightest the
     /// mechanism has, or `rdp`, Rényi DP only.
     #[arg(long, value_parser = ["pld", "rdp"])]
@@ -429,6 +431,16 @@ fn median(mut values: Vec<f64>) -> f64 {
         _ if n % 2 == 1 => values[n / 2],
         _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
+}
+
+/// `--clip`: a positive norm or `adaptive`.
+fn parse_clip(s: &str) -> Result<fedmark_core::spec::Clip, String> {
+    if s == "adaptive" {
+        return Ok(fedmark_core::spec::Clip::Adaptive);
+    }
+    s.parse::<f64>()
+        .map(fedmark_core::spec::Clip::Norm)
+        .map_err(|_| format!("`{s}` is neither a clipping norm nor `adaptive`"))
 }
 
 #[cfg(test)]
