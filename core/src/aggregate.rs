@@ -276,6 +276,28 @@ mod tests {
     use rand::rngs::StdRng;
 
     #[test]
+    fn round_kinds_are_spelled_as_the_records_write_them() {
+        // Audit records, the partner's round guards and the report store these names; another
+        // spelling would make older records unreadable.
+        assert_eq!(RoundKind::Statistics.as_str(), "statistics");
+        assert_eq!(RoundKind::Training.as_str(), "training");
+        assert_eq!(RoundKind::Evaluation.as_str(), "evaluation");
+    }
+
+    #[test]
+    fn a_layout_is_empty_only_without_words() {
+        let empty = VectorLayout::new(3, 0, 0.0, 0).unwrap();
+        assert_eq!(empty.len(), 0);
+        assert!(empty.is_empty());
+        let update_only = VectorLayout::new(3, 1, 1.0, 0).unwrap();
+        assert_eq!(update_only.len(), 1);
+        assert!(!update_only.is_empty());
+        let stats_only = VectorLayout::new(3, 0, 0.0, 1).unwrap();
+        assert_eq!(stats_only.len(), stats_only.stats_codec.limbs);
+        assert!(!stats_only.is_empty());
+    }
+
+    #[test]
     fn layout_round_trip_of_a_sum() -> Result<(), CodecError> {
         let parties = 3;
         let layout = VectorLayout::new(parties, 4, 10.0, 2)?;

@@ -6,7 +6,8 @@
 //! start that announces anything else ([`RoundShape::check`]). So the coordinator cannot show
 //! a partner a lower threshold, a larger vector, another graph or a cohort in its own order:
 //! the partner needs nothing from it but the round number, the attempt, the kind and the
-//! cohort's members.
+//! cohort's members — and, in a job whose clip is adaptive, the round's clip, which moves
+//! with what earlier rounds released and which the partner can only bound ([`check_clip`]).
 //!
 //! | field | rule |
 //! | --- | --- |
@@ -15,6 +16,7 @@
 //! | model length | the model's parameters in training and evaluation, none in statistics |
 //! | graph degree, t | [`crate::budget::secure_shape`] (secure jobs) |
 //! | graph seed | [`GraphSpec::for_cohort`] of the instance, the cohort and the degree |
+//! | clip | none, or for an adaptive clip's training rounds one in the spec's `[max / 10⁶, max]` |
 //! | survivor floor | the job's `min_participants`, t, and for distributed-noise training the survivors the noise was sized for ([`crate::budget::noise_threshold`]) |
 
 use crate::aggregate::{LABEL_COUNTS, RoundKind, VectorLayout, eval_stats_len};
