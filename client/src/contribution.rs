@@ -309,7 +309,12 @@ impl JobContext {
             // The partner's share of the round's noise, added before masking; the threshold
             // is this partner's own computation, not the coordinator's word.
             let t = noise_threshold(&self.spec, c.cohort);
-            let skellam = plan.skellam_round(codec.scale, layout.update_len, t);
+            let skellam = plan.skellam_round(
+                codec.scale,
+                layout.update_len,
+                t,
+                c.clip.unwrap_or(plan.clip),
+            );
             add_skellam_noise(
                 &mut words[..layout.update_len],
                 skellam.mu_per_partner,

@@ -27,7 +27,7 @@ use fedmark_core::secagg::{
     ClientPolicy, ClientRound, Envelope, Mask, MaskPlan, RoundId, RoundParams, SecAggError,
     SignedKeys,
 };
-use fedmark_core::shape::{RoundShape, check_clip};
+use fedmark_core::shape::{RoundShape, bind_clip, check_clip};
 use fedmark_core::spec::JobSpec;
 use fedmark_proto::{
     EncryptedShares, KeyBroadcast, RoundAbort, RoundRef, RoundResult, RoundStart, SharesDelivery,
@@ -488,6 +488,7 @@ impl Participant {
             degree,
             round.shape.layout.len(),
         )
+        .map(|params| bind_clip(params, round.clip))
         .and_then(|params| {
             ClientRound::new(
                 params,

@@ -312,7 +312,9 @@ impl JobRun {
         }
         let params = state.model.params.len();
         let layout = RoundKind::Training.layout(&self.spec, params, n)?;
-        let next = plan.epsilon_after_training_round(&self.spec, &state.ledger, &layout, n)?;
+        let clip = round_clip(&self.spec, &state.records).unwrap_or(plan.clip);
+        let next =
+            plan.epsilon_after_training_round(&self.spec, &state.ledger, &layout, n, clip)?;
         Ok((next > plan.epsilon).then(|| {
             format!(
                 "privacy budget exhausted: round {round} would bring epsilon to {next:.4}, above the budget of {}",
@@ -356,7 +358,13 @@ impl JobRun {
                 unclipped_share = Some(PrivacyPlan::unclipped_share(count, c, weight));
             }
             // Charged with the release of this round's result (one commit below).
-            plan.charge_training_round(&self.spec, &mut state.ledger, &done.layout, done.cohort)?;
+            plan.charge_training_round(
+                &self.spec,
+                &mut state.ledger,
+                &done.layout,
+                done.cohort,
+                sensitivity_clip,
+            )?;
             epsilon = Some(state.ledger.epsilon(plan.delta)?.0);
         }
         if weight > 0.0 {

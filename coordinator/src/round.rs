@@ -42,6 +42,7 @@ use fedmark_core::secagg::{
     Envelope, GraphSpec, RevealedShare, Roster, RoundId, RoundParams, SecAggError, ServerRound,
     SignedKeys, SurvivorSignature,
 };
+use fedmark_core::shape::bind_clip;
 use fedmark_proto::convert;
 use fedmark_proto::{
     KeyBroadcast, RoundAbort, RoundRef, RoundStart, SharesDelivery, SurvivorCheck, UnmaskRequest,
@@ -359,6 +360,7 @@ async fn secure_round(
         setup.degree,
         plan.layout.len(),
     )
+    .map(|params| bind_clip(params, plan.clip))
     .map_err(secagg_failed)?;
     let mut server = ServerRound::new(params);
     let began = std::time::Instant::now();

@@ -338,9 +338,10 @@ impl PrivacyPlan {
     }
 
     /// The integer noise of a distributed round with encoding `scale`, `dim` coordinates and
-    /// threshold `t`.
-    pub fn skellam_round(&self, scale: f64, dim: usize, t: usize) -> SkellamRound {
-        let l2 = self.clip * scale + (dim as f64).sqrt();
+    /// threshold `t`, clipped at `round_clip` (the plan's clip when it is fixed; see
+    /// [`Self::round_sensitivity`]).
+    pub fn skellam_round(&self, scale: f64, dim: usize, t: usize, round_clip: f64) -> SkellamRound {
+        let l2 = self.round_sensitivity(round_clip) * scale + (dim as f64).sqrt();
         let l1 = (dim as f64).sqrt() * l2;
         let variance = (self.noise_multiplier * l2).powi(2);
         SkellamRound {
@@ -370,13 +371,14 @@ impl PrivacyPlan {
     /// Charges a released training round of `spec` to `ledger`: its round's Skellam noise
     /// where partners noise in the integers (`partner-distributed`: the cost depends on the
     /// encoding `layout` and the threshold of a cohort of `cohort`), one round of the plan's
-    /// mechanism otherwise.
+    /// mechanism otherwise. `round_clip` is the round's clip (the plan's when it is fixed).
     pub fn charge_training_round(
         &self,
         spec: &JobSpec,
         spend: &mut JobSpend,
         layout: &VectorLayout,
         cohort: usize,
+        round_clip: f64,
     ) -> Result<(), AccountantError> {
         let ledger = &mut spend.training;
         match (self.mode, layout.update_codec) {
@@ -384,7 +386,7 @@ impl PrivacyPlan {
                 let t = noise_threshold(spec, cohort);
                 self.charge_skellam(
                     ledger,
-                    &self.skellam_round(codec.scale, layout.update_len, t),
+                    &self.skellam_round(codec.scale, layout.update_len, t, round_clip),
                 )
             }
             _ => self.charge_round(ledger),
@@ -400,9 +402,10 @@ impl PrivacyPlan {
         spend: &JobSpend,
         layout: &VectorLayout,
         n: usize,
+        round_clip: f64,
     ) -> Result<f64, AccountantError> {
         let mut next = spend.clone();
-        self.charge_training_round(spec, &mut next, layout, n)?;
+        self.charge_training_round(spec, &mut next, layout, n, round_clip)?;
         Ok(next.epsilon(self.delta)?.0)
     }
 
@@ -569,7 +572,7 @@ mod tests {
         let codec = layout.update_codec.unwrap();
         let t = noise_threshold(&s, n);
         assert_eq!(t, 5);
-        let round = plan.skellam_round(codec.scale, layout.update_len, t);
+        let round = plan.skellam_round(codec.scale, layout.update_len, t, plan.clip);
         let mut rng = StdRng::seed_from_u64(8);
         let mut sum = RunningSum::new(layout.len());
         let mut exact = vec![0.0; dim];
@@ -782,7 +785,7 @@ mod tests {
                 let mut charged = JobSpend::default();
                 plan.charge_rounds(&mut charged.training, 1).unwrap();
                 let before = charged.clone();
-                plan.charge_training_round(&s, &mut charged, &layout, n)
+                plan.charge_training_round(&s, &mut charged, &layout, n, plan.clip)
                     .unwrap();
                 let mut reference = Accountant::new();
                 plan.charge_rounds(&mut reference, 1).unwrap();
@@ -790,7 +793,8 @@ mod tests {
                     PrivacyMode::PartnerDistributed => {
                         let codec = layout.update_codec.unwrap();
                         let t = noise_threshold(&s, n);
-                        let round = plan.skellam_round(codec.scale, layout.update_len, t);
+                        let round =
+                            plan.skellam_round(codec.scale, layout.update_len, t, plan.clip);
                         reference
                             .compose_skellam(round.l2, round.l1, round.variance, 1)
                             .unwrap();
@@ -800,7 +804,7 @@ mod tests {
                 assert_eq!(charged.training, reference, "{extra} n = {n}");
                 assert!(charged.holdout.is_empty());
                 let estimate = plan
-                    .epsilon_after_training_round(&s, &before, &layout, n)
+                    .epsilon_after_training_round(&s, &before, &layout, n, plan.clip)
                     .unwrap();
                 assert_eq!(estimate, charged.epsilon(s.privacy.delta).unwrap().0);
 

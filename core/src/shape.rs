@@ -7,7 +7,9 @@
 //! a partner a lower threshold, a larger vector, another graph or a cohort in its own order:
 //! the partner needs nothing from it but the round number, the attempt, the kind and the
 //! cohort's members — and, in a job whose clip is adaptive, the round's clip, which moves
-//! with what earlier rounds released and which the partner can only bound ([`check_clip`]).
+//! with what earlier rounds released and which the partner can only bound ([`check_clip`]);
+//! what it can do is bind the clip into the secure round ([`bind_clip`]), so that partners
+//! shown different clips cannot complete a round together.
 //!
 //! | field | rule |
 //! | --- | --- |
@@ -22,7 +24,7 @@
 use crate::aggregate::{LABEL_COUNTS, RoundKind, VectorLayout, eval_stats_len};
 use crate::budget::{ADAPTIVE_COUNT_SHARE, noise_threshold, secure_shape};
 use crate::codec::CodecError;
-use crate::secagg::{GraphSpec, RoundId};
+use crate::secagg::{GraphSpec, RoundId, RoundParams};
 use crate::spec::{JobSpec, PrivacyMode};
 
 /// Why a round's shape cannot be derived, or why an announced round does not match it.
@@ -208,6 +210,19 @@ impl RoundShape {
     }
 }
 
+/// A secure round's parameters for a start that announced `clip`: unchanged, or for an
+/// adaptive clip bound to the clip's bits ([`RoundParams::bound_to`]), so that members shown
+/// different clips cannot verify each other's key advertisements and the round stops before
+/// any input is sent. Under distributed noise each partner's noise is scaled to the clip it
+/// was shown: this is what keeps a coordinator from showing one partner another clip than the
+/// rest.
+pub fn bind_clip(params: RoundParams, clip: Option<f64>) -> RoundParams {
+    match clip {
+        Some(c) => params.bound_to("clip", &c.to_bits().to_le_bytes()),
+        None => params,
+    }
+}
+
 /// The clip norm a round start announces (`announced`, 0 for none), checked against the job:
 /// a training round of a job with an adaptive clip must announce one in the spec's
 /// `[max / 10⁶, max]` (the coordinator moves it from round to round, so the partner can only
@@ -262,14 +277,17 @@ impl RoundKind {
                 // Partner-level DP bounds each partner's whole contribution: unit weight and
                 // the privacy clipping norm.
                 let clip = spec.privacy.clip;
-                let bound = match spec.privacy.mode {
-                    // An adaptive clip's vector carries its count coordinate too, within
-                    // the largest clip's sensitivity.
-                    PrivacyMode::PartnerCentral if clip.is_adaptive() => {
+                // An adaptive clip's vector carries its count coordinate too, within the
+                // largest clip's sensitivity.
+                let partner_bound = match clip.norm() {
+                    Some(c) => c,
+                    None => {
                         spec.privacy.adaptive_clip.max
                             * (1.0 + ADAPTIVE_COUNT_SHARE * ADAPTIVE_COUNT_SHARE).sqrt()
                     }
-                    PrivacyMode::PartnerCentral => clip.norm().unwrap_or(f64::NAN),
+                };
+                let bound = match spec.privacy.mode {
+                    PrivacyMode::PartnerCentral => partner_bound,
                     PrivacyMode::PartnerDistributed => {
                         // Leave room for the noise the partners add after encoding.
                         let t = noise_threshold(spec, parties);
@@ -277,7 +295,7 @@ impl RoundKind {
                             .ok()
                             .flatten()
                             .map_or(1.0, |plan| plan.headroom(parties, t));
-                        clip.norm().unwrap_or(f64::NAN) * headroom
+                        partner_bound * headroom
                     }
                     // Record DP: unit weight (spec-fixed), the delta clipped to clip_norm.
                     PrivacyMode::Record => spec.training.clip_norm,

@@ -130,7 +130,7 @@ pub struct PrivacySection {
     #[serde(default = "default_delta")]
     pub delta: f64,
     /// Clipping norm C: of each example's gradient (record) or each partner's update
-    /// (partner modes); or `"adaptive"` (partner-central), following a quantile of the
+    /// (partner modes); or `"adaptive"` (partner modes), following a quantile of the
     /// partners' update norms as `[privacy.adaptive_clip]` sets.
     #[serde(default)]
     pub clip: Clip,
@@ -726,10 +726,13 @@ impl JobSpec {
         match p.clip {
             Clip::Norm(c) => check_positive("privacy.clip", c, 1e6)?,
             Clip::Adaptive => {
-                if p.mode != PrivacyMode::PartnerCentral {
+                if !matches!(
+                    p.mode,
+                    PrivacyMode::PartnerCentral | PrivacyMode::PartnerDistributed
+                ) {
                     return Err(invalid(
                         "privacy.clip",
-                        "\"adaptive\" needs mode = \"partner-central\": the per-round clip is announced by the coordinator, which adds the noise in that mode; under distributed noise every partner's noise would hang on the clip it was told, which nothing binds yet",
+                        "\"adaptive\" is for the partner-level modes (\"partner-central\" or \"partner-distributed\"): it follows the partners' update norms",
                     ));
                 }
                 let a = &p.adaptive_clip;

@@ -306,10 +306,17 @@ async fn record_level_dp_at_epsilon_one_keeps_a_useful_model() {
 /// count included, stays within ε.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adaptive_clip_follows_the_released_shares_within_the_budget() {
+    use fedmark_core::spec::PrivacyMode;
+    for mode in [PrivacyMode::PartnerCentral, PrivacyMode::PartnerDistributed] {
+        adaptive_clip_run(mode).await;
+    }
+}
+
+async fn adaptive_clip_run(mode: fedmark_core::spec::PrivacyMode) {
     let mut opts = quick(8);
     opts.partners = 12;
     opts.split = Split::Iid;
-    opts.dp_mode = Some(fedmark_core::spec::PrivacyMode::PartnerCentral);
+    opts.dp_mode = Some(mode);
     opts.epsilon = Some(8.0);
     opts.clip = Some(fedmark_core::spec::Clip::Adaptive);
     opts.skip_baselines = true;

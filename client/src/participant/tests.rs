@@ -630,3 +630,57 @@ fn an_adaptive_clip_outside_the_spec_is_refused() {
     assert!(drive(&mut p, &[], &mut rng).is_empty());
     assert_eq!(kinds(&p), ["round_refused"]);
 }
+
+/// The keys a partner advertises in an adaptive-clip round are signed for the clip it was
+/// shown: a member shown another clip (or none) cannot verify them, so a coordinator cannot
+/// show partners different clips and still run the round (under distributed noise each
+/// partner's noise is scaled to its clip).
+#[test]
+fn keys_of_an_adaptive_round_hold_only_for_the_clip_shown() {
+    let s = spec(
+        "[privacy]\nmode = \"partner-distributed\"\nepsilon = 8.0\nclip = \"adaptive\"\n\
+         [privacy.adaptive_clip]\nmax = 2.0\n[features.range]\nage = [18, 90]\n",
+    );
+    let mut rng = StdRng::seed_from_u64(12);
+    let (mut ps, roster) = parties(3, &s, &mut rng);
+    let cohort = ids(3);
+    let (mut start, shape) = round_start(&s, 1, &cohort);
+    start.clip = 1.5;
+    let p = &mut ps[0];
+    p.participant.on_round_start(start, &mut p.guards).unwrap();
+    let model = vec![0.0; spec_params(&s)];
+    let sent = drive(p, &model, &mut rng);
+    let advert = sent
+        .iter()
+        .find_map(|b| match b {
+            client_message::Body::Keys(k) => Some(k.keys().unwrap()),
+            _ => None,
+        })
+        .expect("the partner advertised keys");
+    let signed = fedmark_core::secagg::SignedKeys {
+        partner_id: "p0".into(),
+        keys: advert,
+    };
+    let secure = shape.secure.unwrap();
+    let params = |clip: Option<f64>| {
+        let plain = RoundParams::new(
+            RoundId::new(JOB, 1, 0),
+            cohort.clone(),
+            secure.threshold,
+            secure.degree,
+            shape.layout.len(),
+        )
+        .unwrap();
+        fedmark_core::shape::bind_clip(plain, clip)
+    };
+    let verify = |clip: Option<f64>| {
+        fedmark_core::secagg::keys::verify_keys(&roster, params(clip).round(), &signed)
+    };
+    assert!(verify(Some(1.5)).is_ok());
+    for other in [Some(1.4999), Some(2.0), None] {
+        assert!(
+            matches!(verify(other), Err(SecAggError::BadSignature(_))),
+            "{other:?}"
+        );
+    }
+}

@@ -76,6 +76,18 @@ impl RoundId {
         Self(Sha256::digest(&msg).into())
     }
 
+    /// This id bound to round parameters the protocol does not otherwise carry (`label`,
+    /// `value`): everything signed, sealed or seeded with the bound id — key advertisements
+    /// above all — is valid only for members that were shown the same parameters.
+    pub fn bound_to(&self, label: &str, value: &[u8]) -> Self {
+        let mut msg = Vec::with_capacity(96 + label.len() + value.len());
+        put(&mut msg, b"fedmark/secagg/round-id/bound/v1");
+        msg.extend_from_slice(&self.0);
+        put(&mut msg, label.as_bytes());
+        put(&mut msg, value);
+        Self(Sha256::digest(&msg).into())
+    }
+
     /// A round id received as bytes.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)

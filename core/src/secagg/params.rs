@@ -98,6 +98,16 @@ impl RoundParams {
         })
     }
 
+    /// These parameters with a round setting the protocol does not otherwise carry
+    /// (`label`, `value`) bound into the context id ([`Self::round`]): every signature, key
+    /// derivation and envelope then holds only among members shown the same value. The
+    /// neighbour graph stays the instance's, so a value the coordinator chooses cannot choose
+    /// the graph.
+    pub fn bound_to(mut self, label: &str, value: &[u8]) -> Self {
+        self.round = self.round.bound_to(label, value);
+        self
+    }
+
     /// The round instance (job, round, attempt) these parameters were built for.
     pub fn instance(&self) -> &RoundId {
         &self.instance

@@ -1446,3 +1446,57 @@ fn the_coordinator_refuses_a_revealed_share_from_outside_the_neighbourhood() {
     assert!(r.server.revealers().is_empty());
     r.finish();
 }
+
+/// A lying coordinator shows one member another value of a bound round setting (an adaptive
+/// clip) than the rest: no member accepts the others' keys, so no shares go out and no input
+/// is masked. Members shown the same value complete the keys phase; the graph is the
+/// instance's whatever the value, so a chosen value cannot choose the neighbours.
+#[test]
+fn members_shown_different_bound_settings_cannot_agree_on_keys() {
+    let mut rng = StdRng::seed_from_u64(61);
+    let c = cohort(3, &mut rng);
+    let p = params(&c, 2, 2, 8);
+    let shown = |i: usize| {
+        let value: f64 = if i == 2 { 2.0 } else { 0.5 };
+        p.clone().bound_to("clip", &value.to_bits().to_le_bytes())
+    };
+    assert_eq!(shown(0).graph_spec(), p.graph_spec());
+    assert_eq!(shown(2).graph_spec(), p.graph_spec());
+    assert_ne!(shown(0).round(), shown(2).round());
+    assert_eq!(shown(0).round(), shown(1).round());
+    let mut clients = Vec::new();
+    let mut all = Vec::new();
+    for i in 0..3 {
+        let (client, keys) =
+            ClientRound::new(shown(i), &c.ids[i], &c.identities[i], POLICY, &mut rng).unwrap();
+        all.push(SignedKeys {
+            partner_id: c.ids[i].clone(),
+            keys,
+        });
+        clients.push(client);
+    }
+    // The coordinator hands every member every advertisement.
+    for (i, client) in clients.iter_mut().enumerate() {
+        let refused = client.on_keys(&all, &c.roster, &mut rng);
+        assert!(
+            matches!(refused, Err(SecAggError::BadSignature(_))),
+            "member {i}: {refused:?}"
+        );
+    }
+    // Shown the same value, the two honest members accept each other's keys.
+    let mut rng = StdRng::seed_from_u64(62);
+    let mut pair = Vec::new();
+    let mut ads = Vec::new();
+    for i in 0..2 {
+        let (client, keys) =
+            ClientRound::new(shown(0), &c.ids[i], &c.identities[i], POLICY, &mut rng).unwrap();
+        ads.push(SignedKeys {
+            partner_id: c.ids[i].clone(),
+            keys,
+        });
+        pair.push(client);
+    }
+    for client in &mut pair {
+        assert!(client.on_keys(&ads, &c.roster, &mut rng).is_ok());
+    }
+}
