@@ -470,6 +470,7 @@ mod tests {
                 other => panic!("unexpected {other}"),
             };
             assert_eq!(line, 2, "byte {pos}: {err}");
+            assert_eq!(err.line(), Some(2), "byte {pos}: {err}");
         }
     }
 
@@ -508,10 +509,9 @@ mod tests {
         // Cutting the tail is seen only against the head kept elsewhere.
         let cut = join(&l[..4]);
         assert!(verify(&cut, None).is_ok());
-        assert!(matches!(
-            verify(&cut, Some(&head)),
-            Err(AuditError::HeadMismatch { records: 4, .. })
-        ));
+        let err = verify(&cut, Some(&head)).unwrap_err();
+        assert!(matches!(err, AuditError::HeadMismatch { records: 4, .. }));
+        assert_eq!(err.line(), None, "a head mismatch is about no line");
     }
 
     #[test]

@@ -1004,12 +1004,12 @@ mod tests {
         assert_eq!(s.privacy.adaptive_clip.quantile, 0.8);
         assert!(s.to_toml().unwrap().contains("quantile = 0.8"));
         assert_eq!(parse("clip = 2\n").unwrap().privacy.clip, Clip::Norm(2.0));
+        // Both partner-level modes; not record-level DP, whose clip is per example.
+        let distributed = parse("mode = \"partner-distributed\"\nclip = \"adaptive\"\n").unwrap();
+        assert!(distributed.privacy.clip.is_adaptive());
         for (privacy, field) in [
-            (
-                "mode = \"partner-distributed\"\nclip = \"adaptive\"\n",
-                "privacy.clip",
-            ),
             ("mode = \"record\"\nclip = \"adaptive\"\n", "privacy.clip"),
+            ("clip = \"adaptive\"\n", "privacy.clip"),
             (
                 "mode = \"partner-central\"\nclip = \"adaptive\"\n[privacy.adaptive_clip]\ninitial = 20.0\n",
                 "privacy.adaptive_clip.initial",
