@@ -441,6 +441,18 @@ mod tests {
     }
 
     #[test]
+    fn a_chain_counts_its_records() {
+        let mut chain = AuditChain::new("bank");
+        assert_eq!(chain.len(), 0);
+        assert!(chain.is_empty());
+        for n in 1..=3u64 {
+            chain.append(1, "x", json!({})).unwrap();
+            assert_eq!(chain.len(), n);
+            assert!(!chain.is_empty());
+        }
+    }
+
+    #[test]
     fn an_untouched_log_verifies_and_reports_its_head() {
         let (text, head) = log(5);
         let v = verify(&text, Some(&head)).unwrap();
