@@ -236,7 +236,11 @@ pub fn markdown(card: &Value) -> String {
             );
         }
         let _ = writeln!(md, "| composition | {} |", escape(&text(&p["composition"])));
-        let _ = writeln!(md, "| accountant | {} |", escape(&text(&p["accountant"])));
+        let accountant = match p["accountant_parameters"].as_str() {
+            Some(detail) if !detail.is_empty() => format!("{} ({detail})", text(&p["accountant"])),
+            _ => text(&p["accountant"]),
+        };
+        let _ = writeln!(md, "| accountant | {} |", escape(&accountant));
         if p["calibrated_by"].as_str().is_some_and(|c| !c.is_empty()) {
             let _ = writeln!(
                 md,
@@ -385,6 +389,7 @@ mod tests {
                 "mode": "record", "protected_unit": "one record",
                 "guarantee": "(1.0000, 1e-5)-differential privacy for one record over every release of the job",
                 "epsilon": 0.91, "delta": 1e-5, "epsilon_budget": 1.0, "accountant": "pld",
+                "accountant_parameters": "discretisation interval 2.900e-4",
                 "calibrated_by": "rdp",
                 "composition": "parallel: training and holdout rows are disjoint",
                 "epsilon_training": 0.91, "epsilon_evaluation": 0.43,
@@ -393,7 +398,9 @@ mod tests {
             false,
         ));
         assert!(
-            dp.contains("| accountant | pld |\n| σ calibrated by | rdp |"),
+            dp.contains(
+                "| accountant | pld (discretisation interval 2.900e-4) |\n| σ calibrated by | rdp |"
+            ),
             "{dp}"
         );
         assert!(dp.contains("**(1.0000, 1e-5)-differential privacy for one record"));

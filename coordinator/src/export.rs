@@ -369,6 +369,7 @@ fn privacy_card(privacy: Option<&PrivacyReport>) -> Value {
         "delta": p.delta,
         "epsilon_budget": p.epsilon_budget,
         "accountant": p.accountant,
+        "accountant_parameters": p.accountant_parameters,
         "calibrated_by": p.calibrated_by,
         "composition": composition,
         "epsilon_training": p.epsilon_training,

@@ -178,6 +178,10 @@ pub struct PrivacyReport {
     /// The accountant that gave `epsilon_spent` (`pld` or `rdp`): the tightest bound proved.
     #[serde(default)]
     pub accountant: String,
+    /// The accountant's parameter behind `epsilon_spent`: the PLD's discretisation interval or
+    /// the Rényi order that gave the bound; empty in reports from before it was recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub accountant_parameters: String,
     /// The accountant σ was calibrated on (the spec's `accountant`, or RDP where the mechanism
     /// has no PLD); empty in reports from before it was recorded.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -208,9 +212,9 @@ impl PrivacyReport {
     /// The guarantee of a job with `plan` that spent `spend`. `mode` keeps the name earlier
     /// reports used (`Record`, `PartnerCentral`, …) so that stored reports compare alike.
     pub fn new(plan: &PrivacyPlan, spend: &JobSpend) -> Self {
-        let (epsilon_spent, accountant) = match spend.epsilon(plan.delta) {
-            Ok((e, bound)) => (e, bound.method().to_string()),
-            Err(_) => (f64::NAN, String::new()),
+        let (epsilon_spent, accountant, accountant_parameters) = match spend.epsilon(plan.delta) {
+            Ok((e, bound)) => (e, bound.method().to_string(), bound_parameters(&bound)),
+            Err(_) => (f64::NAN, String::new(), String::new()),
         };
         let (training, evaluation) = spend
             .sides(plan.delta)
@@ -224,10 +228,21 @@ impl PrivacyReport {
             delta: plan.delta,
             protected_unit: plan.mode.protected_unit().to_owned(),
             accountant,
+            accountant_parameters,
             calibrated_by: plan.accountant().to_string(),
             epsilon_training: training,
             epsilon_evaluation: evaluation,
         }
+    }
+}
+
+/// A bound's parameter in words, as reports and model cards give it.
+fn bound_parameters(bound: &fedmark_core::accountant::Bound) -> String {
+    match bound {
+        fedmark_core::accountant::Bound::Pld { discretisation } => {
+            format!("discretisation interval {discretisation:.3e}")
+        }
+        fedmark_core::accountant::Bound::Rdp { order } => format!("Rényi order {order}"),
     }
 }
 
