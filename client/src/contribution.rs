@@ -255,12 +255,10 @@ impl JobContext {
             .zip(&global.params)
             .map(|(l, g)| l - g)
             .collect();
-        let within = update.iter().map(|v| v * v).sum::<f64>().sqrt() <= clip;
-        clip_l2(&mut update, clip);
+        let within = clip_l2(&mut update, clip) <= clip;
         update.iter_mut().for_each(|v| *v *= weight);
         if privacy.is_some_and(|p| p.adaptive.is_some()) {
-            let b = if within { 0.5 } else { -0.5 };
-            update.push(PrivacyPlan::count_scale(clip) * b);
+            update.push(PrivacyPlan::count_value(clip, within));
         }
         let mut stats = vec![weight];
         if let Some(eval) = &eval {

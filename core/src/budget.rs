@@ -95,7 +95,7 @@ pub struct PrivacyPlan {
     pub evaluation_noise: Option<f64>,
     /// The accountant σ was calibrated on and ε is reported by ([`Self::accountant`]).
     pub accountant: Method,
-    /// An adaptive clip (`partner-central`): `clip` is then its largest value.
+    /// An adaptive clip (partner-level modes): `clip` is then its largest value.
     pub adaptive: Option<AdaptiveClip>,
 }
 
@@ -108,6 +108,12 @@ pub struct PrivacyPlan {
 /// the "within C" bits has standard deviation `σ·√(1 + ρ²)/(2ρ)` ≈ 2.55σ (0.07 of the share
 /// with 100 partners at σ = 2.85, a 20-round job at ε = 8).
 pub const ADAPTIVE_COUNT_SHARE: f64 = 0.2;
+
+/// The L2 sensitivity of one partner's vector in an adaptive-clip round clipped at `clip`:
+/// `clip·√(1 + ρ²)` ([`ADAPTIVE_COUNT_SHARE`]).
+pub fn adaptive_sensitivity(clip: f64) -> f64 {
+    clip * (1.0 + ADAPTIVE_COUNT_SHARE * ADAPTIVE_COUNT_SHARE).sqrt()
+}
 
 /// L2 sensitivity of one record's holdout statistics as a `record` job releases them: its
 /// count (1), whether it was classified right (≤ 1), its log-loss over
@@ -230,7 +236,7 @@ impl PrivacyPlan {
         Ok(Some(Self {
             mode: p.mode,
             noise_multiplier,
-            clip: adaptive.map_or_else(|| p.clip.norm().unwrap_or(f64::NAN), |a| a.max),
+            clip: p.largest_clip(),
             sampling_rate,
             steps_per_round,
             epsilon: p.epsilon,
@@ -245,7 +251,7 @@ impl PrivacyPlan {
     /// plan's clip when it is fixed): what the noise is scaled to.
     pub fn round_sensitivity(&self, round_clip: f64) -> f64 {
         match self.adaptive {
-            Some(_) => round_clip * (1.0 + ADAPTIVE_COUNT_SHARE * ADAPTIVE_COUNT_SHARE).sqrt(),
+            Some(_) => adaptive_sensitivity(round_clip),
             None => self.clip,
         }
     }
@@ -253,6 +259,12 @@ impl PrivacyPlan {
     /// The scale κ of an adaptive round's count coordinate at clip `round_clip`.
     pub fn count_scale(round_clip: f64) -> f64 {
         2.0 * ADAPTIVE_COUNT_SHARE * round_clip
+    }
+
+    /// One partner's count coordinate in an adaptive round at clip `round_clip`: `κ·(b − ½)`,
+    /// b = 1 if its update was `within` the clip. [`Self::unclipped_share`] decodes the sum.
+    pub fn count_value(round_clip: f64, within: bool) -> f64 {
+        Self::count_scale(round_clip) * if within { 0.5 } else { -0.5 }
     }
 
     /// An adaptive round's noised share of partners whose update was within `round_clip`,
@@ -723,8 +735,7 @@ mod tests {
         for m in [1usize, 2, 7, 100] {
             for k in 0..=m {
                 let c = 0.37;
-                let kappa = PrivacyPlan::count_scale(c);
-                let sum: f64 = (0..m).map(|i| kappa * if i < k { 0.5 } else { -0.5 }).sum();
+                let sum: f64 = (0..m).map(|i| PrivacyPlan::count_value(c, i < k)).sum();
                 let share = PrivacyPlan::unclipped_share(sum, c, m as f64);
                 assert!(
                     (share - k as f64 / m as f64).abs() < 1e-12,
@@ -746,7 +757,7 @@ mod tests {
                 if norm > c {
                     u.iter_mut().for_each(|v| *v *= c / norm);
                 }
-                u.push(PrivacyPlan::count_scale(c) * 0.5);
+                u.push(PrivacyPlan::count_value(c, true));
                 let total = u.iter().map(|v| v * v).sum::<f64>().sqrt();
                 assert!(total <= bound * (1.0 + 1e-12), "{total} > {bound}");
             }

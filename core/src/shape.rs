@@ -22,7 +22,7 @@
 //! | survivor floor | the job's `min_participants`, t, and for distributed-noise training the survivors the noise was sized for ([`crate::budget::noise_threshold`]) |
 
 use crate::aggregate::{LABEL_COUNTS, RoundKind, VectorLayout, eval_stats_len};
-use crate::budget::{ADAPTIVE_COUNT_SHARE, noise_threshold, secure_shape};
+use crate::budget::{adaptive_sensitivity, noise_threshold, secure_shape};
 use crate::codec::CodecError;
 use crate::secagg::{GraphSpec, RoundId, RoundParams};
 use crate::spec::{JobSpec, PrivacyMode};
@@ -279,12 +279,11 @@ impl RoundKind {
                 let clip = spec.privacy.clip;
                 // An adaptive clip's vector carries its count coordinate too, within the
                 // largest clip's sensitivity.
-                let partner_bound = match clip.norm() {
-                    Some(c) => c,
-                    None => {
-                        spec.privacy.adaptive_clip.max
-                            * (1.0 + ADAPTIVE_COUNT_SHARE * ADAPTIVE_COUNT_SHARE).sqrt()
-                    }
+                let largest = spec.privacy.largest_clip();
+                let partner_bound = if clip.is_adaptive() {
+                    adaptive_sensitivity(largest)
+                } else {
+                    largest
                 };
                 let bound = match spec.privacy.mode {
                     PrivacyMode::PartnerCentral => partner_bound,

@@ -314,6 +314,17 @@ fn default_sampling_rate() -> f64 {
     0.01
 }
 
+impl PrivacySection {
+    /// The largest clip any round uses: the fixed norm, or an adaptive clip's `max` (what the
+    /// encoding is sized for).
+    pub fn largest_clip(&self) -> f64 {
+        match self.clip {
+            Clip::Norm(c) => c,
+            Clip::Adaptive => self.adaptive_clip.max,
+        }
+    }
+}
+
 impl Default for PrivacySection {
     fn default() -> Self {
         Self {
