@@ -556,4 +556,27 @@ mod tests {
         assert_eq!(verify(&whole, Some(chain.head())).unwrap().records, 4);
         assert!(chain.append(1, "bad", json!([1])).is_err());
     }
+
+    /// `event_data` returns what an event's record holds: the `data` of an adjacently tagged
+    /// event, and null for an event without data or a value that is not such an event.
+    #[test]
+    fn event_data_is_the_tagged_content() {
+        #[derive(serde::Serialize)]
+        #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
+        enum Event {
+            Joined { partner: String, rows: u64 },
+            Left,
+        }
+        let joined = Event::Joined {
+            partner: "bank".into(),
+            rows: 7,
+        };
+        assert_eq!(event_data(&joined), json!({"partner": "bank", "rows": 7}));
+        assert_eq!(event_data(&Event::Left), Value::Null);
+        assert_eq!(event_data(&"not an event"), Value::Null);
+        assert_eq!(
+            event_data(&json!({"kind": "x", "data": [1, 2]})),
+            json!([1, 2])
+        );
+    }
 }

@@ -16,9 +16,11 @@
 //!   histogram alone;
 //! - [`tree`]: [`Tree`] and [`GbdtModel`]: routing by bins, prediction, versioned
 //!   serialisation, feature importance;
-//! - [`train`](mod@train): the centralised trainer, made of exactly the steps the federated
-//!   protocol will distribute (gradients → a level's histograms → splits → routing), with row
-//!   and column subsampling and early stopping.
+//! - [`grow`]: one tree grown through the sum, as its two sides: the coordinator's
+//!   [`TreeGrower`] (which nodes to ask for, splits and leaves from summed histograms) and a
+//!   party's [`level_vector`] (its rows routed by the [`PartialTree`] so far);
+//! - [`train`](mod@train): the centralised trainer, made of exactly those two sides (one
+//!   party), with row and column subsampling and early stopping.
 //!
 //! Features are numbered as in [`FeatureSchema`](crate::features::FeatureSchema): its numeric
 //! columns first, then its categorical columns (one feature per column, not per one-hot slot).
@@ -30,6 +32,7 @@
 
 pub mod bins;
 pub mod error;
+pub mod grow;
 pub mod histogram;
 pub mod params;
 pub mod split;
@@ -43,6 +46,7 @@ mod train_tests;
 
 pub use bins::{BinEdges, BinnedRows, Feature, FineGrid};
 pub use error::{BinError, GbdtError};
+pub use grow::{PartialNode, PartialTree, TreeGrower, level_vector};
 pub use histogram::{HistLayout, NodeStats, RowBound};
 pub use params::{CategoricalMode, GbdtParams, ParamError};
 pub use split::{Split, SplitRule};
