@@ -19,6 +19,8 @@
 //! - [`grow`]: one tree grown through the sum, as its two sides: the coordinator's
 //!   [`TreeGrower`] (which nodes to ask for, splits and leaves from summed histograms) and a
 //!   party's [`level_vector`] (its rows routed by the [`PartialTree`] so far);
+//! - [`wire`]: [`RoundState`], what a round shows the parties (the model so far, the tree
+//!   being grown, the nodes asked for) as the flat words a round's model travels as;
 //! - [`train`](mod@train): the centralised trainer, made of exactly those two sides (one
 //!   party), with row and column subsampling and early stopping.
 //!
@@ -38,6 +40,7 @@ pub mod params;
 pub mod split;
 pub mod train;
 pub mod tree;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;
@@ -52,3 +55,4 @@ pub use params::{CategoricalMode, GbdtParams, ParamError};
 pub use split::{Split, SplitRule};
 pub use train::{TrainReport, train};
 pub use tree::{GbdtModel, Importance, Tree};
+pub use wire::RoundState;

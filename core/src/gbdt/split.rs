@@ -64,6 +64,16 @@ impl CategorySet {
         self.0[usize::from(slot >> 6)] >> (slot & 63) & 1 == 1
     }
 
+    /// The set as four 64-bit words, slot `s` at bit `s mod 64` of word `s / 64`.
+    pub fn words(&self) -> [u64; 4] {
+        self.0
+    }
+
+    /// The set of [`CategorySet::words`].
+    pub fn from_words(words: [u64; 4]) -> Self {
+        Self(words)
+    }
+
     /// The slots, ascending.
     pub fn slots(&self) -> Vec<u8> {
         (0..=255u8).filter(|&s| self.contains(s)).collect()

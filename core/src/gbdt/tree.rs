@@ -225,28 +225,38 @@ impl TryFrom<ModelFile> for GbdtModel {
                 f.format, f.version
             )));
         }
-        if !f.base_margin.is_finite() {
+        GbdtModel::checked(f.features, f.base_margin, f.trees)
+    }
+}
+
+impl GbdtModel {
+    /// A model from parts read from outside, checked: a finite base margin, valid edges, and
+    /// trees whose routing and rules fit the features, with finite leaves.
+    pub(crate) fn checked(
+        features: Vec<Feature>,
+        base_margin: f64,
+        trees: Vec<Tree>,
+    ) -> Result<Self, GbdtError> {
+        if !base_margin.is_finite() {
             return Err(GbdtError::Model("base margin is not finite".into()));
         }
-        for feature in &f.features {
+        for feature in &features {
             feature
                 .edges
                 .check()
                 .map_err(|e| GbdtError::Model(format!("feature `{}`: {e}", feature.name)))?;
         }
-        for (t, tree) in f.trees.iter().enumerate() {
-            tree.check(&f.features)
+        for (t, tree) in trees.iter().enumerate() {
+            tree.check(&features)
                 .map_err(|e| GbdtError::Model(format!("tree {t}: {e}")))?;
         }
         Ok(Self {
-            features: f.features,
-            base_margin: f.base_margin,
-            trees: f.trees,
+            features,
+            base_margin,
+            trees,
         })
     }
-}
 
-impl GbdtModel {
     /// A model from the trainer's parts.
     pub(crate) fn new(features: Vec<Feature>, base_margin: f64, trees: Vec<Tree>) -> Self {
         Self {
