@@ -404,6 +404,11 @@ impl BinnedRows {
         &self.bins[r * f..(r + 1) * f]
     }
 
+    /// Every row's bins, row after row.
+    pub(crate) fn bins(&self) -> &[u8] {
+        &self.bins
+    }
+
     /// Labels, 1.0 for a positive row.
     pub fn labels(&self) -> &[f64] {
         &self.labels

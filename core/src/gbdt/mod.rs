@@ -21,6 +21,7 @@
 //!   party's [`level_vector`] (its rows routed by the [`PartialTree`] so far);
 //! - [`wire`]: [`RoundState`], what a round shows the parties (the model so far, the tree
 //!   being grown, the nodes asked for) as the flat words a round's model travels as;
+//! - [`score`]: [`Scorer`], a model compiled for scoring many rows fast;
 //! - [`train`](mod@train): the centralised trainer, made of exactly those two sides (one
 //!   party), with row and column subsampling and early stopping.
 //!
@@ -37,6 +38,7 @@ pub mod error;
 pub mod grow;
 pub mod histogram;
 pub mod params;
+pub mod score;
 pub mod split;
 pub mod train;
 pub mod tree;
@@ -52,6 +54,7 @@ pub use error::{BinError, GbdtError};
 pub use grow::{PartialNode, PartialTree, TreeGrower, level_vector};
 pub use histogram::{HistLayout, NodeStats, RowBound};
 pub use params::{CategoricalMode, GbdtParams, ParamError};
+pub use score::Scorer;
 pub use split::{Split, SplitRule};
 pub use train::{TrainReport, train};
 pub use tree::{GbdtModel, Importance, Tree};

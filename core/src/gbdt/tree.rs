@@ -288,7 +288,10 @@ impl GbdtModel {
 
     /// The margin (log-odds) of one binned row, of the model's shape.
     fn margin_of(&self, bins: &[u8]) -> f64 {
-        self.base_margin + self.trees.iter().map(|t| t.predict(bins)).sum::<f64>()
+        // Tree by tree from the base, as training and the compiled scorer add them.
+        self.trees
+            .iter()
+            .fold(self.base_margin, |m, t| m + t.predict(bins))
     }
 
     /// Margins of binned rows (binned with this model's features).
