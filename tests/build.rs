@@ -6,6 +6,10 @@
 //! passed — and the build prints a warning saying so. With `FEDMARK_REQUIRE_NUMPY=1` a failed
 //! import fails the build instead.
 //!
+//! Likewise emits `cfg(has_xgboost)` when that Python imports `xgboost` (and numpy), for the
+//! check that XGBoost loads and scores an exported boosted model (`tests/gbdt_xgboost.rs`);
+//! `FEDMARK_REQUIRE_XGBOOST=1` makes a failed import fail the build.
+//!
 //! Likewise emits `cfg(has_chromium)` and `FEDMARK_TEST_CHROMIUM` when a Chromium binary is
 //! found (`FEDMARK_CHROMIUM`, else `chromium`, `chromium-browser`, `google-chrome` or
 //! `google-chrome-stable` on `PATH`) for the dashboard's browser test (`tests/dashboard.rs`);
@@ -16,6 +20,7 @@ use std::process::Command;
 
 fn main() {
     numpy();
+    xgboost();
     chromium();
 }
 
@@ -42,6 +47,30 @@ fn numpy() {
             println!(
                 "cargo::warning=`{python} -c 'import numpy'` failed: the examples/score.py tests \
                  are ignored (set FEDMARK_PYTHON to a Python with numpy)"
+            );
+        }
+    }
+}
+
+fn xgboost() {
+    println!("cargo::rustc-check-cfg=cfg(has_xgboost)");
+    println!("cargo::rerun-if-env-changed=FEDMARK_REQUIRE_XGBOOST");
+    let python = std::env::var("FEDMARK_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let found = Command::new(&python)
+        .args(["-c", "import numpy, xgboost"])
+        .output()
+        .map(|out| out.status.success());
+    match found {
+        Ok(true) => println!("cargo::rustc-cfg=has_xgboost"),
+        outcome => {
+            if std::env::var("FEDMARK_REQUIRE_XGBOOST").is_ok_and(|v| v == "1") {
+                panic!(
+                    "FEDMARK_REQUIRE_XGBOOST=1 but `{python} -c 'import numpy, xgboost'` failed ({outcome:?})"
+                );
+            }
+            println!(
+                "cargo::warning=`{python} -c 'import numpy, xgboost'` failed: the XGBoost export \
+                 test is ignored (set FEDMARK_PYTHON to a Python with xgboost)"
             );
         }
     }

@@ -22,6 +22,7 @@
 //! - [`wire`]: [`RoundState`], what a round shows the parties (the model so far, the tree
 //!   being grown, the nodes asked for) as the flat words a round's model travels as;
 //! - [`score`]: [`Scorer`], a model compiled for scoring many rows fast;
+//! - [`xgboost`]: the model in XGBoost's JSON model format;
 //! - [`train`](mod@train): the centralised trainer, made of exactly those two sides (one
 //!   party), with row and column subsampling and early stopping.
 //!
@@ -43,6 +44,7 @@ pub mod split;
 pub mod train;
 pub mod tree;
 pub mod wire;
+pub mod xgboost;
 
 #[cfg(test)]
 mod tests;
