@@ -39,6 +39,9 @@ impl Architecture {
             ModelKindName::Mlp => Architecture::Mlp {
                 hidden: spec.model.hidden.unwrap_or(1) as usize,
             },
+            // WIP (branch gbdt-federated): a gbdt job has no parameter vector; the coordinator
+            // and the client must branch on `spec.is_gbdt()` before asking for one.
+            ModelKindName::Gbdt => Architecture::Logistic,
         }
     }
 

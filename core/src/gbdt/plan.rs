@@ -1,0 +1,133 @@
+//! The round plan of a federated boosted-trees job: which protocol round grows which level of
+//! which tree, and the largest round the spec allows, so a partner can bound what a round asks
+//! of it before it downloads anything.
+//!
+//! Tree `t` (0-based) of a job whose trees are at most `D = max_depth` deep is grown in rounds
+//! `1 + t·D + ℓ` for levels `ℓ = 0 … D − 1` (the deepest level needs no histogram: its leaves'
+//! weights come from their parents' splits). A tree that stops early leaves its remaining
+//! round numbers unused; numbers only move forward. Round 0 is the statistics round (bin sketch
+//! and label counts) and round `T·D + 1` the final evaluation.
+
+use super::params::GbdtParams;
+use super::split::CategorySet;
+
+/// Words of a split node in a [`super::RoundState`] at most (a categorical rule's set).
+const SPLIT_WORDS: u128 = 2 + 1 + 8 + 4;
+
+/// Training rounds of the plan: `trees × max_depth`.
+pub fn planned_rounds(params: &GbdtParams) -> u64 {
+    u64::from(params.trees) * u64::from(params.max_depth)
+}
+
+/// The protocol round of level `level` of tree `tree` (both 0-based).
+pub fn level_round(params: &GbdtParams, tree: u32, level: u32) -> u64 {
+    1 + u64::from(tree) * u64::from(params.max_depth) + u64::from(level)
+}
+
+/// The (tree, level) a training round grows, or `None` outside `1..=planned_rounds`.
+pub fn tree_and_level(params: &GbdtParams, round: u64) -> Option<(u32, u32)> {
+    let depth = u64::from(params.max_depth.max(1));
+    if round == 0 || round > planned_rounds(params) {
+        return None;
+    }
+    let i = round - 1;
+    Some(((i / depth) as u32, (i % depth) as u32))
+}
+
+/// The most nodes level `level` can ask for: `2^level`, and no more than the leaf budget.
+pub fn max_level_nodes(params: &GbdtParams, level: u32) -> usize {
+    let by_depth = 1usize.checked_shl(level).unwrap_or(usize::MAX);
+    by_depth.min(params.leaf_budget())
+}
+
+/// The most nodes a tree can have.
+pub fn max_tree_nodes(params: &GbdtParams) -> u128 {
+    let by_depth = (1u128 << (params.max_depth + 1)) - 1;
+    let by_leaves = 2 * params.leaf_budget() as u128 - 1;
+    by_depth.min(by_leaves)
+}
+
+/// The most words a round's [`super::RoundState`] can take for this job: its features (at most
+/// 256 bins each), every tree full, and the tree being grown.
+pub fn max_state_words(params: &GbdtParams, n_numeric: usize, n_categorical: usize) -> u128 {
+    let features = 1 + n_numeric as u128 * (2 + 255) + n_categorical as u128 * 2;
+    let tree = 1 + max_tree_nodes(params) * SPLIT_WORDS;
+    let build = 1 + max_tree_nodes(params);
+    2 + features + 1 + 1 + u128::from(params.trees) * tree + tree + build
+}
+
+// A categorical rule's set is four 64-bit words, sent as eight 32-bit halves.
+const _: () = assert!(std::mem::size_of::<CategorySet>() == 32);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_enumerate_trees_and_levels_in_order() {
+        let p = GbdtParams {
+            trees: 3,
+            max_depth: 4,
+            ..Default::default()
+        };
+        assert_eq!(planned_rounds(&p), 12);
+        let mut expected = 1;
+        for t in 0..3 {
+            for l in 0..4 {
+                assert_eq!(level_round(&p, t, l), expected);
+                assert_eq!(tree_and_level(&p, expected), Some((t, l)));
+                expected += 1;
+            }
+        }
+        assert_eq!(tree_and_level(&p, 0), None);
+        assert_eq!(tree_and_level(&p, 13), None);
+        assert_eq!(max_level_nodes(&p, 0), 1);
+        assert_eq!(max_level_nodes(&p, 3), 8);
+        let leaves = GbdtParams {
+            max_leaves: Some(5),
+            ..p.clone()
+        };
+        assert_eq!(max_level_nodes(&leaves, 3), 5);
+        assert_eq!(max_tree_nodes(&p), 31);
+        assert_eq!(max_tree_nodes(&leaves), 9);
+    }
+
+    /// The bound holds for a real state: a model of full trees plus a tree being grown.
+    #[test]
+    fn the_state_bound_covers_full_trees() {
+        use crate::features::{Categorical, FeatureSchema, RawRows};
+        use crate::gbdt::bins::{BinnedRows, Feature};
+        use crate::gbdt::grow::PartialTree;
+        use crate::gbdt::train::train;
+        use crate::gbdt::wire::RoundState;
+        let schema = FeatureSchema {
+            numeric: vec!["a".into()],
+            categorical: vec![(
+                "c".into(),
+                Categorical::Vocabulary((0..9).map(|v| format!("v{v}")).collect()),
+            )],
+            ranges: vec![Some([0.0, 1.0])],
+        };
+        let features = Feature::from_ranges(&schema, 256).unwrap();
+        let mut rows = RawRows::new(&schema);
+        for i in 0..4000u32 {
+            let a = f64::from(i % 997) / 997.0;
+            rows.push(&[a], &[i % 10], (i * 7919) % 13 < 6);
+        }
+        let binned = BinnedRows::from_raw(&rows, &features).unwrap();
+        let params = GbdtParams {
+            trees: 5,
+            max_depth: 3,
+            min_child_weight: 0.0,
+            ..Default::default()
+        };
+        let (model, _) = train(&params, &features, &binned, None).unwrap();
+        let state = RoundState {
+            model,
+            tree: PartialTree::root(),
+            build: vec![0],
+        };
+        let words = state.to_words().len() as u128;
+        assert!(words <= max_state_words(&params, 1, 1), "{words}");
+    }
+}
