@@ -985,6 +985,16 @@ impl JobSpec {
         self.model.kind == ModelKindName::Gbdt
     }
 
+    /// The job's training rounds as the protocol numbers them: `job.rounds`, or for a gbdt
+    /// job one round per tree level ([`crate::gbdt::plan::planned_rounds`]). Round 0 is the
+    /// statistics round and `planned_rounds() + 1` the final evaluation.
+    pub fn planned_rounds(&self) -> u64 {
+        match self.gbdt_params() {
+            Some(p) => crate::gbdt::plan::planned_rounds(&p),
+            None => u64::from(self.job.rounds),
+        }
+    }
+
     /// Whether the job gives a differential-privacy guarantee.
     pub fn is_dp(&self) -> bool {
         self.privacy.mode != PrivacyMode::None

@@ -8,11 +8,33 @@
 //! round numbers unused; numbers only move forward. Round 0 is the statistics round (bin sketch
 //! and label counts) and round `T·D + 1` the final evaluation.
 
+use super::histogram::STRIDE;
 use super::params::GbdtParams;
 use super::split::CategorySet;
+use crate::aggregate::LABEL_COUNTS;
+use crate::features::FeatureSchema;
+use crate::spec::JobSpec;
 
 /// Words of a split node in a [`super::RoundState`] at most (a categorical rule's set).
 const SPLIT_WORDS: u128 = 2 + 1 + 8 + 4;
+
+/// Cells of each numeric feature's sketch grid in the statistics round.
+pub const SKETCH_CELLS: usize = 1024;
+
+/// Values of a gbdt job's statistics round: every numeric feature's sketch over its declared
+/// range, then the usable rows and the positives among them ([`LABEL_COUNTS`]).
+pub fn statistics_len(spec: &JobSpec) -> usize {
+    spec.features.numeric.len() * SKETCH_CELLS + LABEL_COUNTS
+}
+
+/// The longest node block a job's features can give: `max_bins` bins per numeric feature and
+/// each categorical column's slots, three values per bin.
+pub fn max_node_len(spec: &JobSpec, params: &GbdtParams) -> usize {
+    let schema = FeatureSchema::from_spec(spec);
+    let numeric = schema.numeric.len() * params.max_bins as usize;
+    let categorical: usize = schema.categorical.iter().map(|(_, c)| c.width()).sum();
+    STRIDE * (numeric + categorical)
+}
 
 /// Training rounds of the plan: `trees × max_depth`.
 pub fn planned_rounds(params: &GbdtParams) -> u64 {
