@@ -18,7 +18,7 @@
 
 use fedmark_core::aggregate::eval_stats_to_vec;
 use fedmark_core::features::{FeatureSchema, RawRows};
-use fedmark_core::gbdt::plan::{SKETCH_CELLS, tree_and_level};
+use fedmark_core::gbdt::plan::{SKETCH_CELLS, asks_again, tree_and_level};
 use fedmark_core::gbdt::train::{gradients, in_row_sample};
 use fedmark_core::gbdt::{
     BinnedRows, Feature, GbdtModel, GbdtParams, HistLayout, PartialNode, PartialTree, RoundState,
@@ -159,6 +159,11 @@ impl TreesJob<'_> {
                 state.model.trees().len()
             ));
         }
+        if lvl == 0 && asks_again(round) {
+            return Err(format!(
+                "round {round} asks for a tree's root level a second time"
+            ));
+        }
         let depth = depths(&state.tree);
         if let Some(n) = state
             .build
@@ -213,5 +218,153 @@ impl TreesJob<'_> {
         Ok(cache
             .insert(fresh)
             .evaluation(spec.histogram_bins() as usize))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedmark_core::gbdt::plan::level_round;
+    use fedmark_core::gbdt::train::train;
+    use fedmark_core::gbdt::{PartialNode, PartialTree};
+    use fedmark_core::spec::JobSpec;
+
+    fn spec() -> JobSpec {
+        JobSpec::from_toml(
+            "[job]\nname = \"t\"\npurpose = \"p\"\nrounds = 3\n[label]\ncolumn = \"y\"\npositive = \"1\"\n\
+             [features]\nnumeric = [\"a\"]\ncategorical = [\"c\"]\nrange = { a = [0.0, 1.0] }\n\
+             vocabulary = { c = [\"u\", \"v\"] }\n[model]\nkind = \"gbdt\"\n[model.gbdt]\nmax_depth = 3\nmax_bins = 8\n",
+        )
+        .unwrap()
+    }
+
+    fn data(schema: &FeatureSchema) -> LocalData {
+        let (mut train, mut holdout) = (RawRows::new(schema), RawRows::new(schema));
+        for i in 0..300u32 {
+            let a = f64::from(i % 50) / 50.0;
+            train.push(&[a], &[i % 3], a > 0.5 || i % 3 == 1);
+            holdout.push(&[a], &[(i + 1) % 3], a > 0.4);
+        }
+        LocalData {
+            train,
+            holdout,
+            skipped: Default::default(),
+        }
+    }
+
+    /// A coordinator that shows a state out of step with the round is refused: nodes of
+    /// another depth, a model with the wrong number of trees, the root asked for twice, or a
+    /// vector length other than the state asks for. The honest state is answered.
+    #[test]
+    fn a_state_out_of_step_with_the_round_is_refused() {
+        let spec = spec();
+        let params = spec.gbdt_params().unwrap();
+        let schema = FeatureSchema::from_spec(&spec);
+        let data = data(&schema);
+        let features = Feature::from_ranges(&schema, 8).unwrap();
+        let layout = HistLayout::new(&features);
+        let empty = GbdtModel::from_parts(features.clone(), 0.0, Vec::new()).unwrap();
+        let mut cache = None;
+        let mut job = TreesJob {
+            spec: &spec,
+            schema: &schema,
+            data: &data,
+            cache: &mut cache,
+        };
+        let eval = fedmark_core::aggregate::eval_stats_len(spec.histogram_bins() as usize);
+        let root = RoundState {
+            model: empty.clone(),
+            tree: PartialTree::root(),
+            build: vec![0],
+        };
+        let r1 = level_round(&params, 0, 0, false);
+        let honest = job.level(&params, r1, &root.to_words(), eval + layout.node_len());
+        assert_eq!(honest.unwrap().len(), eval + layout.node_len());
+        assert!(
+            job.level(&params, r1, &root.to_words(), layout.node_len())
+                .is_err()
+        );
+        let again = level_round(&params, 0, 0, true);
+        assert!(
+            job.level(&params, again, &root.to_words(), eval + layout.node_len())
+                .is_err()
+        );
+        // The root at the round of level 1.
+        let r3 = level_round(&params, 0, 1, false);
+        assert!(
+            job.level(&params, r3, &root.to_words(), layout.node_len())
+                .is_err()
+        );
+        // Tree 2's first round with a model of no tree.
+        let tree2 = level_round(&params, 1, 0, false);
+        let err = job
+            .level(&params, tree2, &root.to_words(), eval + layout.node_len())
+            .unwrap_err();
+        assert!(err.contains("holds 0 trees"), "{err}");
+        // Level 1 with a split root: its children are at depth 1 and may be asked for.
+        let split = PartialTree::from_nodes(
+            vec![
+                PartialNode::Split {
+                    feature: 0,
+                    rule: fedmark_core::gbdt::SplitRule::Numeric {
+                        bin: 3,
+                        threshold: 0.5,
+                    },
+                    left: 1,
+                    right: 2,
+                },
+                PartialNode::Open,
+                PartialNode::Open,
+            ],
+            &features,
+        )
+        .unwrap();
+        let level1 = RoundState {
+            model: empty,
+            tree: split,
+            build: vec![1, 2],
+        };
+        let out = job
+            .level(&params, r3, &level1.to_words(), 2 * layout.node_len())
+            .unwrap();
+        // Both children's counts add up to the sampled rows.
+        let count: f64 = out.iter().skip(2).step_by(3).take(8).sum::<f64>()
+            + out[layout.node_len()..]
+                .iter()
+                .skip(2)
+                .step_by(3)
+                .take(8)
+                .sum::<f64>();
+        assert_eq!(count, 300.0);
+        // A model with a tree that the next level's round claims not to have.
+        let binned = BinnedRows::from_raw(&data.train, &features).unwrap();
+        let (one, _) = train(
+            &GbdtParams {
+                trees: 1,
+                ..params.clone()
+            },
+            &features,
+            &binned,
+            None,
+        )
+        .unwrap();
+        let with_one = RoundState {
+            model: one,
+            tree: PartialTree::root(),
+            build: vec![0],
+        };
+        assert!(
+            job.level(&params, r1, &with_one.to_words(), eval + layout.node_len())
+                .is_err()
+        );
+        assert!(
+            job.level(
+                &params,
+                tree2,
+                &with_one.to_words(),
+                eval + layout.node_len()
+            )
+            .is_ok()
+        );
     }
 }

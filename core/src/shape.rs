@@ -24,7 +24,7 @@
 use crate::aggregate::{LABEL_COUNTS, RoundKind, VectorLayout, eval_stats_len};
 use crate::budget::{adaptive_sensitivity, noise_threshold, secure_shape};
 use crate::codec::{CodecError, WideInt};
-use crate::gbdt::plan as gbdt_plan;
+use crate::gbdt_plan;
 use crate::secagg::{GraphSpec, RoundId, RoundParams};
 use crate::spec::{JobSpec, PrivacyMode};
 
@@ -112,6 +112,22 @@ pub enum RoundSize {
     },
 }
 
+/// Values of a gbdt job's statistics round: every numeric feature's sketch over its declared
+/// range ([`gbdt_plan::SKETCH_CELLS`] cells), then the usable rows and the positives among
+/// them ([`LABEL_COUNTS`]).
+pub fn trees_statistics_len(spec: &JobSpec) -> usize {
+    spec.features.numeric.len() * gbdt_plan::SKETCH_CELLS + LABEL_COUNTS
+}
+
+/// The longest node block a job's features can give: `max_bins` bins per numeric feature and
+/// each categorical column's slots, three values per bin.
+fn max_node_len(spec: &JobSpec, params: &crate::gbdt_params::GbdtParams) -> usize {
+    let schema = crate::features::FeatureSchema::from_spec(spec);
+    let numeric = schema.numeric.len() * params.max_bins as usize;
+    let categorical: usize = schema.categorical.iter().map(|(_, c)| c.width()).sum();
+    crate::gbdt::histogram::STRIDE * (numeric + categorical)
+}
+
 /// The size a partner takes a boosted-trees round start to announce, once it is within what
 /// the spec allows for that round: the statistics round's sketch and label counts exactly;
 /// a training round's level of at most `2^level` nodes (and the leaf budget) of at most
@@ -160,7 +176,7 @@ pub fn trees_size(
     };
     match kind {
         RoundKind::Statistics => {
-            let expected = gbdt_plan::statistics_len(spec);
+            let expected = trees_statistics_len(spec);
             if stats_len != expected || model_len != 0 {
                 return Err(mismatch(
                     "vector_len",
@@ -178,14 +194,20 @@ pub fn trees_size(
                     gbdt_plan::planned_rounds(&params)
                 ),
             ))?;
+            if level == 0 && gbdt_plan::asks_again(round) {
+                return Err(mismatch(
+                    "round",
+                    round,
+                    "no second round of a tree's root level".into(),
+                ));
+            }
             let eval = if level == 0 && spec.evaluates_in_training() {
                 eval_stats_len(bins)
             } else {
                 0
             };
-            let most = eval
-                + gbdt_plan::max_level_nodes(&params, level)
-                    * gbdt_plan::max_node_len(spec, &params);
+            let most =
+                eval + gbdt_plan::max_level_nodes(&params, level) * max_node_len(spec, &params);
             if stats_len <= eval || stats_len > most {
                 return Err(mismatch(
                     "vector_len",
@@ -514,6 +536,14 @@ mod tests {
         assert!(ask(RoundKind::Statistics, 0, 5, sketch).is_err());
         // Level 0 (round 1): the incoming model's evaluation and one node.
         assert!(ask(RoundKind::Training, 1, 100, eval + node).is_ok());
+        assert!(
+            ask(RoundKind::Training, 2, 100, eval + node).is_err(),
+            "the root again"
+        );
+        assert!(
+            ask(RoundKind::Training, 2, 100, node).is_err(),
+            "the root again"
+        );
         assert!(ask(RoundKind::Training, 1, 100, eval).is_err(), "no node");
         assert!(
             ask(RoundKind::Training, 1, 100, eval + node + 1).is_err(),
@@ -527,14 +557,15 @@ mod tests {
             ask(RoundKind::Training, 1, cap + 1, eval + node).is_err(),
             "state too large"
         );
-        // Level 1 (round 2): no evaluation, at most two nodes.
-        assert!(ask(RoundKind::Training, 2, 100, 2 * node).is_ok());
-        assert!(ask(RoundKind::Training, 2, 100, 2 * node + 1).is_err());
-        // Tree 3's last level is round 9; there is no round 10.
-        assert!(ask(RoundKind::Training, 9, 100, 4 * node).is_ok());
-        assert!(ask(RoundKind::Training, 10, 100, node).is_err());
-        assert!(ask(RoundKind::Evaluation, 10, 100, eval).is_ok());
-        assert!(ask(RoundKind::Evaluation, 10, 100, eval + 1).is_err());
+        // Level 1 (round 3, and 4 asking again): no evaluation, at most two nodes.
+        assert!(ask(RoundKind::Training, 3, 100, 2 * node).is_ok());
+        assert!(ask(RoundKind::Training, 4, 100, 2 * node).is_ok());
+        assert!(ask(RoundKind::Training, 3, 100, 2 * node + 1).is_err());
+        // Tree 3's last level is rounds 17 and 18; there is no round 19.
+        assert!(ask(RoundKind::Training, 18, 100, 4 * node).is_ok());
+        assert!(ask(RoundKind::Training, 19, 100, node).is_err());
+        assert!(ask(RoundKind::Evaluation, 19, 100, eval).is_ok());
+        assert!(ask(RoundKind::Evaluation, 19, 100, eval + 1).is_err());
         let mut odd = Announced {
             secure: true,
             vector_len: (eval + node) * limbs + 1,

@@ -434,7 +434,7 @@ pub struct ModelSection {
     /// The boosting settings of `kind = "gbdt"` (`[model.gbdt]`; every field has a default).
     /// The number of trees is `job.rounds`: a tree is a round of the job's report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gbdt: Option<crate::gbdt::GbdtParams>,
+    pub gbdt: Option<crate::gbdt_params::GbdtParams>,
 }
 
 fn default_l2() -> f64 {
@@ -913,7 +913,7 @@ impl JobSpec {
             }
             // The words of the largest round state the plan allows.
             ModelKindName::Gbdt => self.gbdt_params().map_or(0, |p| {
-                crate::gbdt::plan::max_state_words(&p, f.numeric.len(), f.categorical.len())
+                crate::gbdt_plan::max_state_words(&p, f.numeric.len(), f.categorical.len())
             }),
         }
     }
@@ -933,9 +933,9 @@ impl JobSpec {
             .validate()
             .map_err(|e| invalid(&format!("model.gbdt.{}", e.field), e.to_string()))?;
         let declared = self.model.gbdt.as_ref().map(|g| g.trees);
-        if declared
-            .is_some_and(|t| t != crate::gbdt::GbdtParams::default().trees && t != self.job.rounds)
-        {
+        if declared.is_some_and(|t| {
+            t != crate::gbdt_params::GbdtParams::default().trees && t != self.job.rounds
+        }) {
             return Err(invalid(
                 "model.gbdt.trees",
                 "the number of trees is job.rounds (one tree per round); leave trees out",
@@ -970,7 +970,7 @@ impl JobSpec {
 
     /// A gbdt job's boosting settings: the `[model.gbdt]` table (or its defaults) with the
     /// number of trees set to `job.rounds` and the draws seeded by `job.seed`.
-    pub fn gbdt_params(&self) -> Option<crate::gbdt::GbdtParams> {
+    pub fn gbdt_params(&self) -> Option<crate::gbdt_params::GbdtParams> {
         (self.model.kind == ModelKindName::Gbdt).then(|| {
             let mut p = self.model.gbdt.clone().unwrap_or_default();
             p.trees = self.job.rounds;
@@ -980,17 +980,17 @@ impl JobSpec {
     }
 
     /// Whether the job differs from the linear models' round plan: a gbdt job's training
-    /// rounds grow its trees a level at a time (see [`crate::gbdt::plan`]).
+    /// rounds grow its trees a level at a time (see [`crate::gbdt_plan`]).
     pub fn is_gbdt(&self) -> bool {
         self.model.kind == ModelKindName::Gbdt
     }
 
     /// The job's training rounds as the protocol numbers them: `job.rounds`, or for a gbdt
-    /// job one round per tree level ([`crate::gbdt::plan::planned_rounds`]). Round 0 is the
+    /// job one round per tree level ([`crate::gbdt_plan::planned_rounds`]). Round 0 is the
     /// statistics round and `planned_rounds() + 1` the final evaluation.
     pub fn planned_rounds(&self) -> u64 {
         match self.gbdt_params() {
-            Some(p) => crate::gbdt::plan::planned_rounds(&p),
+            Some(p) => crate::gbdt_plan::planned_rounds(&p),
             None => u64::from(self.job.rounds),
         }
     }

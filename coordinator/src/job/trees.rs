@@ -16,11 +16,12 @@ use std::sync::Arc;
 
 use fedmark_core::aggregate::{RoundKind, eval_stats_from_slice, eval_stats_len};
 use fedmark_core::features::{FeatureSchema, Standardizer};
-use fedmark_core::gbdt::plan::{SKETCH_CELLS, level_round, statistics_len};
+use fedmark_core::gbdt::plan::{SKETCH_CELLS, level_round};
 use fedmark_core::gbdt::train::{base_margin, column_sample};
 use fedmark_core::gbdt::{Feature, GbdtModel, HistLayout, PartialTree, RoundState, TreeGrower};
 use fedmark_core::metrics::Metrics;
 use fedmark_core::model::{Architecture, Model};
+use fedmark_core::shape::trees_statistics_len as statistics_len;
 use fedmark_core::spec::SpecError;
 use fedmark_core::train::ServerOptimizer;
 use tokio::time::Instant;
@@ -169,42 +170,64 @@ impl JobRun {
             let mut level = 0;
             let mut last = None;
             let mut attempts = 0;
-            while let Some(build) = grower.request() {
-                let round = level_round(&params, t, level);
-                let eval_len = if level == 0 && spec.evaluates_in_training() {
-                    eval_stats_len(bins)
-                } else {
-                    0
-                };
-                let words = RoundState {
-                    model: model.clone(),
-                    tree: grower.partial(),
-                    build: build.to_vec(),
-                }
-                .to_words();
-                let stats_len = eval_len + build.len() * layout.node_len();
-                let done = self
-                    .trees_round(
-                        round,
-                        RoundKind::Training,
-                        Some(words),
-                        stats_len,
-                        &standardizer,
+            // The partners whose sums gave the current parent histograms.
+            let mut parents_from: Option<Vec<String>> = None;
+            while grower.request().is_some() {
+                let mut again = false;
+                let done = loop {
+                    let Some(build) = grower.request() else {
+                        return Err(JobError::Preflight("a level without nodes".into()));
+                    };
+                    let round = level_round(&params, t, level, again);
+                    let eval_len = if level == 0 && spec.evaluates_in_training() {
+                        eval_stats_len(bins)
+                    } else {
+                        0
+                    };
+                    let words = RoundState {
+                        model: model.clone(),
+                        tree: grower.partial(),
+                        build: build.to_vec(),
+                    }
+                    .to_words();
+                    let stats_len = eval_len + build.len() * layout.node_len();
+                    let done = self
+                        .trees_round(
+                            round,
+                            RoundKind::Training,
+                            Some(words),
+                            stats_len,
+                            &standardizer,
+                        )
+                        .await?;
+                    attempts += done.attempts;
+                    announce(
+                        &self.hub,
+                        &self.job_id,
+                        (round, done.attempt),
+                        &done.output.survivors,
+                        &eval,
                     )
-                    .await?;
-                if eval_len > 0 {
-                    eval = eval_stats_from_slice(&done.sum.stats[..eval_len], bins).metrics();
-                }
-                grower.absorb(&done.sum.stats[eval_len..])?;
-                announce(
-                    &self.hub,
-                    &self.job_id,
-                    (round, done.attempt),
-                    &done.output.survivors,
-                    &eval,
-                )
-                .await;
-                attempts += done.attempts;
+                    .await;
+                    // A sibling derived as parent − child is right only when both sums come
+                    // from the same partners; otherwise the level is asked for again, whole.
+                    let same = parents_from.as_ref() == Some(&done.output.survivors);
+                    if grower.derives() && !same && !again {
+                        info!(
+                            tree = t + 1,
+                            level, "the level's partners changed; asking for every node"
+                        );
+                        grower.ask_for_all();
+                        again = true;
+                        continue;
+                    }
+                    if eval_len > 0 {
+                        eval = eval_stats_from_slice(&done.sum.stats[..eval_len], bins).metrics();
+                    }
+                    grower.absorb(&done.sum.stats[eval_len..])?;
+                    break done;
+                };
+                parents_from = Some(done.output.survivors.clone());
                 level += 1;
                 last = Some(done);
             }

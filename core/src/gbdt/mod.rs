@@ -38,10 +38,10 @@
 
 pub mod bins;
 pub mod error;
+pub use crate::gbdt_params as params;
+pub use crate::gbdt_plan as plan;
 pub mod grow;
 pub mod histogram;
-pub mod params;
-pub mod plan;
 pub mod score;
 pub mod split;
 pub mod train;

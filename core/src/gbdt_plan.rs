@@ -1,49 +1,35 @@
-//! The round plan of a federated boosted-trees job: which protocol round grows which level of
+//! The round plan of a federated boosted-trees job (`gbdt::plan`; a module of its own, with
+//! the settings in `gbdt_params`, so the spec can use them without importing the trees): which protocol round grows which level of
 //! which tree, and the largest round the spec allows, so a partner can bound what a round asks
 //! of it before it downloads anything.
 //!
-//! Tree `t` (0-based) of a job whose trees are at most `D = max_depth` deep is grown in rounds
-//! `1 + t·D + ℓ` for levels `ℓ = 0 … D − 1` (the deepest level needs no histogram: its leaves'
-//! weights come from their parents' splits). A tree that stops early leaves its remaining
-//! round numbers unused; numbers only move forward. Round 0 is the statistics round (bin sketch
-//! and label counts) and round `T·D + 1` the final evaluation.
+//! Tree `t` (0-based) of a job whose trees are at most `D = max_depth` deep grows level `ℓ`
+//! (`0 … D − 1`; the deepest level needs no histogram: its leaves' weights come from their
+//! parents' splits) in round `1 + 2(t·D + ℓ)`, and, when that round's survivors are not the
+//! ones whose sums gave the level's parent histograms, once more in the next round number with
+//! every node asked for: a sibling derived as parent − child is only right when both sums
+//! come from the same partners. Unused numbers are skipped; numbers only move forward. Round
+//! 0 is the statistics round (bin sketch and label counts) and round `2·T·D + 1` the final
+//! evaluation.
 
-use super::histogram::STRIDE;
-use super::params::GbdtParams;
-use super::split::CategorySet;
-use crate::aggregate::LABEL_COUNTS;
-use crate::features::FeatureSchema;
-use crate::spec::JobSpec;
+use crate::gbdt_params::GbdtParams;
 
-/// Words of a split node in a [`super::RoundState`] at most (a categorical rule's set).
+/// Words of a split node in a [`crate::gbdt::RoundState`] at most (a categorical rule's set
+/// as eight 32-bit halves).
 const SPLIT_WORDS: u128 = 2 + 1 + 8 + 4;
 
 /// Cells of each numeric feature's sketch grid in the statistics round.
 pub const SKETCH_CELLS: usize = 1024;
 
-/// Values of a gbdt job's statistics round: every numeric feature's sketch over its declared
-/// range, then the usable rows and the positives among them ([`LABEL_COUNTS`]).
-pub fn statistics_len(spec: &JobSpec) -> usize {
-    spec.features.numeric.len() * SKETCH_CELLS + LABEL_COUNTS
-}
-
-/// The longest node block a job's features can give: `max_bins` bins per numeric feature and
-/// each categorical column's slots, three values per bin.
-pub fn max_node_len(spec: &JobSpec, params: &GbdtParams) -> usize {
-    let schema = FeatureSchema::from_spec(spec);
-    let numeric = schema.numeric.len() * params.max_bins as usize;
-    let categorical: usize = schema.categorical.iter().map(|(_, c)| c.width()).sum();
-    STRIDE * (numeric + categorical)
-}
-
-/// Training rounds of the plan: `trees × max_depth`.
+/// Training round numbers of the plan: two per tree level, `2 × trees × max_depth`.
 pub fn planned_rounds(params: &GbdtParams) -> u64 {
-    u64::from(params.trees) * u64::from(params.max_depth)
+    2 * u64::from(params.trees) * u64::from(params.max_depth)
 }
 
-/// The protocol round of level `level` of tree `tree` (both 0-based).
-pub fn level_round(params: &GbdtParams, tree: u32, level: u32) -> u64 {
-    1 + u64::from(tree) * u64::from(params.max_depth) + u64::from(level)
+/// The protocol round of level `level` of tree `tree` (both 0-based); `again` is the round
+/// that asks for the level once more, every node built.
+pub fn level_round(params: &GbdtParams, tree: u32, level: u32, again: bool) -> u64 {
+    1 + 2 * (u64::from(tree) * u64::from(params.max_depth) + u64::from(level)) + u64::from(again)
 }
 
 /// The (tree, level) a training round grows, or `None` outside `1..=planned_rounds`.
@@ -52,8 +38,15 @@ pub fn tree_and_level(params: &GbdtParams, round: u64) -> Option<(u32, u32)> {
     if round == 0 || round > planned_rounds(params) {
         return None;
     }
-    let i = round - 1;
+    let i = (round - 1) / 2;
     Some(((i / depth) as u32, (i % depth) as u32))
+}
+
+/// Whether a training round is the one that asks for its level again (every node built).
+/// The root level never asks again: it derives nothing, and a second sum of the root over
+/// other partners would only tell their difference.
+pub fn asks_again(round: u64) -> bool {
+    round >= 1 && (round - 1) % 2 == 1
 }
 
 /// The most nodes level `level` can ask for: `2^level`, and no more than the leaf budget.
@@ -69,7 +62,7 @@ pub fn max_tree_nodes(params: &GbdtParams) -> u128 {
     by_depth.min(by_leaves)
 }
 
-/// The most words a round's [`super::RoundState`] can take for this job: its features (at most
+/// The most words a round's [`crate::gbdt::RoundState`] can take for this job: its features (at most
 /// 256 bins each), every tree full, and the tree being grown.
 pub fn max_state_words(params: &GbdtParams, n_numeric: usize, n_categorical: usize) -> u128 {
     let features = 1 + n_numeric as u128 * (2 + 255) + n_categorical as u128 * 2;
@@ -77,9 +70,6 @@ pub fn max_state_words(params: &GbdtParams, n_numeric: usize, n_categorical: usi
     let build = 1 + max_tree_nodes(params);
     2 + features + 1 + 1 + u128::from(params.trees) * tree + tree + build
 }
-
-// A categorical rule's set is four 64-bit words, sent as eight 32-bit halves.
-const _: () = assert!(std::mem::size_of::<CategorySet>() == 32);
 
 #[cfg(test)]
 mod tests {
@@ -92,17 +82,19 @@ mod tests {
             max_depth: 4,
             ..Default::default()
         };
-        assert_eq!(planned_rounds(&p), 12);
+        assert_eq!(planned_rounds(&p), 24);
         let mut expected = 1;
         for t in 0..3 {
             for l in 0..4 {
-                assert_eq!(level_round(&p, t, l), expected);
-                assert_eq!(tree_and_level(&p, expected), Some((t, l)));
-                expected += 1;
+                for again in [false, true] {
+                    assert_eq!(level_round(&p, t, l, again), expected);
+                    assert_eq!(tree_and_level(&p, expected), Some((t, l)));
+                    expected += 1;
+                }
             }
         }
         assert_eq!(tree_and_level(&p, 0), None);
-        assert_eq!(tree_and_level(&p, 13), None);
+        assert_eq!(tree_and_level(&p, 25), None);
         assert_eq!(max_level_nodes(&p, 0), 1);
         assert_eq!(max_level_nodes(&p, 3), 8);
         let leaves = GbdtParams {
