@@ -40,6 +40,8 @@ pub struct JobContext {
     /// The job's privacy plan as this partner computes it from the spec.
     pub privacy: Option<PrivacyPlan>,
     encoded: Option<(Standardizer, Dataset, Dataset)>,
+    /// A gbdt job's binned rows and margins.
+    trees: Option<crate::trees::TreesCache>,
 }
 
 /// The values of one round's vector before encoding.
@@ -63,6 +65,7 @@ impl JobContext {
             applied: None,
             privacy,
             encoded: None,
+            trees: None,
         }
     }
 
@@ -101,6 +104,7 @@ impl JobContext {
         {
             self.data = keyed.consented(snapshot);
             self.encoded = None;
+            self.trees = None;
             self.applied = Some(snapshot.hash.clone());
         }
     }
@@ -293,6 +297,29 @@ impl JobContext {
                 .ok_or("a DP job without declared feature ranges")?,
             false => c.standardizer,
         };
+        if let Some(params) = self.spec.gbdt_params() {
+            let mut job = crate::trees::TreesJob {
+                spec: &self.spec,
+                schema: &self.schema,
+                data: &self.data,
+                cache: &mut self.trees,
+            };
+            let stats = match kind {
+                RoundKind::Statistics => crate::trees::statistics(&self.schema, &self.data)?,
+                RoundKind::Training => {
+                    job.level(&params, c.round.round, &model.params, layout.stats_len)?
+                }
+                RoundKind::Evaluation => job.evaluation(&model.params)?,
+            };
+            if stats.len() != layout.stats_len {
+                return Err(format!(
+                    "the round announces {} values; this partner computed {}",
+                    layout.stats_len,
+                    stats.len()
+                ));
+            }
+            return Ok(layout.encode(&[], &stats, &mut rng));
+        }
         let RoundValues { update, stats } = match kind {
             RoundKind::Statistics => self.statistics(),
             RoundKind::Training => self.training(&model, &standardizer, c.clip, &mut rng)?,

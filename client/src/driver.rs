@@ -494,7 +494,7 @@ impl Node {
             Ok(ctx) => (
                 ctx.spec.job.purpose.clone(),
                 ctx.privacy,
-                u64::from(ctx.spec.job.rounds),
+                ctx.spec.planned_rounds(),
                 ledger::spec_digest(&ctx.spec),
             ),
             Err(_) => return Err(ClientError::Poisoned("job state")),

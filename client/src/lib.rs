@@ -29,3 +29,4 @@ pub mod participant;
 pub mod policy;
 pub mod rounds;
 pub mod transfer;
+pub mod trees;

@@ -74,7 +74,7 @@ pub fn check_offer(
             spec_sha256: &ledger::spec_digest(&spec),
             purpose: &spec.job.purpose,
             plan,
-            planned_rounds: u64::from(spec.job.rounds),
+            planned_rounds: spec.planned_rounds(),
             cap,
         };
         ledger.check_offer(&terms).map_err(|e| e.to_string())?;

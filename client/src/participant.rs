@@ -27,7 +27,7 @@ use fedmark_core::secagg::{
     ClientPolicy, ClientRound, Envelope, Mask, MaskPlan, RoundId, RoundParams, SecAggError,
     SignedKeys,
 };
-use fedmark_core::shape::{RoundShape, bind_clip, check_clip};
+use fedmark_core::shape::{RoundShape, RoundSize, bind_clip, check_clip, trees_size};
 use fedmark_core::spec::JobSpec;
 use fedmark_proto::{
     EncryptedShares, KeyBroadcast, RoundAbort, RoundRef, RoundResult, RoundStart, SharesDelivery,
@@ -362,7 +362,22 @@ impl Participant {
         }
         // The round's shape is the partner's own derivation from the spec it accepted and the
         // cohort's members; a start that announces anything else is sat out.
-        let shape = RoundShape::derive(&job.spec, kind, start.cohort.clone(), job.num_params)
+        // A boosted-trees round's sizes depend on the tree being grown: the partner takes them
+        // from the start within the spec's bounds and checks them exactly against the state it
+        // downloads (`JobContext::compute`).
+        let size = if job.spec.is_gbdt() {
+            trees_size(
+                &job.spec,
+                kind,
+                rref.round,
+                start.cohort.len(),
+                &start.announced(),
+            )
+        } else {
+            Ok(RoundSize::Params(job.num_params))
+        };
+        let shape = size
+            .and_then(|size| RoundShape::derive_sized(&job.spec, kind, start.cohort.clone(), size))
             .and_then(|shape| {
                 shape.check(&start.announced(), &rref.job_id, rref.round, rref.attempt)?;
                 Ok(shape)

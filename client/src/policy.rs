@@ -6,7 +6,7 @@
 //! ```toml
 //! allowed_purposes = ["campaign_response"]   # job.purpose must be one of these
 //! allowed_features = ["age", "job", "y"]     # every declared column, label included
-//! allowed_models = ["logistic", "mlp"]       # default: both
+//! allowed_models = ["logistic", "mlp"]       # default: every kind (logistic, mlp, gbdt)
 //! min_cohort = 3                             # fewest partners to aggregate with (default 2)
 //! min_threshold = 2                          # optional: secure-aggregation threshold floor
 //!
@@ -109,7 +109,11 @@ pub struct PartnerPolicy {
 }
 
 fn all_models() -> Vec<ModelKindName> {
-    vec![ModelKindName::Logistic, ModelKindName::Mlp]
+    vec![
+        ModelKindName::Logistic,
+        ModelKindName::Mlp,
+        ModelKindName::Gbdt,
+    ]
 }
 
 fn default_min_cohort() -> u32 {
@@ -127,10 +131,7 @@ pub fn mode_name(mode: PrivacyMode) -> &'static str {
 }
 
 fn model_name(kind: ModelKindName) -> &'static str {
-    match kind {
-        ModelKindName::Logistic => "logistic",
-        ModelKindName::Mlp => "mlp",
-    }
+    kind.as_str()
 }
 
 /// Whether a job in mode `offered` meets a requirement of `required` (see the module notes).

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use fedmark_core::aggregate::{RoundKind, VectorLayout};
 use fedmark_core::features::Standardizer;
-use fedmark_core::shape::RoundShape;
+use fedmark_core::shape::{RoundShape, RoundSize};
 use fedmark_core::spec::{JobSpec, PrivacyMode};
 use fedmark_proto::{RoundRef, server_message};
 use rand::SeedableRng;
@@ -49,6 +49,8 @@ pub(crate) struct RoundInputs {
     pub(crate) standardizer: Option<Standardizer>,
     /// The round's clip norm when the job's clip is adaptive (training rounds).
     pub(crate) clip: Option<f64>,
+    /// A boosted-trees round's statistics count (its model is the round state's words).
+    pub(crate) trees_stats: Option<usize>,
 }
 
 /// Runs round `round` until it succeeds, each attempt with a fresh cohort of the partners
@@ -65,6 +67,7 @@ pub(crate) async fn run_with_retries(
         model,
         standardizer,
         clip,
+        trees_stats,
     } = inputs;
     let min = spec.aggregation.min_participants as usize;
     let num_params = model.as_ref().map_or(0, |m| m.len());
@@ -131,7 +134,14 @@ pub(crate) async fn run_with_retries(
             continue;
         }
         // One rule for both sides: the partners derive the same shape and refuse another.
-        let shape = RoundShape::derive(spec, kind, cohort, num_params)?;
+        let size = match trees_stats {
+            Some(stats_len) => RoundSize::Trees {
+                model_len: num_params,
+                stats_len,
+            },
+            None => RoundSize::Params(num_params),
+        };
+        let shape = RoundShape::derive_sized(spec, kind, cohort, size)?;
         let secure = shape.secure.map(|s| SecureSetup {
             roster: Arc::clone(&settings.roster),
             degree: s.degree,

@@ -40,6 +40,9 @@ pub enum JobError {
     /// The job's vectors do not fit in this coordinator's memory now.
     #[error(transparent)]
     Memory(#[from] fedmark_core::alloc::AllocError),
+    /// A boosted-trees step failed (bin edges, a level's sum, the model).
+    #[error("boosted trees: {0}")]
+    Trees(#[from] fedmark_core::gbdt::GbdtError),
     /// A check before training failed (e.g. no row carries the positive label).
     #[error("pre-flight check failed: {0}")]
     Preflight(String),

@@ -35,6 +35,10 @@ pub const WEIGHTS_FILE: &str = "weights.npy";
 pub const PIPELINE_FILE: &str = "pipeline.json";
 /// File name of the model card.
 pub const CARD_FILE: &str = "model_card.json";
+/// A boosted-trees model in fedmark's own JSON (`fedmark-gbdt`, version 1).
+pub const TREES_FILE: &str = "model.json";
+/// A boosted-trees model in XGBoost's JSON model format (`xgboost.Booster(model_file=…)`).
+pub const XGBOOST_FILE: &str = "model.xgb.json";
 /// Format tag of `pipeline.json`.
 pub const PIPELINE_FORMAT: &str = "fedmark-pipeline/1";
 
@@ -472,6 +476,16 @@ fn build_model_files(
     let restored = store.checkpoint(job_id, round)?.ok_or_else(no_checkpoint)?;
     let at = restored.checkpoint.round;
     let schema = FeatureSchema::from_spec(&spec);
+    if spec.is_gbdt() {
+        return trees_export(
+            store,
+            &spec,
+            &schema,
+            &job,
+            (at, last_round),
+            &restored.model,
+        );
+    }
     let expected = Architecture::from_spec(&spec).num_params(schema.dim());
     let mismatch = |reason: String| ExportError::Mismatch {
         id: job_id.to_owned(),
@@ -523,6 +537,56 @@ fn build_model_files(
         files: Vec::new(),
     };
     Ok((done, files))
+}
+
+/// A boosted-trees job's export: the model in fedmark's own JSON and in XGBoost's, and the
+/// card of a finished job.
+fn trees_export(
+    store: &Store,
+    spec: &JobSpec,
+    schema: &FeatureSchema,
+    job: &crate::store::JobRecord,
+    (at, last_round): (u64, u64),
+    words: &[f64],
+) -> Result<(ModelExport, Vec<ModelFile>), ExportError> {
+    let job_id = job.id.as_str();
+    let state = fedmark_core::gbdt::RoundState::from_words(words, schema).map_err(|e| {
+        ExportError::Mismatch {
+            id: job_id.to_owned(),
+            round: at,
+            reason: e.to_string(),
+        }
+    })?;
+    let own = state.model.to_json().map_err(|e| ExportError::Mismatch {
+        id: job_id.to_owned(),
+        round: at,
+        reason: e.to_string(),
+    })?;
+    let mut files = vec![
+        (TREES_FILE, own.into_bytes()),
+        (XGBOOST_FILE, json_bytes(&state.model.to_xgboost_json())),
+    ];
+    if job.status == JobStatus::Finished
+        && let Some(outcome) = stored_outcome(store, spec, job_id)?
+    {
+        let card = model_card(store, &outcome)?;
+        files.push((CARD_FILE, json_bytes(&card)));
+        files.push((
+            crate::card::CARD_MARKDOWN_FILE,
+            crate::card::markdown(&card).into_bytes(),
+        ));
+    }
+    Ok((
+        ModelExport {
+            job_id: job_id.to_owned(),
+            round: at,
+            last_round,
+            model_sha256: f64s_sha256(words),
+            params: words.len(),
+            files: Vec::new(),
+        },
+        files,
+    ))
 }
 
 /// One job's audit records, as [`job_audit_records`] selects them.

@@ -113,6 +113,14 @@ pub async fn run_job(
         store,
         privacy,
     };
+    if run.spec.is_gbdt() {
+        if resumed.is_some() {
+            return Err(JobError::Preflight(
+                "a boosted-trees job cannot resume after a coordinator restart yet".into(),
+            ));
+        }
+        return run.run_trees(started).await;
+    }
     let mut state = match resumed {
         Some(state) => state,
         None => run.first_state().await?,
@@ -128,6 +136,8 @@ pub async fn run_job(
     };
     run.finish(state, ended).await
 }
+
+mod trees;
 
 /// A running job: what its phases share.
 struct JobRun {
@@ -170,6 +180,7 @@ impl JobRun {
                 model,
                 standardizer,
                 clip,
+                trees_stats: None,
             },
         )
         .await
@@ -214,14 +225,7 @@ impl JobRun {
             .chunks(3)
             .map(|c| [c[0], c[1], c[2]])
             .collect();
-        let (rows, positives) = (stats[numeric], stats[numeric + 1]);
-        if positives < 1.0 || positives > rows - 1.0 {
-            let found = if positives < 1.0 { "none" } else { "every one" };
-            return Err(JobError::Preflight(format!(
-                "label column `{}`: {found} of the partners' {rows} usable rows has the positive value `{}` (values are compared exactly, case included); check `label.positive` against the data",
-                spec.label.column, spec.label.positive
-            )));
-        }
+        check_labels(&spec, stats[numeric], stats[numeric + 1])?;
         state.standardizer = Standardizer::from_moments(&moments);
         state.training_rows = moments.first().map_or(0.0, |m| m[0]);
         commit(
@@ -530,6 +534,18 @@ impl JobRun {
             standardizer: state.standardizer,
         })
     }
+}
+
+/// The pre-flight label check: some but not all of the partners' usable rows are positive.
+fn check_labels(spec: &JobSpec, rows: f64, positives: f64) -> Result<(), JobError> {
+    if positives < 1.0 || positives > rows - 1.0 {
+        let found = if positives < 1.0 { "none" } else { "every one" };
+        return Err(JobError::Preflight(format!(
+            "label column `{}`: {found} of the partners' {rows} usable rows has the positive value `{}` (values are compared exactly, case included); check `label.positive` against the data",
+            spec.label.column, spec.label.positive
+        )));
+    }
+    Ok(())
 }
 
 /// How a job ended, for its report.

@@ -8,7 +8,8 @@
 //! checks every round start against it before it takes part:
 //!
 //! - **Kinds follow the plan.** Round 0 is the statistics round, rounds 1..=R (the spec's
-//!   `job.rounds`) are training rounds, round R + 1 is the final evaluation; nothing else.
+//!   `job.rounds`, or a gbdt job's tree levels, [`JobSpec::planned_rounds`]) are training
+//!   rounds, round R + 1 is the final evaluation; nothing else.
 //! - **Round instances only move forward.** (round, attempt) strictly increases: an old
 //!   instance is never answered again, and an earlier round never comes back.
 //! - **Attempts are capped** at the spec's `aggregation.max_attempts` per round.
@@ -155,7 +156,7 @@ impl RoundGuard {
     /// A guard for a job, from the spec the partner accepted.
     pub fn new(spec: &JobSpec) -> Self {
         Self {
-            rounds: u64::from(spec.job.rounds),
+            rounds: spec.planned_rounds(),
             max_attempts: spec.aggregation.max_attempts,
             secure: spec.aggregation.secure,
             redo_training: spec.privacy.mode == PrivacyMode::Record,

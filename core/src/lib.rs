@@ -20,6 +20,8 @@ pub mod discrete_gaussian;
 pub mod dp;
 pub mod features;
 pub mod gbdt;
+pub mod gbdt_params;
+pub mod gbdt_plan;
 pub mod guard;
 pub mod matrix;
 pub mod metrics;

@@ -39,6 +39,10 @@ impl Architecture {
             ModelKindName::Mlp => Architecture::Mlp {
                 hidden: spec.model.hidden.unwrap_or(1) as usize,
             },
+            // A gbdt job has no architecture of weights: the words of its round state travel in
+            // a model's place (`gbdt::wire`), and every use of the architecture (training,
+            // export, scoring) branches on `spec.is_gbdt()` first.
+            ModelKindName::Gbdt => Architecture::Logistic,
         }
     }
 

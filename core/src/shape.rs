@@ -23,7 +23,8 @@
 
 use crate::aggregate::{LABEL_COUNTS, RoundKind, VectorLayout, eval_stats_len};
 use crate::budget::{adaptive_sensitivity, noise_threshold, secure_shape};
-use crate::codec::CodecError;
+use crate::codec::{CodecError, WideInt};
+use crate::gbdt_plan;
 use crate::secagg::{GraphSpec, RoundId, RoundParams};
 use crate::spec::{JobSpec, PrivacyMode};
 
@@ -95,6 +96,148 @@ pub struct RoundShape {
     pub min_survivors: usize,
 }
 
+/// What sizes a round besides its kind and cohort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoundSize {
+    /// A linear model's parameter count: the whole shape follows from the spec.
+    Params(usize),
+    /// A boosted-trees round: the words of its round state and the statistics it sums. Their
+    /// exact values depend on the tree being grown, so a partner bounds the announced ones
+    /// ([`trees_size`]) and checks them exactly against the state it downloads.
+    Trees {
+        /// Words of the round's [`crate::gbdt::RoundState`] (0 in the statistics round).
+        model_len: usize,
+        /// Statistics values of the round's vector.
+        stats_len: usize,
+    },
+}
+
+/// Values of a gbdt job's statistics round: every numeric feature's sketch over its declared
+/// range ([`gbdt_plan::SKETCH_CELLS`] cells), then the usable rows and the positives among
+/// them ([`LABEL_COUNTS`]).
+pub fn trees_statistics_len(spec: &JobSpec) -> usize {
+    spec.features.numeric.len() * gbdt_plan::SKETCH_CELLS + LABEL_COUNTS
+}
+
+/// The longest node block a job's features can give: `max_bins` bins per numeric feature and
+/// each categorical column's slots, three values per bin.
+fn max_node_len(spec: &JobSpec, params: &crate::gbdt_params::GbdtParams) -> usize {
+    let schema = crate::features::FeatureSchema::from_spec(spec);
+    let numeric = schema.numeric.len() * params.max_bins as usize;
+    let categorical: usize = schema.categorical.iter().map(|(_, c)| c.width()).sum();
+    crate::gbdt::histogram::STRIDE * (numeric + categorical)
+}
+
+/// The size a partner takes a boosted-trees round start to announce, once it is within what
+/// the spec allows for that round: the statistics round's sketch and label counts exactly;
+/// a training round's level of at most `2^level` nodes (and the leaf budget) of at most
+/// `max_bins` bins per numeric feature, with the incoming model's evaluation on the tree's
+/// first level (jobs without DP); the final evaluation's statistics exactly; and a round state
+/// no larger than the spec's largest.
+pub fn trees_size(
+    spec: &JobSpec,
+    kind: RoundKind,
+    round: u64,
+    parties: usize,
+    announced: &Announced<'_>,
+) -> Result<RoundSize, ShapeError> {
+    let params = spec.gbdt_params().ok_or(ShapeError::Mismatch {
+        field: "model",
+        announced: "a boosted-trees round".into(),
+        derived: format!("a {} model", spec.model.kind.as_str()),
+    })?;
+    let limbs = WideInt::for_sum(parties)?.limbs as u64;
+    let mismatch = |field: &'static str, a: u64, d: String| ShapeError::Mismatch {
+        field,
+        announced: a.to_string(),
+        derived: d,
+    };
+    if !announced.vector_len.is_multiple_of(limbs) {
+        return Err(mismatch(
+            "vector_len",
+            announced.vector_len,
+            format!("a multiple of {limbs} words"),
+        ));
+    }
+    let stats_len = (announced.vector_len / limbs) as usize;
+    let bins = spec.histogram_bins() as usize;
+    let cap = spec.model_params();
+    let model_len = announced.model_len;
+    let state_within = |min: u64| {
+        if u128::from(model_len) >= u128::from(min) && u128::from(model_len) <= cap {
+            Ok(())
+        } else {
+            Err(mismatch(
+                "model_len",
+                model_len,
+                format!("{min}..={cap} words"),
+            ))
+        }
+    };
+    match kind {
+        RoundKind::Statistics => {
+            let expected = trees_statistics_len(spec);
+            if stats_len != expected || model_len != 0 {
+                return Err(mismatch(
+                    "vector_len",
+                    announced.vector_len,
+                    format!("{} words and no model", expected as u64 * limbs),
+                ));
+            }
+        }
+        RoundKind::Training => {
+            let (_, level) = gbdt_plan::tree_and_level(&params, round).ok_or(mismatch(
+                "round",
+                round,
+                format!(
+                    "a level round in 1..={}",
+                    gbdt_plan::planned_rounds(&params)
+                ),
+            ))?;
+            if level == 0 && gbdt_plan::asks_again(round) {
+                return Err(mismatch(
+                    "round",
+                    round,
+                    "no second round of a tree's root level".into(),
+                ));
+            }
+            let eval = if level == 0 && spec.evaluates_in_training() {
+                eval_stats_len(bins)
+            } else {
+                0
+            };
+            let most =
+                eval + gbdt_plan::max_level_nodes(&params, level) * max_node_len(spec, &params);
+            if stats_len <= eval || stats_len > most {
+                return Err(mismatch(
+                    "vector_len",
+                    announced.vector_len,
+                    format!(
+                        "more than {} and at most {} words for level {level}",
+                        eval as u64 * limbs,
+                        most as u64 * limbs
+                    ),
+                ));
+            }
+            state_within(1)?;
+        }
+        RoundKind::Evaluation => {
+            if stats_len != eval_stats_len(bins) {
+                return Err(mismatch(
+                    "vector_len",
+                    announced.vector_len,
+                    format!("{} words", eval_stats_len(bins) as u64 * limbs),
+                ));
+            }
+            state_within(1)?;
+        }
+    }
+    Ok(RoundSize::Trees {
+        model_len: model_len as usize,
+        stats_len,
+    })
+}
+
 impl RoundShape {
     /// The shape of a `kind` round over `cohort` in a job whose model has `num_params`
     /// parameters.
@@ -104,6 +247,17 @@ impl RoundShape {
         cohort: Vec<String>,
         num_params: usize,
     ) -> Result<Self, ShapeError> {
+        Self::derive_sized(spec, kind, cohort, RoundSize::Params(num_params))
+    }
+
+    /// The shape of a `kind` round over `cohort` of the given size (a linear model's
+    /// parameters, or a boosted-trees round's words).
+    pub fn derive_sized(
+        spec: &JobSpec,
+        kind: RoundKind,
+        cohort: Vec<String>,
+        size: RoundSize,
+    ) -> Result<Self, ShapeError> {
         if cohort.is_empty() {
             return Err(ShapeError::EmptyCohort);
         }
@@ -111,10 +265,28 @@ impl RoundShape {
             return Err(ShapeError::CohortNotCanonical);
         }
         let n = cohort.len();
-        let layout = kind.layout(spec, num_params, n)?;
-        let model_len = match kind {
-            RoundKind::Statistics => 0,
-            RoundKind::Training | RoundKind::Evaluation => num_params,
+        let (layout, model_len) = match (spec.is_gbdt(), size) {
+            (false, RoundSize::Params(num_params)) => {
+                let model_len = match kind {
+                    RoundKind::Statistics => 0,
+                    RoundKind::Training | RoundKind::Evaluation => num_params,
+                };
+                (kind.layout(spec, num_params, n)?, model_len)
+            }
+            (
+                true,
+                RoundSize::Trees {
+                    model_len,
+                    stats_len,
+                },
+            ) => (VectorLayout::new(n, 0, 0.0, stats_len)?, model_len),
+            (gbdt, _) => {
+                return Err(ShapeError::Mismatch {
+                    field: "model",
+                    announced: if gbdt { "parameters" } else { "a round state" }.into(),
+                    derived: format!("a {} model", spec.model.kind.as_str()),
+                });
+            }
         };
         let secure = spec.aggregation.secure.then(|| {
             let (degree, threshold) = secure_shape(spec, n);
@@ -329,6 +501,102 @@ mod tests {
 
     fn ids(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("p{i:03}")).collect()
+    }
+
+    /// A boosted-trees round: the partner takes the size from the announcement only within
+    /// the spec's bounds for that round, and the coordinator's honest start checks.
+    #[test]
+    fn trees_rounds_are_sized_within_the_specs_bounds() {
+        let s = JobSpec::from_toml(
+            "[job]\nname = \"t\"\npurpose = \"p\"\nrounds = 3\n[label]\ncolumn = \"y\"\npositive = \"1\"\n\
+             [features]\nnumeric = [\"a\"]\ncategorical = [\"c\"]\nrange = { a = [0.0, 1.0] }\n\
+             vocabulary = { c = [\"u\", \"v\"] }\n[model]\nkind = \"gbdt\"\n[model.gbdt]\nmax_depth = 3\nmax_bins = 16\n",
+        )
+        .unwrap();
+        let n = 4;
+        let limbs = WideInt::for_sum(n).unwrap().limbs as u64;
+        let eval = eval_stats_len(s.histogram_bins() as usize) as u64;
+        // 16 numeric bins and 3 slots, three values each.
+        let node = 3 * (16 + 3);
+        let cap = s.model_params() as u64;
+        let ask = |kind, round, model_len: u64, stats: u64| {
+            let a = Announced {
+                secure: true,
+                vector_len: stats * limbs,
+                model_len,
+                threshold: 0,
+                graph_degree: 0,
+                graph_seed: &[],
+            };
+            trees_size(&s, kind, round, n, &a)
+        };
+        let sketch = (1024 + LABEL_COUNTS) as u64;
+        assert!(ask(RoundKind::Statistics, 0, 0, sketch).is_ok());
+        assert!(ask(RoundKind::Statistics, 0, 0, sketch + 1).is_err());
+        assert!(ask(RoundKind::Statistics, 0, 5, sketch).is_err());
+        // Level 0 (round 1): the incoming model's evaluation and one node.
+        assert!(ask(RoundKind::Training, 1, 100, eval + node).is_ok());
+        assert!(
+            ask(RoundKind::Training, 2, 100, eval + node).is_err(),
+            "the root again"
+        );
+        assert!(
+            ask(RoundKind::Training, 2, 100, node).is_err(),
+            "the root again"
+        );
+        assert!(ask(RoundKind::Training, 1, 100, eval).is_err(), "no node");
+        assert!(
+            ask(RoundKind::Training, 1, 100, eval + node + 1).is_err(),
+            "two nodes' worth"
+        );
+        assert!(
+            ask(RoundKind::Training, 1, 0, eval + node).is_err(),
+            "no state"
+        );
+        assert!(
+            ask(RoundKind::Training, 1, cap + 1, eval + node).is_err(),
+            "state too large"
+        );
+        // Level 1 (round 3, and 4 asking again): no evaluation, at most two nodes.
+        assert!(ask(RoundKind::Training, 3, 100, 2 * node).is_ok());
+        assert!(ask(RoundKind::Training, 4, 100, 2 * node).is_ok());
+        assert!(ask(RoundKind::Training, 3, 100, 2 * node + 1).is_err());
+        // Tree 3's last level is rounds 17 and 18; there is no round 19.
+        assert!(ask(RoundKind::Training, 18, 100, 4 * node).is_ok());
+        assert!(ask(RoundKind::Training, 19, 100, node).is_err());
+        assert!(ask(RoundKind::Evaluation, 19, 100, eval).is_ok());
+        assert!(ask(RoundKind::Evaluation, 19, 100, eval + 1).is_err());
+        let mut odd = Announced {
+            secure: true,
+            vector_len: (eval + node) * limbs + 1,
+            model_len: 100,
+            threshold: 0,
+            graph_degree: 0,
+            graph_seed: &[],
+        };
+        assert!(trees_size(&s, RoundKind::Training, 1, n, &odd).is_err());
+
+        // The coordinator's honest start passes the partner's derivation and check.
+        let size = RoundSize::Trees {
+            model_len: 100,
+            stats_len: (eval + node) as usize,
+        };
+        let shape = RoundShape::derive_sized(&s, RoundKind::Training, ids(n), size).unwrap();
+        let seed = shape.graph_seed("j", 1, 1);
+        let start = shape.announce(&seed);
+        let taken = trees_size(&s, RoundKind::Training, 1, n, &start).unwrap();
+        assert_eq!(taken, size);
+        let mine = RoundShape::derive_sized(&s, RoundKind::Training, ids(n), taken).unwrap();
+        mine.check(&start, "j", 1, 1).unwrap();
+        odd.vector_len = start.vector_len;
+        assert!(
+            mine.check(&odd, "j", 1, 1).is_err(),
+            "the graph seed is still checked"
+        );
+        // Sizes of the other family are refused both ways.
+        assert!(RoundShape::derive(&s, RoundKind::Training, ids(n), 3).is_err());
+        assert!(RoundShape::derive_sized(&spec(""), RoundKind::Training, ids(n), size).is_err());
+        assert!(trees_size(&spec(""), RoundKind::Training, 1, n, &start).is_err());
     }
 
     #[test]

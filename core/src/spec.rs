@@ -404,6 +404,8 @@ pub enum ModelKindName {
     Logistic,
     /// One hidden ReLU layer, sigmoid output.
     Mlp,
+    /// Gradient-boosted trees (second-order, histogram-based), grown through the secure sum.
+    Gbdt,
 }
 
 impl ModelKindName {
@@ -412,6 +414,7 @@ impl ModelKindName {
         match self {
             ModelKindName::Logistic => "logistic",
             ModelKindName::Mlp => "mlp",
+            ModelKindName::Gbdt => "gbdt",
         }
     }
 }
@@ -428,6 +431,10 @@ pub struct ModelSection {
     /// L2 regularisation strength (on weights, not biases).
     #[serde(default = "default_l2")]
     pub l2: f64,
+    /// The boosting settings of `kind = "gbdt"` (`[model.gbdt]`; every field has a default).
+    /// The number of trees is `job.rounds`: a tree is a round of the job's report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gbdt: Option<crate::gbdt_params::GbdtParams>,
 }
 
 fn default_l2() -> f64 {
@@ -685,11 +692,12 @@ impl JobSpec {
             (ModelKindName::Mlp, Some(h)) if h == 0 || h > MAX_HIDDEN => {
                 return Err(invalid("model.hidden", format!("must be 1..={MAX_HIDDEN}")));
             }
-            (ModelKindName::Logistic, Some(_)) => {
+            (ModelKindName::Logistic | ModelKindName::Gbdt, Some(_)) => {
                 return Err(invalid("model.hidden", "only applies to kind = \"mlp\""));
             }
             _ => {}
         }
+        self.validate_gbdt()?;
         check_range("model.l2", self.model.l2, 0.0, 10.0)?;
         let t = &self.training;
         if t.local_epochs == 0 || t.local_epochs > 1000 {
@@ -903,6 +911,87 @@ impl JobSpec {
                 let hidden = u128::from(self.model.hidden.unwrap_or(0));
                 dim * hidden + 2 * hidden + 1
             }
+            // The words of the largest round state the plan allows.
+            ModelKindName::Gbdt => self.gbdt_params().map_or(0, |p| {
+                crate::gbdt_plan::max_state_words(&p, f.numeric.len(), f.categorical.len())
+            }),
+        }
+    }
+
+    /// The `[model.gbdt]` table's checks: only under `kind = "gbdt"`, every setting in its
+    /// range, the number of trees given by `job.rounds`, a declared range for every numeric
+    /// column (the bin sketch is taken over it), and no DP yet.
+    fn validate_gbdt(&self) -> Result<(), SpecError> {
+        if self.model.kind != ModelKindName::Gbdt {
+            return match self.model.gbdt {
+                Some(_) => Err(invalid("model.gbdt", "only applies to kind = \"gbdt\"")),
+                None => Ok(()),
+            };
+        }
+        let params = self.gbdt_params().unwrap_or_default();
+        params
+            .validate()
+            .map_err(|e| invalid(&format!("model.gbdt.{}", e.field), e.to_string()))?;
+        let declared = self.model.gbdt.as_ref().map(|g| g.trees);
+        if declared.is_some_and(|t| {
+            t != crate::gbdt_params::GbdtParams::default().trees && t != self.job.rounds
+        }) {
+            return Err(invalid(
+                "model.gbdt.trees",
+                "the number of trees is job.rounds (one tree per round); leave trees out",
+            ));
+        }
+        if params.early_stopping_rounds.is_some() {
+            return Err(invalid(
+                "model.gbdt.early_stopping_rounds",
+                "is not available in a federated job yet; set job.rounds to the trees wanted",
+            ));
+        }
+        if let Some(col) = self
+            .features
+            .numeric
+            .iter()
+            .find(|c| !self.features.range.contains_key(*c))
+        {
+            return Err(invalid(
+                &format!("features.range.{col}"),
+                "a gbdt job needs a declared range for every numeric column (its bins are \
+                 sketched over it)",
+            ));
+        }
+        if self.is_dp() {
+            return Err(invalid(
+                "privacy.mode",
+                "differential privacy is not available for gbdt jobs yet; use mode = \"none\"",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A gbdt job's boosting settings: the `[model.gbdt]` table (or its defaults) with the
+    /// number of trees set to `job.rounds` and the draws seeded by `job.seed`.
+    pub fn gbdt_params(&self) -> Option<crate::gbdt_params::GbdtParams> {
+        (self.model.kind == ModelKindName::Gbdt).then(|| {
+            let mut p = self.model.gbdt.clone().unwrap_or_default();
+            p.trees = self.job.rounds;
+            p.seed = self.job.seed;
+            p
+        })
+    }
+
+    /// Whether the job differs from the linear models' round plan: a gbdt job's training
+    /// rounds grow its trees a level at a time (see [`crate::gbdt_plan`]).
+    pub fn is_gbdt(&self) -> bool {
+        self.model.kind == ModelKindName::Gbdt
+    }
+
+    /// The job's training rounds as the protocol numbers them: `job.rounds`, or for a gbdt
+    /// job one round per tree level ([`crate::gbdt_plan::planned_rounds`]). Round 0 is the
+    /// statistics round and `planned_rounds() + 1` the final evaluation.
+    pub fn planned_rounds(&self) -> u64 {
+        match self.gbdt_params() {
+            Some(p) => crate::gbdt_plan::planned_rounds(&p),
+            None => u64::from(self.job.rounds),
         }
     }
 
@@ -1091,6 +1180,55 @@ mod tests {
             JobSpec::from_toml(&GOOD.replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = 16"))
                 .unwrap();
         assert_eq!(mlp.settings()[1], ("hidden", "16".into()));
+    }
+
+    /// A gbdt spec: its table's defaults with trees = rounds and the job's seed, and each
+    /// misuse refused naming its field.
+    #[test]
+    fn gbdt_specs_and_their_refusals() {
+        let gbdt =
+            |table: &str| GOOD.replace("kind = \"logistic\"", &format!("kind = \"gbdt\"\n{table}"));
+        let s = JobSpec::from_toml(&gbdt("")).unwrap();
+        let p = s.gbdt_params().unwrap();
+        assert_eq!((p.trees, p.max_depth, p.seed), (20, 6, s.job.seed));
+        let s =
+            JobSpec::from_toml(&gbdt("[model.gbdt]\nmax_depth = 4\nlearning_rate = 0.1")).unwrap();
+        assert_eq!(s.gbdt_params().unwrap().max_depth, 4);
+        assert!(s.model_params() > 0);
+        assert!(JobSpec::from_toml(GOOD).unwrap().gbdt_params().is_none());
+        let field = |text: &str| match JobSpec::from_toml(text) {
+            Err(SpecError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            field(&gbdt("[model.gbdt]\nmax_depth = 0")),
+            "model.gbdt.max_depth"
+        );
+        assert_eq!(field(&gbdt("[model.gbdt]\ntrees = 7")), "model.gbdt.trees");
+        assert!(JobSpec::from_toml(&gbdt("[model.gbdt]\ntrees = 20")).is_ok());
+        assert_eq!(
+            field(&gbdt("[model.gbdt]\nearly_stopping_rounds = 3")),
+            "model.gbdt.early_stopping_rounds"
+        );
+        assert_eq!(
+            field(&gbdt("").replace(", balance = [-5000.0, 50000.0]", "")),
+            "features.range.balance"
+        );
+        assert_eq!(
+            field(&format!(
+                "{}[privacy]\nmode = \"record\"\nepsilon = 2.0\n",
+                gbdt("")
+            )),
+            "privacy.mode"
+        );
+        assert_eq!(
+            field(&GOOD.replace(
+                "kind = \"logistic\"",
+                "kind = \"logistic\"\n[model.gbdt]\nmax_depth = 3"
+            )),
+            "model.gbdt"
+        );
+        assert_eq!(field(&gbdt("hidden = 4")), "model.hidden");
     }
 
     const GOOD: &str = r#"

@@ -81,6 +81,8 @@ pub struct SimOptions {
     pub clip: Option<fedmark_core::spec::Clip>,
     /// Overrides the accountant σ is calibrated on.
     pub accountant: Option<fedmark_core::accountant::Method>,
+    /// Overrides the model family (`gbdt` keeps the spec's `[model.gbdt]` or its defaults).
+    pub model: Option<fedmark_core::spec::ModelKindName>,
     /// Synthetic workload: (dimension, rows per partner).
     pub synthetic: Option<(usize, usize)>,
     /// Scripted dropouts: (partner index, dropout).
@@ -136,6 +138,7 @@ impl Default for SimOptions {
             delta: None,
             clip: None,
             accountant: None,
+            model: None,
             synthetic: None,
             dropouts: Vec::new(),
             dropout_rate: 0.0,
@@ -356,6 +359,18 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     if let Some(s) = opts.secure_agg {
         spec.aggregation.secure = s;
     }
+    if let Some(kind) = opts.model {
+        use fedmark_core::spec::ModelKindName;
+        spec.model.kind = kind;
+        if kind != ModelKindName::Mlp {
+            spec.model.hidden = None;
+        } else if spec.model.hidden.is_none() {
+            spec.model.hidden = Some(16);
+        }
+        if kind != ModelKindName::Gbdt {
+            spec.model.gbdt = None;
+        }
+    }
     if let Some(m) = opts.dp_mode {
         spec.privacy.mode = m;
     }
@@ -405,7 +420,7 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         None
     };
     let scheme = if opts.tls { "https" } else { "http" };
-    let mut dropouts = scheduled_dropouts(opts, spec.job.rounds);
+    let mut dropouts = scheduled_dropouts(opts, spec.planned_rounds());
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
     let coordinator_store = Store::in_memory()?;
     let (addr, coordinator) = match &opts.coordinator_binary {
@@ -628,8 +643,18 @@ pub async fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     }
     let schema = FeatureSchema::from_spec(&spec);
     let test_rows = concat(locals.iter().map(|l| &l.holdout), &schema);
-    let test = encode(&schema, &test_rows, &outcome.standardizer);
-    let exact: Metrics = metrics::exact(&outcome.model.predict_all(&test.x), &test.y);
+    let exact: Metrics = if spec.is_gbdt() {
+        let state = fedmark_core::gbdt::RoundState::from_words(&outcome.model.params, &schema)
+            .context("reading the boosted model back")?;
+        let scores = state
+            .model
+            .predict_proba(&test_rows)
+            .context("scoring the pooled test rows")?;
+        metrics::exact(&scores, &test_rows.labels)
+    } else {
+        let test = encode(&schema, &test_rows, &outcome.standardizer);
+        metrics::exact(&outcome.model.predict_all(&test.x), &test.y)
+    };
     let final_metrics = SimFinal {
         auc: exact.auc,
         log_loss: exact.log_loss,
@@ -953,7 +978,7 @@ fn external_coordinator(
 
 /// The dropouts of each partner: the scripted ones plus, with `dropout_rate`, a random draw
 /// per partner and training round (at `dropout_phase`, or a phase drawn at random).
-fn scheduled_dropouts(opts: &SimOptions, rounds: u32) -> Vec<Vec<Dropout>> {
+fn scheduled_dropouts(opts: &SimOptions, rounds: u64) -> Vec<Vec<Dropout>> {
     let mut per_partner = vec![Vec::new(); opts.partners];
     for (p, d) in &opts.dropouts {
         if let Some(list) = per_partner.get_mut(*p) {
@@ -969,7 +994,7 @@ fn scheduled_dropouts(opts: &SimOptions, rounds: u32) -> Vec<Vec<Dropout>> {
             DropPoint::AfterInput,
             DropPoint::AfterSignature,
         ];
-        for round in 1..=u64::from(rounds) {
+        for round in 1..=rounds {
             for list in per_partner.iter_mut() {
                 if rng.random_bool(opts.dropout_rate.clamp(0.0, 1.0)) {
                     let point = opts
@@ -1028,6 +1053,30 @@ fn train_alone(
     (model, standardizer)
 }
 
+/// fedmark's own booster with the job's settings on `rows` alone (bins sketched from them as
+/// the federation sketches its own), scored on the test rows; NaN metrics when it cannot train
+/// (no rows, or edges that cannot be made).
+fn gbdt_alone(
+    params: &fedmark_core::gbdt::GbdtParams,
+    schema: &FeatureSchema,
+    rows: &RawRows,
+    test_rows: &RawRows,
+) -> Metrics {
+    use fedmark_core::gbdt::{BinnedRows, Feature, plan::SKETCH_CELLS, train};
+    let fit = || -> Result<Vec<f64>, fedmark_core::gbdt::GbdtError> {
+        let grids = Feature::sketch_grids(schema, SKETCH_CELLS)?;
+        let sketch = Feature::sketch(rows, &grids);
+        let features = Feature::from_sketch(schema, &grids, &sketch, params.max_bins as usize)?;
+        let binned = BinnedRows::from_raw(rows, &features)?;
+        let (model, _) = train(params, &features, &binned, None)?;
+        model.predict_proba(test_rows)
+    };
+    match fit() {
+        Ok(scores) => metrics::exact(&scores, &test_rows.labels),
+        Err(_) => metrics::exact(&[], &[]),
+    }
+}
+
 fn baselines(
     spec: &JobSpec,
     schema: &FeatureSchema,
@@ -1036,18 +1085,22 @@ fn baselines(
     seed: u64,
 ) -> Baselines {
     let pooled = concat(locals.iter().map(|l| &l.train), schema);
-    let score = |(model, s): (Model, Standardizer)| {
-        let test = encode(schema, test_rows, &s);
-        metrics::exact(&model.predict_all(&test.x), &test.y)
+    let score = |rows: &RawRows| match spec.gbdt_params() {
+        Some(params) => gbdt_alone(&params, schema, rows, test_rows),
+        None => {
+            let (model, s) = train_alone(spec, schema, rows, seed);
+            let test = encode(schema, test_rows, &s);
+            metrics::exact(&model.predict_all(&test.x), &test.y)
+        }
     };
-    let central = score(train_alone(spec, schema, &pooled, seed));
+    let central = score(&pooled);
     let partners_alone = locals
         .iter()
         .enumerate()
         .map(|(i, l)| PartnerBaseline {
             partner: partner_id(i),
             rows: l.train.len(),
-            auc: score(train_alone(spec, schema, &l.train, seed)).auc,
+            auc: score(&l.train).auc,
         })
         .collect();
     Baselines {

@@ -71,9 +71,7 @@ pub fn stored_outcome(
     let restored = store
         .checkpoint(id, None)?
         .ok_or_else(|| corrupt("finished without a checkpoint".into()))?;
-    let arch = Architecture::from_spec(spec);
-    let dim = FeatureSchema::from_spec(spec).dim();
-    let model = Model::from_params(arch, dim, restored.model)
+    let model = checkpoint_model(spec, restored.model)
         .ok_or_else(|| corrupt("the checkpoint's model does not fit the spec".into()))?;
     Ok(Some(JobOutcome {
         report,
@@ -83,6 +81,23 @@ pub fn stored_outcome(
             std: restored.checkpoint.feature_std,
         },
     }))
+}
+
+/// A checkpoint's model vector as the job's model: a linear model's parameters, or a gbdt
+/// job's round-state words (read back checked against the schema); `None` when it does not
+/// fit the spec.
+fn checkpoint_model(spec: &JobSpec, params: Vec<f64>) -> Option<Model> {
+    let schema = FeatureSchema::from_spec(spec);
+    let arch = Architecture::from_spec(spec);
+    if spec.is_gbdt() {
+        fedmark_core::gbdt::RoundState::from_words(&params, &schema).ok()?;
+        return Some(Model {
+            arch,
+            dim: schema.dim(),
+            params,
+        });
+    }
+    Model::from_params(arch, schema.dim(), params)
 }
 
 /// Stores a newly submitted job with status `status` and its `job_submitted` audit record
@@ -174,14 +189,12 @@ pub fn register(
                 return Ok(Registered::Fresh);
             };
             let cp = restored.checkpoint;
-            let arch = Architecture::from_spec(spec);
             let unfit = || StoreError::Corrupt {
                 path: "store".into(),
                 what: format!("checkpoint of job {id} round {}", cp.round),
                 reason: "its vectors do not fit the spec".into(),
             };
-            let dim = FeatureSchema::from_spec(spec).dim();
-            let model = Model::from_params(arch, dim, restored.model).ok_or_else(unfit)?;
+            let model = checkpoint_model(spec, restored.model).ok_or_else(unfit)?;
             let mut optimizer = ServerOptimizer::try_from_spec(spec, model.params.len())?;
             if !optimizer.restore(&restored.optimizer) {
                 return Err(unfit());

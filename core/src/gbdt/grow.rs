@@ -294,6 +294,18 @@ impl TreeGrower {
         (!self.plan.build.is_empty()).then_some(self.plan.build.as_slice())
     }
 
+    /// Whether the level asked for derives some node's histogram from its parent's and its
+    /// sibling's (so the level's sum must come from the partners whose sums gave the parent's).
+    pub fn derives(&self) -> bool {
+        self.plan.candidates.len() > self.plan.build.len()
+    }
+
+    /// Asks for every candidate of the level instead of deriving any: what a level needs when
+    /// its sum came from other partners than its parents' histograms.
+    pub fn ask_for_all(&mut self) {
+        self.plan.build = self.plan.candidates.iter().map(|&n| n as u32).collect();
+    }
+
     /// The tree so far, as the parties route by it.
     pub fn partial(&self) -> PartialTree {
         let nodes = self

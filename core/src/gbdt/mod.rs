@@ -23,6 +23,8 @@
 //!   being grown, the nodes asked for) as the flat words a round's model travels as;
 //! - [`score`]: [`Scorer`], a model compiled for scoring many rows fast;
 //! - [`xgboost`]: the model in XGBoost's JSON model format;
+//! - [`plan`]: a federated job's rounds (tree × level) and the largest round state its spec
+//!   allows;
 //! - [`train`](mod@train): the centralised trainer, made of exactly those two sides (one
 //!   party), with row and column subsampling and early stopping.
 //!
@@ -36,9 +38,10 @@
 
 pub mod bins;
 pub mod error;
+pub use crate::gbdt_params as params;
+pub use crate::gbdt_plan as plan;
 pub mod grow;
 pub mod histogram;
-pub mod params;
 pub mod score;
 pub mod split;
 pub mod train;

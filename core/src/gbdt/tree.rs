@@ -232,6 +232,14 @@ impl TryFrom<ModelFile> for GbdtModel {
 impl GbdtModel {
     /// A model from parts read from outside, checked: a finite base margin, valid edges, and
     /// trees whose routing and rules fit the features, with finite leaves.
+    pub fn from_parts(
+        features: Vec<Feature>,
+        base_margin: f64,
+        trees: Vec<Tree>,
+    ) -> Result<Self, GbdtError> {
+        Self::checked(features, base_margin, trees)
+    }
+
     pub(crate) fn checked(
         features: Vec<Feature>,
         base_margin: f64,

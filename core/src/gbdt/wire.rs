@@ -156,13 +156,16 @@ impl RoundState {
         let mut features = Vec::with_capacity(n_features);
         for (f, name) in names.iter().enumerate() {
             let kind = r.int("feature kind", CATEGORICAL)?;
-            let count = r.count("bins")?;
             let numeric = f < schema.numeric.len();
             let edges = match (kind, numeric) {
-                (NUMERIC, true) => BinEdges::Numeric {
-                    thresholds: r.take(count, "thresholds")?.to_vec(),
-                },
+                (NUMERIC, true) => {
+                    let count = r.count("thresholds")?;
+                    BinEdges::Numeric {
+                        thresholds: r.take(count, "thresholds")?.to_vec(),
+                    }
+                }
                 (CATEGORICAL, false) => {
+                    let count = r.int("slots", 256)? as usize;
                     let expected = schema.categorical[f - schema.numeric.len()].1.width();
                     if count != expected {
                         return Err(bad(&format!(
@@ -399,6 +402,14 @@ mod tests {
         assert_eq!(MAGIC, f64::from(u32::from_be_bytes(*b"gbdt")));
         let back = RoundState::from_words(&words, &schema()).unwrap();
         assert_eq!(back, st);
+        // The first round's state: no tree yet, so few words follow the categorical slots.
+        let first = RoundState {
+            model: GbdtModel::new(st.model.features().to_vec(), 0.5, Vec::new()),
+            tree: PartialTree::root(),
+            build: vec![0],
+        };
+        let back = RoundState::from_words(&first.to_words(), &schema()).unwrap();
+        assert_eq!(back, first);
     }
 
     /// Every truncation is refused, and so is every single word replaced by a value no

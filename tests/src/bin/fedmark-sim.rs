@@ -47,6 +47,10 @@ struct Cli {
     /// `iid`: deal rows out at random instead of --split-by.
     #[arg(long)]
     split: Option<String>,
+    /// Model family (overrides the spec): logistic, mlp (16 hidden units unless the spec
+    /// sets them) or gbdt (the spec's `[model.gbdt]` or its defaults; one tree per round).
+    #[arg(long, value_parser = ["logistic", "mlp", "gbdt"])]
+    model: Option<String>,
     /// Override the spec's number of rounds.
     #[arg(long)]
     rounds: Option<u32>,
@@ -226,6 +230,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     opts.rounds = cli.rounds;
+    opts.model = cli.model.as_deref().map(|m| match m {
+        "mlp" => fedmark_core::spec::ModelKindName::Mlp,
+        "gbdt" => fedmark_core::spec::ModelKindName::Gbdt,
+        _ => fedmark_core::spec::ModelKindName::Logistic,
+    });
     opts.seed = cli.seed;
     opts.holdout_fraction = cli.holdout;
     opts.secure_agg = cli.secure_agg.map(|s| s == "on");

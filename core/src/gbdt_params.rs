@@ -1,9 +1,10 @@
-//! The boosting settings: what a job spec will declare under `[model]` for `kind = "gbdt"`.
+//! The boosting settings (`gbdt::params`): what a job spec declares under `[model.gbdt]` for
+//! `kind = "gbdt"`.
 //!
 //! Every field has a default (XGBoost's where it has one), so an empty table is a valid
 //! setting; unknown fields are refused, and [`GbdtParams::validate`] names the first field
-//! outside its range together with the range. The struct is self-contained so the spec can
-//! embed it later, e.g. as a `[model.gbdt]` table, without a change here.
+//! outside its range together with the range. A module of its own, outside `gbdt/`, so the
+//! spec can hold the settings without importing the trees.
 
 use serde::{Deserialize, Serialize};
 

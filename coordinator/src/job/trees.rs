@@ -1,0 +1,298 @@
+//! The phases of a boosted-trees job (`model.kind = "gbdt"`), on the same rounds, retries,
+//! secure aggregation and store as every job.
+//!
+//! 1. **Statistics** (round 0): every partner's sketch of each numeric column over its
+//!    declared range and its label counts, summed; the bin edges are the sum's quantiles and
+//!    the base margin the pooled prior log-odds.
+//! 2. **Trees** 1..=T (`job.rounds`): each tree grows a level per round (round numbers from
+//!    [`fedmark_core::gbdt::plan`]); a round shows the partners the [`RoundState`] (model so far,
+//!    tree being grown, nodes asked for) and sums their histograms of those nodes, and the
+//!    coordinator's [`TreeGrower`] picks the splits from the sum. A tree's first level also
+//!    sums the holdout statistics of the model it starts from (jobs without DP), which are the
+//!    tree's record in the report. A finished tree is committed as the job's round `t`.
+//! 3. **Final evaluation** of the whole model.
+
+use std::sync::Arc;
+
+use fedmark_core::aggregate::{RoundKind, eval_stats_from_slice, eval_stats_len};
+use fedmark_core::features::{FeatureSchema, Standardizer};
+use fedmark_core::gbdt::plan::{SKETCH_CELLS, level_round};
+use fedmark_core::gbdt::train::{base_margin, column_sample};
+use fedmark_core::gbdt::{Feature, GbdtModel, HistLayout, PartialTree, RoundState, TreeGrower};
+use fedmark_core::metrics::Metrics;
+use fedmark_core::model::{Architecture, Model};
+use fedmark_core::shape::trees_statistics_len as statistics_len;
+use fedmark_core::spec::SpecError;
+use fedmark_core::train::ServerOptimizer;
+use tokio::time::Instant;
+use tracing::info;
+
+use super::{Ended, JobError, JobOutcome, JobRun, check_labels};
+use crate::attempts::{Done, RoundInputs, announce, run_with_retries};
+use crate::events::JobEvent;
+use crate::report::RoundRecord;
+use crate::store::events::TrainingFigures;
+use crate::store::jobs::{Committed, JobState, commit};
+
+/// The words of a state that shows `model` and asks for nothing.
+fn model_words(model: &GbdtModel) -> Vec<f64> {
+    RoundState {
+        model: model.clone(),
+        tree: PartialTree::root(),
+        build: Vec::new(),
+    }
+    .to_words()
+}
+
+impl JobRun {
+    async fn trees_round(
+        &mut self,
+        round: u64,
+        kind: RoundKind,
+        words: Option<Vec<f64>>,
+        stats_len: usize,
+        standardizer: &Standardizer,
+    ) -> Result<Done, JobError> {
+        run_with_retries(
+            &mut self.hub,
+            &self.spec,
+            &self.settings,
+            round,
+            kind,
+            RoundInputs {
+                model: words.map(Arc::new),
+                standardizer: Some(standardizer.clone()),
+                clip: None,
+                trees_stats: Some(stats_len),
+            },
+        )
+        .await
+    }
+
+    fn commit_trees(
+        &self,
+        state: &JobState,
+        kind: RoundKind,
+        done: &Done,
+        eval: &Metrics,
+    ) -> Result<(), JobError> {
+        commit(
+            &self.store,
+            &self.job_id,
+            state,
+            Committed {
+                kind,
+                attempt: done.attempt,
+                participants: done.output.survivors.clone(),
+                dropped: done.output.dropped.clone(),
+                consent_snapshots: done.output.consent.clone(),
+                training: (kind == RoundKind::Training).then_some(TrainingFigures {
+                    epsilon: None,
+                    auc: eval.auc,
+                    log_loss: eval.log_loss,
+                }),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Runs a boosted-trees job from its statistics round to its end.
+    pub(super) async fn run_trees(mut self, started: Instant) -> Result<JobOutcome, JobError> {
+        let spec = self.spec.clone();
+        let params = spec.gbdt_params().ok_or_else(|| SpecError::Invalid {
+            field: "model.kind".into(),
+            reason: "not a gbdt job".into(),
+        })?;
+        let schema = FeatureSchema::from_spec(&spec);
+        // The partners check the standardisation's shape; trees do not use it.
+        let standardizer =
+            Standardizer::from_ranges(&schema).ok_or_else(|| SpecError::Invalid {
+                field: "features.range".into(),
+                reason: "a gbdt job needs a declared range for every numeric column".into(),
+            })?;
+        let bins = spec.histogram_bins() as usize;
+
+        // Round 0: sketches and label counts.
+        self.phase("round 0: bin sketch");
+        let done = self
+            .trees_round(
+                0,
+                RoundKind::Statistics,
+                None,
+                statistics_len(&spec),
+                &standardizer,
+            )
+            .await?;
+        let stats = &done.sum.stats;
+        let cells = schema.numeric.len() * SKETCH_CELLS;
+        let (rows, positives) = (stats[cells], stats[cells + 1]);
+        check_labels(&spec, rows, positives)?;
+        let grids = Feature::sketch_grids(&schema, SKETCH_CELLS)?;
+        let features =
+            Feature::from_sketch(&schema, &grids, &stats[..cells], params.max_bins as usize)?;
+        let layout = HistLayout::new(&features);
+        let mut model =
+            GbdtModel::from_parts(features.clone(), base_margin(positives, rows), Vec::new())?;
+        let mut state = JobState {
+            model: Model {
+                arch: Architecture::Logistic,
+                dim: schema.dim(),
+                params: model_words(&model),
+            },
+            optimizer: ServerOptimizer::try_from_spec(&spec, 0)?,
+            standardizer: standardizer.clone(),
+            training_rows: rows,
+            ledger: Default::default(),
+            records: Vec::new(),
+            next_round: 1,
+        };
+        self.commit_trees(&state, RoundKind::Statistics, &done, &Metrics::default())?;
+        announce(
+            &self.hub,
+            &self.job_id,
+            (0, done.attempt),
+            &done.output.survivors,
+            &Metrics::default(),
+        )
+        .await;
+        info!(job = %self.job_id, bins = layout.node_len() / 3, "bin edges agreed");
+
+        // Trees, a level per round.
+        for t in 0..params.trees {
+            self.phase(&format!("tree {} of {}", t + 1, params.trees));
+            let t0 = Instant::now();
+            let mut grower = TreeGrower::new(
+                &params,
+                &features,
+                column_sample(&params, t as usize, features.len()),
+            )?;
+            let mut eval = Metrics::not_evaluated();
+            let mut level = 0;
+            let mut last = None;
+            let mut attempts = 0;
+            // The partners whose sums gave the current parent histograms.
+            let mut parents_from: Option<Vec<String>> = None;
+            while grower.request().is_some() {
+                let mut again = false;
+                let done = loop {
+                    let Some(build) = grower.request() else {
+                        return Err(JobError::Preflight("a level without nodes".into()));
+                    };
+                    let round = level_round(&params, t, level, again);
+                    let eval_len = if level == 0 && spec.evaluates_in_training() {
+                        eval_stats_len(bins)
+                    } else {
+                        0
+                    };
+                    let words = RoundState {
+                        model: model.clone(),
+                        tree: grower.partial(),
+                        build: build.to_vec(),
+                    }
+                    .to_words();
+                    let stats_len = eval_len + build.len() * layout.node_len();
+                    let done = self
+                        .trees_round(
+                            round,
+                            RoundKind::Training,
+                            Some(words),
+                            stats_len,
+                            &standardizer,
+                        )
+                        .await?;
+                    attempts += done.attempts;
+                    announce(
+                        &self.hub,
+                        &self.job_id,
+                        (round, done.attempt),
+                        &done.output.survivors,
+                        &eval,
+                    )
+                    .await;
+                    // A sibling derived as parent − child is right only when both sums come
+                    // from the same partners; otherwise the level is asked for again, whole.
+                    let same = parents_from.as_ref() == Some(&done.output.survivors);
+                    if grower.derives() && !same && !again {
+                        info!(
+                            tree = t + 1,
+                            level, "the level's partners changed; asking for every node"
+                        );
+                        grower.ask_for_all();
+                        again = true;
+                        continue;
+                    }
+                    if eval_len > 0 {
+                        eval = eval_stats_from_slice(&done.sum.stats[..eval_len], bins).metrics();
+                    }
+                    grower.absorb(&done.sum.stats[eval_len..])?;
+                    break done;
+                };
+                parents_from = Some(done.output.survivors.clone());
+                level += 1;
+                last = Some(done);
+            }
+            let tree = grower.finish()?;
+            let mut trees = model.trees().to_vec();
+            trees.push(tree);
+            model = GbdtModel::from_parts(features.clone(), model.base_margin(), trees)?;
+            state.model.params = model_words(&model);
+            let Some(done) = last else {
+                // The root asks for its histogram, so a tree always has a level.
+                continue;
+            };
+            let counts = (done.output.survivors.len(), done.output.dropped.len());
+            let record = RoundRecord::new(
+                u64::from(t) + 1,
+                attempts,
+                counts,
+                &eval,
+                t0.elapsed().as_secs_f64(),
+            );
+            state.records.push(record.clone());
+            state.next_round = u64::from(t) + 2;
+            self.commit_trees(&state, RoundKind::Training, &done, &eval)?;
+            self.events.publish(JobEvent::RoundCommitted {
+                job: &self.job_id,
+                record: &record,
+            });
+            info!(
+                tree = t + 1,
+                levels = level,
+                auc = eval.auc,
+                seconds = record.seconds,
+                "tree complete"
+            );
+        }
+
+        // Final evaluation.
+        self.phase("final evaluation");
+        let round = spec.planned_rounds() + 1;
+        let done = self
+            .trees_round(
+                round,
+                RoundKind::Evaluation,
+                Some(model_words(&model)),
+                eval_stats_len(bins),
+                &standardizer,
+            )
+            .await?;
+        let final_metrics = eval_stats_from_slice(&done.sum.stats, bins).metrics();
+        let survivors = done.output.survivors;
+        announce(
+            &self.hub,
+            &self.job_id,
+            (round, done.attempt),
+            &survivors,
+            &final_metrics,
+        )
+        .await;
+        let ended = Ended {
+            started,
+            stop_reason: format!("completed {} trees", params.trees),
+            lost: Vec::new(),
+            final_metrics,
+            evaluated_by: survivors,
+        };
+        self.finish(state, ended).await
+    }
+}
