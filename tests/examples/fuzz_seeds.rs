@@ -162,6 +162,9 @@ max_epsilon = 2.5\nledger = \"ledger.json\"\n",
     for (name, bytes) in fuzzing::http_request_seeds() {
         write(&root, "http_request", &format!("{name}.bin"), &bytes)?;
     }
+    for (name, bytes) in fuzzing::round_state_seeds() {
+        write(&root, "round_state", &format!("{name}.bin"), &bytes)?;
+    }
     println!("seed corpus written to {}", root.display());
     Ok(())
 }

@@ -992,6 +992,131 @@ pub fn model_chunk(data: &[u8]) {
     }
 }
 
+/// The job schema a [`round_state`] input is read against: one numeric column with a range
+/// and one categorical column of three values (four slots).
+fn round_state_schema() -> fedmark_core::features::FeatureSchema {
+    use fedmark_core::features::{Categorical, FeatureSchema};
+    FeatureSchema {
+        numeric: vec!["a".into()],
+        categorical: vec![(
+            "c".into(),
+            Categorical::Vocabulary(vec!["u".into(), "v".into(), "w".into()]),
+        )],
+        ranges: vec![Some([0.0, 1.0])],
+    }
+}
+
+/// The words a [`round_state`] input stands for: a byte below 0xF0 is that small integer, and
+/// 0xF0 followed by eight bytes is the little-endian f64 they hold (so most mutations keep
+/// the counts, tags and indices the layout is made of).
+pub fn round_state_words(data: &[u8]) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < data.len() {
+        if data[i] == 0xF0 && i + 8 < data.len() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&data[i + 1..i + 9]);
+            out.push(f64::from_le_bytes(b));
+            i += 9;
+        } else {
+            out.push(f64::from(data[i]));
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The bytes of [`round_state_words`] for `words` (the seeds' encoding).
+pub fn round_state_bytes(words: &[f64]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &w in words {
+        if w.fract() == 0.0 && (0.0..240.0).contains(&w) {
+            out.push(w as u8);
+        } else {
+            out.push(0xF0);
+            out.extend(w.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Reads a boosted-trees round state (what a partner downloads as a gbdt round's model)
+/// against a fixed schema: never a panic, and an accepted state re-encodes to words that read
+/// back as the same state.
+pub fn round_state(data: &[u8]) {
+    use fedmark_core::gbdt::RoundState;
+    let schema = round_state_schema();
+    let words = round_state_words(data);
+    if let Ok(state) = RoundState::from_words(&words, &schema) {
+        let again = RoundState::from_words(&state.to_words(), &schema);
+        assert_eq!(again.as_ref(), Ok(&state), "round state: no round trip");
+    }
+}
+
+/// Seeds of [`round_state`]: the first round's state (no tree, the root asked for) and a
+/// state with a trained tree and a split root whose children are asked for.
+pub fn round_state_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use fedmark_core::gbdt::{
+        BinnedRows, Feature, GbdtParams, PartialNode, PartialTree, RoundState, SplitRule, train,
+    };
+    let schema = round_state_schema();
+    let Ok(features) = Feature::from_ranges(&schema, 8) else {
+        return Vec::new();
+    };
+    let mut rows = fedmark_core::features::RawRows::new(&schema);
+    for i in 0..64u32 {
+        let a = f64::from(i % 8) / 8.0;
+        rows.push(&[a], &[i % 4], a > 0.4 || i % 4 == 2);
+    }
+    let trained = BinnedRows::from_raw(&rows, &features).ok().and_then(|b| {
+        let params = GbdtParams {
+            trees: 1,
+            max_depth: 2,
+            min_child_weight: 0.1,
+            ..Default::default()
+        };
+        train(&params, &features, &b, None).ok().map(|(m, _)| m)
+    });
+    let Some(model) = trained else {
+        return Vec::new();
+    };
+    let Ok(empty) = fedmark_core::gbdt::GbdtModel::from_parts(features.clone(), 0.1, Vec::new())
+    else {
+        return Vec::new();
+    };
+    let first = RoundState {
+        model: empty,
+        tree: PartialTree::root(),
+        build: vec![0],
+    };
+    let split = PartialTree::from_nodes(
+        vec![
+            PartialNode::Split {
+                feature: 0,
+                rule: SplitRule::Numeric {
+                    bin: 3,
+                    threshold: 0.5,
+                },
+                left: 1,
+                right: 2,
+            },
+            PartialNode::Open,
+            PartialNode::Open,
+        ],
+        &features,
+    );
+    let mut out = vec![("first_round", round_state_bytes(&first.to_words()))];
+    if let Ok(tree) = split {
+        let second = RoundState {
+            model,
+            tree,
+            build: vec![1, 2],
+        };
+        out.push(("second_level", round_state_bytes(&second.to_words())));
+    }
+    out
+}
+
 /// Seeds of [`input_chunk`]: `p0`'s whole vector of the fixture round and its first half.
 pub fn input_chunk_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let fx = Fixture::get();
@@ -1361,4 +1486,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("model_chunk", model_chunk),
     ("admin_request", admin_request),
     ("http_request", http_request),
+    ("round_state", round_state),
 ];

@@ -125,3 +125,31 @@ fn admin_and_http_seeds_reach_their_handlers() {
         }
     }
 }
+
+/// The round-state seeds are states a partner accepts (so the fuzzer starts from the deep
+/// paths: trees, partial trees and nodes asked for), and their byte encoding keeps the words.
+#[test]
+fn round_state_seeds_read_back() {
+    use fedmark_core::gbdt::RoundState;
+    use fedmark_tests::fuzzing::{round_state_bytes, round_state_seeds, round_state_words};
+    let seeds = round_state_seeds();
+    assert_eq!(seeds.len(), 2);
+    let schema = fedmark_core::features::FeatureSchema {
+        numeric: vec!["a".into()],
+        categorical: vec![(
+            "c".into(),
+            fedmark_core::features::Categorical::Vocabulary(vec![
+                "u".into(),
+                "v".into(),
+                "w".into(),
+            ]),
+        )],
+        ranges: vec![Some([0.0, 1.0])],
+    };
+    for (name, bytes) in seeds {
+        let words = round_state_words(&bytes);
+        assert_eq!(round_state_bytes(&words), bytes, "{name}");
+        let state = RoundState::from_words(&words, &schema);
+        assert!(state.is_ok(), "{name}: {state:?}");
+    }
+}
