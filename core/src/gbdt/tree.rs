@@ -126,6 +126,15 @@ impl Tree {
         }
         let mut parents = vec![0u32; self.nodes.len()];
         for (i, n) in self.nodes.iter().enumerate() {
+            // Gains and covers feed the importance table and the exports: finite, or refused
+            // (a NaN would also make a model unequal to itself).
+            let (gain, cover) = match n {
+                Node::Split { gain, cover, .. } => (*gain, *cover),
+                Node::Leaf { cover, .. } => (0.0, *cover),
+            };
+            if !gain.is_finite() || !cover.is_finite() {
+                return Err(format!("node {i} has gain {gain} and cover {cover}"));
+            }
             let Node::Split {
                 feature,
                 rule,
