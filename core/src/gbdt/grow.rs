@@ -17,7 +17,7 @@
 //! (one party, so the sum is its vector); a federated job runs the same pieces with the
 //! vectors summed by secure aggregation.
 
-use super::bins::{BinnedRows, Feature};
+use super::bins::{BinEdges, BinnedRows, Feature};
 use super::error::GbdtError;
 use super::histogram::{HistLayout, NO_NODE, NodeStats, subtract};
 use super::params::GbdtParams;
@@ -125,7 +125,9 @@ impl PartialTree {
     }
 }
 
-/// Whether a split rule on `feature` fits the features' bins.
+/// Whether a split rule on `feature` fits the features' bins: a numeric rule on a numeric
+/// feature, below its last bin, with the bin's own upper edge as its threshold; a categorical
+/// rule on a categorical feature, within its slots.
 pub(crate) fn rule_fits(
     features: &[Feature],
     node: usize,
@@ -136,11 +138,14 @@ pub(crate) fn rule_fits(
         .get(feature as usize)
         .ok_or_else(|| format!("node {node} splits on feature {feature}"))?;
     let n_bins = f.edges.n_bins();
-    let fits = match rule {
-        SplitRule::Numeric { bin, threshold } => {
-            !f.edges.is_categorical() && usize::from(*bin) + 1 < n_bins && threshold.is_finite()
+    let fits = match (rule, &f.edges) {
+        // The threshold is the bin's upper edge, exactly: what scoring raw values and the
+        // exports rely on (and no NaN can pass).
+        (SplitRule::Numeric { bin, threshold }, BinEdges::Numeric { thresholds }) => {
+            usize::from(*bin) + 1 < n_bins && thresholds.get(usize::from(*bin)) == Some(threshold)
         }
-        SplitRule::Categorical { left } => {
+        (SplitRule::Numeric { .. }, BinEdges::Categorical { .. }) => false,
+        (SplitRule::Categorical { left }, _) => {
             f.edges.is_categorical() && left.slots().iter().all(|&s| usize::from(s) < n_bins)
         }
     };

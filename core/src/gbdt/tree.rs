@@ -157,22 +157,7 @@ impl Tree {
                 }
                 parents[c] += 1;
             }
-            let f = features
-                .get(*feature as usize)
-                .ok_or_else(|| format!("node {i} splits on feature {feature}"))?;
-            let n_bins = f.edges.n_bins();
-            let fits = match rule {
-                SplitRule::Numeric { bin, .. } => {
-                    !f.edges.is_categorical() && usize::from(*bin) + 1 < n_bins
-                }
-                SplitRule::Categorical { left } => {
-                    f.edges.is_categorical()
-                        && left.slots().iter().all(|&s| usize::from(s) < n_bins)
-                }
-            };
-            if !fits {
-                return Err(format!("node {i}'s rule does not fit feature `{}`", f.name));
-            }
+            super::grow::rule_fits(features, i, *feature, rule)?;
         }
         if parents.iter().skip(1).any(|&p| p != 1) {
             return Err("a node that is not the child of exactly one node".into());
