@@ -98,31 +98,45 @@ impl PartialTree {
         if self.nodes.is_empty() {
             return Err("a tree without nodes".into());
         }
-        let mut parents = vec![0u32; self.nodes.len()];
-        for (i, n) in self.nodes.iter().enumerate() {
-            let PartialNode::Split {
+        let splits = self.nodes.iter().map(|n| match n {
+            PartialNode::Split {
                 feature,
                 rule,
                 left,
                 right,
-            } = n
-            else {
-                continue;
-            };
-            for c in [*left, *right] {
-                let c = c as usize;
-                if c <= i || c >= self.nodes.len() {
-                    return Err(format!("node {i} has child {c}"));
-                }
-                parents[c] += 1;
-            }
-            rule_fits(features, i, *feature, rule)?;
-        }
-        if parents.iter().skip(1).any(|&p| p != 1) {
-            return Err("a node that is not the child of exactly one node".into());
-        }
-        Ok(())
+            } => Some((*feature, rule, [*left, *right])),
+            PartialNode::Open | PartialNode::Leaf => None,
+        });
+        check_routing(features, self.nodes.len(), splits)
     }
+}
+
+/// Checks a tree's routing (for finished and growing trees alike): every split's children
+/// after it and within the `n` nodes, every node but the root the child of exactly one split,
+/// and every rule fitting its feature ([`rule_fits`]). `splits` gives each node's split, if any.
+pub(crate) fn check_routing<'r>(
+    features: &[Feature],
+    n: usize,
+    splits: impl Iterator<Item = Option<(u32, &'r SplitRule, [u32; 2])>>,
+) -> Result<(), String> {
+    let mut parents = vec![0u32; n];
+    for (i, split) in splits.enumerate() {
+        let Some((feature, rule, children)) = split else {
+            continue;
+        };
+        for c in children {
+            let c = c as usize;
+            if c <= i || c >= n {
+                return Err(format!("node {i} has child {c}"));
+            }
+            parents[c] += 1;
+        }
+        rule_fits(features, i, feature, rule)?;
+    }
+    if parents.iter().skip(1).any(|&p| p != 1) {
+        return Err("a node that is not the child of exactly one node".into());
+    }
+    Ok(())
 }
 
 /// Whether a split rule on `feature` fits the features' bins: a numeric rule on a numeric

@@ -124,7 +124,6 @@ impl Tree {
         if self.nodes.is_empty() {
             return Err("a tree without nodes".into());
         }
-        let mut parents = vec![0u32; self.nodes.len()];
         for (i, n) in self.nodes.iter().enumerate() {
             // Gains and covers feed the importance table and the exports: finite, or refused
             // (a NaN would also make a model unequal to itself).
@@ -135,34 +134,23 @@ impl Tree {
             if !gain.is_finite() || !cover.is_finite() {
                 return Err(format!("node {i} has gain {gain} and cover {cover}"));
             }
-            let Node::Split {
+            if let Node::Leaf { value, .. } = n
+                && !value.is_finite()
+            {
+                return Err(format!("leaf {i} has value {value}"));
+            }
+        }
+        let splits = self.nodes.iter().map(|n| match n {
+            Node::Split {
                 feature,
                 rule,
                 left,
                 right,
                 ..
-            } = n
-            else {
-                if let Node::Leaf { value, .. } = n
-                    && !value.is_finite()
-                {
-                    return Err(format!("leaf {i} has value {value}"));
-                }
-                continue;
-            };
-            for c in [*left, *right] {
-                let c = c as usize;
-                if c <= i || c >= self.nodes.len() {
-                    return Err(format!("node {i} has child {c}"));
-                }
-                parents[c] += 1;
-            }
-            super::grow::rule_fits(features, i, *feature, rule)?;
-        }
-        if parents.iter().skip(1).any(|&p| p != 1) {
-            return Err("a node that is not the child of exactly one node".into());
-        }
-        Ok(())
+            } => Some((*feature, rule, [*left, *right])),
+            Node::Leaf { .. } => None,
+        });
+        super::grow::check_routing(features, self.nodes.len(), splits)
     }
 }
 
