@@ -92,8 +92,7 @@ pub(crate) async fn run_with_retries(
         .collect();
     let mut missed_now: BTreeSet<String> = BTreeSet::new();
     for tries in 1..=spec.aggregation.max_attempts {
-        let mut cohort = wait_for_available(hub, settings, min).await?;
-        cohort.retain(|p| !sat_out.contains(p));
+        let mut cohort = wait_for_available(hub, settings, min, &sat_out).await?;
         if cohort.len() < min && !sat_out.is_empty() {
             return Err(JobError::RoundLost {
                 round,
@@ -241,15 +240,24 @@ pub(crate) async fn run_with_retries(
     })
 }
 
-/// Waits (up to one phase timeout) until at least `threshold` accepted partners are connected.
+/// Waits (up to one phase timeout) until at least `threshold` accepted partners other than
+/// those sitting the round out are connected: partners that dropped out of the failed attempt
+/// are usually still dialling back in, and counting the ones sitting out would give the round
+/// up before they are.
 async fn wait_for_available(
     hub: &mut Hub,
     settings: &RunSettings,
     threshold: usize,
+    sitting_out: &BTreeSet<String>,
 ) -> Result<Vec<String>, JobError> {
     let deadline = Instant::now() + settings.phase_timeout;
+    let eligible = |hub: &Hub| -> Vec<String> {
+        let mut available = hub.available();
+        available.retain(|p| !sitting_out.contains(p));
+        available
+    };
     loop {
-        let available = hub.available();
+        let available = eligible(hub);
         if available.len() >= threshold {
             return Ok(available);
         }
@@ -257,7 +265,7 @@ async fn wait_for_available(
             if hub.stopped {
                 return Err(JobError::ServerStopped);
             }
-            return Ok(hub.available());
+            return Ok(eligible(hub));
         }
     }
 }

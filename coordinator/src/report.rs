@@ -10,13 +10,14 @@ use serde::{Deserialize, Serialize};
 /// One completed training round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundRecord {
-    /// Round number (1-based).
+    /// Round number (1-based); in a gbdt job, the tree's number (a record per tree).
     pub round: u64,
-    /// Attempts the round took (1 = no retry).
+    /// Attempts the round took (1 = no retry); for a tree, the attempts of all its levels.
     pub attempts: u32,
-    /// Partners whose update is in the round's sum.
+    /// Partners whose update is in the round's sum; for a tree, in its last level's sum.
     pub participants: u32,
-    /// Partners of the final attempt's cohort that dropped out.
+    /// Partners of the final attempt's cohort that dropped out; for a tree, the distinct
+    /// partners that dropped out of the final attempt of any of its levels.
     pub dropped: u32,
     /// Federated AUC of the model the round started from.
     #[serde(deserialize_with = "nan_if_null")]

@@ -334,6 +334,77 @@ async fn secure_round_survives_dropouts_at_every_phase() {
     assert_eq!(rounds, vec![1, 2, 3, 4], "{models:?}");
 }
 
+/// Two of five partners leave round 2 after signing the survivor set, when asked to help
+/// unmask: the three that reveal are fewer than t = 4, so the unmask fails, and they sit the
+/// round's retry out (a partner's input is unmasked at most once). The two come back only
+/// after the coordinator has aborted the attempt. The coordinator must wait for them and
+/// complete the round with them; counting the three sitting out as available, it gave the
+/// round up at once, which in a job without DP failed the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_unmask_waits_for_the_partners_that_did_not_reveal() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = (0..5).map(|i| format!("p{i}")).collect();
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let files = partition_csv(&SimOptions::default().data, dir.path(), 5, &Split::Iid, 9).unwrap();
+    let (roster, identities) = consortium(&id_refs).unwrap();
+    let spec = bank_spec(3).unwrap();
+    assert!(spec.aggregation.secure && !spec.is_dp());
+    let coordinator = start_coordinator(spec, roster, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let start = |i: usize, drop: Option<Dropout>| {
+        let cfg = client_config(coordinator.addr, &ids[i], files[i].0.clone(), i as u64);
+        let options = with_identity(&identities[i]);
+        if let Some(d) = drop {
+            options.dropouts.lock().unwrap().push(d);
+        }
+        tokio::spawn(async move { node::run(&cfg, options).await })
+    };
+    let leave = Dropout {
+        round: 2,
+        point: DropPoint::AfterSignature,
+    };
+    let stayers: Vec<_> = (0..3).map(|i| start(i, None)).collect();
+    let leavers: Vec<_> = (3..5).map(|i| start(i, Some(leave))).collect();
+    for l in leavers {
+        let result = l.await.unwrap();
+        assert!(
+            matches!(result, Err(node::ClientError::Closed)),
+            "{result:?}"
+        );
+    }
+    // Bounded: the attempt is aborted within a phase timeout of the two leaving.
+    let mut aborted = false;
+    for _ in 0..1200 {
+        if coordinator
+            .store
+            .audit_text()
+            .unwrap()
+            .contains("round_aborted")
+        {
+            aborted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(aborted, "round 2's first attempt was aborted");
+    let back: Vec<_> = (3..5).map(|i| start(i, None)).collect();
+    let outcome = coordinator.job.await.unwrap().unwrap();
+    let r = &outcome.report.rounds;
+    assert!(
+        outcome.report.rounds_lost.is_empty(),
+        "{:?}",
+        outcome.report
+    );
+    assert_eq!(r.len(), 3);
+    assert_eq!((r[1].participants, r[1].attempts), (2, 2), "{:?}", r[1]);
+    // The revealers are back for round 3, which starts from another model.
+    assert_eq!(r[2].participants, 5, "{:?}", r[2]);
+    for p in stayers.into_iter().chain(back) {
+        p.await.unwrap().unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_upload_loses_its_slot_and_the_round_goes_on() {
     // The harness gives the coordinator 2 transfer slots and 5 s of allowed stall. The

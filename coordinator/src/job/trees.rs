@@ -170,6 +170,9 @@ impl JobRun {
             let mut level = 0;
             let mut last = None;
             let mut attempts = 0;
+            // Whoever dropped out of any of the tree's level rounds: the tree's record counts
+            // them, as a training round's counts the partners that left it.
+            let mut dropped = std::collections::BTreeSet::new();
             // The partners whose sums gave the current parent histograms.
             let mut parents_from: Option<Vec<String>> = None;
             while grower.request().is_some() {
@@ -201,6 +204,7 @@ impl JobRun {
                         )
                         .await?;
                     attempts += done.attempts;
+                    dropped.extend(done.output.dropped.iter().cloned());
                     announce(
                         &self.hub,
                         &self.job_id,
@@ -240,7 +244,7 @@ impl JobRun {
                 // The root asks for its histogram, so a tree always has a level.
                 continue;
             };
-            let counts = (done.output.survivors.len(), done.output.dropped.len());
+            let counts = (done.output.survivors.len(), dropped.len());
             let record = RoundRecord::new(
                 u64::from(t) + 1,
                 attempts,
