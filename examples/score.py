@@ -4,10 +4,14 @@
 
 usage: python3 examples/score.py EXPORT_DIR DATA.csv [DATA.csv ...]
                                  [--id COLUMN] [--scores OUT] [--skipped OUT]
-                                 [--holdout FRACTION:SEED]
+                                 [--holdout FRACTION:SEED] [--xgboost]
 
-Reads EXPORT_DIR/weights.npy and EXPORT_DIR/pipeline.json and turns each CSV row into the
-model's input exactly as the partners did in training. The label column is not needed: an
+Reads EXPORT_DIR/pipeline.json and the model file it names (weights.npy for a linear model
+or an MLP, model.json for boosted trees) and turns each CSV row into the model's input
+exactly as the partners did in training. A boosted model's numeric inputs are the clamped
+values themselves (mean 0, std 1); each tree sends a row to bin b of a numeric feature when
+b of the feature's thresholds are below the value, and to its slot's bin for a categorical
+one. The label column is not needed: an
 audience is scored as it is. When every file has it, the script also prints the AUC over the
 scored rows that have a label.
 
@@ -21,6 +25,10 @@ scored rows that have a label.
                  it the first 10 are printed on stderr. A row is skipped, never imputed, when
                  its field count differs from the header's, a numeric column the model uses is
                  not a number (the column is named), or --id is given and its field is empty
+--xgboost        (boosted trees) score with EXPORT_DIR/model.xgb.json, the same trees in
+                 XGBoost's JSON format, instead of model.json: XGBoost keeps leaves and
+                 thresholds as float32, so these scores agree with model.json's to about
+                 1e-6, not 1e-9
 --holdout F:S    score only the rows a partner with that `holdout_fraction` and `holdout_seed`
                  holds out (the split hashes each record's parsed values and label, so the
                  label column is needed), so the partners' files give the rows of the
@@ -84,6 +92,96 @@ def predict(X, w, model):
     else:  # mlp, relu hidden layer
         z = np.maximum(X @ part["W1"] + part["b1"], 0.0) @ part["w2"] + part["b2"]
     return 1.0 / (1.0 + np.exp(-z))
+
+
+def tree_inputs(X, pipe):
+    """A boosted model's inputs per row: the numeric values, then each categorical column's
+    slot (its one-hot position)."""
+    cols = []
+    for col in pipe["columns"]:
+        if col["type"] == "numeric":
+            cols.append(X[:, col["index"]])
+        else:
+            width = col["width"]
+            cols.append(np.argmax(X[:, col["offset"]:col["offset"] + width], axis=1))
+    return cols
+
+
+def predict_trees(X, model, pipe):
+    """Probabilities from a model.json (format fedmark-gbdt/1): base margin plus, tree by
+    tree, the value of the leaf each row reaches, added in tree order as fedmark adds them."""
+    if (model.get("format"), model.get("version")) != ("fedmark-gbdt", 1):
+        sys.exit("model.json: not a fedmark-gbdt version 1 model")
+    inputs = tree_inputs(X, pipe)
+    bins = []
+    for feature, values in zip(model["features"], inputs):
+        edges = feature["edges"]
+        if edges["kind"] == "numeric":
+            # bin b holds (t[b-1], t[b]]: b = the number of thresholds below the value
+            bins.append(np.searchsorted(np.array(edges["thresholds"], dtype=float), values,
+                                        side="left"))
+        else:
+            bins.append(values.astype(int))
+    bins = np.array(bins).T if bins else np.zeros((X.shape[0], 0), dtype=int)
+    margin = np.full(X.shape[0], float(model["base_margin"]))
+    for nodes in model["trees"]:
+        leaf = np.zeros(X.shape[0], dtype=int)
+        for _ in range(len(nodes)):  # children come after parents: at most one step per node
+            done = True
+            for i in np.unique(leaf):
+                node = nodes[i]
+                if node["node"] == "leaf":
+                    continue
+                done = False
+                at = leaf == i
+                b = bins[at, node["feature"]]
+                rule = node["rule"]
+                if rule["kind"] == "numeric":
+                    left = b <= rule["bin"]
+                else:
+                    left = np.isin(b, rule["left"])
+                leaf[at] = np.where(left, node["left"], node["right"])
+            if done:
+                break
+        margin = margin + np.array([nodes[i]["value"] for i in leaf], dtype=float)
+    return sigmoid(margin)
+
+
+def predict_xgboost(X, doc, pipe):
+    """Probabilities from the model.xgb.json fedmark writes (XGBoost's JSON model format),
+    read as XGBoost reads it: float32 thresholds ("value < condition" goes left), listed
+    categories go right, float32 leaves and base score."""
+    learner = doc["learner"]
+    inputs = tree_inputs(X, pipe)
+    base = np.float32(float(learner["learner_model_param"]["base_score"].strip("[]")))
+    margin = np.full(X.shape[0], math.log(float(base) / (1.0 - float(base))))
+    for tree in learner["gradient_booster"]["model"]["trees"]:
+        left_of, right_of = tree["left_children"], tree["right_children"]
+        cat_at = dict(zip(tree["categories_nodes"],
+                          zip(tree["categories_segments"], tree["categories_sizes"])))
+        node = np.zeros(X.shape[0], dtype=int)
+        for _ in range(len(left_of)):
+            inner = [i for i in np.unique(node) if left_of[i] != -1]
+            if not inner:
+                break
+            for i in inner:
+                at = node == i
+                v = inputs[tree["split_indices"][i]][at]
+                if tree["split_type"][i] == 0:
+                    left = v.astype(np.float32) < np.float32(tree["split_conditions"][i])
+                else:
+                    seg, size = cat_at[i]
+                    left = ~np.isin(v.astype(int), tree["categories"][seg:seg + size])
+                node[at] = np.where(left, left_of[i], right_of[i])
+        values = np.array(tree["split_conditions"], dtype=np.float32)
+        margin = margin + values[node].astype(float)
+    return sigmoid(margin)
+
+
+def sigmoid(z):
+    """The logistic function as fedmark computes it (stable for any z)."""
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def deciles(scores):
@@ -165,10 +263,20 @@ def read_rows(files, pipe, id_column, holdout, on_skip):
                 yield (ident if id_column else position), x, y
 
 
-def main(export_dir, files, holdout=None, id_column=None, scores_out=None, skipped_out=None):
+def main(export_dir, files, holdout=None, id_column=None, scores_out=None, skipped_out=None,
+         xgboost=False):
     with open(f"{export_dir}/pipeline.json") as f:
         pipe = json.load(f)
-    w = np.load(f"{export_dir}/{pipe['weights']['file']}")
+    trees = pipe["model"]["kind"] == "gbdt"
+    if xgboost and not trees:
+        sys.exit("--xgboost scores a boosted model's model.xgb.json; this export is a "
+                 f"{pipe['model']['kind']} model")
+    if trees:
+        name = "model.xgb.json" if xgboost else pipe["weights"]["file"]
+        with open(f"{export_dir}/{name}") as f:
+            w = json.load(f)
+    else:
+        w = np.load(f"{export_dir}/{pipe['weights']['file']}")
     skipped = []
 
     def on_skip(data, line, ident, reason):
@@ -179,7 +287,13 @@ def main(export_dir, files, holdout=None, id_column=None, scores_out=None, skipp
         keys.append(key)
         rows.append(x)
         labels.append(y)
-    scores = predict(np.array(rows).reshape(len(rows), pipe["input_dim"]), w, pipe["model"])
+    X = np.array(rows).reshape(len(rows), pipe["input_dim"])
+    if not trees:
+        scores = predict(X, w, pipe["model"])
+    elif xgboost:
+        scores = predict_xgboost(X, w, pipe)
+    else:
+        scores = predict_trees(X, w, pipe)
     if scores_out:
         with open(scores_out, "w", newline="") as f:
             out = csv.writer(f, lineterminator="\n")
@@ -215,7 +329,9 @@ def parse_args(argv):
              "--skipped": "skipped_out"}
     args = iter(argv)
     for a in args:
-        if a in flags:
+        if a == "--xgboost":
+            options["xgboost"] = True
+        elif a in flags:
             value = next(args, None)
             if value is None:
                 sys.exit(f"{a} needs a value\n\n" + __doc__)

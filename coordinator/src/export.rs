@@ -157,14 +157,25 @@ pub fn npy_f64(values: &[f64]) -> Vec<u8> {
     out
 }
 
+/// The model file `pipeline.json` names: a network's parameters (`weights.npy`) or a
+/// boosted model's trees (`model.json`, whose bytes it states the SHA-256 of).
+#[derive(Debug, Clone, Copy)]
+pub enum ModelBytes<'a> {
+    /// A linear model's or an MLP's parameter vector.
+    Network(&'a [f64]),
+    /// A boosted model: its `model.json` bytes and its number of trees.
+    Trees(&'a [u8], usize),
+}
+
 /// `pipeline.json`: everything needed to turn a CSV row into the model's input and score it.
-/// `params` is the length of the weight vector.
+/// A boosted model's numeric inputs are the clamped values themselves (mean 0, std 1): its
+/// trees bin them with `model.json`'s edges.
 pub fn pipeline(
     spec: &JobSpec,
     standardizer: &Standardizer,
     job_id: &str,
     round: u64,
-    params: &[f64],
+    model_bytes: ModelBytes<'_>,
 ) -> Value {
     let schema = FeatureSchema::from_spec(spec);
     let mut columns = Vec::new();
@@ -202,8 +213,13 @@ pub fn pipeline(
         offset += width;
     }
     let d = schema.dim();
-    let model = match Architecture::from_spec(spec) {
-        Architecture::Logistic => json!({
+    let model = match (model_bytes, Architecture::from_spec(spec)) {
+        (ModelBytes::Trees(..), _) => json!({
+            "kind": "gbdt",
+            "file_format": format!("{}/{}", fedmark_core::gbdt::FORMAT, fedmark_core::gbdt::VERSION),
+            "score": "sigmoid(base_margin + the value of the leaf the row reaches in each tree); a numeric input goes to bin b = the number of the feature's thresholds below it, a categorical one to its slot",
+        }),
+        (_, Architecture::Logistic) => json!({
             "kind": "logistic",
             "layers": [
                 {"name": "w", "offset": 0, "shape": [d]},
@@ -211,7 +227,7 @@ pub fn pipeline(
             ],
             "score": "sigmoid(x . w + b)",
         }),
-        Architecture::Mlp { hidden: h } => json!({
+        (_, Architecture::Mlp { hidden: h }) => json!({
             "kind": "mlp",
             "hidden": h,
             "activation": "relu",
@@ -224,18 +240,27 @@ pub fn pipeline(
             "score": "sigmoid(relu(x . W1 + b1) . w2 + b2)",
         }),
     };
+    let weights = match model_bytes {
+        ModelBytes::Network(params) => json!({
+            "file": WEIGHTS_FILE,
+            "dtype": "<f8",
+            "length": params.len(),
+            "sha256": f64s_sha256(params),
+        }),
+        ModelBytes::Trees(bytes, trees) => json!({
+            "file": TREES_FILE,
+            "dtype": "fedmark-gbdt JSON",
+            "length": trees,
+            "sha256": fedmark_core::audit::sha256_hex(bytes),
+        }),
+    };
     json!({
         "format": PIPELINE_FORMAT,
         "job_id": job_id,
         "name": spec.job.name,
         "purpose": spec.job.purpose,
         "round": round,
-        "weights": {
-            "file": WEIGHTS_FILE,
-            "dtype": "<f8",
-            "length": params.len(),
-            "sha256": f64s_sha256(params),
-        },
+        "weights": weights,
         "input_dim": d,
         "label": {
             "column": spec.label.column,
@@ -515,7 +540,13 @@ fn build_model_files(
         (WEIGHTS_FILE, npy_f64(&restored.model)),
         (
             PIPELINE_FILE,
-            json_bytes(&pipeline(&spec, &standardizer, job_id, at, &restored.model)),
+            json_bytes(&pipeline(
+                &spec,
+                &standardizer,
+                job_id,
+                at,
+                ModelBytes::Network(&restored.model),
+            )),
         ),
     ];
     if job.status == JobStatus::Finished
@@ -562,8 +593,21 @@ fn trees_export(
         round: at,
         reason: e.to_string(),
     })?;
+    let own = own.into_bytes();
+    let identity = Standardizer {
+        mean: vec![0.0; schema.numeric.len()],
+        std: vec![1.0; schema.numeric.len()],
+    };
+    let pipe = pipeline(
+        spec,
+        &identity,
+        job_id,
+        at,
+        ModelBytes::Trees(&own, state.model.trees().len()),
+    );
     let mut files = vec![
-        (TREES_FILE, own.into_bytes()),
+        (PIPELINE_FILE, json_bytes(&pipe)),
+        (TREES_FILE, own),
         (XGBOOST_FILE, json_bytes(&state.model.to_xgboost_json())),
     ];
     if job.status == JobStatus::Finished
@@ -717,7 +761,7 @@ c = ["x", "y"]
     /// standardisation, architecture and weights they were written from.
     #[test]
     fn an_export_reads_back_into_what_it_was_built_from() {
-        use fedmark_core::pipeline::Pipeline;
+        use fedmark_core::pipeline::{ModelFamily, Pipeline, ScoringModel};
         for model in ["kind = \"logistic\"", "kind = \"mlp\"\nhidden = 3"] {
             let spec = spec_with(model);
             let schema = FeatureSchema::from_spec(&spec);
@@ -729,16 +773,25 @@ c = ["x", "y"]
             let params: Vec<f64> = (0..arch.num_params(schema.dim()))
                 .map(|i| (i as f64).sin() / 7.0)
                 .collect();
-            let text =
-                String::from_utf8(json_bytes(&pipeline(&spec, &st, "job-x", 4, &params))).unwrap();
+            let text = String::from_utf8(json_bytes(&pipeline(
+                &spec,
+                &st,
+                "job-x",
+                4,
+                ModelBytes::Network(&params),
+            )))
+            .unwrap();
             let read = Pipeline::from_json(&text).unwrap();
             assert_eq!(read.weights_file(), WEIGHTS_FILE);
             assert_eq!((read.job_id.as_str(), read.round), ("job-x", 4));
             let m = read.with_weights(&npy_f64(&params)).unwrap();
             assert_eq!(m.pipeline.schema, schema);
             assert_eq!(m.pipeline.standardizer, st, "bit for bit");
-            assert_eq!(m.pipeline.arch, arch);
-            assert_eq!(m.model.params, params);
+            assert_eq!(m.pipeline.family, ModelFamily::Network(arch));
+            let ScoringModel::Network(model) = &m.model else {
+                panic!("a network export reads as a network");
+            };
+            assert_eq!(model.params, params);
             assert_eq!(m.pipeline.label_column, "y");
         }
     }
@@ -752,7 +805,7 @@ c = ["x", "y"]
         };
         let d = 2 + 3 + 8;
         let params = vec![0.0; d * 3 + 2 * 3 + 1];
-        let p = pipeline(&spec, &st, "job-x", 4, &params);
+        let p = pipeline(&spec, &st, "job-x", 4, ModelBytes::Network(&params));
         assert_eq!(p["input_dim"], d);
         assert_eq!(p["round"], 4);
         assert_eq!(p["columns"][1]["std"], 4.0);

@@ -62,6 +62,9 @@ pub enum ScoreError {
     /// Reporting a skipped row failed.
     #[error("writing the skipped rows: {0}")]
     Report(std::io::Error),
+    /// The model could not score parsed rows (rows of another shape than its trees').
+    #[error("scoring: {0}")]
+    Model(fedmark_core::pipeline::PipelineError),
 }
 
 impl ScoreError {
@@ -304,7 +307,7 @@ impl Batch {
         spool: &mut impl Write,
         skip: &mut impl FnMut(u64, &[u8], RowSkip) -> Result<(), ScoreError>,
     ) -> Result<u64, ScoreError> {
-        let scores = model.score(&self.rows);
+        let scores = model.score(&self.rows).map_err(ScoreError::Model)?;
         let mut spooled = 0;
         let mut start = 0;
         for ((score, &end), &line) in scores.iter().zip(&self.id_ends).zip(&self.lines) {
@@ -368,7 +371,7 @@ mod tests {
     use fedmark_core::spec::JobSpec;
 
     use super::*;
-    use crate::export::{json_bytes, npy_f64, pipeline};
+    use crate::export::{ModelBytes, json_bytes, npy_f64, pipeline};
 
     const WEIGHTS: [f64; 6] = [0.5, -0.25, 0.1, -0.2, 0.3, 0.05];
 
@@ -398,7 +401,13 @@ kind = "logistic"
             mean: vec![40.0, 1000.0],
             std: vec![10.0, 500.0],
         };
-        let text = json_bytes(&pipeline(&spec, &st, "job-t", 2, &WEIGHTS));
+        let text = json_bytes(&pipeline(
+            &spec,
+            &st,
+            "job-t",
+            2,
+            ModelBytes::Network(&WEIGHTS),
+        ));
         Pipeline::from_json(std::str::from_utf8(&text).unwrap())
             .unwrap()
             .with_weights(&npy_f64(&WEIGHTS))

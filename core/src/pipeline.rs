@@ -1,8 +1,10 @@
-//! An exported model read back: `pipeline.json` and `weights.npy`, as `model export` writes
+//! An exported model read back: `pipeline.json` and the model file it names (`weights.npy`
+//! for a linear model or an MLP, `model.json` for boosted trees), as `model export` writes
 //! them (format [`PIPELINE_FORMAT`]), turned into fedmark's own [`FeatureSchema`],
-//! [`Standardizer`] and [`Model`]. Scoring an exported model then runs the very code the
-//! partners trained and evaluated with — [`FeatureSchema::parse_record`],
-//! [`FeatureSchema::encode`], [`Model::predict_all`] — not a second reading of the files.
+//! [`Standardizer`] and [`Model`] or [`GbdtModel`]. Scoring an exported model then runs the
+//! very code the partners trained and evaluated with — [`FeatureSchema::parse_record`],
+//! [`FeatureSchema::encode`], [`Model::predict_all`], the trees' own binning and
+//! [`Scorer`] — not a second reading of the files.
 //!
 //! Reading checks the two files against each other and against the layout fedmark itself
 //! would build: numeric columns at inputs `0..n` in order (with their declared range, if any,
@@ -16,6 +18,7 @@
 use serde::Deserialize;
 
 use crate::features::{Categorical, FeatureSchema, RawRows, Standardizer};
+use crate::gbdt::{BinnedRows, GbdtModel, Scorer};
 use crate::model::{Architecture, Model};
 
 /// Format tag of `pipeline.json` that this module reads.
@@ -51,6 +54,13 @@ pub enum PipelineError {
     /// The weights disagree with `pipeline.json` (length, SHA-256) or are not finite.
     #[error("weights: {reason}")]
     Weights {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A boosted model's `model.json` does not read back, or does not fit `pipeline.json`'s
+    /// columns.
+    #[error("model.json: {reason}")]
+    Trees {
         /// What is wrong.
         reason: String,
     },
@@ -124,7 +134,32 @@ enum Column {
 struct ModelInfo {
     kind: String,
     hidden: Option<usize>,
+    /// A network's layers; a boosted model has none.
+    #[serde(default)]
     layers: Vec<Layer>,
+}
+
+/// What kind of model an export holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFamily {
+    /// A linear model or an MLP: parameters in `weights.npy`.
+    Network(Architecture),
+    /// Boosted trees: `model.json` in fedmark's own format.
+    Trees,
+}
+
+/// The model of an export, ready to score.
+#[derive(Debug, Clone)]
+pub enum ScoringModel {
+    /// A linear model or an MLP with its weights.
+    Network(Model),
+    /// Boosted trees, with the compiled scorer.
+    Trees {
+        /// The model as read.
+        model: GbdtModel,
+        /// The model compiled for scoring.
+        scorer: Scorer,
+    },
 }
 
 #[derive(Deserialize, PartialEq, Debug)]
@@ -152,19 +187,19 @@ pub struct Pipeline {
     /// The standardisation of the numeric columns the partners trained with.
     pub standardizer: Standardizer,
     /// Family and shape.
-    pub arch: Architecture,
+    pub family: ModelFamily,
     weights_file: String,
     weights_length: usize,
     weights_sha256: String,
 }
 
 /// A model exported by `model export`, ready to score rows.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ExportedModel {
     /// What `pipeline.json` says.
     pub pipeline: Pipeline,
-    /// The model with its weights.
-    pub model: Model,
+    /// The model with its weights or trees.
+    pub model: ScoringModel,
 }
 
 impl Pipeline {
@@ -271,18 +306,24 @@ impl Pipeline {
                 format!("{}, the columns give {d}", file.input_dim),
             ));
         }
-        let arch = match (file.model.kind.as_str(), file.model.hidden) {
-            ("logistic", _) => Architecture::Logistic,
-            ("mlp", Some(hidden)) if hidden > 0 => Architecture::Mlp { hidden },
+        let family = match (file.model.kind.as_str(), file.model.hidden) {
+            ("logistic", _) => ModelFamily::Network(Architecture::Logistic),
+            ("mlp", Some(hidden)) if hidden > 0 => {
+                ModelFamily::Network(Architecture::Mlp { hidden })
+            }
             ("mlp", _) => return Err(invalid("model.hidden", "an MLP needs hidden > 0")),
+            ("gbdt", _) => ModelFamily::Trees,
             (other, _) => {
                 return Err(invalid(
                     "model.kind",
-                    format!("`{other}`, not `logistic` or `mlp`"),
+                    format!("`{other}`, not `logistic`, `mlp` or `gbdt`"),
                 ));
             }
         };
-        let expected = layers(arch, d);
+        let expected = match family {
+            ModelFamily::Network(arch) => layers(arch, d),
+            ModelFamily::Trees => Vec::new(),
+        };
         if file.model.layers != expected {
             return Err(invalid(
                 "model.layers",
@@ -292,15 +333,27 @@ impl Pipeline {
                 ),
             ));
         }
-        if file.weights.length != arch.num_params(d) {
-            return Err(invalid(
-                "weights.length",
-                format!(
-                    "{}, the model has {} parameters",
-                    file.weights.length,
-                    arch.num_params(d)
-                ),
-            ));
+        match family {
+            ModelFamily::Network(arch) if file.weights.length != arch.num_params(d) => {
+                return Err(invalid(
+                    "weights.length",
+                    format!(
+                        "{}, the model has {} parameters",
+                        file.weights.length,
+                        arch.num_params(d)
+                    ),
+                ));
+            }
+            // Trees bin the clamped values themselves: the inputs must be unstandardised.
+            ModelFamily::Trees => {
+                if let Some(j) = (0..mean.len()).find(|&j| mean[j] != 0.0 || std[j] != 1.0) {
+                    return Err(invalid(
+                        format!("columns[{j}]"),
+                        "a boosted model's numeric inputs are the values themselves: mean 0, std 1",
+                    ));
+                }
+            }
+            ModelFamily::Network(_) => {}
         }
         let weights_file = file.weights.file;
         if weights_file.is_empty()
@@ -321,7 +374,7 @@ impl Pipeline {
             positive: file.label.positive,
             schema,
             standardizer: Standardizer { mean, std },
-            arch,
+            family,
             weights_file,
             weights_length: file.weights.length,
             weights_sha256: file.weights.sha256,
@@ -333,9 +386,14 @@ impl Pipeline {
         &self.weights_file
     }
 
-    /// Adds the weights (the bytes of the `.npy` file) and checks them against the pipeline.
-    pub fn with_weights(self, npy: &[u8]) -> Result<ExportedModel, PipelineError> {
-        let params = read_npy_f64(npy)?;
+    /// Adds the model file [`Self::weights_file`] names (the bytes of `weights.npy`, or of a
+    /// boosted model's `model.json`) and checks it against the pipeline.
+    pub fn with_weights(self, bytes: &[u8]) -> Result<ExportedModel, PipelineError> {
+        let arch = match self.family {
+            ModelFamily::Network(arch) => arch,
+            ModelFamily::Trees => return self.with_trees(bytes),
+        };
+        let params = read_npy_f64(bytes)?;
         let weights = |reason: String| PipelineError::Weights { reason };
         if params.len() != self.weights_length {
             return Err(weights(format!(
@@ -355,13 +413,66 @@ impl Pipeline {
             )));
         }
         let model = Model {
-            arch: self.arch,
+            arch,
             dim: self.schema.dim(),
             params,
         };
         Ok(ExportedModel {
             pipeline: self,
-            model,
+            model: ScoringModel::Network(model),
+        })
+    }
+
+    /// A boosted model's `model.json`: its SHA-256 and tree count as stated, and its features
+    /// the pipeline's columns in order (numeric ones with edges, categorical ones with a bin
+    /// per slot), so rows parsed by the pipeline bin as the trees expect.
+    fn with_trees(self, bytes: &[u8]) -> Result<ExportedModel, PipelineError> {
+        let bad = |reason: String| PipelineError::Trees { reason };
+        let sha = crate::audit::sha256_hex(bytes);
+        if sha != self.weights_sha256 {
+            return Err(bad(format!(
+                "SHA-256 {sha}, pipeline.json states {}",
+                self.weights_sha256
+            )));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|e| bad(e.to_string()))?;
+        let model = GbdtModel::from_json(text).map_err(|e| bad(e.to_string()))?;
+        if model.trees().len() != self.weights_length {
+            return Err(bad(format!(
+                "{} trees, pipeline.json states {}",
+                model.trees().len(),
+                self.weights_length
+            )));
+        }
+        let columns: Vec<(&str, Option<usize>)> = self
+            .schema
+            .numeric
+            .iter()
+            .map(|n| (n.as_str(), None))
+            .chain(
+                self.schema
+                    .categorical
+                    .iter()
+                    .map(|(n, enc)| (n.as_str(), Some(enc.width()))),
+            )
+            .collect();
+        let features: Vec<(&str, Option<usize>)> = model
+            .features()
+            .iter()
+            .map(|f| {
+                let slots = f.edges.is_categorical().then(|| f.edges.n_bins());
+                (f.name.as_str(), slots)
+            })
+            .collect();
+        if features != columns {
+            return Err(bad(format!(
+                "features {features:?} (name, categorical slots), pipeline.json's columns give {columns:?}"
+            )));
+        }
+        let scorer = Scorer::new(&model);
+        Ok(ExportedModel {
+            pipeline: self,
+            model: ScoringModel::Trees { model, scorer },
         })
     }
 }
@@ -369,12 +480,24 @@ impl Pipeline {
 impl ExportedModel {
     /// Scores parsed rows (labels ignored): the probability of the positive class per row, as
     /// the partners' evaluation computes it.
-    pub fn score(&self, rows: &RawRows) -> Vec<f64> {
-        let x = self
-            .pipeline
-            .schema
-            .encode(rows, &self.pipeline.standardizer);
-        self.model.predict_all(&x)
+    pub fn score(&self, rows: &RawRows) -> Result<Vec<f64>, PipelineError> {
+        match &self.model {
+            ScoringModel::Network(model) => {
+                let x = self
+                    .pipeline
+                    .schema
+                    .encode(rows, &self.pipeline.standardizer);
+                Ok(model.predict_all(&x))
+            }
+            ScoringModel::Trees { model, scorer } => {
+                let bad = |e: crate::gbdt::GbdtError| PipelineError::Trees {
+                    reason: e.to_string(),
+                };
+                let binned = BinnedRows::from_raw(rows, model.features()).map_err(bad)?;
+                let margins = scorer.margins(&binned).map_err(bad)?;
+                Ok(margins.into_iter().map(crate::model::sigmoid).collect())
+            }
+        }
     }
 }
 
@@ -557,7 +680,7 @@ mod tests {
         ] {
             let p = Pipeline::from_json(&pipeline_json(kind)).unwrap();
             assert_eq!(p.weights_file(), "weights.npy");
-            assert_eq!(p.arch, arch);
+            assert_eq!(p.family, ModelFamily::Network(arch));
             assert_eq!(p.round, 4);
             assert_eq!(p.schema.numeric, vec!["age".to_owned()]);
             assert_eq!(
@@ -574,10 +697,13 @@ mod tests {
             assert_eq!(p.standardizer.mean, vec![40.5]);
             assert_eq!(p.standardizer.std, vec![10.25]);
             let m = p.with_weights(&npy(&weights(n))).unwrap();
-            assert_eq!(m.model.params, weights(n));
+            let ScoringModel::Network(model) = &m.model else {
+                panic!("a network export reads as a network");
+            };
+            assert_eq!(model.params, weights(n));
             let mut rows = RawRows::new(&m.pipeline.schema);
             rows.push(&[50.75], &[1, 3], false);
-            let s = m.score(&rows);
+            let s = m.score(&rows).unwrap();
             assert_eq!(s.len(), 1);
             if kind == "logistic" {
                 // x = [1, 0, 1, 0, 0, 0, 0, 1, 0]; w = (i - 4) / 8, b = w[9].
@@ -587,7 +713,7 @@ mod tests {
                 let mut old = RawRows::new(&m.pipeline.schema);
                 old.push(&[95.0], &[1, 3], false);
                 let z = -0.5 * (19.5 / 10.25) + -0.25 + 0.375 + 0.625;
-                assert!((m.score(&old)[0] - crate::model::sigmoid(z)).abs() < 1e-15);
+                assert!((m.score(&old).unwrap()[0] - crate::model::sigmoid(z)).abs() < 1e-15);
             }
         }
     }
@@ -631,6 +757,87 @@ mod tests {
             &weights(10),
         );
         assert!(werr(&two_d).contains("one-dimensional"));
+    }
+
+    /// A boosted model trained on the pipeline's columns, as `model export` writes it.
+    fn trees_export() -> (String, Vec<u8>, GbdtModel, FeatureSchema) {
+        use crate::gbdt::{Feature, GbdtParams, train};
+        let linear = Pipeline::from_json(&pipeline_json("logistic")).unwrap();
+        let schema = linear.schema.clone();
+        let mut rows = RawRows::new(&schema);
+        for i in 0..400u32 {
+            let age = 18.0 + f64::from(i % 43);
+            rows.push(&[age], &[i % 3, (i / 7) % 5], age > 40.0 && i % 3 != 1);
+        }
+        let features = Feature::from_ranges(&schema, 16).unwrap();
+        let binned = crate::gbdt::BinnedRows::from_raw(&rows, &features).unwrap();
+        let params = GbdtParams {
+            trees: 3,
+            max_depth: 2,
+            ..GbdtParams::default()
+        };
+        let (model, _) = train(&params, &features, &binned, None).unwrap();
+        let bytes = model.to_json().unwrap().into_bytes();
+        let text = pipeline_json("logistic")
+            .replace(r#""mean": 40.5, "std": 10.25"#, r#""mean": 0, "std": 1"#)
+            .replace(
+                r#""file": "weights.npy", "dtype": "<f8", "length": 10"#,
+                r#""file": "model.json", "dtype": "fedmark-gbdt JSON", "length": 3"#,
+            )
+            .replace(
+                &crate::audit::f64s_sha256(&weights(10)),
+                &crate::audit::sha256_hex(&bytes),
+            );
+        let model_start = text.find(r#""model": "#).unwrap();
+        let model_end = text.find(r#""rules""#).unwrap();
+        let text = format!(
+            "{}\"model\": {{\"kind\": \"gbdt\"}},\n{}",
+            &text[..model_start],
+            &text[model_end..]
+        );
+        (text, bytes, model, schema)
+    }
+
+    /// A boosted model's export scores rows as the model itself does, bit for bit; a
+    /// `model.json` that is not the one the pipeline states, or whose features are not its
+    /// columns, is refused, and so are standardised inputs.
+    #[test]
+    fn reads_a_boosted_trees_export() {
+        let (text, bytes, model, schema) = trees_export();
+        let p = Pipeline::from_json(&text).unwrap();
+        assert_eq!(p.family, ModelFamily::Trees);
+        assert_eq!(p.weights_file(), "model.json");
+        let m = p.clone().with_weights(&bytes).unwrap();
+        let mut rows = RawRows::new(&schema);
+        for (age, c, h) in [(20.0, 0, 1), (44.5, 1, 4), (59.0, 2, 0), (90.0, 0, 3)] {
+            rows.push(&[age], &[c, h], false);
+        }
+        let scores = m.score(&rows).unwrap();
+        assert_eq!(scores, model.predict_proba(&rows).unwrap());
+        assert!(scores.iter().any(|&s| s != scores[0]), "{scores:?}");
+
+        let err = |bytes: &[u8]| p.clone().with_weights(bytes).unwrap_err().to_string();
+        let other = String::from_utf8(bytes.clone())
+            .unwrap()
+            .replace("\"age\"", "\"agf\"");
+        assert!(err(other.as_bytes()).contains("SHA-256"));
+        let renamed = text.replace(
+            &crate::audit::sha256_hex(&bytes),
+            &crate::audit::sha256_hex(other.as_bytes()),
+        );
+        let renamed = Pipeline::from_json(&renamed).unwrap();
+        let e = renamed
+            .with_weights(other.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("features") && e.contains("agf"), "{e}");
+        assert!(err(b"{").starts_with("model.json"));
+        let standardised = text.replace(r#""mean": 0, "std": 1"#, r#""mean": 40.5, "std": 10.25"#);
+        let e = Pipeline::from_json(&standardised).unwrap_err().to_string();
+        assert!(
+            e.contains("columns[0]") && e.contains("mean 0, std 1"),
+            "{e}"
+        );
     }
 
     #[test]

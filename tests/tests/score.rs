@@ -326,3 +326,138 @@ fn score_py_scores_an_audience_like_fedmark_score() {
         .collect();
     assert_eq!(got, f.skips);
 }
+
+/// A boosted model (3 trees) trained by the simulator and exported, with the same audience.
+fn trees_fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("score-audience-trees");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let export = dir.join("export");
+        let opts = SimOptions {
+            partners: 3,
+            rounds: Some(3),
+            model: Some(fedmark_core::spec::ModelKindName::Gbdt),
+            tls: false,
+            skip_baselines: true,
+            show_progress: false,
+            export: Some(export.clone()),
+            audit_dir: Some(dir.join("audit")),
+            ..SimOptions::default()
+        };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(sim::run(&opts)).unwrap();
+        let audience = dir.join("audience.csv");
+        let skips = write_audience(&audience);
+        Fixture {
+            dir,
+            export,
+            audience,
+            skips,
+        }
+    })
+}
+
+/// `fedmark score` with a boosted model's export (pipeline.json naming model.json): every
+/// audience row gets the probability the model itself gives the same bank row, and the
+/// broken rows are skipped as with a linear model.
+#[test]
+fn fedmark_score_scores_a_boosted_model_as_its_trees_do() {
+    use fedmark_client::data::{HoldoutSplit, load_csv};
+    let f = trees_fixture();
+    let out = f.dir.join("scores.csv");
+    let skipped = f.dir.join("skipped.csv");
+    let stderr = fedmark_score(f, &out, &skipped);
+    let scored = BANK_ROWS - f.skips.len();
+    assert!(
+        stderr.contains(&format!("scored {scored} of {BANK_ROWS} rows")),
+        "{stderr}"
+    );
+    let pipe: Value =
+        serde_json::from_str(&std::fs::read_to_string(f.export.join("pipeline.json")).unwrap())
+            .unwrap();
+    assert_eq!(pipe["model"]["kind"], "gbdt");
+    assert_eq!(pipe["weights"]["file"], "model.json");
+    assert_eq!(pipe["weights"]["length"], 3);
+    let model = fedmark_core::gbdt::GbdtModel::from_json(
+        &std::fs::read_to_string(f.export.join("model.json")).unwrap(),
+    )
+    .unwrap();
+    // The bank rows in file order, as a partner parses them (the spec of the simulated job).
+    let text = std::fs::read_to_string(workspace_root().join("examples/bank-job.toml")).unwrap();
+    let spec = fedmark_core::spec::JobSpec::from_toml(
+        &text.replace("kind = \"logistic\"", "kind = \"gbdt\""),
+    )
+    .unwrap();
+    let all = HoldoutSplit {
+        fraction: 0.0,
+        seed: 0,
+    };
+    let rows = load_csv(
+        &workspace_root().join("data/bank_marketing.csv"),
+        &spec,
+        all,
+    )
+    .unwrap()
+    .train;
+    assert_eq!(rows.len(), BANK_ROWS);
+    let expected = model.predict_proba(&rows).unwrap();
+    let got = read_scores(&out);
+    assert_eq!(got.len(), scored);
+    for (id, score, _) in &got {
+        let i: usize = id[1..].parse().unwrap();
+        assert_eq!(*score, expected[i], "{id}");
+    }
+    assert!(
+        got.iter().any(|r| r.1 != got[0].1),
+        "the trees split the audience"
+    );
+}
+
+/// `examples/score.py` with the boosted model's export: from model.json the scores of
+/// `fedmark score` to 1e-12 and the same skipped rows; from model.xgb.json (`--xgboost`,
+/// XGBoost's float32 leaves and thresholds) to 1e-5.
+#[test]
+#[cfg_attr(
+    not(has_numpy),
+    ignore = "python3 with numpy not found (set FEDMARK_PYTHON to one that has it)"
+)]
+fn score_py_scores_a_boosted_model_like_fedmark_score() {
+    let f = trees_fixture();
+    let rust_out = f.dir.join("rust-scores.csv");
+    fedmark_score(f, &rust_out, &f.dir.join("rust-skipped.csv"));
+    let rust = read_scores(&rust_out);
+    for (xgboost, tolerance) in [(false, 1e-12), (true, 1e-5)] {
+        let py_out = f.dir.join(format!("py-scores-{xgboost}.csv"));
+        let py_skipped = f.dir.join(format!("py-skipped-{xgboost}.csv"));
+        let mut cmd = Command::new(env!("FEDMARK_TEST_PYTHON"));
+        cmd.arg(workspace_root().join("examples/score.py"))
+            .arg(&f.export)
+            .arg(&f.audience)
+            .args(["--id", "customer_id", "--scores"])
+            .arg(&py_out)
+            .arg("--skipped")
+            .arg(&py_skipped);
+        if xgboost {
+            cmd.arg("--xgboost");
+        }
+        let run = cmd.output().unwrap();
+        assert!(
+            run.status.success(),
+            "score.py: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let py = read_scores(&py_out);
+        assert_eq!(py.len(), rust.len());
+        let mut largest: f64 = 0.0;
+        for ((id, s, _), (rid, rs, _)) in py.iter().zip(&rust) {
+            assert_eq!(id, rid);
+            largest = largest.max((s - rs).abs());
+        }
+        assert!(largest < tolerance, "xgboost {xgboost}: {largest} apart");
+        eprintln!("score.py (xgboost {xgboost}) vs fedmark score: largest difference {largest:e}");
+        let skipped = std::fs::read_to_string(&py_skipped).unwrap();
+        assert_eq!(skipped.lines().count(), 1 + f.skips.len());
+    }
+}

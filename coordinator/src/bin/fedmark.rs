@@ -81,7 +81,8 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ScoreArgs {
-    /// The folder `fedmark model export` wrote (pipeline.json, weights.npy).
+    /// The folder `fedmark model export` wrote (pipeline.json, and weights.npy or a boosted
+    /// model's model.json).
     model: PathBuf,
     /// The CSV to score, with a header row (`-` reads standard input).
     input: PathBuf,

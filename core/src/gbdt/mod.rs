@@ -62,5 +62,5 @@ pub use params::{CategoricalMode, GbdtParams, ParamError};
 pub use score::Scorer;
 pub use split::{Split, SplitRule};
 pub use train::{TrainReport, train};
-pub use tree::{GbdtModel, Importance, Tree};
+pub use tree::{FORMAT, GbdtModel, Importance, Tree, VERSION};
 pub use wire::RoundState;
