@@ -941,12 +941,6 @@ impl JobSpec {
                 "the number of trees is job.rounds (one tree per round); leave trees out",
             ));
         }
-        if params.early_stopping_rounds.is_some() {
-            return Err(invalid(
-                "model.gbdt.early_stopping_rounds",
-                "is not available in a federated job yet; set job.rounds to the trees wanted",
-            ));
-        }
         if let Some(col) = self
             .features
             .numeric
@@ -1206,8 +1200,14 @@ mod tests {
         );
         assert_eq!(field(&gbdt("[model.gbdt]\ntrees = 7")), "model.gbdt.trees");
         assert!(JobSpec::from_toml(&gbdt("[model.gbdt]\ntrees = 20")).is_ok());
+        let stopping =
+            JobSpec::from_toml(&gbdt("[model.gbdt]\nearly_stopping_rounds = 3")).unwrap();
         assert_eq!(
-            field(&gbdt("[model.gbdt]\nearly_stopping_rounds = 3")),
+            stopping.gbdt_params().unwrap().early_stopping_rounds,
+            Some(3)
+        );
+        assert_eq!(
+            field(&gbdt("[model.gbdt]\nearly_stopping_rounds = 0")),
             "model.gbdt.early_stopping_rounds"
         );
         assert_eq!(

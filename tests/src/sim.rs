@@ -1054,8 +1054,9 @@ fn train_alone(
 }
 
 /// fedmark's own booster with the job's settings on `rows` alone (bins sketched from them as
-/// the federation sketches its own), scored on the test rows; NaN metrics when it cannot train
-/// (no rows, or edges that cannot be made).
+/// the federation sketches its own; early stopping on the test rows, as the federation's
+/// evaluation rows are the pooled test rows), scored on the test rows; NaN metrics when it
+/// cannot train (no rows, or edges that cannot be made).
 fn gbdt_alone(
     params: &fedmark_core::gbdt::GbdtParams,
     schema: &FeatureSchema,
@@ -1068,7 +1069,12 @@ fn gbdt_alone(
         let sketch = Feature::sketch(rows, &grids);
         let features = Feature::from_sketch(schema, &grids, &sketch, params.max_bins as usize)?;
         let binned = BinnedRows::from_raw(rows, &features)?;
-        let (model, _) = train(params, &features, &binned, None)?;
+        // Early stopping watches the loss on the rows the federation evaluates on.
+        let valid = match params.early_stopping_rounds {
+            Some(_) => Some(BinnedRows::from_raw(test_rows, &features)?),
+            None => None,
+        };
+        let (model, _) = train(params, &features, &binned, valid.as_ref())?;
         model.predict_proba(test_rows)
     };
     match fit() {

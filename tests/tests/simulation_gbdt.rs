@@ -170,3 +170,73 @@ async fn second_data_set_trains_trees_from_its_spec_alone() {
     );
     assert!((report.final_metrics.auc - b.centralized.auc).abs() < 0.01);
 }
+
+/// Early stopping on the federated validation loss: deep trees at learning rate 0.6 overfit
+/// the bank data within a few trees, the job stops three trees after the best one, keeps the
+/// trees up to it (its exported model holds them), reports the metrics measured on that model
+/// when the next tree started, and agrees with fedmark's booster stopping on the same rows.
+/// With two trees fewer the job cannot stop early; it grows them all, and the final
+/// evaluation shows the last trees did not help, so it keeps the same trees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_stopping_keeps_the_trees_up_to_the_best_validation_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = bank_gbdt_spec(dir.path());
+    let text = std::fs::read_to_string(&spec).unwrap().replace(
+        "max_depth = 4\nlearning_rate = 0.3",
+        "max_depth = 6\nlearning_rate = 0.6\nmin_child_weight = 0.1\nlambda = 0.0\nearly_stopping_rounds = 3",
+    );
+    std::fs::write(&spec, text.replace("rounds = 6", "rounds = 30")).unwrap();
+    let export = dir.path().join("export");
+    let mut opts = options(spec.clone());
+    opts.secure_agg = Some(false);
+    opts.export = Some(export.clone());
+    let report = sim::run(&opts).await.unwrap();
+    let grown = report.rounds.len();
+    assert!(grown < 30, "stopped early: {}", report.job.stop_reason);
+    assert!(
+        report.job.stop_reason.starts_with("early stopping"),
+        "{}",
+        report.job.stop_reason
+    );
+    let model =
+        GbdtModel::from_json(&std::fs::read_to_string(export.join("model.json")).unwrap()).unwrap();
+    let keep = model.trees().len();
+    assert_eq!(grown, keep + 3, "{}", report.job.stop_reason);
+    // Tree k + 1's line evaluates the model of the first k trees: the kept model's, whose
+    // federated log-loss is the lowest of the lines.
+    let kept_line = &report.rounds[keep];
+    assert_eq!(report.final_federated.log_loss, kept_line.log_loss);
+    let lowest = report.rounds[1..]
+        .iter()
+        .map(|r| r.log_loss)
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(kept_line.log_loss, lowest);
+    let b = report.baselines.as_ref().unwrap();
+    eprintln!(
+        "grew {grown} trees, kept {keep}: AUC {:.4} (centralised, stopping alike: {:.4})",
+        report.final_metrics.auc, b.centralized.auc
+    );
+    assert!(
+        (report.final_metrics.auc - b.centralized.auc).abs() < 0.005,
+        "federated {} vs centralised {}",
+        report.final_metrics.auc,
+        b.centralized.auc
+    );
+
+    let shorter = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("rounds = 30", &format!("rounds = {}", keep + 2));
+    std::fs::write(&spec, shorter).unwrap();
+    opts.skip_baselines = true;
+    let all = sim::run(&opts).await.unwrap();
+    assert_eq!(all.rounds.len(), keep + 2);
+    assert_eq!(
+        all.job.stop_reason,
+        format!(
+            "completed {} trees; kept the first {keep}, whose federated validation log-loss was the lowest",
+            keep + 2
+        )
+    );
+    assert_eq!(all.model_sha256, report.model_sha256, "the same trees kept");
+    assert_eq!(all.final_federated.log_loss, kept_line.log_loss);
+}

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use fedmark_core::aggregate::{RoundKind, eval_stats_from_slice, eval_stats_len};
 use fedmark_core::features::{FeatureSchema, Standardizer};
 use fedmark_core::gbdt::plan::{SKETCH_CELLS, level_round};
-use fedmark_core::gbdt::train::{base_margin, column_sample};
+use fedmark_core::gbdt::train::{EarlyStopping, base_margin, column_sample};
 use fedmark_core::gbdt::{Feature, GbdtModel, HistLayout, PartialTree, RoundState, TreeGrower};
 use fedmark_core::metrics::Metrics;
 use fedmark_core::model::{Architecture, Model};
@@ -35,6 +35,14 @@ use crate::store::events::TrainingFigures;
 use crate::store::jobs::{Committed, JobState, commit};
 
 /// The words of a state that shows `model` and asks for nothing.
+/// A level-0 round's federated evaluation of the model its tree started from.
+struct Evaluated {
+    metrics: Metrics,
+    by: Vec<String>,
+    consent: std::collections::BTreeMap<String, String>,
+    attempt: u32,
+}
+
 fn model_words(model: &GbdtModel) -> Vec<f64> {
     RoundState {
         model: model.clone(),
@@ -94,6 +102,52 @@ impl JobRun {
             },
         )?;
         Ok(())
+    }
+
+    /// Ends a job whose best model is its first `keep` trees (early stopping): commits that
+    /// model as the job's last checkpoint (round = trees grown + 1, recorded as the
+    /// evaluation that chose it) and reports the federated metrics measured on it when the
+    /// tree after it started.
+    async fn keep_trees(
+        self,
+        mut state: JobState,
+        model: GbdtModel,
+        keep: usize,
+        evals: &[Evaluated],
+        started: Instant,
+        stop_reason: String,
+    ) -> Result<JobOutcome, JobError> {
+        let Some(chosen) = evals.get(keep) else {
+            return Err(JobError::Preflight(format!(
+                "early stopping keeps {keep} trees, whose model was never evaluated"
+            )));
+        };
+        let trees = model.trees().get(..keep).unwrap_or_default().to_vec();
+        let kept = GbdtModel::from_parts(model.features().to_vec(), model.base_margin(), trees)?;
+        state.model.params = model_words(&kept);
+        state.next_round = model.trees().len() as u64 + 2;
+        commit(
+            &self.store,
+            &self.job_id,
+            &state,
+            Committed {
+                kind: RoundKind::Evaluation,
+                attempt: chosen.attempt,
+                participants: chosen.by.clone(),
+                dropped: Vec::new(),
+                consent_snapshots: chosen.consent.clone(),
+                training: None,
+            },
+        )?;
+        info!(job = %self.job_id, kept = keep, grown = model.trees().len(), "early stopping");
+        let ended = Ended {
+            started,
+            stop_reason,
+            lost: Vec::new(),
+            final_metrics: chosen.metrics,
+            evaluated_by: chosen.by.clone(),
+        };
+        self.finish(state, ended).await
     }
 
     /// Runs a boosted-trees job from its statistics round to its end.
@@ -157,8 +211,13 @@ impl JobRun {
         .await;
         info!(job = %self.job_id, bins = layout.node_len() / 3, "bin edges agreed");
 
+        // Each level-0 evaluation, by the trees of the model it evaluated: what early stopping
+        // keeps is a model already evaluated, so no round evaluates a model twice.
+        let mut evals: Vec<Evaluated> = Vec::new();
+        let mut stopping = params.early_stopping_rounds.map(EarlyStopping::new);
+        let mut stopped_at = None;
         // Trees, a level per round.
-        for t in 0..params.trees {
+        'trees: for t in 0..params.trees {
             self.phase(&format!("tree {} of {}", t + 1, params.trees));
             let t0 = Instant::now();
             let mut grower = TreeGrower::new(
@@ -227,6 +286,21 @@ impl JobRun {
                     }
                     if eval_len > 0 {
                         eval = eval_stats_from_slice(&done.sum.stats[..eval_len], bins).metrics();
+                        evals.push(Evaluated {
+                            metrics: eval,
+                            by: done.output.survivors.clone(),
+                            consent: done.output.consent.clone(),
+                            attempt: done.attempt,
+                        });
+                        if t > 0
+                            && let Some(s) = &mut stopping
+                            && let Some(keep) = s.observe(t as usize, eval.log_loss)
+                        {
+                            // This tree is not grown: the model has not improved for the set
+                            // number of trees.
+                            stopped_at = Some(keep);
+                            break 'trees;
+                        }
                     }
                     grower.absorb(&done.sum.stats[eval_len..])?;
                     break done;
@@ -268,6 +342,18 @@ impl JobRun {
             );
         }
 
+        let grown = model.trees().len();
+        if let Some(keep) = stopped_at {
+            let n = params.early_stopping_rounds.unwrap_or_default();
+            let reason = format!(
+                "early stopping: the federated validation log-loss last improved with {keep} \
+                 trees, {n} trees ago; kept the first {keep} of {grown} trees"
+            );
+            return self
+                .keep_trees(state, model, keep, &evals, started, reason)
+                .await;
+        }
+
         // Final evaluation.
         self.phase("final evaluation");
         let round = spec.planned_rounds() + 1;
@@ -281,6 +367,20 @@ impl JobRun {
             )
             .await?;
         let final_metrics = eval_stats_from_slice(&done.sum.stats, bins).metrics();
+        if let Some(s) = &mut stopping {
+            s.observe(grown, final_metrics.log_loss);
+            if let Some((_, keep)) = s.best()
+                && keep < grown
+            {
+                let reason = format!(
+                    "completed {grown} trees; kept the first {keep}, whose federated \
+                     validation log-loss was the lowest"
+                );
+                return self
+                    .keep_trees(state, model, keep, &evals, started, reason)
+                    .await;
+            }
+        }
         let survivors = done.output.survivors;
         announce(
             &self.hub,

@@ -42,6 +42,38 @@ pub struct TrainReport {
     pub valid_loss: Vec<f64>,
 }
 
+/// Early stopping on a validation loss, one rule for the centralised trainer and a federated
+/// job: the model with `j` trees (j ≥ 1) has loss `L(j)`; the best model is the one with the
+/// lowest loss (the fewest trees among equals, non-finite losses ignored), and training stops
+/// once the model has `rounds` trees more than the best one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EarlyStopping {
+    rounds: u32,
+    best: Option<(f64, usize)>,
+}
+
+impl EarlyStopping {
+    /// Stops after `rounds` trees without improvement.
+    pub fn new(rounds: u32) -> Self {
+        Self { rounds, best: None }
+    }
+
+    /// Records the loss of the model with `trees` trees; `Some(best)` (the trees to keep) once
+    /// training should stop.
+    pub fn observe(&mut self, trees: usize, loss: f64) -> Option<usize> {
+        if loss.is_finite() && self.best.is_none_or(|(b, _)| loss < b) {
+            self.best = Some((loss, trees));
+        }
+        let (_, at) = self.best?;
+        (trees.saturating_sub(at) >= self.rounds as usize).then_some(at)
+    }
+
+    /// The lowest loss seen and the trees of its model.
+    pub fn best(&self) -> Option<(f64, usize)> {
+        self.best
+    }
+}
+
 /// The prior log-odds of `positives` out of `count` rows (clamped away from 0 and 1): the
 /// margin every row starts from. From two sums, so the federation can compute it securely.
 pub fn base_margin(positives: f64, count: f64) -> f64 {
@@ -137,7 +169,7 @@ pub fn train(
     let (mut grad, mut hess) = (vec![0.0; n], vec![0.0; n]);
     let mut trees = Vec::new();
     let mut report = TrainReport::default();
-    let mut best: Option<(f64, usize)> = None;
+    let mut stopping = params.early_stopping_rounds.map(EarlyStopping::new);
     for t in 0..params.trees as usize {
         gradients(&margin, labels, &mut grad, &mut hess);
         let sampled: Vec<bool> = (0..n).map(|r| in_row_sample(params, t, r)).collect();
@@ -157,19 +189,16 @@ pub fn train(
         }
         let loss = mean_loss(&valid_margin, v.labels());
         report.valid_loss.push(loss);
-        if best.is_none_or(|(b, _)| loss < b) {
-            best = Some((loss, t));
-        }
-        if let (Some(rounds), Some((_, at))) = (params.early_stopping_rounds, best)
-            && t - at >= rounds as usize
+        if let Some(s) = &mut stopping
+            && s.observe(t + 1, loss).is_some()
         {
             break;
         }
     }
     report.grown = trees.len();
     let mut model = GbdtModel::new(features.to_vec(), base, trees);
-    if let (Some(_), Some((_, at))) = (params.early_stopping_rounds, best) {
-        model.truncate(at + 1);
+    if let Some((_, at)) = stopping.as_ref().and_then(EarlyStopping::best) {
+        model.truncate(at);
     }
     report.kept = model.trees().len();
     Ok((model, report))

@@ -276,6 +276,48 @@ fn early_stopping_keeps_the_best_trees() {
     assert_eq!(no_valid, GbdtError::NoValidation);
 }
 
+/// The early-stopping rule against a direct reading of its definition on random loss
+/// sequences (ties, NaN and infinities included): the model kept is the first with the lowest
+/// finite loss so far, and training stops at the first model with `rounds` more trees.
+#[test]
+fn early_stopping_follows_its_definition() {
+    use super::train::EarlyStopping;
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for case in 0..2000 {
+        let n = rng.random_range(1..6u32);
+        let losses: Vec<f64> = (0..rng.random_range(1..30))
+            .map(|_| match rng.random_range(0..12) {
+                0 => f64::NAN,
+                1 => f64::INFINITY,
+                _ => f64::from(rng.random_range(0..8u32)) / 4.0,
+            })
+            .collect();
+        let mut rule = EarlyStopping::new(n);
+        let got = losses
+            .iter()
+            .enumerate()
+            .find_map(|(i, &l)| rule.observe(i + 1, l).map(|k| (i + 1, k)));
+        let best_upto = |j: usize| {
+            let mut best: Option<(f64, usize)> = None;
+            for (i, &l) in losses[..j].iter().enumerate() {
+                if l.is_finite() && best.is_none_or(|(b, _)| l < b) {
+                    best = Some((l, i + 1));
+                }
+            }
+            best
+        };
+        let want = (1..=losses.len()).find_map(|j| {
+            best_upto(j)
+                .filter(|&(_, k)| j - k >= n as usize)
+                .map(|(_, k)| (j, k))
+        });
+        assert_eq!(got, want, "case {case}: n {n}, losses {losses:?}");
+        let seen = got.map_or(losses.len(), |(j, _)| j);
+        assert_eq!(rule.best(), best_upto(seen), "case {case}");
+    }
+}
+
 #[test]
 fn a_model_round_trips_and_damaged_files_are_refused() {
     let (s, features, rows) = xor();
