@@ -179,12 +179,7 @@ impl JobContext {
                 let bins = self.spec.histogram_bins() as usize;
                 let (_, holdout) = self.datasets(standardizer);
                 let scores = model.predict_all(&holdout.x);
-                let eval =
-                    EvalStats::from_predictions_capped(&scores, &holdout.y, bins, EVAL_LOSS_CAP);
-                eval_stats_to_vec(&eval, &mut stats);
-                stats[2] /= EVAL_LOSS_CAP;
-                add_gaussian_noise(&mut stats, 1.0, std, rng).map_err(|e| e.to_string())?;
-                stats.iter_mut().for_each(|v| *v = v.round());
+                stats = noised_evaluation(&scores, &holdout.y, bins, std, rng)?;
             }
             None => {
                 let eval = self.evaluate(model, standardizer);
@@ -272,6 +267,26 @@ impl JobContext {
     }
 }
 
+/// A `record` job's released holdout statistics of `scores` against `labels`: each row's
+/// log-loss capped at [`EVAL_LOSS_CAP`] and divided by it (so every statistic moves by at
+/// most 1 per row, L2 sensitivity [`fedmark_core::budget::EVAL_SENSITIVITY`]), Gaussian noise
+/// of standard deviation `std` added to each, each rounded to an integer.
+pub(crate) fn noised_evaluation<R: Rng + ?Sized>(
+    scores: &[f64],
+    labels: &[f64],
+    bins: usize,
+    std: f64,
+    rng: &mut R,
+) -> Result<Vec<f64>, String> {
+    let eval = EvalStats::from_predictions_capped(scores, labels, bins, EVAL_LOSS_CAP);
+    let mut stats = Vec::new();
+    eval_stats_to_vec(&eval, &mut stats);
+    stats[2] /= EVAL_LOSS_CAP;
+    add_gaussian_noise(&mut stats, 1.0, std, rng).map_err(|e| e.to_string())?;
+    stats.iter_mut().for_each(|v| *v = v.round());
+    Ok(stats)
+}
+
 impl JobContext {
     /// What this partner sends in a round, before masking: the round's values
     /// ([`Self::statistics`], [`Self::training`] or [`Self::evaluation`]) encoded in the
@@ -303,13 +318,21 @@ impl JobContext {
                 schema: &self.schema,
                 data: &self.data,
                 cache: &mut self.trees,
+                privacy: self.privacy,
             };
             let stats = match kind {
-                RoundKind::Statistics => crate::trees::statistics(&self.schema, &self.data)?,
-                RoundKind::Training => {
-                    job.level(&params, c.round.round, &model.params, layout.stats_len)?
+                RoundKind::Statistics if self.spec.is_dp() => {
+                    return Err("a DP job has no statistics round".into());
                 }
-                RoundKind::Evaluation => job.evaluation(&model.params)?,
+                RoundKind::Statistics => crate::trees::statistics(&self.schema, &self.data)?,
+                RoundKind::Training => job.level(
+                    &params,
+                    c.round.round,
+                    &model.params,
+                    layout.stats_len,
+                    &mut rng,
+                )?,
+                RoundKind::Evaluation => job.evaluation(&model.params, &mut rng)?,
             };
             if stats.len() != layout.stats_len {
                 return Err(format!(

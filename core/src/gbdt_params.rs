@@ -62,7 +62,18 @@ pub struct GbdtParams {
     pub seed: u64,
     /// How categorical features are split. Default `native`.
     pub categorical: CategoricalMode,
+    /// Whether the level sums are noised (set by the job spec for a DP job, never read from
+    /// a file). Then every node of a level is asked for in one round (no sibling is derived
+    /// as parent − child, so no level is asked for again and a job's releases are exactly
+    /// its planned rounds), a node's totals are the mean over its features' bins, and a
+    /// leaf's weight is bounded by [`NOISED_MAX_WEIGHT`] before the learning rate.
+    #[serde(skip)]
+    pub noised: bool,
 }
+
+/// The largest leaf weight (before the learning rate) of a tree grown from noised sums: a
+/// noised hessian sum near zero would otherwise give a leaf of any size.
+pub const NOISED_MAX_WEIGHT: f64 = 1.0;
 
 impl Default for GbdtParams {
     fn default() -> Self {
@@ -80,6 +91,7 @@ impl Default for GbdtParams {
             early_stopping_rounds: None,
             seed: 0,
             categorical: CategoricalMode::Native,
+            noised: false,
         }
     }
 }

@@ -21,15 +21,24 @@ const SPLIT_WORDS: u128 = 2 + 1 + 8 + 4;
 /// Cells of each numeric feature's sketch grid in the statistics round.
 pub const SKETCH_CELLS: usize = 1024;
 
-/// Training round numbers of the plan: two per tree level, `2 × trees × max_depth`.
+/// Round numbers per tree level: two (the level, and the level asked for again) where
+/// siblings are derived, one in a job with noised sums ([`GbdtParams::noised`]), which asks
+/// for every node at once.
+fn per_level(params: &GbdtParams) -> u64 {
+    if params.noised { 1 } else { 2 }
+}
+
+/// Training round numbers of the plan: `2 × trees × max_depth`, or `trees × max_depth` in a
+/// job with noised sums (its releases: one per level).
 pub fn planned_rounds(params: &GbdtParams) -> u64 {
-    2 * u64::from(params.trees) * u64::from(params.max_depth)
+    per_level(params) * u64::from(params.trees) * u64::from(params.max_depth)
 }
 
 /// The protocol round of level `level` of tree `tree` (both 0-based); `again` is the round
-/// that asks for the level once more, every node built.
+/// that asks for the level once more, every node built (none in a job with noised sums).
 pub fn level_round(params: &GbdtParams, tree: u32, level: u32, again: bool) -> u64 {
-    1 + 2 * (u64::from(tree) * u64::from(params.max_depth) + u64::from(level)) + u64::from(again)
+    let i = u64::from(tree) * u64::from(params.max_depth) + u64::from(level);
+    1 + per_level(params) * i + u64::from(again && !params.noised)
 }
 
 /// The (tree, level) a training round grows, or `None` outside `1..=planned_rounds`.
@@ -38,15 +47,16 @@ pub fn tree_and_level(params: &GbdtParams, round: u64) -> Option<(u32, u32)> {
     if round == 0 || round > planned_rounds(params) {
         return None;
     }
-    let i = (round - 1) / 2;
+    let i = (round - 1) / per_level(params);
     Some(((i / depth) as u32, (i % depth) as u32))
 }
 
 /// Whether a training round is the one that asks for its level again (every node built).
 /// The root level never asks again: it derives nothing, and a second sum of the root over
-/// other partners would only tell their difference.
-pub fn asks_again(round: u64) -> bool {
-    round >= 1 && (round - 1) % 2 == 1
+/// other partners would only tell their difference. A job with noised sums has no such
+/// round.
+pub fn asks_again(params: &GbdtParams, round: u64) -> bool {
+    !params.noised && round >= 1 && (round - 1) % 2 == 1
 }
 
 /// The most nodes level `level` can ask for: `2^level`, and no more than the leaf budget.
@@ -104,6 +114,31 @@ mod tests {
         assert_eq!(max_level_nodes(&leaves, 3), 5);
         assert_eq!(max_tree_nodes(&p), 31);
         assert_eq!(max_tree_nodes(&leaves), 9);
+    }
+
+    /// With noised sums every level is one round, numbered in order, and no round asks again.
+    #[test]
+    fn a_noised_plan_has_a_round_per_level() {
+        let p = GbdtParams {
+            trees: 3,
+            max_depth: 4,
+            noised: true,
+            ..Default::default()
+        };
+        assert_eq!(planned_rounds(&p), 12);
+        let mut expected = 1;
+        for t in 0..3 {
+            for l in 0..4 {
+                assert_eq!(level_round(&p, t, l, false), expected);
+                assert_eq!(level_round(&p, t, l, true), expected);
+                assert_eq!(tree_and_level(&p, expected), Some((t, l)));
+                assert!(!asks_again(&p, expected));
+                expected += 1;
+            }
+        }
+        assert_eq!(tree_and_level(&p, 13), None);
+        let plain = GbdtParams { noised: false, ..p };
+        assert!(asks_again(&plain, 2) && !asks_again(&plain, 3));
     }
 
     /// The bound holds for a real state: a model of full trees plus a tree being grown.

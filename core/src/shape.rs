@@ -194,7 +194,7 @@ pub fn trees_size(
                     gbdt_plan::planned_rounds(&params)
                 ),
             ))?;
-            if level == 0 && gbdt_plan::asks_again(round) {
+            if level == 0 && gbdt_plan::asks_again(&params, round) {
                 return Err(mismatch(
                     "round",
                     round,

@@ -953,10 +953,21 @@ impl JobSpec {
                  sketched over it)",
             ));
         }
-        if self.is_dp() {
+        match self.privacy.mode {
+            PrivacyMode::None | PrivacyMode::Record => {}
+            PrivacyMode::PartnerCentral | PrivacyMode::PartnerDistributed => {
+                return Err(invalid(
+                    "privacy.mode",
+                    "partner-level DP is not available for gbdt jobs yet; use \"record\" \
+                     (each record's histogram contributions noised) or \"none\"",
+                ));
+            }
+        }
+        if self.is_dp() && params.early_stopping_rounds.is_some() {
             return Err(invalid(
-                "privacy.mode",
-                "differential privacy is not available for gbdt jobs yet; use mode = \"none\"",
+                "model.gbdt.early_stopping_rounds",
+                "a DP job releases no validation loss while it trains (only the noised final \
+                 evaluation); leave it out",
             ));
         }
         Ok(())
@@ -969,6 +980,7 @@ impl JobSpec {
             let mut p = self.model.gbdt.clone().unwrap_or_default();
             p.trees = self.job.rounds;
             p.seed = self.job.seed;
+            p.noised = self.is_dp();
             p
         })
     }
@@ -1214,12 +1226,22 @@ mod tests {
             field(&gbdt("").replace(", balance = [-5000.0, 50000.0]", "")),
             "features.range.balance"
         );
+        // Record-level DP: every node asked for at once, a round per level.
+        let dp = |mode: &str, extra: &str| {
+            format!(
+                "{}[privacy]\nmode = \"{mode}\"\nepsilon = 2.0\n",
+                gbdt(extra)
+            )
+        };
+        let record = JobSpec::from_toml(&dp("record", "")).unwrap();
+        let p = record.gbdt_params().unwrap();
+        assert!(p.noised && !s.gbdt_params().unwrap().noised);
+        assert_eq!(record.planned_rounds(), u64::from(p.trees * p.max_depth));
+        assert_eq!(field(&dp("partner-central", "")), "privacy.mode");
+        assert_eq!(field(&dp("partner-distributed", "")), "privacy.mode");
         assert_eq!(
-            field(&format!(
-                "{}[privacy]\nmode = \"record\"\nepsilon = 2.0\n",
-                gbdt("")
-            )),
-            "privacy.mode"
+            field(&dp("record", "[model.gbdt]\nearly_stopping_rounds = 2")),
+            "model.gbdt.early_stopping_rounds"
         );
         assert_eq!(
             field(&GOOD.replace(

@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use fedmark_core::aggregate::{RoundKind, eval_stats_from_slice, eval_stats_len};
+use fedmark_core::budget::EVAL_LOSS_CAP;
 use fedmark_core::features::{FeatureSchema, Standardizer};
 use fedmark_core::gbdt::plan::{SKETCH_CELLS, level_round};
 use fedmark_core::gbdt::train::{EarlyStopping, base_margin, column_sample};
@@ -25,7 +26,7 @@ use fedmark_core::shape::trees_statistics_len as statistics_len;
 use fedmark_core::spec::SpecError;
 use fedmark_core::train::ServerOptimizer;
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Ended, JobError, JobOutcome, JobRun, check_labels};
 use crate::attempts::{Done, RoundInputs, announce, run_with_retries};
@@ -83,6 +84,7 @@ impl JobRun {
         kind: RoundKind,
         done: &Done,
         eval: &Metrics,
+        epsilon: Option<f64>,
     ) -> Result<(), JobError> {
         commit(
             &self.store,
@@ -95,7 +97,7 @@ impl JobRun {
                 dropped: done.output.dropped.clone(),
                 consent_snapshots: done.output.consent.clone(),
                 training: (kind == RoundKind::Training).then_some(TrainingFigures {
-                    epsilon: None,
+                    epsilon,
                     auc: eval.auc,
                     log_loss: eval.log_loss,
                 }),
@@ -150,6 +152,58 @@ impl JobRun {
         self.finish(state, ended).await
     }
 
+    /// Why tree `tree` (0-based) must not be grown: its levels would pass the privacy
+    /// budget (each level is one release; a tree is not left half grown).
+    fn tree_over_budget(
+        &self,
+        state: &JobState,
+        params: &fedmark_core::gbdt::GbdtParams,
+        tree: u32,
+    ) -> Result<Option<String>, JobError> {
+        let Some(plan) = &self.privacy else {
+            return Ok(None);
+        };
+        let mut next = state.ledger.clone();
+        plan.charge_rounds(&mut next.training, u64::from(params.max_depth))?;
+        let epsilon = next.epsilon(plan.delta)?.0;
+        Ok((epsilon > plan.epsilon).then(|| {
+            format!(
+                "privacy budget exhausted: tree {} would bring epsilon to {epsilon:.4}, above the budget of {}",
+                tree + 1,
+                plan.epsilon
+            )
+        }))
+    }
+
+    /// Round 0 of a job without DP: every partner's sketch of each numeric column and its
+    /// label counts; returns the bin edges from the sketches' sum, the base margin, the
+    /// usable rows and the round (committed by the caller with the job's first state).
+    async fn sketch_round(
+        &mut self,
+        schema: &FeatureSchema,
+        standardizer: &Standardizer,
+        params: &fedmark_core::gbdt::GbdtParams,
+    ) -> Result<(Vec<Feature>, f64, f64, Done), JobError> {
+        self.phase("round 0: bin sketch");
+        let done = self
+            .trees_round(
+                0,
+                RoundKind::Statistics,
+                None,
+                statistics_len(&self.spec),
+                standardizer,
+            )
+            .await?;
+        let stats = &done.sum.stats;
+        let cells = schema.numeric.len() * SKETCH_CELLS;
+        let (rows, positives) = (stats[cells], stats[cells + 1]);
+        check_labels(&self.spec, rows, positives)?;
+        let grids = Feature::sketch_grids(schema, SKETCH_CELLS)?;
+        let features =
+            Feature::from_sketch(schema, &grids, &stats[..cells], params.max_bins as usize)?;
+        Ok((features, base_margin(positives, rows), rows, done))
+    }
+
     /// Runs a boosted-trees job from its statistics round to its end.
     pub(super) async fn run_trees(mut self, started: Instant) -> Result<JobOutcome, JobError> {
         let spec = self.spec.clone();
@@ -166,27 +220,20 @@ impl JobRun {
             })?;
         let bins = spec.histogram_bins() as usize;
 
-        // Round 0: sketches and label counts.
-        self.phase("round 0: bin sketch");
-        let done = self
-            .trees_round(
-                0,
-                RoundKind::Statistics,
-                None,
-                statistics_len(&spec),
-                &standardizer,
-            )
-            .await?;
-        let stats = &done.sum.stats;
-        let cells = schema.numeric.len() * SKETCH_CELLS;
-        let (rows, positives) = (stats[cells], stats[cells + 1]);
-        check_labels(&spec, rows, positives)?;
-        let grids = Feature::sketch_grids(&schema, SKETCH_CELLS)?;
-        let features =
-            Feature::from_sketch(&schema, &grids, &stats[..cells], params.max_bins as usize)?;
+        let (features, base, training_rows, sketch) = if spec.is_dp() {
+            // A DP job measures nothing before training: fixed-width bins over the declared
+            // ranges and a prior of ½ (margin 0), as its linear models standardise with the
+            // declared ranges.
+            let features = Feature::from_ranges(&schema, params.max_bins as usize)?;
+            info!(job = %self.job_id, "bins from the declared ranges");
+            (features, 0.0, f64::NAN, None)
+        } else {
+            let (features, base, rows, done) =
+                self.sketch_round(&schema, &standardizer, &params).await?;
+            (features, base, rows, Some(done))
+        };
         let layout = HistLayout::new(&features);
-        let mut model =
-            GbdtModel::from_parts(features.clone(), base_margin(positives, rows), Vec::new())?;
+        let mut model = GbdtModel::from_parts(features.clone(), base, Vec::new())?;
         let mut state = JobState {
             model: Model {
                 arch: Architecture::Logistic,
@@ -195,21 +242,29 @@ impl JobRun {
             },
             optimizer: ServerOptimizer::try_from_spec(&spec, 0)?,
             standardizer: standardizer.clone(),
-            training_rows: rows,
+            training_rows,
             ledger: Default::default(),
             records: Vec::new(),
             next_round: 1,
         };
-        self.commit_trees(&state, RoundKind::Statistics, &done, &Metrics::default())?;
-        announce(
-            &self.hub,
-            &self.job_id,
-            (0, done.attempt),
-            &done.output.survivors,
-            &Metrics::default(),
-        )
-        .await;
-        info!(job = %self.job_id, bins = layout.node_len() / 3, "bin edges agreed");
+        if let Some(done) = sketch {
+            self.commit_trees(
+                &state,
+                RoundKind::Statistics,
+                &done,
+                &Metrics::default(),
+                None,
+            )?;
+            announce(
+                &self.hub,
+                &self.job_id,
+                (0, done.attempt),
+                &done.output.survivors,
+                &Metrics::default(),
+            )
+            .await;
+            info!(job = %self.job_id, bins = layout.node_len() / 3, "bin edges agreed");
+        }
 
         // Each level-0 evaluation, by the trees of the model it evaluated: what early stopping
         // keeps is a model already evaluated, so no round evaluates a model twice.
@@ -217,7 +272,13 @@ impl JobRun {
         let mut stopping = params.early_stopping_rounds.map(EarlyStopping::new);
         let mut stopped_at = None;
         // Trees, a level per round.
+        let mut stop_reason = None;
         'trees: for t in 0..params.trees {
+            if let Some(reason) = self.tree_over_budget(&state, &params, t)? {
+                warn!(job = %self.job_id, tree = t + 1, reason = %reason, "stopping early");
+                stop_reason = Some(reason);
+                break;
+            }
             self.phase(&format!("tree {} of {}", t + 1, params.trees));
             let t0 = Instant::now();
             let mut grower = TreeGrower::new(
@@ -264,6 +325,17 @@ impl JobRun {
                         .await?;
                     attempts += done.attempts;
                     dropped.extend(done.output.dropped.iter().cloned());
+                    if let Some(plan) = &self.privacy {
+                        // Released with this round's result: its sum holds every survivor's
+                        // noised level vector.
+                        plan.charge_training_round(
+                            &spec,
+                            &mut state.ledger,
+                            &done.layout,
+                            done.cohort,
+                            plan.clip,
+                        )?;
+                    }
                     announce(
                         &self.hub,
                         &self.job_id,
@@ -319,16 +391,21 @@ impl JobRun {
                 continue;
             };
             let counts = (done.output.survivors.len(), dropped.len());
-            let record = RoundRecord::new(
+            let mut record = RoundRecord::new(
                 u64::from(t) + 1,
                 attempts,
                 counts,
                 &eval,
                 t0.elapsed().as_secs_f64(),
             );
+            let epsilon = match &self.privacy {
+                Some(plan) => Some(state.ledger.epsilon(plan.delta)?.0),
+                None => None,
+            };
+            record.epsilon = epsilon;
             state.records.push(record.clone());
             state.next_round = u64::from(t) + 2;
-            self.commit_trees(&state, RoundKind::Training, &done, &eval)?;
+            self.commit_trees(&state, RoundKind::Training, &done, &eval, epsilon)?;
             self.events.publish(JobEvent::RoundCommitted {
                 job: &self.job_id,
                 record: &record,
@@ -354,6 +431,26 @@ impl JobRun {
                 .await;
         }
 
+        let mut stop_reason =
+            stop_reason.unwrap_or_else(|| format!("completed {} trees", params.trees));
+        if let Some(plan) = &self.privacy {
+            let after = plan.epsilon_after_evaluation(&state.ledger)?;
+            if after > plan.epsilon {
+                stop_reason.push_str(&format!(
+                    "; no final evaluation: it would bring epsilon to {after:.4}, above the budget of {}",
+                    plan.epsilon
+                ));
+                let ended = Ended {
+                    started,
+                    stop_reason,
+                    lost: Vec::new(),
+                    final_metrics: Metrics::not_evaluated(),
+                    evaluated_by: Vec::new(),
+                };
+                return self.finish(state, ended).await;
+            }
+        }
+
         // Final evaluation.
         self.phase("final evaluation");
         let round = spec.planned_rounds() + 1;
@@ -366,7 +463,13 @@ impl JobRun {
                 &standardizer,
             )
             .await?;
-        let final_metrics = eval_stats_from_slice(&done.sum.stats, bins).metrics();
+        let mut stats = done.sum.stats.clone();
+        if let Some(plan) = &self.privacy {
+            // Released noised, each row's loss divided by the cap (see the client).
+            stats[2] *= EVAL_LOSS_CAP;
+            plan.charge_final_evaluation(&mut state.ledger)?;
+        }
+        let final_metrics = eval_stats_from_slice(&stats, bins).metrics();
         if let Some(s) = &mut stopping {
             s.observe(grown, final_metrics.log_loss);
             if let Some((_, keep)) = s.best()
@@ -392,7 +495,7 @@ impl JobRun {
         .await;
         let ended = Ended {
             started,
-            stop_reason: format!("completed {} trees", params.trees),
+            stop_reason,
             lost: Vec::new(),
             final_metrics,
             evaluated_by: survivors,

@@ -20,7 +20,7 @@
 use super::bins::{BinEdges, BinnedRows, Feature};
 use super::error::GbdtError;
 use super::histogram::{HistLayout, NO_NODE, NodeStats, subtract};
-use super::params::GbdtParams;
+use super::params::{GbdtParams, NOISED_MAX_WEIGHT};
 use super::split::{Split, SplitRule, SplitSettings, best_split, leaf_weight};
 use super::tree::{Node, Tree};
 
@@ -386,6 +386,8 @@ impl TreeGrower {
             .iter()
             .copied()
             .filter(|&n| match open(n).and_then(|(_, _, sib)| sib) {
+                // Noised sums: every node asked for, none derived.
+                _ if self.params.noised => true,
                 // Both siblings open: build the smaller (the left one on a tie), derive the
                 // other.
                 Some(sib) if is_candidate(sib) => {
@@ -403,8 +405,14 @@ impl TreeGrower {
         for &n in &self.level {
             if let Draft::Open { stats, .. } = self.drafts[n] {
                 let s = stats.unwrap_or_default();
+                let weight = if self.params.noised {
+                    leaf_weight(s.g, s.h.max(0.0), self.params.lambda)
+                        .clamp(-NOISED_MAX_WEIGHT, NOISED_MAX_WEIGHT)
+                } else {
+                    leaf_weight(s.g, s.h, self.params.lambda)
+                };
                 self.drafts[n] = Draft::Leaf {
-                    value: self.params.learning_rate * leaf_weight(s.g, s.h, self.params.lambda),
+                    value: self.params.learning_rate * weight,
                     cover: s.h,
                 };
             }
@@ -474,7 +482,11 @@ impl TreeGrower {
                 ..
             } = &mut self.drafts[*n]
             {
-                *stats = Some(self.layout.totals(hist));
+                *stats = Some(if self.params.noised {
+                    self.layout.mean_totals(hist)
+                } else {
+                    self.layout.totals(hist)
+                });
             }
             if let Some(split) = best_split(
                 &self.layout,

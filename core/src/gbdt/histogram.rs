@@ -135,6 +135,26 @@ impl HistLayout {
         s
     }
 
+    /// The node's totals as the mean of its features' totals: what noised sums give best
+    /// (each feature's bins hold every row once, so each feature's total estimates the same
+    /// sums with its own noise). Zero without features.
+    pub fn mean_totals(&self, node: &[f64]) -> NodeStats {
+        let mut s = NodeStats::default();
+        for f in 0..self.n_bins.len() {
+            for t in self.feature(node, f).chunks_exact(STRIDE) {
+                s.g += t[GRAD];
+                s.h += t[HESS];
+                s.count += t[COUNT];
+            }
+        }
+        let n = self.n_bins.len().max(1) as f64;
+        NodeStats {
+            g: s.g / n,
+            h: s.h / n,
+            count: s.count / n,
+        }
+    }
+
     fn check(&self, rows: &BinnedRows, grad: &[f64], hess: &[f64]) -> Result<(), GbdtError> {
         if rows.n_bins() != self.n_bins.as_slice() {
             return Err(GbdtError::Shape(
