@@ -5,8 +5,8 @@
 //! of the round's vector (see [`fedmark_core::aggregate`]). Encoding and masking happen after.
 
 use fedmark_core::aggregate::{RoundKind, eval_stats_to_vec};
-use fedmark_core::budget::{EVAL_LOSS_CAP, PrivacyPlan, noise_threshold};
-use fedmark_core::dp::{add_gaussian_noise, add_skellam_noise};
+use fedmark_core::budget::{PrivacyPlan, noise_threshold};
+use fedmark_core::dp::add_skellam_noise;
 use fedmark_core::features::{FeatureSchema, Standardizer};
 use fedmark_core::matrix::Dataset;
 use fedmark_core::metrics::EvalStats;
@@ -158,11 +158,9 @@ impl JobContext {
     }
 
     /// Evaluation round: statistics of `model` on the holdout rows. In a `record` job they
-    /// are released once, noised: each row's log-loss capped at [`EVAL_LOSS_CAP`] and
-    /// divided by it (so every statistic moves by at most 1 per row, L2 sensitivity
-    /// [`fedmark_core::budget::EVAL_SENSITIVITY`]), Gaussian noise of the plan's evaluation noise added to each, and
-    /// each rounded to an integer before it is encoded. Under partner-level DP there is no
-    /// evaluation round, and this refuses.
+    /// are released once, noised as [`fedmark_core::budget::noised_evaluation`] says, at the
+    /// plan's evaluation noise. Under partner-level DP there is no evaluation round, and this
+    /// refuses.
     pub fn evaluation<R: Rng + ?Sized>(
         &mut self,
         model: &Model,
@@ -179,7 +177,9 @@ impl JobContext {
                 let bins = self.spec.histogram_bins() as usize;
                 let (_, holdout) = self.datasets(standardizer);
                 let scores = model.predict_all(&holdout.x);
-                stats = noised_evaluation(&scores, &holdout.y, bins, std, rng)?;
+                stats =
+                    fedmark_core::budget::noised_evaluation(&scores, &holdout.y, bins, std, rng)
+                        .map_err(|e| e.to_string())?;
             }
             None => {
                 let eval = self.evaluate(model, standardizer);
@@ -265,26 +265,6 @@ impl JobContext {
         }
         Ok(RoundValues { update, stats })
     }
-}
-
-/// A `record` job's released holdout statistics of `scores` against `labels`: each row's
-/// log-loss capped at [`EVAL_LOSS_CAP`] and divided by it (so every statistic moves by at
-/// most 1 per row, L2 sensitivity [`fedmark_core::budget::EVAL_SENSITIVITY`]), Gaussian noise
-/// of standard deviation `std` added to each, each rounded to an integer.
-pub(crate) fn noised_evaluation<R: Rng + ?Sized>(
-    scores: &[f64],
-    labels: &[f64],
-    bins: usize,
-    std: f64,
-    rng: &mut R,
-) -> Result<Vec<f64>, String> {
-    let eval = EvalStats::from_predictions_capped(scores, labels, bins, EVAL_LOSS_CAP);
-    let mut stats = Vec::new();
-    eval_stats_to_vec(&eval, &mut stats);
-    stats[2] /= EVAL_LOSS_CAP;
-    add_gaussian_noise(&mut stats, 1.0, std, rng).map_err(|e| e.to_string())?;
-    stats.iter_mut().for_each(|v| *v = v.round());
-    Ok(stats)
 }
 
 impl JobContext {
@@ -409,6 +389,7 @@ pub fn training_seed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fedmark_core::budget::EVAL_LOSS_CAP;
     use fedmark_core::features::RawRows;
     use rand::SeedableRng;
     use rand::rngs::StdRng;

@@ -228,7 +228,7 @@ impl TreesJob<'_> {
     }
 
     /// The final evaluation's values: the holdout's statistics of the round's model (in a
-    /// `record` job noised as [`crate::contribution::noised_evaluation`] releases them).
+    /// `record` job noised as [`fedmark_core::budget::noised_evaluation`] releases them).
     pub fn evaluation<R: Rng + ?Sized>(
         &mut self,
         words: &[f64],
@@ -246,7 +246,8 @@ impl TreesJob<'_> {
         match self.privacy.and_then(|p| p.evaluation_noise_std()) {
             Some(std) => {
                 let scores: Vec<f64> = c.holdout_margins.iter().map(|&m| sigmoid(m)).collect();
-                crate::contribution::noised_evaluation(&scores, c.holdout.labels(), bins, std, rng)
+                fedmark_core::budget::noised_evaluation(&scores, c.holdout.labels(), bins, std, rng)
+                    .map_err(|e| e.to_string())
             }
             None if spec.is_dp() => {
                 Err("this job's privacy mode releases no holdout statistics".into())

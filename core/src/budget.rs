@@ -135,6 +135,30 @@ pub const EVAL_SENSITIVITY: f64 = 2.0;
 /// true class).
 pub const EVAL_LOSS_CAP: f64 = 10.0;
 
+/// A `record` job's released holdout statistics of `scores` against `labels` (what a
+/// partner sends in the final evaluation, of a linear model or of trees): each row's log-loss
+/// capped at [`EVAL_LOSS_CAP`] and divided by it (so every statistic moves by at most 1 per
+/// row, L2 sensitivity [`EVAL_SENSITIVITY`]), Gaussian noise of standard deviation `std` added
+/// to each, each rounded to an integer.
+pub fn noised_evaluation<R: Rng + ?Sized>(
+    scores: &[f64],
+    labels: &[f64],
+    bins: usize,
+    std: f64,
+    rng: &mut R,
+) -> Result<Vec<f64>, crate::dp::DpError> {
+    let eval =
+        crate::metrics::EvalStats::from_predictions_capped(scores, labels, bins, EVAL_LOSS_CAP);
+    let mut stats = Vec::new();
+    crate::aggregate::eval_stats_to_vec(&eval, &mut stats);
+    if let Some(loss) = stats.get_mut(2) {
+        *loss /= EVAL_LOSS_CAP;
+    }
+    crate::dp::add_gaussian_noise(&mut stats, 1.0, std, rng)?;
+    stats.iter_mut().for_each(|v| *v = v.round());
+    Ok(stats)
+}
+
 /// What one job has spent of a protected unit's privacy, by the disjoint sets of records its
 /// releases are computed from. Persisted with the job (coordinator checkpoint, partner ledger).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
