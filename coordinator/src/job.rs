@@ -114,12 +114,7 @@ pub async fn run_job(
         privacy,
     };
     if run.spec.is_gbdt() {
-        if resumed.is_some() {
-            return Err(JobError::Preflight(
-                "a boosted-trees job cannot resume after a coordinator restart yet".into(),
-            ));
-        }
-        return run.run_trees(started).await;
+        return run.run_trees(started, resumed).await;
     }
     let mut state = match resumed {
         Some(state) => state,

@@ -32,10 +32,64 @@ use super::{Ended, JobError, JobOutcome, JobRun, check_labels};
 use crate::attempts::{Done, RoundInputs, announce, run_with_retries};
 use crate::events::JobEvent;
 use crate::report::RoundRecord;
+use crate::store::LevelRecord;
 use crate::store::events::TrainingFigures;
 use crate::store::jobs::{Committed, JobState, commit};
 
-/// The words of a state that shows `model` and asks for nothing.
+/// A round's result as a tree uses it: from this run of the coordinator, or kept by an
+/// earlier one ([`crate::store::LevelRecord`]).
+struct Level {
+    stats: Vec<f64>,
+    survivors: Vec<String>,
+    dropped: Vec<String>,
+    consent: std::collections::BTreeMap<String, String>,
+    attempt: u32,
+    attempts: u32,
+    cohort: usize,
+    again: bool,
+}
+
+impl Level {
+    fn from_done(done: Done, again: bool) -> Self {
+        Self {
+            stats: done.sum.stats,
+            survivors: done.output.survivors,
+            dropped: done.output.dropped,
+            consent: done.output.consent,
+            attempt: done.attempt,
+            attempts: done.attempts,
+            cohort: done.cohort,
+            again,
+        }
+    }
+
+    fn kept(r: LevelRecord, stats: Vec<f64>) -> Self {
+        Self {
+            stats,
+            survivors: r.survivors,
+            dropped: r.dropped,
+            consent: r.consent,
+            attempt: r.attempt,
+            attempts: 0,
+            cohort: r.cohort,
+            again: r.again,
+        }
+    }
+
+    fn record(&self, tree: u32) -> LevelRecord {
+        LevelRecord {
+            tree,
+            again: self.again,
+            attempt: self.attempt,
+            survivors: self.survivors.clone(),
+            dropped: self.dropped.clone(),
+            consent: self.consent.clone(),
+            cohort: self.cohort,
+            stats_sha256: fedmark_core::audit::f64s_sha256(&self.stats),
+        }
+    }
+}
+
 /// A level-0 round's federated evaluation of the model its tree started from.
 struct Evaluated {
     metrics: Metrics,
@@ -44,6 +98,7 @@ struct Evaluated {
     attempt: u32,
 }
 
+/// The words of a state that shows `model` and asks for nothing.
 fn model_words(model: &GbdtModel) -> Vec<f64> {
     RoundState {
         model: model.clone(),
@@ -82,7 +137,7 @@ impl JobRun {
         &self,
         state: &JobState,
         kind: RoundKind,
-        done: &Done,
+        done: &Level,
         eval: &Metrics,
         epsilon: Option<f64>,
     ) -> Result<(), JobError> {
@@ -93,9 +148,9 @@ impl JobRun {
             Committed {
                 kind,
                 attempt: done.attempt,
-                participants: done.output.survivors.clone(),
-                dropped: done.output.dropped.clone(),
-                consent_snapshots: done.output.consent.clone(),
+                participants: done.survivors.clone(),
+                dropped: done.dropped.clone(),
+                consent_snapshots: done.consent.clone(),
                 training: (kind == RoundKind::Training).then_some(TrainingFigures {
                     epsilon,
                     auc: eval.auc,
@@ -141,6 +196,8 @@ impl JobRun {
                 training: None,
             },
         )?;
+        // The abandoned tree's first level is not needed by anyone now.
+        self.store.clear_levels(&self.job_id)?;
         info!(job = %self.job_id, kept = keep, grown = model.trees().len(), "early stopping");
         let ended = Ended {
             started,
@@ -175,6 +232,65 @@ impl JobRun {
         }))
     }
 
+    /// The first state of a job that starts from the beginning: bins and prior from the
+    /// sketch round (committed), or from the declared ranges in a DP job.
+    async fn fresh_trees(
+        &mut self,
+        schema: &FeatureSchema,
+        standardizer: &Standardizer,
+        params: &fedmark_core::gbdt::GbdtParams,
+    ) -> Result<(GbdtModel, JobState), JobError> {
+        let spec = self.spec.clone();
+        let (features, base, training_rows, sketch) = if spec.is_dp() {
+            // A DP job measures nothing before training: fixed-width bins over the declared
+            // ranges and a prior of ½ (margin 0), as its linear models standardise with the
+            // declared ranges.
+            let features = Feature::from_ranges(schema, params.max_bins as usize)?;
+            info!(job = %self.job_id, "bins from the declared ranges");
+            (features, 0.0, f64::NAN, None)
+        } else {
+            let (features, base, rows, done) =
+                self.sketch_round(schema, standardizer, params).await?;
+            (features, base, rows, Some(done))
+        };
+        let layout = HistLayout::new(&features);
+        let model = GbdtModel::from_parts(features.clone(), base, Vec::new())?;
+        let state = JobState {
+            model: Model {
+                arch: Architecture::Logistic,
+                dim: schema.dim(),
+                params: model_words(&model),
+            },
+            optimizer: ServerOptimizer::try_from_spec(&spec, 0)?,
+            standardizer: standardizer.clone(),
+            training_rows,
+            ledger: Default::default(),
+            records: Vec::new(),
+            next_round: 1,
+        };
+        if let Some(done) = sketch {
+            let done = Level::from_done(done, false);
+            self.commit_trees(
+                &state,
+                RoundKind::Statistics,
+                &done,
+                &Metrics::default(),
+                None,
+            )?;
+            announce(
+                &self.hub,
+                &self.job_id,
+                (0, done.attempt),
+                &done.survivors,
+                &Metrics::default(),
+            )
+            .await;
+            info!(job = %self.job_id, bins = layout.node_len() / 3, "bin edges agreed");
+        }
+
+        Ok((model, state))
+    }
+
     /// Round 0 of a job without DP: every partner's sketch of each numeric column and its
     /// label counts; returns the bin edges from the sketches' sum, the base margin, the
     /// usable rows and the round (committed by the caller with the job's first state).
@@ -205,7 +321,11 @@ impl JobRun {
     }
 
     /// Runs a boosted-trees job from its statistics round to its end.
-    pub(super) async fn run_trees(mut self, started: Instant) -> Result<JobOutcome, JobError> {
+    pub(super) async fn run_trees(
+        mut self,
+        started: Instant,
+        resumed: Option<JobState>,
+    ) -> Result<JobOutcome, JobError> {
         let spec = self.spec.clone();
         let params = spec.gbdt_params().ok_or_else(|| SpecError::Invalid {
             field: "model.kind".into(),
@@ -220,60 +340,64 @@ impl JobRun {
             })?;
         let bins = spec.histogram_bins() as usize;
 
-        let (features, base, training_rows, sketch) = if spec.is_dp() {
-            // A DP job measures nothing before training: fixed-width bins over the declared
-            // ranges and a prior of ½ (margin 0), as its linear models standardise with the
-            // declared ranges.
-            let features = Feature::from_ranges(&schema, params.max_bins as usize)?;
-            info!(job = %self.job_id, "bins from the declared ranges");
-            (features, 0.0, f64::NAN, None)
-        } else {
-            let (features, base, rows, done) =
-                self.sketch_round(&schema, &standardizer, &params).await?;
-            (features, base, rows, Some(done))
+        let (mut model, mut state) = match resumed {
+            Some(state) => {
+                let model = RoundState::from_words(&state.model.params, &schema)
+                    .map_err(|e| {
+                        JobError::Preflight(format!("the stored model does not read back: {e}"))
+                    })?
+                    .model;
+                info!(job = %self.job_id, trees = model.trees().len(), "resuming after the last committed tree");
+                (model, state)
+            }
+            None => {
+                // Level rounds kept from a start that committed nothing are not replayed: a
+                // fresh start draws its bins again.
+                self.store.clear_levels(&self.job_id)?;
+                self.fresh_trees(&schema, &standardizer, &params).await?
+            }
         };
+        let features = model.features().to_vec();
         let layout = HistLayout::new(&features);
-        let mut model = GbdtModel::from_parts(features.clone(), base, Vec::new())?;
-        let mut state = JobState {
-            model: Model {
-                arch: Architecture::Logistic,
-                dim: schema.dim(),
-                params: model_words(&model),
-            },
-            optimizer: ServerOptimizer::try_from_spec(&spec, 0)?,
-            standardizer: standardizer.clone(),
-            training_rows,
-            ledger: Default::default(),
-            records: Vec::new(),
-            next_round: 1,
-        };
-        if let Some(done) = sketch {
-            self.commit_trees(
-                &state,
-                RoundKind::Statistics,
-                &done,
-                &Metrics::default(),
-                None,
-            )?;
-            announce(
-                &self.hub,
-                &self.job_id,
-                (0, done.attempt),
-                &done.output.survivors,
-                &Metrics::default(),
-            )
-            .await;
-            info!(job = %self.job_id, bins = layout.node_len() / 3, "bin edges agreed");
-        }
+        let first_tree = model.trees().len() as u32;
+        // The level rounds of the tree being grown when the coordinator stopped, by round.
+        let mut kept: std::collections::BTreeMap<u64, Level> = self
+            .store
+            .levels(&self.job_id)?
+            .into_iter()
+            .filter(|(_, r, _)| r.tree == first_tree)
+            .map(|(round, r, stats)| (round, Level::kept(r, stats)))
+            .collect();
 
         // Each level-0 evaluation, by the trees of the model it evaluated: what early stopping
         // keeps is a model already evaluated, so no round evaluates a model twice.
         let mut evals: Vec<Evaluated> = Vec::new();
         let mut stopping = params.early_stopping_rounds.map(EarlyStopping::new);
+        // A resumed job's earlier evaluations, from its records (who evaluated is not kept).
+        for (j, r) in state.records.iter().enumerate() {
+            let metrics = Metrics {
+                auc: r.auc,
+                log_loss: r.log_loss,
+                accuracy: r.accuracy,
+                lift_top_decile: r.lift_top_decile,
+                count: 0,
+            };
+            evals.push(Evaluated {
+                metrics,
+                by: Vec::new(),
+                consent: Default::default(),
+                attempt: 0,
+            });
+            if let Some(s) = &mut stopping
+                && j > 0
+            {
+                s.observe(j, r.log_loss);
+            }
+        }
         let mut stopped_at = None;
         // Trees, a level per round.
         let mut stop_reason = None;
-        'trees: for t in 0..params.trees {
+        'trees: for t in first_tree..params.trees {
             if let Some(reason) = self.tree_over_budget(&state, &params, t)? {
                 warn!(job = %self.job_id, tree = t + 1, reason = %reason, "stopping early");
                 stop_reason = Some(reason);
@@ -314,39 +438,56 @@ impl JobRun {
                     }
                     .to_words();
                     let stats_len = eval_len + build.len() * layout.node_len();
-                    let done = self
-                        .trees_round(
-                            round,
-                            RoundKind::Training,
-                            Some(words),
-                            stats_len,
-                            &standardizer,
-                        )
-                        .await?;
+                    let done = match kept.remove(&round) {
+                        Some(level) if level.stats.len() == stats_len && level.again == again => {
+                            info!(job = %self.job_id, round, "replaying a level round kept before the restart");
+                            level
+                        }
+                        Some(_) => {
+                            return Err(JobError::Preflight(format!(
+                                "the level round {round} kept before the restart does not fit the tree grown from the rounds before it"
+                            )));
+                        }
+                        None => {
+                            let done = self
+                                .trees_round(
+                                    round,
+                                    RoundKind::Training,
+                                    Some(words),
+                                    stats_len,
+                                    &standardizer,
+                                )
+                                .await?;
+                            announce(
+                                &self.hub,
+                                &self.job_id,
+                                (round, done.attempt),
+                                &done.output.survivors,
+                                &eval,
+                            )
+                            .await;
+                            let level = Level::from_done(done, again);
+                            // Kept before it is used: a restarted coordinator grows the tree
+                            // on from the same sums.
+                            self.store.save_level(
+                                &self.job_id,
+                                round,
+                                &level.record(t),
+                                &level.stats,
+                            )?;
+                            level
+                        }
+                    };
                     attempts += done.attempts;
-                    dropped.extend(done.output.dropped.iter().cloned());
+                    dropped.extend(done.dropped.iter().cloned());
                     if let Some(plan) = &self.privacy {
-                        // Released with this round's result: its sum holds every survivor's
-                        // noised level vector.
-                        plan.charge_training_round(
-                            &spec,
-                            &mut state.ledger,
-                            &done.layout,
-                            done.cohort,
-                            plan.clip,
-                        )?;
+                        // Released with this round's result (charged again when a kept round
+                        // is replayed: the ledger that charged it was not committed).
+                        plan.charge_round(&mut state.ledger.training)?;
                     }
-                    announce(
-                        &self.hub,
-                        &self.job_id,
-                        (round, done.attempt),
-                        &done.output.survivors,
-                        &eval,
-                    )
-                    .await;
                     // A sibling derived as parent − child is right only when both sums come
                     // from the same partners; otherwise the level is asked for again, whole.
-                    let same = parents_from.as_ref() == Some(&done.output.survivors);
+                    let same = parents_from.as_ref() == Some(&done.survivors);
                     if grower.derives() && !same && !again {
                         info!(
                             tree = t + 1,
@@ -357,11 +498,11 @@ impl JobRun {
                         continue;
                     }
                     if eval_len > 0 {
-                        eval = eval_stats_from_slice(&done.sum.stats[..eval_len], bins).metrics();
+                        eval = eval_stats_from_slice(&done.stats[..eval_len], bins).metrics();
                         evals.push(Evaluated {
                             metrics: eval,
-                            by: done.output.survivors.clone(),
-                            consent: done.output.consent.clone(),
+                            by: done.survivors.clone(),
+                            consent: done.consent.clone(),
                             attempt: done.attempt,
                         });
                         if t > 0
@@ -374,10 +515,10 @@ impl JobRun {
                             break 'trees;
                         }
                     }
-                    grower.absorb(&done.sum.stats[eval_len..])?;
+                    grower.absorb(&done.stats[eval_len..])?;
                     break done;
                 };
-                parents_from = Some(done.output.survivors.clone());
+                parents_from = Some(done.survivors.clone());
                 level += 1;
                 last = Some(done);
             }
@@ -390,7 +531,7 @@ impl JobRun {
                 // The root asks for its histogram, so a tree always has a level.
                 continue;
             };
-            let counts = (done.output.survivors.len(), dropped.len());
+            let counts = (done.survivors.len(), dropped.len());
             let mut record = RoundRecord::new(
                 u64::from(t) + 1,
                 attempts,
@@ -406,6 +547,7 @@ impl JobRun {
             state.records.push(record.clone());
             state.next_round = u64::from(t) + 2;
             self.commit_trees(&state, RoundKind::Training, &done, &eval, epsilon)?;
+            self.store.clear_levels(&self.job_id)?;
             self.events.publish(JobEvent::RoundCommitted {
                 job: &self.job_id,
                 record: &record,

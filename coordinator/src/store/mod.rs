@@ -51,6 +51,9 @@ const ATTEMPTS: TableDefinition<'_, (&str, u64), u32> = TableDefinition::new("at
 const AUDIT: TableDefinition<'_, u64, &str> = TableDefinition::new("audit");
 /// Per job: starts since its last committed round (a job that never gets that far keeps
 /// counting, so a restart cannot loop on it for ever).
+/// The level rounds of the tree a boosted-trees job is growing, until the tree is committed:
+/// (job, round) → a [`LevelRecord`] as JSON, then its summed values as little-endian f64.
+const TREE_LEVELS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("tree_levels");
 const STARTS: TableDefinition<'_, &str, u32> = TableDefinition::new("starts_without_progress");
 
 /// Why the store could not be used.
@@ -196,6 +199,31 @@ pub struct Checkpoint {
     pub holdout_ledger: Accountant,
     /// Every committed training round so far.
     pub records: Vec<RoundRecord>,
+}
+
+/// A level round of the tree a boosted-trees job is growing, kept so that a restarted
+/// coordinator grows the tree on from the same sums instead of asking the partners again
+/// (without DP they would not unmask a round twice; with DP each sum was a release, charged
+/// again when it is replayed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LevelRecord {
+    /// The tree (0-based).
+    pub tree: u32,
+    /// Whether the round asked for its level again, every node built.
+    pub again: bool,
+    /// The attempt that succeeded.
+    pub attempt: u32,
+    /// Whose sums it holds.
+    pub survivors: Vec<String>,
+    /// Who dropped out of it.
+    pub dropped: Vec<String>,
+    /// Each survivor's consent commitment.
+    pub consent: BTreeMap<String, String>,
+    /// The cohort it was drawn for.
+    pub cohort: usize,
+    /// SHA-256 of its summed values.
+    pub stats_sha256: String,
 }
 
 /// A checkpoint with its vectors.
@@ -640,6 +668,91 @@ impl Store {
             optimizer: optimizer.to_vec(),
             checkpoint,
         }))
+    }
+
+    /// Keeps a level round of the tree `job` is growing, with its summed values (see
+    /// [`LevelRecord`]), durably.
+    pub fn save_level(
+        &self,
+        job: &str,
+        round: u64,
+        record: &LevelRecord,
+        stats: &[f64],
+    ) -> Result<(), StoreError> {
+        let header = self.encode("level record", record)?;
+        let mut value = (header.len() as u64).to_le_bytes().to_vec();
+        value.extend(header);
+        value.extend(f64_bytes(stats));
+        self.write(Vec::new(), |txn| {
+            txn.open_table(TREE_LEVELS)?
+                .insert((job, round), value.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// The level rounds kept for `job`, by round, each checked against its hash.
+    pub fn levels(&self, job: &str) -> Result<Vec<(u64, LevelRecord, Vec<f64>)>, StoreError> {
+        let rows = self.read(|txn| {
+            let table = match txn.open_table(TREE_LEVELS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut rows = Vec::new();
+            for row in table.range((job, 0)..=(job, u64::MAX))? {
+                let (k, v) = row?;
+                rows.push((k.value().1, v.value().to_vec()));
+            }
+            Ok(rows)
+        })?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (round, bytes) in rows {
+            let what = format!("level record of job {job} round {round}");
+            let bad = |reason: &str| self.corrupt(&what, reason.to_owned());
+            let len_bytes: [u8; 8] = bytes
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| bad("shorter than its length prefix"))?;
+            let header_len = usize::try_from(u64::from_le_bytes(len_bytes))
+                .map_err(|_| bad("a header length past the address space"))?;
+            let header_end = header_len
+                .checked_add(8)
+                .filter(|&e| e <= bytes.len())
+                .ok_or_else(|| bad("a header past the record's end"))?;
+            let record: LevelRecord = self.decode(&what, &bytes[8..header_end])?;
+            let body = &bytes[header_end..];
+            if body.len() % 8 != 0 {
+                return Err(bad("a sum that is not whole f64 values"));
+            }
+            let stats: Vec<f64> = body
+                .chunks_exact(8)
+                .map(|b| {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(b);
+                    f64::from_le_bytes(a)
+                })
+                .collect();
+            if f64s_sha256(&stats) != record.stats_sha256 {
+                return Err(bad("the sum does not match its hash"));
+            }
+            out.push((round, record, stats));
+        }
+        Ok(out)
+    }
+
+    /// Drops the level rounds kept for `job` (its tree was committed, or it ended).
+    pub fn clear_levels(&self, job: &str) -> Result<(), StoreError> {
+        self.write(Vec::new(), |txn| {
+            let mut table = txn.open_table(TREE_LEVELS)?;
+            let rounds: Vec<u64> = table
+                .range((job, 0)..=(job, u64::MAX))?
+                .map(|row| row.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?;
+            for r in rounds {
+                table.remove((job, r))?;
+            }
+            Ok(())
+        })
     }
 
     /// The rounds of `job` that have a committed checkpoint, in order.
