@@ -241,11 +241,13 @@ async fn early_stopping_keeps_the_trees_up_to_the_best_validation_loss() {
     assert_eq!(all.final_federated.log_loss, kept_line.log_loss);
 }
 
-/// Record-level DP for trees at (ε = 1, δ = 1e-5): no statistics round (bins from the
+/// Record-level DP for trees at (ε = 8, δ = 1e-5): no statistics round (bins from the
 /// declared ranges), each level's histograms leave every partner noised, each level round is
 /// charged, the trees × depth releases spend the budget and no more (ε after each tree grows
-/// to at most 1), the final evaluation is noised and charged to the holdout side, and the
-/// model still ranks better than chance.
+/// to at most 8), the final evaluation is noised and charged to the holdout side, and the
+/// model ranks well (AUC 0.68–0.74 in six runs; the assertion leaves room for the noise,
+/// which comes from the OS). At ε = 1 the AUC ranges from chance to 0.67, too wide to assert
+/// (docs/BENCHMARKS.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_level_dp_trees_spend_exactly_their_budget() {
     let dir = tempfile::tempdir().unwrap();
@@ -260,7 +262,7 @@ async fn record_level_dp_trees_spend_exactly_their_budget() {
     std::fs::write(&spec, text).unwrap();
     let mut opts = options(spec);
     opts.dp_mode = Some(fedmark_core::spec::PrivacyMode::Record);
-    opts.epsilon = Some(1.0);
+    opts.epsilon = Some(8.0);
     opts.delta = Some(1e-5);
     opts.skip_baselines = true;
     let report = sim::run(&opts).await.unwrap();
@@ -268,7 +270,7 @@ async fn record_level_dp_trees_spend_exactly_their_budget() {
     let spent: Vec<f64> = report.rounds.iter().map(|r| r.epsilon.unwrap()).collect();
     assert!(spent.windows(2).all(|w| w[1] > w[0]), "{spent:?}");
     let eps = report.final_metrics.epsilon.unwrap();
-    assert!(eps <= 1.0 && eps > 0.99, "spent {eps}");
+    assert!(eps <= 8.0 && eps > 7.92, "spent {eps}");
     assert_eq!(report.job.stop_reason, "completed 5 trees");
     assert!(
         report.job.training_rows.is_nan(),
@@ -277,11 +279,11 @@ async fn record_level_dp_trees_spend_exactly_their_budget() {
     let privacy = report.job.privacy.as_ref().unwrap();
     assert!(privacy.epsilon_evaluation.is_some(), "{privacy:?}");
     eprintln!(
-        "record-level DP trees at ε = 1: AUC {:.4}",
+        "record-level DP trees at ε = 8: AUC {:.4}",
         report.final_metrics.auc
     );
     assert!(
-        report.final_metrics.auc > 0.53,
+        report.final_metrics.auc > 0.62,
         "auc {}",
         report.final_metrics.auc
     );
