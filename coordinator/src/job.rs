@@ -420,6 +420,21 @@ impl JobRun {
         Ok(())
     }
 
+    /// Why the final evaluation must not run (as a suffix of the stop reason): its release
+    /// would pass the privacy budget.
+    fn evaluation_over_budget(&self, state: &JobState) -> Result<Option<String>, JobError> {
+        let Some(plan) = &self.privacy else {
+            return Ok(None);
+        };
+        let after = plan.epsilon_after_evaluation(&state.ledger)?;
+        Ok((after > plan.epsilon).then(|| {
+            format!(
+                "; no final evaluation: it would bring epsilon to {after:.4}, above the budget of {}",
+                plan.epsilon
+            )
+        }))
+    }
+
     /// Evaluates the last model on the partners' holdouts: plain, noised and charged
     /// (`record`), or not at all (partner-level DP, see `JobSpec::final_evaluation`, or no
     /// budget left). Returns the metrics and who evaluated.
@@ -431,15 +446,9 @@ impl JobRun {
         if !self.spec.final_evaluation() {
             return Ok((Metrics::not_evaluated(), Vec::new()));
         }
-        if let Some(plan) = &self.privacy {
-            let after = plan.epsilon_after_evaluation(&state.ledger)?;
-            if after > plan.epsilon {
-                stop_reason.push_str(&format!(
-                    "; no final evaluation: it would bring epsilon to {after:.4}, above the budget of {}",
-                    plan.epsilon
-                ));
-                return Ok((Metrics::not_evaluated(), Vec::new()));
-            }
+        if let Some(why) = self.evaluation_over_budget(state)? {
+            stop_reason.push_str(&why);
+            return Ok((Metrics::not_evaluated(), Vec::new()));
         }
         self.phase("final evaluation");
         let round = u64::from(self.spec.job.rounds) + 1;

@@ -35,33 +35,39 @@ struct Fixture {
 /// The export and the audience, made once for the tests of this file.
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("score-audience");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let export = dir.join("export");
-        let opts = SimOptions {
-            partners: 3,
-            rounds: Some(3),
-            tls: false,
-            skip_baselines: true,
-            show_progress: false,
-            export: Some(export.clone()),
-            audit_dir: Some(dir.join("audit")),
-            ..SimOptions::default()
-        };
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let report = rt.block_on(sim::run(&opts)).unwrap();
-        assert_eq!(report.export.as_ref().unwrap().round, 3);
-        let audience = dir.join("audience.csv");
-        let skips = write_audience(&audience);
-        Fixture {
-            dir,
-            export,
-            audience,
-            skips,
-        }
-    })
+    FIXTURE.get_or_init(|| make_fixture("score-audience", None))
+}
+
+/// A model trained by the simulator (3 rounds, 3 partners; `model` as the simulator's
+/// `--model`) and written by its `--export`, with the audience, in `name` under the target's
+/// temporary folder.
+fn make_fixture(name: &str, model: Option<fedmark_core::spec::ModelKindName>) -> Fixture {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let export = dir.join("export");
+    let opts = SimOptions {
+        partners: 3,
+        rounds: Some(3),
+        model,
+        tls: false,
+        skip_baselines: true,
+        show_progress: false,
+        export: Some(export.clone()),
+        audit_dir: Some(dir.join("audit")),
+        ..SimOptions::default()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let report = rt.block_on(sim::run(&opts)).unwrap();
+    assert_eq!(report.export.as_ref().unwrap().round, 3);
+    let audience = dir.join("audience.csv");
+    let skips = write_audience(&audience);
+    Fixture {
+        dir,
+        export,
+        audience,
+        skips,
+    }
 }
 
 /// The bank rows with `customer_id` first (C00000, C00001, …) and no `y`, four of them
@@ -331,31 +337,10 @@ fn score_py_scores_an_audience_like_fedmark_score() {
 fn trees_fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("score-audience-trees");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let export = dir.join("export");
-        let opts = SimOptions {
-            partners: 3,
-            rounds: Some(3),
-            model: Some(fedmark_core::spec::ModelKindName::Gbdt),
-            tls: false,
-            skip_baselines: true,
-            show_progress: false,
-            export: Some(export.clone()),
-            audit_dir: Some(dir.join("audit")),
-            ..SimOptions::default()
-        };
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(sim::run(&opts)).unwrap();
-        let audience = dir.join("audience.csv");
-        let skips = write_audience(&audience);
-        Fixture {
-            dir,
-            export,
-            audience,
-            skips,
-        }
+        make_fixture(
+            "score-audience-trees",
+            Some(fedmark_core::spec::ModelKindName::Gbdt),
+        )
     })
 }
 

@@ -575,22 +575,16 @@ impl JobRun {
 
         let mut stop_reason =
             stop_reason.unwrap_or_else(|| format!("completed {} trees", params.trees));
-        if let Some(plan) = &self.privacy {
-            let after = plan.epsilon_after_evaluation(&state.ledger)?;
-            if after > plan.epsilon {
-                stop_reason.push_str(&format!(
-                    "; no final evaluation: it would bring epsilon to {after:.4}, above the budget of {}",
-                    plan.epsilon
-                ));
-                let ended = Ended {
-                    started,
-                    stop_reason,
-                    lost: Vec::new(),
-                    final_metrics: Metrics::not_evaluated(),
-                    evaluated_by: Vec::new(),
-                };
-                return self.finish(state, ended).await;
-            }
+        if let Some(why) = self.evaluation_over_budget(&state)? {
+            stop_reason.push_str(&why);
+            let ended = Ended {
+                started,
+                stop_reason,
+                lost: Vec::new(),
+                final_metrics: Metrics::not_evaluated(),
+                evaluated_by: Vec::new(),
+            };
+            return self.finish(state, ended).await;
         }
 
         // Final evaluation.
